@@ -1,0 +1,138 @@
+"""Session fixtures: real Redis, Redis Cluster, memcached and PostgreSQL on loopback.
+
+Servers start lazily, the first time a test asks for them, and stop at session end (a
+server that was already running is reused and left alone; see ``tests/servers.py``).
+A server that cannot be reached fails the test, in CI and locally: nothing is skipped.
+
+Override the defaults with ``STOCKPYLE_TEST_REDIS_PORT``, ``STOCKPYLE_TEST_CLUSTER_PORTS``
+and ``STOCKPYLE_TEST_MEMCACHED_PORTS`` (comma lists) and ``STOCKPYLE_TEST_POSTGRES_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from sqlalchemy.engine import make_url
+
+from tests.servers import MemcachedServer, RedisCluster, RedisServer, ServerError, free_port
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _ports(name: str, default: str) -> list[int]:
+    raw = os.environ.get(name, default)
+    try:
+        return [int(part) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        pytest.fail(f"{name}={raw!r} is not a comma-separated list of ports", pytrace=False)
+
+
+def _start(server: RedisServer | RedisCluster | MemcachedServer) -> None:
+    try:
+        server.start()
+    except ServerError as exc:
+        pytest.fail(
+            f"cannot start {server!r}: {exc}\n"
+            "Tests use real servers and never skip; `scripts/test` installs and starts them.",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A standalone Redis on STOCKPYLE_TEST_REDIS_PORT (16379)."""
+    server = RedisServer(_ports("STOCKPYLE_TEST_REDIS_PORT", "16379")[0])
+    _start(server)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster on STOCKPYLE_TEST_CLUSTER_PORTS (17001-17003)."""
+    cluster = RedisCluster(_ports("STOCKPYLE_TEST_CLUSTER_PORTS", "17001,17002,17003"))
+    _start(cluster)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def memcached_servers() -> Iterator[list[MemcachedServer]]:
+    """Two memcached servers on STOCKPYLE_TEST_MEMCACHED_PORTS (11311, 11312)."""
+    servers = [
+        MemcachedServer(port) for port in _ports("STOCKPYLE_TEST_MEMCACHED_PORTS", "11311,11312")
+    ]
+    try:
+        for server in servers:
+            _start(server)
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """SQLAlchemy URL of a reachable PostgreSQL database (created if missing)."""
+    url = os.environ.get("STOCKPYLE_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    parsed = make_url(url)
+    database = parsed.database or "postgres"
+    conninfo = make_conninfo(
+        host=parsed.host or "127.0.0.1",
+        port=parsed.port or 5432,
+        user=parsed.username,
+        password=parsed.password,
+        connect_timeout=3,
+    )
+    try:
+        try:
+            psycopg.connect(conninfo, dbname=database).close()
+        except psycopg.OperationalError as exc:
+            if f'database "{database}" does not exist' not in str(exc):
+                raise
+            with psycopg.connect(conninfo, dbname="postgres", autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    except psycopg.Error as exc:
+        pytest.fail(
+            f"PostgreSQL at {parsed.render_as_string(hide_password=True)} does not answer: "
+            f"{exc}\nStart it (`pg_ctlcluster <version> main start`, or run scripts/test) or "
+            "point STOCKPYLE_TEST_POSTGRES_URL at a database the tests may write to.",
+            pytrace=False,
+        )
+    return url
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of the session Redis, its database flushed for this test."""
+    redis_server.flushdb()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_cluster_nodes(redis_cluster: RedisCluster) -> list[tuple[str, int]]:
+    """Startup nodes of the session Redis Cluster, every node flushed for this test."""
+    redis_cluster.flushall()
+    return redis_cluster.startup_nodes
+
+
+@pytest.fixture
+def memcached_addresses(memcached_servers: list[MemcachedServer]) -> list[str]:
+    """``host:port`` of each session memcached, each flushed for this test."""
+    for server in memcached_servers:
+        server.flush_all()
+    return [server.address for server in memcached_servers]
+
+
+@pytest.fixture
+def private_redis_server() -> Iterator[RedisServer]:
+    """A Redis of this test's own on a free port, for kill/restart fault injection."""
+    server = RedisServer(free_port())
+    _start(server)
+    yield server
+    server.stop()

@@ -1,0 +1,33 @@
+"""sa_stockpyle: a write-through object cache for SQLAlchemy 2.x.
+
+Stores live in :mod:`sa_stockpyle.stores`; this module exports the errors and the version.
+"""
+
+from __future__ import annotations
+
+from sa_stockpyle.errors import (
+    ConfigurationError,
+    InvalidKeyValueError,
+    InvalidLifetimeError,
+    NonUniqueKeyError,
+    NotStorableError,
+    PayloadError,
+    StockpyleError,
+    StoreUnavailable,
+    UnknownKeyError,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "ConfigurationError",
+    "InvalidKeyValueError",
+    "InvalidLifetimeError",
+    "NonUniqueKeyError",
+    "NotStorableError",
+    "PayloadError",
+    "StockpyleError",
+    "StoreUnavailable",
+    "UnknownKeyError",
+    "__version__",
+]

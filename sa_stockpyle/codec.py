@@ -1,0 +1,326 @@
+"""Payloads: the record envelope, expiry, object snapshots and safe decoding.
+
+A store keeps two kinds of records under its cache keys:
+
+* an :class:`Entry` under the primary key: the object's class, its state (a snapshot of
+  its attributes, never the live object), every cache key that answers to it, and its
+  expiry;
+* a :class:`Pointer` under each alternate key: the primary key it leads to.
+
+A lookup by an alternate key follows the pointer and then checks that the entry still
+lists that alternate key, so a pointer left behind after the key moved (the user changed
+their email) is a miss instead of a stale answer.
+
+Shared layers (Redis, memcached, files) hold records as bytes: ``SPK1`` followed by JSON
+in which values JSON cannot carry exactly (datetime, Decimal, UUID, bytes, Enum, tuples,
+sets, dicts with non-string keys) are tagged.  Decoding builds only plain data, the
+requested class or one of its subclasses, and already-imported Enum classes: a payload
+can never import a module, run code or build an arbitrary class.  This is why there is no
+pickle and no need for an HMAC secret: the allow-list is enforced by the decoder itself.
+Anything that does not decode raises :class:`~sa_stockpyle.errors.PayloadError`, which
+stores turn into a counted miss and a delete.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as dt
+import enum
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from uuid import UUID
+
+from sa_stockpyle.errors import InvalidLifetimeError, PayloadError
+from sa_stockpyle.keys import class_token
+
+__all__ = [
+    "MAGIC",
+    "Entry",
+    "Lifetime",
+    "LifetimeCallback",
+    "Pointer",
+    "Record",
+    "decode_record",
+    "encode_record",
+    "expiry",
+    "restore",
+    "snapshot",
+]
+
+#: The first bytes of every payload; the digit is the payload format version.
+MAGIC = b"SPK1"
+
+#: What ``lifetime_cb`` may return: seconds, a duration, an absolute time, or no expiry.
+Lifetime = int | dt.timedelta | dt.datetime | None
+LifetimeCallback = Callable[[Any], Lifetime]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """The record under an object's primary key."""
+
+    klass: type
+    state: dict[str, Any]
+    keys: tuple[str, ...]
+    expires_at: float | None
+
+    def expired(self, now: float) -> bool:
+        """True once the entry's expiry has passed."""
+        return self.expires_at is not None and now >= self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class Pointer:
+    """The record under an alternate key: the primary key it leads to."""
+
+    primary: str
+    expires_at: float | None
+
+    def expired(self, now: float) -> bool:
+        """True once the pointer's expiry has passed."""
+        return self.expires_at is not None and now >= self.expires_at
+
+
+Record = Entry | Pointer
+
+
+def expiry(lifetime: object, now: float) -> float | None:
+    """Turn a ``lifetime_cb`` result into an absolute Unix time (None: never expires).
+
+    ``int`` seconds and ``timedelta`` count from ``now`` and must be positive; a
+    ``datetime`` is absolute (naive ones are local time, as ``datetime.timestamp``
+    reads them).  Anything else raises :class:`InvalidLifetimeError`.
+    """
+    if lifetime is None:
+        return None
+    if isinstance(lifetime, dt.datetime):
+        return lifetime.timestamp()
+    if isinstance(lifetime, dt.timedelta):
+        seconds: float = lifetime.total_seconds()
+    elif isinstance(lifetime, int) and not isinstance(lifetime, bool):
+        seconds = lifetime
+    else:
+        raise InvalidLifetimeError(
+            f"lifetime_cb returned {type(lifetime).__qualname__} {lifetime!r}; expected "
+            f"int seconds, a timedelta, an absolute datetime, or None for no expiry"
+        )
+    if seconds <= 0:
+        raise InvalidLifetimeError(
+            f"lifetime_cb returned {lifetime!r}; a relative lifetime must be positive "
+            f"(return None for no expiry)"
+        )
+    return now + seconds
+
+
+# --- snapshots -----------------------------------------------------------------------------
+
+_IMMUTABLE = frozenset(
+    {str, int, float, bool, bytes, type(None), Decimal, UUID, dt.datetime, dt.date, dt.time}
+)
+
+
+def _detach(value: Any) -> Any:
+    # Immutable values can be shared between the cache and its callers; anything else is
+    # copied so that mutating a returned object never reaches into the cache.
+    if type(value) in _IMMUTABLE or isinstance(value, enum.Enum):
+        return value
+    return copy.deepcopy(value)
+
+
+def _slot_names(klass: type) -> list[str]:
+    names: list[str] = []
+    for base in klass.__mro__:
+        slots = vars(base).get("__slots__", ())
+        names.extend([slots] if isinstance(slots, str) else slots)
+    return [name for name in names if name not in ("__dict__", "__weakref__")]
+
+
+def snapshot(obj: object) -> dict[str, Any]:
+    """A copy of ``obj``'s attributes that shares nothing mutable with ``obj``."""
+    state = {name: _detach(value) for name, value in getattr(obj, "__dict__", {}).items()}
+    for name in _slot_names(type(obj)):
+        if hasattr(obj, name):
+            state[name] = _detach(getattr(obj, name))
+    return state
+
+
+def restore(klass: type, state: dict[str, Any]) -> Any:
+    """Build a new ``klass`` instance from a snapshot, without calling ``__init__``."""
+    factory: Any = klass
+    obj = factory.__new__(klass)
+    for name, value in state.items():
+        object.__setattr__(obj, name, _detach(value))
+    return obj
+
+
+# --- wire format ---------------------------------------------------------------------------
+
+_TAG = "$t"
+
+
+def _tag(name: str, value: Any) -> dict[str, Any]:
+    return {_TAG: name, "v": value}
+
+
+def _pack(value: Any) -> Any:
+    """Make ``value`` JSON-safe, tagging every type JSON would not give back exactly."""
+    kind = type(value)
+    if kind in (str, int, bool) or value is None:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else _tag("float", repr(value))
+    if isinstance(value, enum.Enum):
+        cls = type(value)
+        return _tag("enum", [cls.__module__, cls.__qualname__, _pack(value.value)])
+    if isinstance(value, dt.datetime):
+        return _tag("datetime", value.isoformat())
+    if isinstance(value, dt.date):
+        return _tag("date", value.isoformat())
+    if isinstance(value, dt.time):
+        return _tag("time", value.isoformat())
+    if isinstance(value, dt.timedelta):
+        return _tag("timedelta", [value.days, value.seconds, value.microseconds])
+    if isinstance(value, Decimal):
+        return _tag("decimal", str(value))
+    if isinstance(value, UUID):
+        return _tag("uuid", value.hex)
+    if isinstance(value, (bytes, bytearray)):
+        return _tag("bytes", base64.b64encode(value).decode("ascii"))
+    if kind is list:
+        return [_pack(item) for item in value]
+    if kind is tuple:
+        return _tag("tuple", [_pack(item) for item in value])
+    if kind in (set, frozenset):
+        return _tag(kind.__name__, [_pack(item) for item in value])
+    if kind is dict:
+        if all(type(key) is str for key in value) and _TAG not in value:
+            return {key: _pack(item) for key, item in value.items()}
+        return _tag("dict", [[_pack(key), _pack(item)] for key, item in value.items()])
+    raise PayloadError(
+        f"cannot encode {kind.__qualname__} value {value!r} for a shared cache layer; "
+        f"supported: JSON types, tuple, set, datetime, date, time, timedelta, Decimal, "
+        f"UUID, bytes and Enum"
+    )
+
+
+def _enum_class(module: str, qualname: str) -> type[enum.Enum]:
+    # Only Enum classes the process has already imported are candidates: decoding never
+    # imports a module, so a payload cannot make the process load code.
+    pending: list[type[enum.Enum]] = [enum.Enum]
+    while pending:
+        cls = pending.pop()
+        if cls.__module__ == module and cls.__qualname__ == qualname:
+            return cls
+        pending.extend(cls.__subclasses__())
+    raise PayloadError(f"payload names Enum {module}.{qualname}, which is not imported here")
+
+
+def _unpack_tagged(name: str, raw: Any) -> Any:
+    value: Any
+    if name == "tuple":
+        value = tuple(_unpack(item) for item in raw)
+    elif name == "set":
+        value = {_unpack(item) for item in raw}
+    elif name == "frozenset":
+        value = frozenset(_unpack(item) for item in raw)
+    elif name == "dict":
+        value = {_unpack(key): _unpack(item) for key, item in raw}
+    elif name in _SCALARS:
+        value = _SCALARS[name](raw)
+    elif name == "enum":
+        module, qualname, member = raw
+        value = _enum_class(module, qualname)(_unpack(member))
+    else:
+        raise PayloadError(f"payload holds an unknown value tag {name!r}")
+    return value
+
+
+_SCALARS: dict[str, Callable[[Any], Any]] = {
+    "float": float,
+    "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "timedelta": lambda raw: dt.timedelta(days=raw[0], seconds=raw[1], microseconds=raw[2]),
+    "decimal": Decimal,
+    "uuid": UUID,
+    "bytes": lambda raw: base64.b64decode(raw, validate=True),
+}
+
+
+def _unpack(value: Any) -> Any:
+    if type(value) is list:
+        return [_unpack(item) for item in value]
+    if type(value) is dict:
+        if _TAG in value:
+            return _unpack_tagged(value[_TAG], value["v"])
+        return {key: _unpack(item) for key, item in value.items()}
+    return value
+
+
+def encode_record(record: Record) -> bytes:
+    """Serialise a record for a shared layer (see the module docstring for the format)."""
+    if isinstance(record, Pointer):
+        body: dict[str, Any] = {"p": record.primary, "x": record.expires_at}
+    else:
+        body = {
+            "c": class_token(record.klass),
+            "s": {name: _pack(value) for name, value in record.state.items()},
+            "k": list(record.keys),
+            "x": record.expires_at,
+        }
+    return MAGIC + json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _subclass_named(klass: type, token: str) -> type:
+    # The allow-list: the class a caller asked for and its subclasses, nothing else.
+    pending = [klass]
+    while pending:
+        cls = pending.pop()
+        if class_token(cls) == token:
+            return cls
+        pending.extend(cls.__subclasses__())
+    raise PayloadError(f"payload class {token!r} is not {class_token(klass)} or a subclass")
+
+
+def decode_record(data: bytes, klass: type) -> Record:
+    """Decode bytes written by :func:`encode_record` for a lookup of ``klass``.
+
+    Raises :class:`PayloadError` for anything else: foreign bytes, a pickle, truncated
+    JSON, an unknown tag, or a class outside ``klass`` and its subclasses.
+    """
+    if not isinstance(data, bytes) or not data.startswith(MAGIC):
+        raise PayloadError(f"payload does not start with {MAGIC!r}: {bytes(data[:16])!r}")
+    try:
+        body = json.loads(data[len(MAGIC) :])
+        expires_at = body["x"]
+        if expires_at is not None and type(expires_at) not in (int, float):
+            raise PayloadError(f"payload expiry {expires_at!r} is not a number")
+        if "p" in body:
+            if type(body["p"]) is not str:
+                raise PayloadError("payload pointer is not a string")
+            return Pointer(body["p"], expires_at)
+        state = body["s"]
+        keys = body["k"]
+        if type(state) is not dict or type(keys) is not list:
+            raise PayloadError("payload state or keys have the wrong shape")
+        return Entry(
+            _subclass_named(klass, body["c"]),
+            {name: _unpack(value) for name, value in state.items()},
+            tuple(str(key) for key in keys),
+            expires_at,
+        )
+    except PayloadError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, InvalidOperation) as exc:
+        raise PayloadError(f"payload did not decode: {exc!r}") from exc
+
+
+def now() -> float:
+    """The default clock of every store: Unix time in seconds."""
+    return time.time()

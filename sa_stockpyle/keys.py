@@ -1,0 +1,356 @@
+"""Keys: ``__stockpyle_keys__`` parsing, lookup normalisation and cache-key strings.
+
+A storable class declares ``__stockpyle_keys__``: a list whose items are an attribute name
+(``"id"``) or a tuple of attribute names (``("zap", "bar")``); each item identifies one
+object, and the first is the *primary lookup key*.
+
+Cache keys are built from a namespace (prefix, format version, class, schema fingerprint
+for mapped classes), the key item and a type-tagged encoding of the values, so ``1``,
+``"1"``, ``True`` and ``1.0`` never collide and the same key is produced in every process
+and on every Python version (``hash()`` is never used).  Keys that would break a backend's
+rules (memcached: 250 bytes, printable ASCII without spaces) are hashed with SHA-256.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import math
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote
+from uuid import UUID
+
+import sqlalchemy
+
+from sa_stockpyle.errors import InvalidKeyValueError, NotStorableError, UnknownKeyError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAX_KEY_LENGTH",
+    "KeyItem",
+    "KeyMaker",
+    "KeySpec",
+    "class_token",
+    "encode_value",
+    "is_null",
+    "key_spec",
+    "schema_fingerprint",
+    "storage_classes",
+]
+
+#: Bumped whenever the layout of cache keys or payloads changes incompatibly.
+FORMAT_VERSION = "v1"
+
+#: memcached's limit; Redis has none worth meeting, so one rule serves every backend.
+MAX_KEY_LENGTH = 250
+
+#: The attribute names of one declared key, in declaration order.
+KeyItem = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """The parsed ``__stockpyle_keys__`` of one class."""
+
+    klass: type
+    items: tuple[KeyItem, ...]
+    _index: Mapping[frozenset[str], int]
+
+    @property
+    def primary(self) -> KeyItem:
+        """The first declared item: the primary lookup key."""
+        return self.items[0]
+
+    def describe(self) -> str:
+        """Name the class and its declared keys, for error messages."""
+        shown = [item[0] if len(item) == 1 else item for item in self.items]
+        return f"{self.klass.__qualname__} declares __stockpyle_keys__ = {shown!r}"
+
+    def lookup(self, key: object) -> tuple[int, tuple[Any, ...]]:
+        """Normalise a lookup key to ``(item index, values in item order)``.
+
+        ``key`` is a dict whose attribute names equal one declared item (order-free), or
+        the shorthand for the primary item: a scalar for a one-attribute primary key, a
+        tuple of the same length for a composite one.
+        """
+        if isinstance(key, Mapping):
+            index = self._index.get(frozenset(key))
+            if index is None:
+                raise UnknownKeyError(
+                    f"lookup {dict(key)!r} matches no declared key: {self.describe()}; "
+                    f"a lookup names exactly the attributes of one declared key"
+                )
+            values = tuple(key[attr] for attr in self.items[index])
+        elif len(self.primary) == 1:
+            values = (key,)
+            index = 0
+        elif isinstance(key, tuple) and len(key) == len(self.primary):
+            values = key
+            index = 0
+        else:
+            raise UnknownKeyError(
+                f"lookup {key!r} matches no declared key: {self.describe()}; a non-dict "
+                f"lookup must be a tuple of {len(self.primary)} values for {self.primary!r}"
+            )
+        return index, values
+
+    def values_of(self, obj: object, index: int) -> tuple[Any, ...]:
+        """Read the values of declared item ``index`` from ``obj``."""
+        try:
+            return tuple(getattr(obj, attr) for attr in self.items[index])
+        except AttributeError as exc:
+            raise InvalidKeyValueError(
+                f"{type(obj).__qualname__} object has no key attribute {exc.name!r}: "
+                f"{self.describe()}"
+            ) from exc
+
+    def identities(self, obj: object) -> Iterator[tuple[int, tuple[Any, ...]]]:
+        """Yield ``(index, values)`` for every declared item of ``obj``.
+
+        Items with a ``None`` value are skipped (see :func:`is_null`): like a SQL unique
+        constraint, a missing value identifies nothing.  A ``None`` primary key is an
+        error because it would make the object unreachable.
+        """
+        for index in range(len(self.items)):
+            values = self.values_of(obj, index)
+            if is_null(values):
+                if index == 0:
+                    raise InvalidKeyValueError(
+                        f"{type(obj).__qualname__} object has None in its primary key "
+                        f"{self.primary!r}: {self.describe()}"
+                    )
+                continue
+            yield index, values
+
+
+_SPECS: weakref.WeakKeyDictionary[type, KeySpec] = weakref.WeakKeyDictionary()
+
+
+def key_spec(klass: object) -> KeySpec:
+    """Return the validated :class:`KeySpec` of ``klass`` (cached per class).
+
+    Raises :class:`NotStorableError` when ``klass`` is not a class or its
+    ``__stockpyle_keys__`` is missing or malformed.
+    """
+    if not isinstance(klass, type):
+        raise NotStorableError(
+            f"expected a class with __stockpyle_keys__, got {type(klass).__qualname__} "
+            f"object {klass!r}"
+        )
+    spec = _SPECS.get(klass)
+    if spec is None:
+        spec = _parse(klass)
+        _SPECS[klass] = spec
+    return spec
+
+
+def _parse(klass: type) -> KeySpec:
+    declared = getattr(klass, "__stockpyle_keys__", None)
+    expected = (
+        "expected a non-empty list of attribute names or tuples of attribute names, "
+        "e.g. __stockpyle_keys__ = ['id', ('zap', 'bar')]"
+    )
+    if declared is None:
+        raise NotStorableError(f"{klass.__qualname__} has no __stockpyle_keys__; {expected}")
+    if not isinstance(declared, (list, tuple)) or not declared:
+        raise NotStorableError(
+            f"{klass.__qualname__}.__stockpyle_keys__ is {declared!r}; {expected}"
+        )
+    items: list[KeyItem] = []
+    index: dict[frozenset[str], int] = {}
+    for raw in declared:
+        item = (raw,) if isinstance(raw, str) else raw
+        if (
+            not isinstance(item, tuple)
+            or not item
+            or not all(isinstance(a, str) and a.isidentifier() for a in item)
+            or len(set(item)) != len(item)
+        ):
+            raise NotStorableError(
+                f"{klass.__qualname__}.__stockpyle_keys__ item {raw!r} is not an attribute "
+                f"name or a tuple of distinct attribute names; {expected}"
+            )
+        attrs = frozenset(item)
+        if attrs in index:
+            raise NotStorableError(
+                f"{klass.__qualname__}.__stockpyle_keys__ declares {raw!r} twice; {expected}"
+            )
+        index[attrs] = len(items)
+        items.append(item)
+    return KeySpec(klass, tuple(items), index)
+
+
+def storage_classes(klass: type, polymorphic: bool) -> tuple[type, ...]:
+    """The classes an object of ``klass`` is stored under.
+
+    Its own class, and with ``polymorphic`` every base class that declares
+    ``__stockpyle_keys__`` too, nearest first.
+    """
+    if not polymorphic:
+        return (klass,)
+    return tuple(
+        base
+        for base in klass.__mro__
+        if base is klass or getattr(base, "__stockpyle_keys__", None) is not None
+    )
+
+
+def is_null(values: tuple[Any, ...]) -> bool:
+    """True when a key holds ``None``: such a key identifies nothing and is never cached."""
+    return any(value is None for value in values)
+
+
+# --- value encoding ------------------------------------------------------------------------
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+_EXACT_INT_LIMIT = 2**63
+
+
+def _enc_str(value: str) -> str:
+    return "s" + (value if _SAFE.issuperset(value) else quote(value, safe=""))
+
+
+def _enc_int(value: int) -> str:
+    if -_EXACT_INT_LIMIT < value < _EXACT_INT_LIMIT:
+        return f"i{value}"
+    # str() of a huge int is capped by sys.int_info.str_digits_check_threshold; hex is not.
+    return f"I{value:x}"
+
+
+def _enc_float(value: float) -> str:
+    if math.isnan(value):
+        raise InvalidKeyValueError("NaN is not equal to itself and cannot identify an object")
+    # -0.0 == 0.0 in Python and in SQL, so they name the same object.
+    return f"f{value + 0.0!r}"
+
+
+def _enc_decimal(value: Decimal) -> str:
+    if value.is_nan():
+        raise InvalidKeyValueError("NaN is not equal to itself and cannot identify an object")
+    # Decimal("1.0") == Decimal("1.00"): normalise so equal values share a key.
+    return f"D{value.normalize() + 0:f}" if value.is_finite() else f"D{value}"
+
+
+def _enc_datetime(value: dt.datetime) -> str:
+    # Equal aware datetimes in different zones name the same instant: key them in UTC.
+    if value.tzinfo is not None and value.utcoffset() is not None:
+        return "tZ" + value.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat()
+    return "t" + value.isoformat()
+
+
+def _enc_enum(value: enum.Enum) -> str:
+    cls = type(value)
+    return "e" + quote(f"{cls.__module__}.{cls.__qualname__}.{value.name}", safe="")
+
+
+def _enc_tuple(value: tuple[Any, ...]) -> str:
+    return "(" + ",".join(encode_value(item) for item in value) + ")"
+
+
+_ENCODERS: dict[type, Callable[[Any], str]] = {
+    str: _enc_str,
+    int: _enc_int,
+    bool: lambda v: "T" if v else "F",
+    float: _enc_float,
+    Decimal: _enc_decimal,
+    bytes: lambda v: "b" + v.hex(),
+    UUID: lambda v: "u" + v.hex,
+    dt.datetime: _enc_datetime,
+    dt.date: lambda v: "d" + v.isoformat(),
+    dt.time: lambda v: "h" + v.isoformat(),
+    tuple: _enc_tuple,
+    type(None): lambda v: "n",
+}
+
+SUPPORTED_KEY_TYPES = (
+    "str, int, bool, float, Decimal, bytes, UUID, datetime, date, time, Enum or a tuple of these"
+)
+
+
+def encode_value(value: object) -> str:
+    """Encode one key value as a type-tagged string; raise for values that are not keys."""
+    encoder = _ENCODERS.get(type(value))
+    if encoder is not None:
+        return encoder(value)
+    if isinstance(value, enum.Enum):
+        return _enc_enum(value)
+    for base, base_encoder in _ENCODERS.items():
+        if isinstance(value, base):
+            return base_encoder(value)
+    raise InvalidKeyValueError(
+        f"{type(value).__qualname__} value {value!r} cannot be part of a key; "
+        f"supported: {SUPPORTED_KEY_TYPES}"
+    )
+
+
+# --- namespaces ----------------------------------------------------------------------------
+
+
+def schema_fingerprint(klass: type) -> str | None:
+    """A short digest of the mapped columns (names and types) of ``klass``, or None.
+
+    Part of the cache namespace of mapped classes, so a migration that changes a table
+    makes entries cached under the old schema unreachable instead of wrong.
+    """
+    mapper: object = sqlalchemy.inspect(klass, raiseerr=False)
+    if mapper is None or not isinstance(mapper, sqlalchemy.orm.Mapper):
+        return None
+    described = sorted(
+        f"{getattr(column, 'table', None)}.{column.name}:{column.type!r}"
+        for column in mapper.columns
+    )
+    return hashlib.sha256("\n".join(described).encode()).hexdigest()[:12]
+
+
+_TOKENS: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
+
+
+def class_token(klass: type) -> str:
+    """The namespace part naming ``klass``: ``module.qualname`` plus its schema fingerprint."""
+    token = _TOKENS.get(klass)
+    if token is None:
+        token = f"{klass.__module__}.{klass.__qualname__}"
+        fingerprint = schema_fingerprint(klass)
+        if fingerprint is not None:
+            token = f"{token}@{fingerprint}"
+        _TOKENS[klass] = token
+    return token
+
+
+def _acceptable(key: str) -> bool:
+    return len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable() and " " not in key
+
+
+class KeyMaker:
+    """Builds the cache-key strings of one store: ``prefix:version:class:item:values``."""
+
+    def __init__(self, prefix: str = "stockpyle") -> None:
+        if not prefix or not _acceptable(prefix) or ":" in prefix or len(prefix) > 64:
+            raise InvalidKeyValueError(
+                f"cache key prefix {prefix!r} is not usable; expected 1 to 64 printable "
+                f"ASCII characters without spaces or ':'"
+            )
+        self.prefix = prefix
+        self._namespace = f"{prefix}:{FORMAT_VERSION}"
+
+    def key(self, spec: KeySpec, index: int, values: tuple[Any, ...]) -> str:
+        """The cache key of ``spec.klass`` looked up by its item ``index`` = ``values``.
+
+        Raises :class:`InvalidKeyValueError`, naming the class and its keys, when a value
+        cannot be part of a key.
+        """
+        try:
+            encoded = ",".join(encode_value(value) for value in values)
+        except InvalidKeyValueError as exc:
+            raise InvalidKeyValueError(f"{exc} (in a key of {spec.describe()})") from None
+        item = "+".join(spec.items[index])
+        key = f"{self._namespace}:{class_token(spec.klass)}:{item}:{encoded}"
+        if _acceptable(key):
+            return key
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{self._namespace}:#{digest}"

@@ -1,0 +1,356 @@
+"""The Store contract, and the key-value machinery every caching store shares.
+
+The contract, which every store in this package and every third-party store follows
+(``sa_stockpyle.testing`` checks it):
+
+* ``put(obj)`` / ``batch_put(objs)`` store objects under every declared key of their class
+  (and, when the store is ``polymorphic``, of every base class declaring keys).
+* ``get(klass, key)`` returns the object or ``None``; ``batch_get(klass, keys)`` returns a
+  list as long as ``keys``, in the same order, with ``None`` for each miss.  Only ``None``
+  means a miss: falsy objects are objects.
+* ``delete(obj)`` / ``batch_delete(objs)`` remove objects; deleting an absent object is
+  not an error.
+* A returned object is never the stored one: caching stores hand out snapshots, so a
+  caller mutating what it got never changes the cache.
+* Bad input raises before anything changes: :class:`~sa_stockpyle.errors.NotStorableError`,
+  :class:`~sa_stockpyle.errors.UnknownKeyError`,
+  :class:`~sa_stockpyle.errors.InvalidKeyValueError`,
+  :class:`~sa_stockpyle.errors.InvalidLifetimeError`.  A backend that does not answer
+  raises :class:`~sa_stockpyle.errors.StoreUnavailable`; nothing else escapes on purpose.
+  A payload that does not decode is a miss: it is logged, counted in ``stats`` as
+  ``corrupt`` and deleted.
+* Keys whose value contains ``None`` identify nothing (as under a SQL unique constraint):
+  objects are not stored under them and looking one up is a miss.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from sa_stockpyle.codec import (
+    Entry,
+    LifetimeCallback,
+    Pointer,
+    Record,
+    expiry,
+    now,
+    restore,
+    snapshot,
+)
+from sa_stockpyle.errors import PayloadError
+from sa_stockpyle.keys import KeyMaker, is_null, key_spec, storage_classes
+
+__all__ = ["BaseDictionaryStore", "BaseKeyValueStore", "BaseStore", "Stats"]
+
+log = logging.getLogger("sa_stockpyle")
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+
+class Stats:
+    """Thread-safe event counters per class: ``stats.count(User, "hits")``."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, klass: type, event: str, amount: int = 1) -> None:
+        """Count ``amount`` occurrences of ``event`` for ``klass``."""
+        if amount:
+            with self._lock:
+                self._counts[klass.__qualname__, event] += amount
+
+    def count(self, klass: type | None, event: str) -> int:
+        """How often ``event`` happened for ``klass`` (for every class when None)."""
+        with self._lock:
+            return sum(
+                n
+                for (name, kind), n in self._counts.items()
+                if kind == event and (klass is None or name == klass.__qualname__)
+            )
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        """A snapshot: ``{class name: {event: count}}``."""
+        result: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for (name, event), n in sorted(self._counts.items()):
+                result.setdefault(name, {})[event] = n
+        return result
+
+    def reset(self) -> None:
+        """Forget every count."""
+        with self._lock:
+            self._counts.clear()
+
+
+class BaseStore(ABC):
+    """Abstract base of every store: implement ``put``, ``get`` and ``delete``.
+
+    The batch forms default to loops here, and only here; a store with a network behind
+    it overrides them with real batches (one round trip per call).
+    """
+
+    def __init__(self) -> None:
+        self.stats = Stats()
+
+    @abstractmethod
+    def put(self, obj: object) -> None:
+        """Store ``obj`` under every declared key."""
+
+    @abstractmethod
+    def get(self, klass: type[T], key: object) -> T | None:
+        """Return the ``klass`` object with ``key``, or None."""
+
+    @abstractmethod
+    def delete(self, obj: object) -> None:
+        """Remove ``obj``; removing an absent object is not an error."""
+
+    def batch_put(self, objs: Iterable[object]) -> None:
+        """Store every object of ``objs``."""
+        for obj in objs:
+            self.put(obj)
+
+    def batch_get(self, klass: type[T], keys: Iterable[object]) -> list[T | None]:
+        """Return one object or None per key, in the order of ``keys``."""
+        return [self.get(klass, key) for key in keys]
+
+    def batch_delete(self, objs: Iterable[object]) -> None:
+        """Remove every object of ``objs``."""
+        for obj in objs:
+            self.delete(obj)
+
+    def close(self) -> None:  # noqa: B027 - closing is optional; most stores hold nothing
+        """Release connections and threads; the store is unusable afterwards."""
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class BaseKeyValueStore(BaseStore):
+    """A caching store over string keys: records, pointers, expiry and polymorphism.
+
+    Subclasses provide the backend through four primitives, each one round trip for a
+    whole batch: :meth:`_read`, :meth:`_write`, :meth:`_remove`, and the payload pair
+    :meth:`_encode` / :meth:`_decode` (identity for in-process stores, bytes for shared
+    ones).
+
+    Parameters:
+        polymorphic: also store each object under every base class that declares
+            ``__stockpyle_keys__``.
+        lifetime_cb: ``lifetime_cb(obj)`` returns int seconds, a timedelta, an absolute
+            datetime or None (no expiry).
+        prefix: the first part of every cache key.
+        clock: returns the current Unix time; injected by tests.
+    """
+
+    def __init__(
+        self,
+        polymorphic: bool = False,
+        lifetime_cb: LifetimeCallback | None = None,
+        prefix: str = "stockpyle",
+        clock: Clock = now,
+    ) -> None:
+        super().__init__()
+        self.polymorphic = polymorphic
+        self.lifetime_cb = lifetime_cb
+        self.keymaker = KeyMaker(prefix)
+        self.clock = clock
+
+    # -- backend primitives -----------------------------------------------------------
+
+    @abstractmethod
+    def _read(self, keys: Sequence[str]) -> list[Any]:
+        """Return the raw value of each key, None where absent."""
+
+    @abstractmethod
+    def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+        """Store ``(key, raw value, expires_at)`` triples."""
+
+    @abstractmethod
+    def _remove(self, keys: Sequence[str]) -> None:
+        """Remove keys; absent keys are ignored."""
+
+    def _encode(self, record: Record) -> Any:
+        """Turn a record into the raw value the backend holds."""
+        return record
+
+    def _decode(self, raw: Any, klass: type) -> Record:
+        """Turn a raw value back into a record; raise PayloadError when it is not one."""
+        if not isinstance(raw, (Entry, Pointer)):
+            raise PayloadError(f"stored value is not a record: {type(raw).__qualname__}")
+        return raw
+
+    # -- the contract -----------------------------------------------------------------
+
+    def _records(self, objs: Iterable[object]) -> list[tuple[str, Record]]:
+        # Everything that can fail on bad input happens here, before any write.
+        records: list[tuple[str, Record]] = []
+        clock_now = self.clock()
+        for obj in objs:
+            expires_at = expiry(self.lifetime_cb(obj), clock_now) if self.lifetime_cb else None
+            state = snapshot(obj)
+            for klass in storage_classes(type(obj), self.polymorphic):
+                spec = key_spec(klass)
+                keys = tuple(
+                    self.keymaker.key(spec, index, values)
+                    for index, values in spec.identities(obj)
+                )
+                records.append((keys[0], Entry(type(obj), state, keys, expires_at)))
+                records.extend((key, Pointer(keys[0], expires_at)) for key in keys[1:])
+        return records
+
+    def _object_keys(self, objs: Iterable[object]) -> list[str]:
+        keys: list[str] = []
+        for obj in objs:
+            for klass in storage_classes(type(obj), self.polymorphic):
+                spec = key_spec(klass)
+                keys.extend(
+                    self.keymaker.key(spec, index, values)
+                    for index, values in spec.identities(obj)
+                )
+        return keys
+
+    def put(self, obj: object) -> None:
+        """Store ``obj`` under every declared key (see the module contract)."""
+        self.batch_put((obj,))
+
+    def batch_put(self, objs: Iterable[object]) -> None:
+        """Store every object of ``objs`` in one backend write."""
+        records = self._records(objs)
+        if records:
+            self._write(
+                [(key, self._encode(record), record.expires_at) for key, record in records]
+            )
+
+    def delete(self, obj: object) -> None:
+        """Remove ``obj`` from under every key it is stored at."""
+        self.batch_delete((obj,))
+
+    def batch_delete(self, objs: Iterable[object]) -> None:
+        """Remove every object of ``objs`` in one backend call."""
+        keys = self._object_keys(objs)
+        if keys:
+            self._remove(keys)
+
+    def get(self, klass: type[T], key: object) -> T | None:
+        """Return the ``klass`` object with ``key``, or None."""
+        return self.batch_get(klass, (key,))[0]
+
+    def batch_get(self, klass: type[T], keys: Iterable[object]) -> list[T | None]:
+        """Return one object or None per key, in order; one read, two with alternate keys."""
+        spec = key_spec(klass)
+        wanted: list[str | None] = []
+        for key in keys:
+            index, values = spec.lookup(key)
+            wanted.append(None if is_null(values) else self.keymaker.key(spec, index, values))
+        asked = [key for key in dict.fromkeys(wanted) if key is not None]
+        if not asked:
+            return [None] * len(wanted)
+        found = self._fetch(klass, asked)
+        pointers = {key: rec.primary for key, rec in found.items() if isinstance(rec, Pointer)}
+        targets = [p for p in dict.fromkeys(pointers.values()) if p not in found]
+        if targets:
+            found.update(self._fetch(klass, targets))
+        results: list[T | None] = []
+        for key in wanted:
+            entry = None if key is None else _answering(found, pointers.get(key, key), key)
+            if entry is not None and issubclass(entry.klass, klass):
+                results.append(restore(entry.klass, entry.state))
+            else:
+                results.append(None)
+        # A pointer whose entry is gone or no longer lists it was left behind when the
+        # alternate key moved: it answers nothing, so reclaim its space.
+        dangling = [
+            key for key, primary in pointers.items() if not _answering(found, primary, key)
+        ]
+        if dangling:
+            self._remove(dangling)
+        return results
+
+    def _fetch(self, klass: type, keys: list[str]) -> dict[str, Record]:
+        """Read and decode ``keys``; expired and corrupt records are deleted, not returned."""
+        found: dict[str, Record] = {}
+        dead: list[str] = []
+        clock_now = self.clock()
+        for key, raw in zip(keys, self._read(keys), strict=True):
+            if raw is None:
+                continue
+            try:
+                record = self._decode(raw, klass)
+            except PayloadError as exc:
+                log.warning("sa_stockpyle: %s: deleting corrupt entry %r: %s", self, key, exc)
+                self.stats.add(klass, "corrupt")
+                dead.append(key)
+                continue
+            if record.expired(clock_now):
+                # Removing can only ever cost a later miss, never serve a stale value.
+                dead.append(key)
+            else:
+                found[key] = record
+        if dead:
+            self._remove(dead)
+        return found
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} prefix={self.keymaker.prefix!r}>"
+
+
+def _answering(found: dict[str, Record], primary: str, key: str) -> Entry | None:
+    """The entry at ``primary`` if it still answers to ``key``."""
+    entry = found.get(primary)
+    return entry if isinstance(entry, Entry) and key in entry.keys else None
+
+
+class BaseDictionaryStore(BaseKeyValueStore):
+    """A store over any mutable mapping: a subclass only hands it the mapping.
+
+    Parameters:
+        dictionary: the mapping that holds the records.
+        polymorphic, lifetime_cb, prefix, clock: as for :class:`BaseKeyValueStore`.
+    """
+
+    def __init__(
+        self,
+        dictionary: MutableMapping[str, Any],
+        polymorphic: bool = False,
+        lifetime_cb: LifetimeCallback | None = None,
+        prefix: str = "stockpyle",
+        clock: Clock = now,
+    ) -> None:
+        super().__init__(
+            polymorphic=polymorphic, lifetime_cb=lifetime_cb, prefix=prefix, clock=clock
+        )
+        self.dictionary = dictionary
+
+    def clear(self) -> None:
+        """Drop every record."""
+        self.dictionary.clear()
+
+    def _read(self, keys: Sequence[str]) -> list[Any]:
+        mapping = self.dictionary
+        return [mapping.get(key) for key in keys]
+
+    def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+        mapping = self.dictionary
+        for key, raw, _expires_at in items:
+            mapping[key] = raw
+
+    def _remove(self, keys: Sequence[str]) -> None:
+        mapping = self.dictionary
+        for key in keys:
+            mapping.pop(key, None)

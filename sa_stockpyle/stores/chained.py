@@ -1,0 +1,148 @@
+"""ChainedStore: layers of stores that read through and write through."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
+
+from sa_stockpyle.errors import ConfigurationError, StoreUnavailable
+from sa_stockpyle.keys import key_spec
+from sa_stockpyle.stores.base import BaseStore, Stats
+
+__all__ = ["ChainedStore"]
+
+log = logging.getLogger("sa_stockpyle")
+
+T = TypeVar("T")
+
+
+class ChainedStore(BaseStore):
+    """Stores layered fastest first, e.g. ``[memory, redis, database]``; itself a Store.
+
+    * ``get``/``batch_get`` try the layers in order and ask each only for the keys still
+      missing; objects found in layer *i* are written back into layers ``0..i-1``.
+    * ``put``/``delete`` and their batch forms go through every layer, the most
+      persistent (last) first, so a failure of the last layer raises before any cache
+      holds something it does not.
+    * A layer that raises :class:`~sa_stockpyle.errors.StoreUnavailable` is skipped: a
+      miss for reads, a logged and counted failure for writes.  Only the last layer's
+      write failures propagate.
+
+    ``layer_stats[i]`` counts, per class, the ``hits``, ``misses``, ``fills`` and
+    ``errors`` of layer *i*; ``stats_by_layer()`` returns them all by layer name.
+
+    Parameters:
+        stores: the layers, fastest first.
+    """
+
+    def __init__(self, stores: Sequence[BaseStore]) -> None:
+        super().__init__()
+        layers = list(stores)
+        if not layers or not all(isinstance(store, BaseStore) for store in layers):
+            raise ConfigurationError(
+                f"ChainedStore needs a non-empty list of stores, got {stores!r}"
+            )
+        self.stores = layers
+        self.layer_stats = [Stats() for _ in layers]
+
+    def layer_name(self, index: int) -> str:
+        """A readable name for layer ``index``: ``"0:ProcessMemoryStore"``."""
+        return f"{index}:{type(self.stores[index]).__name__}"
+
+    def stats_by_layer(self) -> dict[str, dict[str, dict[str, int]]]:
+        """``{layer name: {class name: {event: count}}}`` for every layer."""
+        return {self.layer_name(i): stats.as_dict() for i, stats in enumerate(self.layer_stats)}
+
+    def _failed(
+        self, index: int, classes: Iterable[type], action: str, exc: StoreUnavailable
+    ) -> None:
+        for klass in classes:
+            self.layer_stats[index].add(klass, "errors")
+        log.warning("sa_stockpyle: layer %s failed to %s: %s", self.layer_name(index), action, exc)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def get(self, klass: type[T], key: object) -> T | None:
+        """Return the ``klass`` object with ``key`` from the first layer that has it."""
+        return self.batch_get(klass, (key,))[0]
+
+    def batch_get(self, klass: type[T], keys: Iterable[object]) -> list[T | None]:
+        """Look ``keys`` up layer by layer, filling faster layers with what is found."""
+        keys = list(keys)
+        spec = key_spec(klass)
+        for key in keys:  # bad input raises here, before any layer is asked or filled
+            spec.lookup(key)
+        results: list[T | None] = [None] * len(keys)
+        missing = list(range(len(keys)))
+        for index, store in enumerate(self.stores):
+            stats = self.layer_stats[index]
+            try:
+                found = store.batch_get(klass, [keys[i] for i in missing])
+            except StoreUnavailable as exc:
+                self._failed(index, (klass,), "read", exc)
+                continue
+            hits = [obj for obj in found if obj is not None]
+            stats.add(klass, "hits", len(hits))
+            stats.add(klass, "misses", len(found) - len(hits))
+            if hits:
+                self._fill(index, klass, hits)
+                for position, obj in zip(list(missing), found, strict=True):
+                    if obj is not None:
+                        results[position] = obj
+                missing = [i for i in missing if results[i] is None]
+            if not missing:
+                break
+        return results
+
+    def _fill(self, found_in: int, klass: type, objs: Sequence[object]) -> None:
+        # Deeper layers first, as for every write: a fill never leaves a faster layer
+        # holding what a slower one above the source lacks.
+        for index in reversed(range(found_in)):
+            try:
+                self.stores[index].batch_put(objs)
+            except StoreUnavailable as exc:
+                self._failed(index, (klass,), "fill", exc)
+            else:
+                self.layer_stats[index].add(klass, "fills", len(objs))
+
+    # -- writes -----------------------------------------------------------------------
+
+    def _write(self, action: str, objs: Iterable[object]) -> None:
+        objs = list(objs)
+        for obj in objs:  # bad input raises here, before any layer changes
+            for _ in key_spec(type(obj)).identities(obj):
+                pass
+        last = len(self.stores) - 1
+        for index in reversed(range(len(self.stores))):
+            store = self.stores[index]
+            try:
+                if action == "put":
+                    store.batch_put(objs)
+                else:
+                    store.batch_delete(objs)
+            except StoreUnavailable as exc:
+                if index == last:
+                    raise
+                self._failed(index, {type(obj) for obj in objs}, action, exc)
+
+    def put(self, obj: object) -> None:
+        """Store ``obj`` in every layer, the last first."""
+        self._write("put", (obj,))
+
+    def batch_put(self, objs: Iterable[object]) -> None:
+        """Store ``objs`` in every layer with one batch call per layer, the last first."""
+        self._write("put", objs)
+
+    def delete(self, obj: object) -> None:
+        """Remove ``obj`` from every layer, the last first."""
+        self._write("delete", (obj,))
+
+    def batch_delete(self, objs: Iterable[object]) -> None:
+        """Remove ``objs`` from every layer with one batch call per layer, the last first."""
+        self._write("delete", objs)
+
+    def close(self) -> None:
+        """Close every layer."""
+        for store in self.stores:
+            store.close()

@@ -1,0 +1,98 @@
+"""ShoveStore: objects in any dictionary-style storage, as safe bytes payloads.
+
+The seed's ShoveStore wrapped the ``shove`` package, which no longer imports on Python
+3.10+.  This one takes any :class:`~collections.abc.MutableMapping` (a dict, a ``shelve``,
+a ``diskcache.Cache``, an fsspec mapper) or opens one from a URI through fsspec
+(``memory://``, ``file:///path``, ``s3://bucket/prefix`` with ``s3fs`` installed).  Values
+are the codec's bytes records, which carry their expiry as the seed's ``(obj, expiredate)``
+tuples did, and which decode without ever running code even if the storage is shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping, Sequence
+from typing import Any
+
+from sa_stockpyle.codec import LifetimeCallback, Record, decode_record, encode_record, now
+from sa_stockpyle.errors import ConfigurationError
+from sa_stockpyle.stores.base import BaseDictionaryStore, Clock
+
+__all__ = ["ShoveStore", "open_mapping"]
+
+
+def open_mapping(uri: str) -> MutableMapping[str, Any]:
+    """Open the fsspec mapper for ``uri`` (``memory://``, ``file:///path``, ``s3://...``)."""
+    try:
+        import fsspec  # noqa: PLC0415 - optional dependency, loaded only when asked for
+    except ImportError as exc:
+        raise ImportError(
+            'ShoveStore(shoveuri=...) needs fsspec: pip install "sa_stockpyle[shove]"'
+        ) from exc
+    mapping: MutableMapping[str, Any] = fsspec.get_mapper(uri, create=True)
+    return mapping
+
+
+class ShoveStore(BaseDictionaryStore):
+    """Objects in any dictionary-style storage.
+
+    Parameters:
+        shove: the mapping to use (a dict, ``shelve``, ``diskcache.Cache``, fsspec mapper).
+        shoveuri: instead of ``shove``, a URI opened with :func:`open_mapping`.
+        polymorphic, lifetime_cb, prefix, clock: see :class:`BaseDictionaryStore`.
+    """
+
+    def __init__(
+        self,
+        shove: MutableMapping[str, Any] | None = None,
+        shoveuri: str | None = None,
+        polymorphic: bool = False,
+        lifetime_cb: LifetimeCallback | None = None,
+        prefix: str = "stockpyle",
+        clock: Clock = now,
+    ) -> None:
+        if (shove is None) == (shoveuri is None):
+            raise ConfigurationError(
+                "ShoveStore takes exactly one of shove= (a mutable mapping) or shoveuri= "
+                f"(a URI such as 'memory://cache'); got shove={shove!r}, shoveuri={shoveuri!r}"
+            )
+        mapping = open_mapping(shoveuri) if shoveuri is not None else shove
+        assert mapping is not None
+        super().__init__(
+            mapping, polymorphic=polymorphic, lifetime_cb=lifetime_cb, prefix=prefix, clock=clock
+        )
+
+    def _encode(self, record: Record) -> bytes:
+        return encode_record(record)
+
+    def _decode(self, raw: Any, klass: type) -> Record:
+        return decode_record(raw, klass)
+
+    def _read(self, keys: Sequence[str]) -> list[Any]:
+        getitems = getattr(self.dictionary, "getitems", None)
+        if getitems is None:
+            return super()._read(keys)
+        # fsspec mappers fetch many keys concurrently in one call.
+        found = getitems(list(keys), on_error="omit")
+        return [found.get(key) for key in keys]
+
+    def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+        setitems = getattr(self.dictionary, "setitems", None)
+        if setitems is None:
+            super()._write(items)
+        else:
+            setitems({key: raw for key, raw, _expires_at in items})
+
+    def _remove(self, keys: Sequence[str]) -> None:
+        delitems = getattr(self.dictionary, "delitems", None)
+        if delitems is None:
+            super()._remove(keys)
+            return
+        present = [key for key in keys if key in self.dictionary]
+        if present:
+            delitems(present)
+
+    def close(self) -> None:
+        """Close the mapping when it can be closed (shelve, diskcache)."""
+        closer = getattr(self.dictionary, "close", None)
+        if closer is not None:
+            closer()

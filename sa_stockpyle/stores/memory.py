@@ -1,0 +1,152 @@
+"""In-process stores: ProcessMemoryStore (shared by threads) and ThreadLocalStore."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+from sa_stockpyle.codec import LifetimeCallback, now
+from sa_stockpyle.errors import ConfigurationError
+from sa_stockpyle.stores.base import BaseDictionaryStore, Clock
+
+__all__ = ["LRUDict", "ProcessMemoryStore", "ThreadLocalDict", "ThreadLocalStore"]
+
+
+class LRUDict(MutableMapping[str, Any]):
+    """A thread-safe mapping that holds at most ``max_items`` keys, evicting the least
+    recently used.
+
+    Built on :class:`collections.OrderedDict`, whose ``move_to_end`` and ``popitem`` are
+    O(1) in C; a third-party LRU (cachetools) would add a dependency and be slower.
+    """
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+        self._data: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __getitem__(self, key: str) -> Any:
+        with self._lock:
+            value = self._data[key]
+            self._data.move_to_end(key)
+            return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return the value of ``key`` (marking it used) or ``default``."""
+        with self._lock:
+            value = self._data.get(key, default)
+            if value is not default:
+                self._data.move_to_end(key)
+            return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_items:
+                self._data.popitem(last=False)
+
+    def __delitem__(self, key: str) -> None:
+        with self._lock:
+            del self._data[key]
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        """Remove ``key`` and return its value, or ``default`` when absent."""
+        with self._lock:
+            return self._data.pop(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        with self._lock:
+            return iter(list(self._data))
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class ProcessMemoryStore(BaseDictionaryStore):
+    """Objects in this process's memory, shared by its threads.
+
+    Objects are stored as snapshots and every ``get`` builds a new instance, so no two
+    callers ever share a live object and mutating a result never changes the cache.
+
+    Parameters:
+        polymorphic, lifetime_cb, prefix, clock: see :class:`BaseDictionaryStore`.
+        max_items: bound the number of cache keys held (an object with two declared keys
+            uses two); the least recently used are evicted.  None: unbounded.
+    """
+
+    def __init__(
+        self,
+        polymorphic: bool = False,
+        lifetime_cb: LifetimeCallback | None = None,
+        max_items: int | None = None,
+        prefix: str = "stockpyle",
+        clock: Clock = now,
+    ) -> None:
+        if max_items is not None and (
+            not isinstance(max_items, int) or isinstance(max_items, bool) or max_items < 1
+        ):
+            raise ConfigurationError(
+                f"ProcessMemoryStore max_items={max_items!r}; expected a positive int or None"
+            )
+        # A plain dict is thread-safe for the single-key operations used here; the LRU
+        # needs its own lock because a read also reorders.
+        mapping: MutableMapping[str, Any] = {} if max_items is None else LRUDict(max_items)
+        super().__init__(
+            mapping, polymorphic=polymorphic, lifetime_cb=lifetime_cb, prefix=prefix, clock=clock
+        )
+        self.max_items = max_items
+
+
+class ThreadLocalDict(MutableMapping[str, Any]):
+    """A mapping whose contents are private to each thread that uses it."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def _data(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = self._local.data
+        except AttributeError:
+            data = self._local.data = {}
+        return data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._data))
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class ThreadLocalStore(BaseDictionaryStore):
+    """Objects in a dictionary private to each thread (nothing is shared across threads).
+
+    Parameters: see :class:`BaseDictionaryStore`.
+    """
+
+    def __init__(
+        self,
+        polymorphic: bool = False,
+        lifetime_cb: LifetimeCallback | None = None,
+        prefix: str = "stockpyle",
+        clock: Clock = now,
+    ) -> None:
+        super().__init__(
+            ThreadLocalDict(),
+            polymorphic=polymorphic,
+            lifetime_cb=lifetime_cb,
+            prefix=prefix,
+            clock=clock,
+        )

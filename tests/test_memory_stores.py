@@ -1,0 +1,110 @@
+"""ProcessMemoryStore and ThreadLocalStore: the conformance suite plus their own promises."""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Any
+
+import pytest
+
+from sa_stockpyle.errors import ConfigurationError
+from sa_stockpyle.stores import ProcessMemoryStore, ThreadLocalStore
+from sa_stockpyle.testing import Foo, StoreConformance
+
+
+class TestProcessMemoryStore(StoreConformance):
+    def make_store(self, **options: Any) -> ProcessMemoryStore:
+        return ProcessMemoryStore(**options)
+
+
+class TestBoundedProcessMemoryStore(StoreConformance):
+    def make_store(self, **options: Any) -> ProcessMemoryStore:
+        return ProcessMemoryStore(max_items=1000, **options)
+
+
+class TestThreadLocalStore(StoreConformance):
+    def make_store(self, **options: Any) -> ThreadLocalStore:
+        return ThreadLocalStore(**options)
+
+
+def test_max_items_bounds_the_store_after_a_million_puts() -> None:
+    store = ProcessMemoryStore(max_items=10_000)
+    for start in range(0, 1_000_000, 1_000):
+        store.batch_put([_Key(key=i) for i in range(start, start + 1_000)])
+        assert len(store.dictionary) <= 10_000
+    assert len(store.dictionary) == 10_000
+    assert store.get(_Key, 999_999) == _Key(key=999_999)
+    assert store.get(_Key, 0) is None
+
+
+def test_lru_evicts_the_least_recently_used() -> None:
+    store = ProcessMemoryStore(max_items=3)
+    store.batch_put([_Key(key=1), _Key(key=2), _Key(key=3)])
+    assert store.get(_Key, 1) is not None  # 1 becomes the most recently used
+    store.put(_Key(key=4))
+    assert store.batch_get(_Key, [1, 2, 3, 4]) == [_Key(key=1), None, _Key(key=3), _Key(key=4)]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "10", True])
+def test_max_items_must_be_a_positive_int(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="max_items"):
+        ProcessMemoryStore(max_items=bad)  # type: ignore[arg-type]
+
+
+def test_concurrent_mixed_operations_stay_correct() -> None:
+    # Eight threads put, get and delete overlapping objects.  Every object's payload names
+    # its own key, so a torn or crossed entry would show up as a mismatch.
+    store = ProcessMemoryStore(max_items=500)
+    errors: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        barrier.wait()
+        for _ in range(20_000):
+            key = rng.randrange(800)
+            action = rng.random()
+            if action < 0.4:
+                store.put(Foo(key=key, zap=key, bar=-key, payload=[key] * 3))
+            elif action < 0.9:
+                got = store.get(Foo, {"zap": key, "bar": -key} if action < 0.6 else key)
+                if got is not None and (got.key != key or got.payload != [key] * 3):
+                    errors.append(f"asked {key}, got {got!r}")
+            else:
+                store.delete(Foo(key=key, zap=key, bar=-key))
+        assert len(store.dictionary) <= 500
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(store.dictionary) <= 500
+
+
+def test_thread_local_store_is_private_to_each_thread() -> None:
+    store = ThreadLocalStore()
+    store.put(_Key(key=1))
+    seen: list[object] = []
+    thread = threading.Thread(target=lambda: seen.append(store.get(_Key, 1)))
+    thread.start()
+    thread.join()
+    assert seen == [None]
+    assert store.get(_Key, 1) == _Key(key=1)
+    store.clear()
+    assert store.get(_Key, 1) is None
+
+
+class _Key:
+    __stockpyle_keys__ = ["key"]
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Key) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
