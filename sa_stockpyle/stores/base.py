@@ -126,6 +126,25 @@ class BaseStore(ABC):
         for obj in objs:
             self.delete(obj)
 
+    def adopt(self, klass: type[T], objs: list[T]) -> list[T]:
+        """Take ownership of ``objs``, found by a faster layer above this one in a chain.
+
+        A :class:`~sa_stockpyle.stores.ChainedStore` hands every hit to each layer below
+        the one it came from, and returns what the last one gives back.  The default
+        returns ``objs`` unchanged; the SQLAlchemy store attaches them to its session.
+        The result is as long as ``objs`` and in the same order.
+        """
+        return objs
+
+    def cacheable(self, obj: object) -> bool:
+        """Whether ``obj``, as this store holds it, may be copied into faster layers.
+
+        False for state that is not committed yet (an object pending or flushed in an
+        open transaction): a chain then invalidates faster layers instead of filling
+        them.  The default is True.
+        """
+        return True
+
     def close(self) -> None:  # noqa: B027 - closing is optional; most stores hold nothing
         """Release connections and threads; the store is unusable afterwards."""
 

@@ -24,7 +24,12 @@ class ChainedStore(BaseStore):
       missing; objects found in layer *i* are written back into layers ``0..i-1``.
     * ``put``/``delete`` and their batch forms go through every layer, the most
       persistent (last) first, so a failure of the last layer raises before any cache
-      holds something it does not.
+      holds something it does not.  An object a layer reports as not
+      :meth:`~BaseStore.cacheable` (not committed yet) is deleted from the layers above
+      it instead of written.
+    * Hits are handed to :meth:`~BaseStore.adopt` of every layer below the one that
+      found them (the SQLAlchemy store attaches them to its session), and only
+      cacheable hits fill the faster layers.
     * A layer that raises :class:`~sa_stockpyle.errors.StoreUnavailable` is skipped: a
       miss for reads, a logged and counted failure for writes.  Only the last layer's
       write failures propagate.
@@ -86,10 +91,12 @@ class ChainedStore(BaseStore):
             stats.add(klass, "hits", len(hits))
             stats.add(klass, "misses", len(found) - len(hits))
             if hits:
-                self._fill(index, klass, hits)
-                for position, obj in zip(list(missing), found, strict=True):
-                    if obj is not None:
-                        results[position] = obj
+                self._fill(index, klass, [obj for obj in hits if store.cacheable(obj)])
+                for below in self.stores[index + 1 :]:
+                    hits = below.adopt(klass, hits)
+                positions = [i for i, obj in zip(missing, found, strict=True) if obj is not None]
+                for position, obj in zip(positions, hits, strict=True):
+                    results[position] = obj
                 missing = [i for i in missing if results[i] is None]
             if not missing:
                 break
@@ -98,6 +105,8 @@ class ChainedStore(BaseStore):
     def _fill(self, found_in: int, klass: type, objs: Sequence[object]) -> None:
         # Deeper layers first, as for every write: a fill never leaves a faster layer
         # holding what a slower one above the source lacks.
+        if not objs:
+            return
         for index in reversed(range(found_in)):
             try:
                 self.stores[index].batch_put(objs)
@@ -114,17 +123,25 @@ class ChainedStore(BaseStore):
             for _ in key_spec(type(obj)).identities(obj):
                 pass
         last = len(self.stores) - 1
+        puts = objs if action == "put" else []
+        deletes = [] if action == "put" else objs
         for index in reversed(range(len(self.stores))):
             store = self.stores[index]
             try:
-                if action == "put":
-                    store.batch_put(objs)
-                else:
-                    store.batch_delete(objs)
+                if puts:
+                    store.batch_put(puts)
+                if deletes:
+                    store.batch_delete(deletes)
             except StoreUnavailable as exc:
                 if index == last:
                     raise
                 self._failed(index, {type(obj) for obj in objs}, action, exc)
+            # State a layer holds uncommitted must not reach the faster layers above it:
+            # they drop the object instead (the ORM plugin writes it once committed).
+            held_back = [obj for obj in puts if not store.cacheable(obj)]
+            if held_back:
+                puts = [obj for obj in puts if store.cacheable(obj)]
+                deletes = [*deletes, *held_back]
 
     def put(self, obj: object) -> None:
         """Store ``obj`` in every layer, the last first."""
