@@ -17,7 +17,6 @@ import datetime as dt
 import enum
 import hashlib
 import math
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -78,7 +77,7 @@ class KeySpec:
         the shorthand for the primary item: a scalar for a one-attribute primary key, a
         tuple of the same length for a composite one.
         """
-        if isinstance(key, Mapping):
+        if type(key) is dict or isinstance(key, Mapping):
             index = self._index.get(frozenset(key))
             if index is None:
                 raise UnknownKeyError(
@@ -128,7 +127,9 @@ class KeySpec:
             yield index, values
 
 
-_SPECS: weakref.WeakKeyDictionary[type, KeySpec] = weakref.WeakKeyDictionary()
+# Plain dicts, not WeakKeyDictionary: these lookups sit on every get, and a weak lookup
+# costs ten times more.  Classes are long-lived; a dynamically made class stays cached.
+_SPECS: dict[type, KeySpec] = {}
 
 
 def key_spec(klass: object) -> KeySpec:
@@ -307,7 +308,7 @@ def schema_fingerprint(klass: type) -> str | None:
     return hashlib.sha256("\n".join(described).encode()).hexdigest()[:12]
 
 
-_TOKENS: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
+_TOKENS: dict[type, str] = {}
 
 
 def class_token(klass: type) -> str:
@@ -337,6 +338,7 @@ class KeyMaker:
             )
         self.prefix = prefix
         self._namespace = f"{prefix}:{FORMAT_VERSION}"
+        self._heads: dict[tuple[type, int], str] = {}
 
     def key(self, spec: KeySpec, index: int, values: tuple[Any, ...]) -> str:
         """The cache key of ``spec.klass`` looked up by its item ``index`` = ``values``.
@@ -345,11 +347,18 @@ class KeyMaker:
         cannot be part of a key.
         """
         try:
-            encoded = ",".join(encode_value(value) for value in values)
+            if len(values) == 1:
+                encoded = encode_value(values[0])
+            else:
+                encoded = ",".join([encode_value(value) for value in values])
         except InvalidKeyValueError as exc:
             raise InvalidKeyValueError(f"{exc} (in a key of {spec.describe()})") from None
-        item = "+".join(spec.items[index])
-        key = f"{self._namespace}:{class_token(spec.klass)}:{item}:{encoded}"
+        head = self._heads.get((spec.klass, index))
+        if head is None:
+            item = "+".join(spec.items[index])
+            head = f"{self._namespace}:{class_token(spec.klass)}:{item}:"
+            self._heads[spec.klass, index] = head
+        key = head + encoded
         if _acceptable(key):
             return key
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()

@@ -1,0 +1,206 @@
+"""ChainedStore: read-through, write-through, degraded layers and statistics."""
+
+from __future__ import annotations
+
+import logging
+import shelve
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from sa_stockpyle.errors import ConfigurationError, StoreUnavailable, UnknownKeyError
+from sa_stockpyle.stores import (
+    BaseDictionaryStore,
+    ChainedStore,
+    ProcessMemoryStore,
+    ShoveStore,
+    ThreadLocalStore,
+)
+from sa_stockpyle.testing import Falsy, Foo, StoreConformance
+
+
+class TestChainOfMemoryAndShove(StoreConformance):
+    def make_store(self, **options: Any) -> ChainedStore:
+        return ChainedStore([ProcessMemoryStore(**options), ShoveStore(shove={}, **options)])
+
+
+class TestChainOfThreeLayers(StoreConformance):
+    def make_store(self, **options: Any) -> ChainedStore:
+        return ChainedStore(
+            [
+                ThreadLocalStore(**options),
+                ProcessMemoryStore(**options),
+                ShoveStore(shove={}, **options),
+            ]
+        )
+
+
+class Recording(BaseDictionaryStore):
+    """A dictionary store that records what it was asked, and can be switched off."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.reads: list[list[str]] = []
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable(f"{self!r} is switched off")
+
+    def _read(self, keys: Sequence[str]) -> list[Any]:
+        self._check()
+        self.reads.append(list(keys))
+        return super()._read(keys)
+
+    def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+        self._check()
+        super()._write(items)
+
+    def _remove(self, keys: Sequence[str]) -> None:
+        self._check()
+        super()._remove(keys)
+
+
+def _foos(n: int) -> list[Foo]:
+    return [Foo(key=i, zap=i, bar=i) for i in range(n)]
+
+
+def test_a_hit_fills_the_faster_layers() -> None:
+    fast, middle, slow = Recording(), Recording(), Recording()
+    chain = ChainedStore([fast, middle, slow])
+    foo = Foo(key=1, zap=1, bar=1)
+    slow.put(foo)
+    assert chain.get(Foo, 1) == foo
+    assert fast.get(Foo, 1) == foo
+    assert middle.get(Foo, 1) == foo
+    stats = chain.stats_by_layer()
+    assert stats["0:Recording"]["Foo"] == {"misses": 1, "fills": 1}
+    assert stats["2:Recording"]["Foo"] == {"hits": 1}
+    fast.reads.clear()
+    slow.reads.clear()
+    assert chain.get(Foo, 1) == foo
+    assert slow.reads == []
+    assert chain.layer_stats[0].count(Foo, "hits") == 1
+
+
+def test_batch_get_asks_each_layer_only_for_what_is_missing() -> None:
+    fast, slow = Recording(), Recording()
+    chain = ChainedStore([fast, slow])
+    foos = _foos(6)
+    fast.batch_put(foos[:2])
+    slow.batch_put(foos)
+    fast.reads.clear()
+    slow.reads.clear()
+    assert chain.batch_get(Foo, [0, 1, 2, 3, 9]) == [*foos[:4], None]
+    assert len(fast.reads) == 1
+    assert len(slow.reads) == 1
+    assert len(slow.reads[0]) == 3  # keys 2, 3 and 9 only
+    assert chain.layer_stats[1].count(Foo, "hits") == 2
+    assert chain.layer_stats[1].count(Foo, "misses") == 1
+
+
+def test_only_none_is_a_miss() -> None:
+    fast, slow = Recording(), Recording()
+    chain = ChainedStore([fast, slow])
+    fast.put(Falsy(key=0))
+    slow.reads.clear()
+    assert chain.get(Falsy, 0) == Falsy(key=0)
+    assert slow.reads == []
+
+
+def test_writes_go_through_every_layer() -> None:
+    layers = [Recording(), Recording(), Recording()]
+    chain = ChainedStore(layers)
+    foos = _foos(3)
+    chain.batch_put(foos)
+    assert all(layer.batch_get(Foo, [0, 1, 2]) == foos for layer in layers)
+    chain.delete(foos[0])
+    chain.batch_delete(foos[1:])
+    assert all(layer.batch_get(Foo, [0, 1, 2]) == [None] * 3 for layer in layers)
+    chain.put(foos[0])
+    assert all(layer.get(Foo, 0) == foos[0] for layer in layers)
+
+
+def test_a_failing_layer_is_a_counted_logged_miss(caplog: pytest.LogCaptureFixture) -> None:
+    fast, broken, slow = Recording(), Recording(), Recording()
+    chain = ChainedStore([fast, broken, slow])
+    slow.batch_put(_foos(2))
+    broken.down = True
+    with caplog.at_level(logging.WARNING, logger="sa_stockpyle"):
+        assert chain.batch_get(Foo, [0, 1]) == _foos(2)
+        chain.put(Foo(key=5, zap=5, bar=5))
+        chain.delete(Foo(key=5, zap=5, bar=5))
+    assert chain.layer_stats[1].count(Foo, "errors") == 4  # read, fill, put, delete
+    assert fast.get(Foo, 0) == _foos(1)[0]
+    assert "1:Recording failed to read" in caplog.text
+
+
+def test_a_failing_last_layer_raises_and_writes_nothing_above() -> None:
+    fast, slow = Recording(), Recording()
+    chain = ChainedStore([fast, slow])
+    slow.down = True
+    with pytest.raises(StoreUnavailable):
+        chain.put(Foo(key=1, zap=1, bar=1))
+    assert fast.get(Foo, 1) is None
+
+
+def test_bad_input_is_rejected_before_any_layer_is_touched() -> None:
+    fast, slow = Recording(), Recording()
+    chain = ChainedStore([fast, slow])
+    with pytest.raises(UnknownKeyError):
+        chain.batch_get(Foo, [1, {"nope": 2}])
+    assert fast.reads == slow.reads == []
+
+
+class _Uncommitted(Recording):
+    """A layer that reports every object as not yet committed."""
+
+    def cacheable(self, obj: object) -> bool:
+        return False
+
+    def adopt(self, klass: type, objs: list[Any]) -> list[Any]:
+        return [("adopted", obj) for obj in objs]
+
+
+def test_uncommitted_state_never_reaches_faster_layers() -> None:
+    fast, slow = Recording(), _Uncommitted()
+    chain = ChainedStore([fast, slow])
+    foo = Foo(key=1, zap=1, bar=1)
+    fast.put(Foo(key=1, zap=1, bar=1, stale=True))
+    chain.put(foo)
+    assert slow.get(Foo, 1) == foo
+    assert fast.get(Foo, 1) is None  # invalidated, not filled
+    assert chain.get(Foo, 1) == foo
+    assert fast.get(Foo, 1) is None
+    assert chain.layer_stats[0].count(Foo, "fills") == 0
+
+
+def test_hits_are_adopted_by_the_layers_below() -> None:
+    fast, slow = Recording(), _Uncommitted()
+    chain = ChainedStore([fast, slow])
+    fast.put(Foo(key=1, zap=1, bar=1))
+    assert chain.batch_get(Foo, [2, 1]) == [None, ("adopted", Foo(key=1, zap=1, bar=1))]
+
+
+def test_close_closes_every_layer(tmp_path: Any) -> None:
+    shelf = shelve.open(str(tmp_path / "s"))  # noqa: SIM115 - the chain must close it
+    chain = ChainedStore([ProcessMemoryStore(), ShoveStore(shove=shelf)])
+    with chain:
+        chain.put(Foo(key=1, zap=1, bar=1))
+    with pytest.raises(ValueError, match="closed"):
+        shelf["x"] = b"1"
+
+
+@pytest.mark.parametrize("bad", [[], [object()], "store"])
+def test_chain_needs_stores(bad: Any) -> None:
+    with pytest.raises(ConfigurationError, match="ChainedStore"):
+        ChainedStore(bad)
+
+
+def test_stats_reset_and_totals() -> None:
+    chain = ChainedStore([ProcessMemoryStore(), ShoveStore(shove={})])
+    chain.get(Foo, 1)
+    assert chain.layer_stats[0].count(None, "misses") == 1
+    chain.layer_stats[0].reset()
+    assert chain.layer_stats[0].as_dict() == {}

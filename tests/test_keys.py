@@ -1,0 +1,119 @@
+"""Keys: declarations, lookups and cache-key strings."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from uuid import UUID
+
+import pytest
+
+from sa_stockpyle.errors import InvalidKeyValueError, NotStorableError, UnknownKeyError
+from sa_stockpyle.keys import (
+    MAX_KEY_LENGTH,
+    KeyMaker,
+    encode_value,
+    key_spec,
+    storage_classes,
+)
+from sa_stockpyle.testing import Automobile, Car, Color, Foo, Pair
+
+
+def _key(klass: type, lookup: object, prefix: str = "stockpyle") -> str:
+    spec = key_spec(klass)
+    index, values = spec.lookup(lookup)
+    return KeyMaker(prefix).key(spec, index, values)
+
+
+def test_key_layout_is_readable() -> None:
+    assert _key(Foo, 5) == "stockpyle:v1:sa_stockpyle.testing.Foo:key:i5"
+    assert _key(Foo, {"bar": "b", "zap": 1.5}, prefix="app") == (
+        "app:v1:sa_stockpyle.testing.Foo:zap+bar:f1.5,sb"
+    )
+    assert _key(Pair, ("a b", None)) == "stockpyle:v1:sa_stockpyle.testing.Pair:a+b:sa%20b,n"
+
+
+def test_lookup_forms_normalise_alike() -> None:
+    spec = key_spec(Foo)
+    assert spec.lookup(5) == spec.lookup({"key": 5}) == (0, (5,))
+    assert spec.lookup({"bar": 2, "zap": 1}) == (1, (1, 2))
+    assert key_spec(Pair).lookup(("x", 1)) == key_spec(Pair).lookup({"b": 1, "a": "x"})
+
+
+def test_values_are_type_tagged() -> None:
+    encoded = {encode_value(v) for v in [1, "1", True, 1.0, b"1", (1,), Decimal(1), Color.RED]}
+    assert len(encoded) == 8
+
+
+def test_equal_values_encode_alike() -> None:
+    utc = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    assert encode_value(utc) == encode_value(utc.astimezone(dt.timezone(dt.timedelta(hours=3))))
+    assert encode_value(-0.0) == encode_value(0.0)
+    assert encode_value(Decimal("1.50")) == encode_value(Decimal("1.5"))
+    assert encode_value(10**5000).startswith("I")  # beyond int->str digit limits
+
+
+def test_long_or_odd_keys_stay_within_backend_limits() -> None:
+    for value in ["x" * 300, "sp ace", "tab\t", "ünï", "\x00"]:
+        key = _key(Foo, value)
+        assert len(key) <= MAX_KEY_LENGTH
+        assert key.isascii()
+        assert key.isprintable()
+        assert " " not in key
+    assert _key(Foo, "x" * 300).startswith("stockpyle:v1:#")
+    assert _key(Foo, "x" * 300) != _key(Foo, "x" * 301)
+
+
+def test_keys_are_the_same_in_every_process() -> None:
+    lookups = (
+        "[5, 'x', ('a', 1), 2.5, b'z', 'ü' * 300, "
+        "__import__('uuid').UUID(int=1), __import__('decimal').Decimal('3.10')]"
+    )
+    script = (
+        "from sa_stockpyle.keys import KeyMaker, key_spec\n"
+        "from sa_stockpyle.testing import Foo\n"
+        "spec = key_spec(Foo)\n"
+        f"for v in {lookups}:\n"
+        "    print(KeyMaker().key(spec, 0, (v,)))\n"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("0", "1", "12345")
+    }
+    assert len(outputs) == 1
+    assert _key(Foo, UUID(int=1)) in outputs.pop()
+
+
+def test_polymorphic_storage_classes() -> None:
+    assert storage_classes(Car, polymorphic=False) == (Car,)
+    assert storage_classes(Car, polymorphic=True) == (Car, Automobile)
+
+
+def test_messages_name_the_class_and_its_keys() -> None:
+    with pytest.raises(UnknownKeyError) as info:
+        key_spec(Foo).lookup({"zip": 1})
+    message = str(info.value)
+    assert "Foo declares __stockpyle_keys__ = ['key', ('zap', 'bar')]" in message
+    assert "{'zip': 1}" in message
+    with pytest.raises(InvalidKeyValueError, match=r"list value \[1\] cannot be part of a key"):
+        encode_value([1])
+
+
+@pytest.mark.parametrize("prefix", ["", "has space", "co:lon", "x" * 65, "ü"])
+def test_bad_prefixes_are_refused(prefix: str) -> None:
+    with pytest.raises(InvalidKeyValueError, match="prefix"):
+        KeyMaker(prefix)
+
+
+def test_not_a_class() -> None:
+    with pytest.raises(NotStorableError, match="expected a class"):
+        key_spec(Foo(key=1))
