@@ -13,6 +13,7 @@ from sa_stockpyle.errors import (
     NotStorableError,
     PayloadError,
     StockpyleError,
+    StoreTimeout,
     StoreUnavailable,
     UnknownKeyError,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "NotStorableError",
     "PayloadError",
     "StockpyleError",
+    "StoreTimeout",
     "StoreUnavailable",
     "UnknownKeyError",
     "__version__",

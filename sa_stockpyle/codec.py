@@ -11,6 +11,15 @@ A lookup by an alternate key follows the pointer and then checks that the entry 
 lists that alternate key, so a pointer left behind after the key moved (the user changed
 their email) is a miss instead of a stale answer.
 
+The state of an object of a class mapped by SQLAlchemy is its *column state* (the entity
+codec): the loaded values of its column attributes, whose primary key is its identity
+(plus the identity token of sharded mappings).  Relationships and ``_sa_instance_state``
+are never part of it.
+:func:`restore` turns it back into a *detached* instance whose values are committed state,
+so a session can take it as persistent without SQL; relationships lazy-load once it is
+attached.  The mapped class's schema fingerprint travels in the class token of shared
+payloads, so state written under another mapping never decodes as this one.
+
 Shared layers (Redis, memcached, files) hold records as bytes: ``SPK1`` followed by JSON
 in which values JSON cannot carry exactly (datetime, Decimal, UUID, bytes, Enum, tuples,
 sets, dicts with non-string keys) are tagged.  Decoding builds only plain data, the
@@ -36,6 +45,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from uuid import UUID
 
+import sqlalchemy
+from sqlalchemy.orm import Mapper, make_transient_to_detached
+from sqlalchemy.orm.attributes import instance_state
+
 from sa_stockpyle.errors import InvalidLifetimeError, PayloadError
 from sa_stockpyle.keys import class_token
 
@@ -48,6 +61,7 @@ __all__ = [
     "Record",
     "decode_record",
     "encode_record",
+    "expired_columns",
     "expiry",
     "restore",
     "snapshot",
@@ -142,7 +156,15 @@ def _slot_names(klass: type) -> list[str]:
 
 
 def snapshot(obj: object) -> dict[str, Any]:
-    """A copy of ``obj``'s attributes that shares nothing mutable with ``obj``."""
+    """A copy of ``obj``'s attributes that shares nothing mutable with ``obj``.
+
+    For a mapped object, its column state (see the module docstring); raises
+    :class:`PayloadError` when a column attribute is expired, because the snapshot would
+    be incomplete or stale.
+    """
+    columns = _columns(type(obj))
+    if columns is not None:
+        return _snapshot_entity(obj, columns)
     state = {name: _detach(value) for name, value in getattr(obj, "__dict__", {}).items()}
     for name in _slot_names(type(obj)):
         if hasattr(obj, name):
@@ -151,11 +173,109 @@ def snapshot(obj: object) -> dict[str, Any]:
 
 
 def restore(klass: type, state: dict[str, Any]) -> Any:
-    """Build a new ``klass`` instance from a snapshot, without calling ``__init__``."""
+    """Build a new ``klass`` instance from a snapshot, without calling ``__init__``.
+
+    A mapped class gets a detached instance holding the snapshot as committed state.
+    """
+    columns = _columns(klass)
+    if columns is not None:
+        return _restore_entity(columns, state)
     factory: Any = klass
     obj = factory.__new__(klass)
     for name, value in state.items():
         object.__setattr__(obj, name, _detach(value))
+    return obj
+
+
+# --- the entity codec ----------------------------------------------------------------------
+
+#: The snapshot entry that holds an object's identity token, for the rare mappings that
+#: set one (horizontal sharding).  "$" keeps it apart from attribute names.
+_IDENTITY = "$identity"
+
+
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """What the entity codec keeps of one mapped class."""
+
+    mapper: Mapper[Any]
+    names: tuple[str, ...]  # every column attribute
+    primary_key: tuple[str, ...]  # the attributes of mapper.primary_key, in its order
+
+
+# A plain dict, as in keys.py: it is read on every snapshot and restore.
+_COLUMNS: dict[type, _Columns | None] = {}
+
+
+def _columns(klass: type) -> _Columns | None:
+    """The entity codec's view of ``klass``, or None when SQLAlchemy does not map it."""
+    try:
+        return _COLUMNS[klass]
+    except KeyError:
+        pass
+    mapper: object = sqlalchemy.inspect(klass, raiseerr=False)
+    columns = None
+    if isinstance(mapper, Mapper):
+        columns = _Columns(
+            mapper,
+            tuple(prop.key for prop in mapper.column_attrs),
+            tuple(mapper.get_property_by_column(column).key for column in mapper.primary_key),
+        )
+    _COLUMNS[klass] = columns
+    return columns
+
+
+def expired_columns(obj: object) -> tuple[str, ...]:
+    """The column attributes of mapped ``obj`` that are expired (empty when none, or unmapped).
+
+    Such an object has no complete committed state to cache until it is refreshed.
+    """
+    columns = _columns(type(obj))
+    if columns is None:
+        return ()
+    expired = instance_state(obj).expired_attributes
+    return tuple(name for name in columns.names if name in expired) if expired else ()
+
+
+def _snapshot_entity(obj: object, columns: _Columns) -> dict[str, Any]:
+    expired = expired_columns(obj)
+    if expired:
+        raise PayloadError(
+            f"{type(obj).__qualname__} object has expired column attributes {expired!r} "
+            f"(after a commit or session.expire()); refresh it before caching it, or use "
+            f"expire_on_commit=False"
+        )
+    state = instance_state(obj)
+    loaded = state.dict
+    # Columns never loaded (deferred, or left out by the query) are left out here too;
+    # restore() expires them so they load on first access once attached.
+    snap = {name: _detach(loaded[name]) for name in columns.names if name in loaded}
+    if state.key is not None and state.key[2] is not None:
+        snap[_IDENTITY] = state.key[2]
+    return snap
+
+
+def _restore_entity(columns: _Columns, snap: dict[str, Any]) -> Any:
+    obj = columns.mapper.class_manager.new_instance()
+    state = instance_state(obj)
+    values = state.dict
+    complete = True
+    for name in columns.names:
+        if name in snap:
+            values[name] = _detach(snap[name])
+        else:
+            complete = False
+    primary_key = tuple([values.get(name) for name in columns.primary_key])
+    # What a cache holds is the database's state, so a restored object has the identity
+    # of its primary key; only an object cached without one stays transient.
+    if None in primary_key:
+        return obj
+    if complete:
+        # Setting the identity key is all make_transient_to_detached() does for a
+        # complete state, at a third of its cost: restore() is on every cache hit.
+        state.key = columns.mapper.identity_key_from_primary_key(primary_key, snap.get(_IDENTITY))
+    else:
+        make_transient_to_detached(obj)
     return obj
 
 

@@ -10,10 +10,13 @@ Every error this package raises on purpose derives from :class:`StockpyleError`:
     ├── InvalidLifetimeError    (ValueError)  lifetime_cb returned something unusable
     ├── ConfigurationError      (ValueError)  bad store constructor arguments
     ├── PayloadError                          a cached payload did not decode
-    └── StoreUnavailable                      a backend did not answer (server down, timeout)
+    └── StoreUnavailable                      a backend did not answer (server down, refused)
+        └── StoreTimeout        (TimeoutError) it did not answer within the configured timeout
 
 The built-in base next to each name lets callers that already catch ``TypeError`` or
 ``KeyError`` keep working; the :class:`StockpyleError` base lets them catch one family.
+Stores raise :class:`StoreUnavailable` (and only it) for every client, protocol and socket
+failure of their backend, chaining the original exception as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ __all__ = [
     "NotStorableError",
     "PayloadError",
     "StockpyleError",
+    "StoreTimeout",
     "StoreUnavailable",
     "UnknownKeyError",
 ]
@@ -69,3 +73,7 @@ class PayloadError(StockpyleError):
 
 class StoreUnavailable(StockpyleError):
     """A store's backend did not answer (connection refused, timeout, protocol error)."""
+
+
+class StoreTimeout(StoreUnavailable, TimeoutError):
+    """A store's backend did not answer within the store's connect or read timeout."""

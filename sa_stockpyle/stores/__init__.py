@@ -9,15 +9,21 @@ from __future__ import annotations
 from sa_stockpyle.stores.base import BaseDictionaryStore, BaseKeyValueStore, BaseStore, Stats
 from sa_stockpyle.stores.chained import ChainedStore
 from sa_stockpyle.stores.mapping import ShoveStore
+from sa_stockpyle.stores.memcache import MemcacheStore
 from sa_stockpyle.stores.memory import ProcessMemoryStore, ThreadLocalStore
+from sa_stockpyle.stores.redis import RedisStore
+from sa_stockpyle.stores.sqlalchemy import SqlAlchemyStore
 
 __all__ = [
     "BaseDictionaryStore",
     "BaseKeyValueStore",
     "BaseStore",
     "ChainedStore",
+    "MemcacheStore",
     "ProcessMemoryStore",
+    "RedisStore",
     "ShoveStore",
+    "SqlAlchemyStore",
     "Stats",
     "ThreadLocalStore",
 ]

@@ -38,15 +38,24 @@ from sa_stockpyle.codec import (
     LifetimeCallback,
     Pointer,
     Record,
+    decode_record,
+    encode_record,
     expiry,
     now,
     restore,
     snapshot,
 )
-from sa_stockpyle.errors import PayloadError
+from sa_stockpyle.errors import PayloadError, StoreTimeout, StoreUnavailable
 from sa_stockpyle.keys import KeyMaker, is_null, key_spec, storage_classes
 
-__all__ = ["BaseDictionaryStore", "BaseKeyValueStore", "BaseStore", "Stats"]
+__all__ = [
+    "BaseDictionaryStore",
+    "BaseKeyValueStore",
+    "BaseStore",
+    "ErrorTranslator",
+    "SharedPayloads",
+    "Stats",
+]
 
 log = logging.getLogger("sa_stockpyle")
 
@@ -132,7 +141,8 @@ class BaseStore(ABC):
         A :class:`~sa_stockpyle.stores.ChainedStore` hands every hit to each layer below
         the one it came from, and returns what the last one gives back.  The default
         returns ``objs`` unchanged; the SQLAlchemy store attaches them to its session.
-        The result is as long as ``objs`` and in the same order.
+        The result is as long as ``objs`` and in the same order; a None in it refuses an
+        object, and the chain asks the layers below for that key as for a miss.
         """
         return objs
 
@@ -268,23 +278,38 @@ class BaseKeyValueStore(BaseStore):
 
     def get(self, klass: type[T], key: object) -> T | None:
         """Return the ``klass`` object with ``key``, or None."""
-        return self.batch_get(klass, (key,))[0]
+        spec = key_spec(klass)
+        index, values = spec.lookup(key)
+        if is_null(values):
+            return None
+        return self._resolve(klass, [self.keymaker.key(spec, index, values)])[0]
 
     def batch_get(self, klass: type[T], keys: Iterable[object]) -> list[T | None]:
         """Return one object or None per key, in order; one read, two with alternate keys."""
         spec = key_spec(klass)
+        make = self.keymaker.key
         wanted: list[str | None] = []
         for key in keys:
             index, values = spec.lookup(key)
-            wanted.append(None if is_null(values) else self.keymaker.key(spec, index, values))
+            wanted.append(None if is_null(values) else make(spec, index, values))
+        return self._resolve(klass, wanted)
+
+    def _resolve(self, klass: type[T], wanted: list[str | None]) -> list[T | None]:
+        """Fetch the records of cache keys ``wanted`` and rebuild their objects."""
         asked = [key for key in dict.fromkeys(wanted) if key is not None]
-        if not asked:
-            return [None] * len(wanted)
-        found = self._fetch(klass, asked)
-        pointers = {key: rec.primary for key, rec in found.items() if isinstance(rec, Pointer)}
-        targets = [p for p in dict.fromkeys(pointers.values()) if p not in found]
-        if targets:
-            found.update(self._fetch(klass, targets))
+        found = self._fetch(klass, asked) if asked else {}
+        # Alternate keys hold pointers: fetch the entries they lead to, in one more read.
+        pointers = {key: rec.primary for key, rec in found.items() if type(rec) is Pointer}
+        if pointers:
+            targets = [p for p in dict.fromkeys(pointers.values()) if p not in found]
+            if targets:
+                found.update(self._fetch(klass, targets))
+            dangling = [
+                key for key, primary in pointers.items() if not _answering(found, primary, key)
+            ]
+            if dangling:
+                # Left behind when the alternate key moved: it answers nothing, reclaim it.
+                self._remove(dangling)
         results: list[T | None] = []
         for key in wanted:
             entry = None if key is None else _answering(found, pointers.get(key, key), key)
@@ -292,13 +317,6 @@ class BaseKeyValueStore(BaseStore):
                 results.append(restore(entry.klass, entry.state))
             else:
                 results.append(None)
-        # A pointer whose entry is gone or no longer lists it was left behind when the
-        # alternate key moved: it answers nothing, so reclaim its space.
-        dangling = [
-            key for key, primary in pointers.items() if not _answering(found, primary, key)
-        ]
-        if dangling:
-            self._remove(dangling)
         return results
 
     def _fetch(self, klass: type, keys: list[str]) -> dict[str, Record]:
@@ -306,11 +324,12 @@ class BaseKeyValueStore(BaseStore):
         found: dict[str, Record] = {}
         dead: list[str] = []
         clock_now = self.clock()
+        decode = self._decode
         for key, raw in zip(keys, self._read(keys), strict=True):
             if raw is None:
                 continue
             try:
-                record = self._decode(raw, klass)
+                record = decode(raw, klass)
             except PayloadError as exc:
                 log.warning("sa_stockpyle: %s: deleting corrupt entry %r: %s", self, key, exc)
                 self.stats.add(klass, "corrupt")
@@ -332,7 +351,7 @@ class BaseKeyValueStore(BaseStore):
 def _answering(found: dict[str, Record], primary: str, key: str) -> Entry | None:
     """The entry at ``primary`` if it still answers to ``key``."""
     entry = found.get(primary)
-    return entry if isinstance(entry, Entry) and key in entry.keys else None
+    return entry if type(entry) is Entry and key in entry.keys else None
 
 
 class BaseDictionaryStore(BaseKeyValueStore):
@@ -373,3 +392,59 @@ class BaseDictionaryStore(BaseKeyValueStore):
         mapping = self.dictionary
         for key in keys:
             mapping.pop(key, None)
+
+
+class SharedPayloads:
+    """Mixin for stores whose backend other processes share: records travel as codec bytes.
+
+    Put it before the store base class (``class RedisStore(SharedPayloads,
+    BaseKeyValueStore)``); decoding goes through the codec's allow-list, so whatever
+    another process wrote under a key can at worst be a counted miss.
+    """
+
+    def _encode(self, record: Record) -> bytes:
+        return encode_record(record)
+
+    def _decode(self, raw: Any, klass: type) -> Record:
+        return decode_record(raw, klass)
+
+
+class ErrorTranslator:
+    """The error policy at a store's boundary, as a context manager: ``with self._errors:``.
+
+    Exceptions of ``timeouts`` become :class:`~sa_stockpyle.errors.StoreTimeout`, those of
+    ``failures`` :class:`~sa_stockpyle.errors.StoreUnavailable`, chained with
+    ``raise ... from``; anything else (a bug, not an outage) passes through unchanged.
+    Stateless, so one instance serves every thread of a store.
+
+    Parameters:
+        backend: names the server in messages, e.g. ``"Redis at redis://host:6379/0"``.
+        timeouts: exception types meaning "no answer in time".
+        failures: exception types meaning "cannot be reached or cannot serve now".
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        timeouts: tuple[type[BaseException], ...],
+        failures: tuple[type[BaseException], ...],
+    ) -> None:
+        self.backend = backend
+        self.timeouts = timeouts
+        self.failures = failures
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, self.timeouts):
+            raise StoreTimeout(f"{self.backend} did not answer in time: {exc}") from exc
+        if isinstance(exc, self.failures):
+            raise StoreUnavailable(f"{self.backend} is unavailable: {exc}") from exc

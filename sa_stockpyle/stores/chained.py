@@ -119,9 +119,11 @@ class ChainedStore(BaseStore):
 
     def _write(self, action: str, objs: Iterable[object]) -> None:
         objs = list(objs)
-        for obj in objs:  # bad input raises here, before any layer changes
-            for _ in key_spec(type(obj)).identities(obj):
-                pass
+        for obj in objs:  # a class without keys raises here, before any layer changes
+            key_spec(type(obj))
+        # The key values themselves are checked by each layer, the last first: so bad
+        # values raise before anything changes, and a database below may still assign
+        # a primary key (autoincrement) that the layers above then store under.
         last = len(self.stores) - 1
         puts = objs if action == "put" else []
         deletes = [] if action == "put" else objs

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
-from sa_stockpyle.codec import LifetimeCallback, Record, decode_record, encode_record, now
+from sa_stockpyle.codec import LifetimeCallback, now
 from sa_stockpyle.errors import ConfigurationError
-from sa_stockpyle.stores.base import BaseDictionaryStore, Clock
+from sa_stockpyle.stores.base import BaseDictionaryStore, Clock, SharedPayloads
 
 __all__ = ["ShoveStore", "open_mapping"]
 
@@ -32,7 +32,7 @@ def open_mapping(uri: str) -> MutableMapping[str, Any]:
     return mapping
 
 
-class ShoveStore(BaseDictionaryStore):
+class ShoveStore(SharedPayloads, BaseDictionaryStore):
     """Objects in any dictionary-style storage.
 
     Parameters:
@@ -60,12 +60,6 @@ class ShoveStore(BaseDictionaryStore):
         super().__init__(
             mapping, polymorphic=polymorphic, lifetime_cb=lifetime_cb, prefix=prefix, clock=clock
         )
-
-    def _encode(self, record: Record) -> bytes:
-        return encode_record(record)
-
-    def _decode(self, raw: Any, klass: type) -> Record:
-        return decode_record(raw, klass)
 
     def _read(self, keys: Sequence[str]) -> list[Any]:
         getitems = getattr(self.dictionary, "getitems", None)

@@ -1,0 +1,162 @@
+"""RedisStore and MemcacheStore hits against the raw client doing the same work.
+
+Run: ``.venv/bin/python benchmarks/bench_shared_stores.py`` (starts its own redis-server and
+memcached on free loopback ports with ``tests/servers.py``), or point it at running servers
+with ``--redis-url redis://host:port/db`` and ``--memcached host:port``.
+
+The floor is what any cache of these objects must do: the raw client's GET / MGET (Redis)
+or get / get_many (pymemcache) of the very bytes the store wrote, then
+``codec.decode_record`` and ``codec.restore`` of each.  The store adds key building, the
+record checks (expiry, pointers, class) and error translation.  Each figure is the median
+of several rounds of many calls, store and floor measured alternately in one process, so
+the ratios compare like with like even on a shared machine whose speed drifts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from sa_stockpyle.codec import decode_record, restore
+from sa_stockpyle.keys import key_spec
+from sa_stockpyle.stores import MemcacheStore, RedisStore
+from sa_stockpyle.stores.base import BaseKeyValueStore
+
+BATCH = 1000
+
+
+class User:
+    __stockpyle_keys__ = ["id", "email"]
+
+    def __init__(self, id: int) -> None:
+        self.id = id
+        self.email = f"user{id}@example.com"
+        self.name = f"User {id}"
+        self.active = True
+        self.score = id * 1.5
+
+
+def rebuild(raw: Any) -> object:
+    """The floor's decoding: what the store does with the bytes, minus its checks."""
+    entry: Any = decode_record(raw, User)
+    return restore(entry.klass, entry.state)
+
+
+def compare(
+    store_fn: Callable[[], object], raw_fn: Callable[[], object], calls: int, rounds: int
+) -> tuple[float, float]:
+    """Median seconds per call of each function, measured in alternating rounds."""
+    samples: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for fn, sink in ((store_fn, samples[0]), (raw_fn, samples[1])):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            sink.append((time.perf_counter() - start) / calls)
+    return statistics.median(samples[0]), statistics.median(samples[1])
+
+
+def primary_keys(store: BaseKeyValueStore, ids: list[int]) -> list[str]:
+    """The cache keys the store uses for ``ids``."""
+    spec = key_spec(User)
+    return [store.keymaker.key(spec, 0, (i,)) for i in ids]
+
+
+@contextmanager
+def servers(redis_url: str | None, memcached: str | None) -> Iterator[tuple[str, str]]:
+    """The given addresses, or throwaway servers started on free ports."""
+    with ExitStack() as stack:
+        if redis_url is None or memcached is None:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+            from tests.servers import MemcachedServer, RedisServer, free_port
+
+            if redis_url is None:
+                redis_server = RedisServer(free_port())
+                redis_server.start()
+                stack.callback(redis_server.stop)
+                redis_url = redis_server.url
+            if memcached is None:
+                memcached_server = MemcachedServer(free_port())
+                memcached_server.start()
+                stack.callback(memcached_server.stop)
+                memcached = memcached_server.address
+        yield redis_url, memcached
+
+
+def bench(
+    name: str, store: BaseKeyValueStore, get: Callable[[str], Any], args: argparse.Namespace
+) -> list[tuple[str, float, float]]:
+    """Rows for one store: get and batch_get(1,000) hits against ``get`` (a raw batch)."""
+    users = [User(i) for i in range(args.objects)]
+    store.batch_put(users)
+    one = primary_keys(store, [4242])
+    ids = list(range(BATCH))
+    keys = primary_keys(store, ids)
+    get_one, get_many = get(one[0]), get(keys)  # warm up connections, check the setup
+    assert get_one is not None
+    assert all(raw is not None for raw in get_many)
+    single = compare(
+        lambda: store.get(User, 4242),
+        lambda: rebuild(get(one[0])),
+        args.calls,
+        args.rounds,
+    )
+    batch = compare(
+        lambda: store.batch_get(User, ids),
+        lambda: [rebuild(raw) for raw in get(keys)],
+        max(args.calls // 100, 5),
+        args.rounds,
+    )
+    return [(f"{name} get", *single), (f"{name} batch_get(1,000)", *batch)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--redis-url", help="use this Redis instead of starting one")
+    parser.add_argument("--memcached", help="use this host:port instead of starting one")
+    parser.add_argument("--objects", type=int, default=5_000)
+    parser.add_argument("--calls", type=int, default=2_000)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+
+    with servers(args.redis_url, args.memcached) as (redis_url, memcached):
+        redis_store = RedisStore(url=redis_url)
+        memcache_store = MemcacheStore(servers=[memcached])
+        redis_client = redis_store.client
+        memcache_client = memcache_store.client
+
+        def redis_raw(keys: str | list[str]) -> Any:
+            return redis_client.get(keys) if isinstance(keys, str) else redis_client.mget(keys)
+
+        def memcache_raw(keys: str | list[str]) -> Any:
+            if isinstance(keys, str):
+                return memcache_client.get(keys)
+            found = memcache_client.get_many(keys)
+            return [found.get(key) for key in keys]
+
+        rows = [
+            *bench("RedisStore", redis_store, redis_raw, args),
+            *bench("MemcacheStore", memcache_store, memcache_raw, args),
+        ]
+        redis_store.close()
+        memcache_store.close()
+
+    print(
+        f"Shared stores vs raw client + decode_record + restore of the same bytes; "
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"{platform.machine()}, loopback servers, median of {args.rounds} rounds"
+    )
+    print(f"{'operation':<32} {'store µs':>10} {'raw µs':>10} {'ratio':>7}")
+    for name, store_s, raw_s in rows:
+        print(f"{name:<32} {store_s * 1e6:>10.1f} {raw_s * 1e6:>10.1f} {store_s / raw_s:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()

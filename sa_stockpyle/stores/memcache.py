@@ -1,0 +1,178 @@
+"""MemcacheStore: objects in memcached, one server or a consistent-hashing pool.
+
+pymemcache is imported when a store is constructed, never when this module is.  Every
+call is one round trip per server: ``get_many``, ``set_many`` (one per distinct lifetime
+in the batch) and ``delete_many`` on the client of each server that owns some of the
+keys.  Cache keys already meet memcached's rules (see :mod:`sa_stockpyle.keys`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sa_stockpyle.codec import LifetimeCallback, now
+from sa_stockpyle.errors import ConfigurationError, StoreUnavailable
+from sa_stockpyle.stores.base import BaseKeyValueStore, Clock, ErrorTranslator, SharedPayloads
+
+__all__ = ["MAX_RELATIVE_TTL", "MemcacheStore"]
+
+#: memcached reads an expiry above 30 days as an absolute Unix time, not a duration.
+MAX_RELATIVE_TTL = 30 * 86400
+
+
+class MemcacheStore(SharedPayloads, BaseKeyValueStore):
+    """Objects in memcached, with native expiry.
+
+    Parameters:
+        servers: ``["host:port", ...]``.  One server gets a ``PooledClient``, several a
+            ``HashClient`` (rendezvous hashing, one pooled client per server): a store is
+            shared by the threads of a process, and a plain ``Client`` is not
+            thread-safe.
+        client: instead of ``servers``, a ready pymemcache ``Client``, ``PooledClient`` or
+            ``HashClient``.  It must hand values through as bytes (no serde), and
+            ``default_noreply=False`` is advised.  The store does not close it.
+        polymorphic, lifetime_cb, prefix, clock: see
+            :class:`~sa_stockpyle.stores.BaseKeyValueStore`.
+        connect_timeout: seconds to wait for a connection (clients built from ``servers``).
+        timeout: seconds to wait for a reply (clients built from ``servers``).
+
+    Failures of a server raise :class:`~sa_stockpyle.errors.StoreUnavailable` (or its
+    :class:`~sa_stockpyle.errors.StoreTimeout`).  A value larger than the server's item
+    size limit (1 MB by default) is refused the same way.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[str] | None = None,
+        client: Any = None,
+        polymorphic: bool = False,
+        lifetime_cb: LifetimeCallback | None = None,
+        prefix: str = "stockpyle",
+        clock: Clock = now,
+        connect_timeout: float = 0.25,
+        timeout: float = 0.5,
+    ) -> None:
+        if (servers is None) == (client is None) or isinstance(servers, str) or servers == []:
+            raise ConfigurationError(
+                "MemcacheStore takes exactly one of servers= (a non-empty list of "
+                f"'host:port' strings) or client= (a pymemcache client); got "
+                f"servers={servers!r}, client={client!r}"
+            )
+        super().__init__(
+            polymorphic=polymorphic, lifetime_cb=lifetime_cb, prefix=prefix, clock=clock
+        )
+        try:
+            from pymemcache import exceptions  # noqa: PLC0415 - optional, loaded when used
+            from pymemcache.client.base import PooledClient  # noqa: PLC0415
+            from pymemcache.client.hash import HashClient  # noqa: PLC0415
+        except ImportError as exc:
+            raise ImportError(
+                'MemcacheStore needs pymemcache: pip install "sa_stockpyle[memcache]"'
+            ) from exc
+        self._owns_client = client is None
+        if servers is not None:
+            # No serde: pymemcache then passes bytes through untouched and never unpickles.
+            options = {
+                "connect_timeout": connect_timeout,
+                "timeout": timeout,
+                "no_delay": True,
+                "default_noreply": False,
+            }
+            if len(servers) == 1:
+                client = PooledClient(servers[0], **options)
+            else:
+                client = HashClient(list(servers), use_pooling=True, **options)
+        self.client = client
+        self.location = ",".join(servers) if servers is not None else repr(client)
+        # HashClient's own batch calls are not used: its delete_many deletes key by key,
+        # and on a failing server it returns defaults silently, then drops the server from
+        # the ring so its keys move to others (and come back stale when it returns). The
+        # store groups keys by server through the client's ring and calls each server's
+        # client once, so a failure is always raised and a key never changes server.
+        self._ring = client if isinstance(client, HashClient) else None
+        self._errors = ErrorTranslator(
+            f"memcached at {self.location}",
+            timeouts=(TimeoutError,),
+            # Unreachable, closed mid-reply, SERVER_ERROR (out of memory, item too large),
+            # or an unparsable reply.  CLIENT_ERROR and illegal input mean a bug.
+            failures=(
+                OSError,
+                exceptions.MemcacheServerError,
+                exceptions.MemcacheUnknownError,
+            ),
+        )
+
+    def _by_server(self, keys: Sequence[str]) -> list[tuple[Any, list[str]]]:
+        """Group ``keys`` by the client of the server that owns them."""
+        ring = self._ring
+        if ring is None:
+            return [(self.client, list(keys))]
+        groups: dict[str, list[str]] = {}
+        get_node = ring.hasher.get_node
+        for key in keys:
+            node = get_node(key)
+            if node is None:
+                raise StoreUnavailable(f"memcached at {self.location}: no server in the ring")
+            groups.setdefault(node, []).append(key)
+        return [(ring.clients[node], group) for node, group in groups.items()]
+
+    def _read(self, keys: Sequence[str]) -> list[Any]:
+        found: dict[str, bytes] = {}
+        with self._errors:
+            for client, group in self._by_server(keys):
+                found.update(client.get_many(group))
+        return [found.get(key) for key in keys]
+
+    def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+        clock_now = self.clock()
+        by_expire: dict[int, dict[str, bytes]] = {}
+        expired: list[str] = []
+        for key, raw, expires_at in items:
+            expire = _exptime(expires_at, clock_now)
+            if expire is None:
+                expired.append(key)
+            else:
+                by_expire.setdefault(expire, {})[key] = raw
+        refused: list[str] = []
+        with self._errors:
+            for expire, values in by_expire.items():
+                for client, group in self._by_server(list(values)):
+                    refused += client.set_many(
+                        {key: values[key] for key in group}, expire=expire, noreply=False
+                    )
+        if expired or refused:
+            # A refused set must not leave the previous value behind: drop it instead.
+            self._remove([*expired, *refused])
+        if refused:
+            raise StoreUnavailable(f"memcached at {self.location} did not store {refused!r}")
+
+    def _remove(self, keys: Sequence[str]) -> None:
+        with self._errors:
+            for client, group in self._by_server(keys):
+                client.delete_many(group, noreply=False)
+
+    def close(self) -> None:
+        """Close the client's connections if the store built the client."""
+        if self._owns_client:
+            self.client.close()
+
+    def __repr__(self) -> str:
+        return f"<MemcacheStore {self.location} prefix={self.keymaker.prefix!r}>"
+
+
+def _exptime(expires_at: float | None, clock_now: float) -> int | None:
+    """memcached's ``exptime`` for ``expires_at``: 0 for never, None if already expired."""
+    if expires_at is None:
+        return 0
+    # Rounded up: the record's own expiry (checked on decode) is exact, the server only
+    # reclaims memory.  Relative to the store's clock, so an injected clock works too.
+    remaining = math.ceil(expires_at - clock_now)
+    if remaining <= 0:
+        return None
+    if remaining <= MAX_RELATIVE_TTL:
+        return remaining
+    # Beyond 30 days memcached wants an absolute time, on the server's (real) clock.
+    return math.ceil(time.time()) + remaining

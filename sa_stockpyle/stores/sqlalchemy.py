@@ -1,0 +1,435 @@
+"""SqlAlchemyStore: mapped objects in their database, through an ORM session.
+
+The bottom layer of a chain.  A mapped class declares ``__stockpyle_keys__`` with column
+attribute names; the first item should be its primary key, so that ``get`` can answer from
+the session's identity map (any other item is looked up with ``SELECT ... WHERE``).
+
+Errors of the database driver are not translated: a :class:`ChainedStore` treats
+:class:`~sa_stockpyle.errors.StoreUnavailable` as a miss, and a database that does not
+answer is not a miss.  ``IntegrityError``, ``OperationalError`` and the rest of
+SQLAlchemy's ``DBAPIError`` family propagate unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import sqlalchemy
+from sqlalchemy import Engine, create_engine, event, or_, select, tuple_
+from sqlalchemy.orm import Mapper, Session, SessionTransaction, scoped_session, with_polymorphic
+from sqlalchemy.orm.attributes import instance_state
+
+from sa_stockpyle.codec import expired_columns
+from sa_stockpyle.errors import (
+    ConfigurationError,
+    InvalidKeyValueError,
+    NonUniqueKeyError,
+    NotStorableError,
+)
+from sa_stockpyle.keys import KeySpec, is_null, key_spec
+from sa_stockpyle.stores.base import BaseStore
+
+__all__ = ["MAX_PARAMETERS", "SqlAlchemyStore"]
+
+T = TypeVar("T")
+
+#: The most bound parameters one ``batch_get`` statement carries; larger batches are split
+#: into several statements.  Below PostgreSQL's 65,535 and SQLite's 32,766 (SQLite 3.32+).
+MAX_PARAMETERS = 10_000
+
+#: A declared key item and its values, e.g. ``(1, ("acme", 7))``.
+Lookup = tuple[int, tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class _Mapped:
+    """How the store queries one mapped class."""
+
+    mapper: Mapper[Any]
+    #: What ``select()`` loads: the class, or all its subclasses' columns at once when it
+    #: has subclasses, so a cached subclass instance is complete.
+    entity: Any
+    #: The declared item that is the primary key, or None when none is.
+    primary_item: int | None
+    #: Positions of that item's values in ``mapper.primary_key`` order.
+    primary_order: tuple[int, ...]
+    #: The entity's attributes of each declared item.
+    columns: tuple[tuple[Any, ...], ...]
+
+
+_MAPPED: dict[type, _Mapped] = {}
+
+#: ``session.info`` key: identity keys of the rows the session's open transaction wrote.
+FLUSHED = "sa_stockpyle.flushed"
+
+
+def _record_flush(session: Session, flush_context: Any) -> None:
+    # Identity keys, not states: once flushed, an unreferenced object leaves the weak
+    # identity map, and a later load must still know its row holds uncommitted state.
+    written = session.info.setdefault(FLUSHED, set())
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        state = instance_state(obj)
+        written.add(state.mapper.identity_key_from_instance(obj))
+
+
+def _forget_flushes(session: Session, transaction: SessionTransaction) -> None:
+    # A savepoint's writes stay recorded until the whole transaction ends: its rollback
+    # makes them uncacheable a little longer than needed, never the other way round.
+    if transaction.parent is None:
+        session.info.pop(FLUSHED, None)
+
+
+def _track_flushes(target: Session | scoped_session[Session]) -> None:
+    """Record, per session, what each flush writes until its transaction ends."""
+    for name, listener in (
+        ("after_flush", _record_flush),
+        ("after_transaction_end", _forget_flushes),
+    ):
+        if not event.contains(target, name, listener):
+            event.listen(target, name, listener)
+
+
+def _mapped(klass: type) -> _Mapped:
+    """The query plan of ``klass``; NotStorableError when it is not a storable mapped class."""
+    found = _MAPPED.get(klass)
+    if found is not None:
+        return found
+    spec = key_spec(klass)
+    mapper: object = sqlalchemy.inspect(klass, raiseerr=False)
+    if not isinstance(mapper, Mapper):
+        raise NotStorableError(
+            f"{klass.__qualname__} is not mapped by SQLAlchemy; SqlAlchemyStore stores "
+            f"mapped classes ({spec.describe()})"
+        )
+    entity: Any = with_polymorphic(klass, "*") if len(mapper.self_and_descendants) > 1 else klass
+    try:
+        columns = tuple(tuple(getattr(entity, attr) for attr in item) for item in spec.items)
+    except AttributeError as exc:
+        raise NotStorableError(
+            f"{klass.__qualname__} has no mapped attribute {exc.name!r}: {spec.describe()}"
+        ) from exc
+    primary = tuple(mapper.get_property_by_column(column).key for column in mapper.primary_key)
+    primary_item = next(
+        (index for index, item in enumerate(spec.items) if sorted(item) == sorted(primary)),
+        None,
+    )
+    order = () if primary_item is None else tuple(map(spec.items[primary_item].index, primary))
+    found = _Mapped(mapper, entity, primary_item, order, columns)
+    _MAPPED[klass] = found
+    return found
+
+
+class SqlAlchemyStore(BaseStore):
+    """Mapped objects in a database, read and written through a SQLAlchemy ``Session``.
+
+    Give exactly one of:
+
+    * ``uri`` or ``engine``: the store owns one session (``expire_on_commit=False``, so
+      objects stay usable) and commits after every operation.  Like any ``Session``, it
+      is for one thread at a time; threaded applications pass a ``scoped_session``.
+    * ``session``: a ``Session``, or a ``scoped_session`` resolved at each call.  Writes
+      are flushed, never committed: the caller owns the transaction.
+
+    Objects returned are persistent in the session, and the identity map's instance is
+    returned whenever it holds the object.  ``batch_get`` is one ``SELECT`` (``IN`` or
+    tuple-``IN``) for every key the identity map does not answer, split only past
+    :data:`MAX_PARAMETERS` bound parameters.  Objects a faster layer found are attached
+    by :meth:`adopt` without SQL.  The store does not create tables.
+
+    Parameters:
+        uri: a database URL, for :func:`sqlalchemy.create_engine`.
+        engine: an :class:`~sqlalchemy.Engine`.
+        session: a :class:`~sqlalchemy.orm.Session` or :class:`~sqlalchemy.orm.scoped_session`.
+    """
+
+    def __init__(
+        self,
+        uri: str | None = None,
+        engine: Engine | None = None,
+        session: Session | scoped_session[Session] | None = None,
+    ) -> None:
+        super().__init__()
+        arguments = {"uri": uri, "engine": engine, "session": session}
+        given = [name for name, value in arguments.items() if value is not None]
+        if len(given) != 1:
+            raise ConfigurationError(
+                f"SqlAlchemyStore takes exactly one of uri=, engine= or session=; got "
+                f"{', '.join(given) or 'none'}"
+            )
+        self._current: Callable[[], Session]
+        if session is not None:
+            if isinstance(session, scoped_session):
+                self._current = session
+            elif isinstance(session, Session):
+                self._current = lambda: session
+            else:
+                raise ConfigurationError(
+                    f"SqlAlchemyStore(session=...) expects a Session or a scoped_session, "
+                    f"got {type(session).__qualname__}"
+                )
+            _track_flushes(session)
+            self.engine: Engine | None = None
+            self.owned = False
+        else:
+            if engine is None:
+                engine = create_engine(uri)  # type: ignore[arg-type]  # one of them is set
+            elif not isinstance(engine, Engine):
+                raise ConfigurationError(
+                    f"SqlAlchemyStore(engine=...) expects an Engine, got "
+                    f"{type(engine).__qualname__}"
+                )
+            owned = Session(engine, expire_on_commit=False)
+            _track_flushes(owned)
+            self._current = lambda: owned
+            self.engine = engine
+            self.owned = True
+        self._disposes = uri is not None
+
+    @property
+    def session(self) -> Session:
+        """The session this call works in (for a ``scoped_session``, the current one)."""
+        return self._current()
+
+    @contextmanager
+    def _work(self, write: bool) -> Iterator[Session]:
+        # A borrowed session's transaction belongs to the caller: writes are flushed so
+        # the database assigns keys and checks constraints now.  An owned session commits
+        # after every operation, reads included, so no connection idles in a transaction.
+        session = self._current()
+        if not self.owned:
+            yield session
+            if write:
+                session.flush()
+            return
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+    # -- reads ------------------------------------------------------------------------
+
+    def get(self, klass: type[T], key: object) -> T | None:
+        """Return the ``klass`` object with ``key``: from the identity map, else one SELECT."""
+        return self.batch_get(klass, (key,))[0]
+
+    def batch_get(self, klass: type[T], keys: Iterable[object]) -> list[T | None]:
+        """One object or None per key, in order, with one SELECT for what the identity map
+        does not hold; NonUniqueKeyError when a key matches several rows."""
+        mapped = _mapped(klass)
+        spec = key_spec(klass)
+        lookups = [_hashable(spec, *spec.lookup(key)) for key in keys]
+        with self._work(write=False) as session:
+            return self._load(session, klass, mapped, spec, lookups)
+
+    def _load(
+        self,
+        session: Session,
+        klass: type[T],
+        mapped: _Mapped,
+        spec: KeySpec,
+        lookups: Sequence[Lookup],
+    ) -> list[T | None]:
+        results: list[T | None] = [None] * len(lookups)
+        wanted: dict[Lookup, list[int]] = {}
+        for position, lookup in enumerate(lookups):
+            index, values = lookup
+            if is_null(values):
+                continue
+            if index == mapped.primary_item:
+                obj = _from_identity_map(session, klass, mapped, values)
+                if obj is not None:
+                    results[position] = obj
+                    continue
+            wanted.setdefault(lookup, []).append(position)
+        for lookup, obj in self._select(session, mapped, spec, list(wanted)).items():
+            for position in wanted[lookup]:
+                results[position] = obj
+        return results
+
+    def _select(
+        self, session: Session, mapped: _Mapped, spec: KeySpec, lookups: list[Lookup]
+    ) -> dict[Lookup, Any]:
+        """Load the rows of ``lookups``: one statement per MAX_PARAMETERS bound values."""
+        found: dict[Lookup, Any] = {}
+        asked = set(lookups)
+        for chunk in _chunks(lookups):
+            by_item: dict[int, list[tuple[Any, ...]]] = {}
+            for index, values in chunk:
+                by_item.setdefault(index, []).append(values)
+            conditions = [
+                mapped.columns[index][0].in_([values[0] for values in rows])
+                if len(mapped.columns[index]) == 1
+                else tuple_(*mapped.columns[index]).in_(rows)
+                for index, rows in by_item.items()
+            ]
+            statement = select(mapped.entity).where(or_(*conditions))
+            for obj in session.scalars(statement).unique():
+                for index in by_item:
+                    lookup = (index, spec.values_of(obj, index))
+                    if lookup in asked and found.setdefault(lookup, obj) is not obj:
+                        raise NonUniqueKeyError(
+                            f"{dict(zip(spec.items[index], lookup[1], strict=True))!r} "
+                            f"matches more than one row: {spec.describe()}"
+                        )
+        return found
+
+    # -- writes -----------------------------------------------------------------------
+
+    def put(self, obj: object) -> None:
+        """Add ``obj`` to the session and flush (the owned session commits)."""
+        self.batch_put((obj,))
+
+    def batch_put(self, objs: Iterable[object]) -> None:
+        """Add every object of ``objs`` to the session and flush once (owned: commit)."""
+        objs = list(objs)
+        for obj in objs:  # bad input raises here, before the session changes
+            _mapped(type(obj))
+        with self._work(write=True) as session:
+            session.add_all(objs)
+
+    def delete(self, obj: object) -> None:
+        """Delete ``obj``'s row; deleting an absent object is not an error."""
+        self.batch_delete((obj,))
+
+    def batch_delete(self, objs: Iterable[object]) -> None:
+        """Delete the rows of ``objs`` and flush once (owned: commit).
+
+        A detached object (from a cache, or another session) is found by its primary
+        declared key, with one SELECT per class for those the identity map lacks; a
+        pending one is expunged, which cancels its insert.
+        """
+        objs = list(objs)
+        for obj in objs:
+            _mapped(type(obj))
+        with self._work(write=True) as session:
+            elsewhere: dict[type, list[Lookup]] = {}
+            for obj in objs:
+                state = instance_state(obj)
+                if state.pending and obj in session:
+                    session.expunge(obj)
+                elif obj in session:
+                    session.delete(obj)
+                else:
+                    spec = key_spec(type(obj))
+                    elsewhere.setdefault(type(obj), []).append(
+                        _hashable(spec, 0, spec.values_of(obj, 0))
+                    )
+            for klass, lookups in elsewhere.items():
+                found: list[Any] = self._load(
+                    session, klass, _mapped(klass), key_spec(klass), lookups
+                )
+                for row in found:
+                    if row is not None:
+                        session.delete(row)
+
+    # -- chains -----------------------------------------------------------------------
+
+    def adopt(self, klass: type[T], objs: list[T]) -> list[T]:
+        """Attach objects a faster layer found to the session, without SQL.
+
+        An identity the identity map already holds answers with that instance, which the
+        cached state does not overwrite.  A detached instance (what caching layers
+        restore) is attached as if the session had loaded it; an instance of another
+        session goes through ``Session.merge(load=False)``; one without a primary key is
+        returned as it is.  The cached state of a row this session's open transaction
+        has written is refused (None), so the chain reads that row from the database.
+        """
+        session = self._current()
+        identity_map = session.identity_map
+        written = session.info.get(FLUSHED, ())
+        adopted: list[Any] = []
+        for obj in objs:
+            state = instance_state(obj)
+            key = state.key
+            if key is None:  # no database identity: nothing to attach it to
+                adopted.append(obj)
+                continue
+            present = identity_map.get(key)
+            if present is not None:
+                adopted.append(present)
+            elif key in written:
+                adopted.append(None)
+            elif state.detached:
+                # Session.add() would also walk the save-update cascade, which finds
+                # nothing on a restored object (relationships are never cached) and is
+                # half the cost of attaching it.  _update_impl is the attach step of
+                # add() itself: events, autobegin and the identity-map check included.
+                session._update_impl(state)
+                adopted.append(obj)
+            else:
+                adopted.append(session.merge(obj, load=False))
+        return adopted
+
+    def cacheable(self, obj: object) -> bool:
+        """False while ``obj`` holds state its transaction has not committed.
+
+        That is: pending, modified, marked for deletion or deleted, a row written by a
+        flush of the session's open transaction (savepoints included), or with expired
+        column attributes (its committed state is not known).
+        """
+        state = instance_state(obj)
+        if state.pending or state.modified or state.deleted or state.was_deleted:
+            return False
+        if expired_columns(obj):
+            return False
+        session = state.session
+        if session is None:
+            return True
+        return state not in session._deleted and state.key not in session.info.get(FLUSHED, ())
+
+    def close(self) -> None:
+        """Close the owned session (and dispose of an engine made from ``uri``)."""
+        if self.owned:
+            self._current().close()
+        if self._disposes and self.engine is not None:
+            self.engine.dispose()
+
+    def __repr__(self) -> str:
+        bound = self.engine.url.render_as_string() if self.engine is not None else "session"
+        return f"<SqlAlchemyStore {bound}>"
+
+
+def _hashable(spec: KeySpec, index: int, values: tuple[Any, ...]) -> Lookup:
+    """``(index, values)``, once it is known that ``values`` can be a key."""
+    try:
+        hash(values)
+    except TypeError:
+        raise InvalidKeyValueError(
+            f"{values!r} cannot be part of a key (unhashable): {spec.describe()}"
+        ) from None
+    return index, values
+
+
+def _from_identity_map(
+    session: Session, klass: type, mapped: _Mapped, values: tuple[Any, ...]
+) -> Any:
+    """The identity map's usable ``klass`` instance with primary key ``values``, or None.
+
+    Like ``Session.get``: an expired instance is left to the SELECT, which refreshes it.
+    """
+    key = mapped.mapper.identity_key_from_primary_key(
+        tuple([values[i] for i in mapped.primary_order])
+    )
+    obj = session.identity_map.get(key)
+    if obj is None or not isinstance(obj, klass) or instance_state(obj).expired:
+        return None
+    return obj
+
+
+def _chunks(lookups: list[Lookup]) -> Iterator[list[Lookup]]:
+    """Split ``lookups`` into runs of at most MAX_PARAMETERS bound values."""
+    chunk: list[Lookup] = []
+    size = 0
+    for lookup in lookups:
+        if chunk and size + len(lookup[1]) > MAX_PARAMETERS:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(lookup)
+        size += len(lookup[1])
+    if chunk:
+        yield chunk

@@ -1,0 +1,70 @@
+"""The entity codec: mapped objects are cached as their column state, never as instances."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, inspect
+from sqlalchemy.orm import Session
+
+from sa_stockpyle.codec import Entry, decode_record, encode_record, restore, snapshot
+from sa_stockpyle.errors import PayloadError
+from sa_stockpyle.keys import KeyMaker, class_token, key_spec
+from sa_stockpyle.stores import ShoveStore
+from tests.models import Address, Base, User
+
+
+@pytest.fixture
+def session() -> Iterator[Session]:
+    """A session on an in-memory SQLite database holding user 1 and one address."""
+    engine = create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        user = User(id=1, name="a", email="a@x")
+        session.add_all([user, Address(id=1, user=user, street="Main St")])
+        session.commit()
+        yield session
+
+
+def test_snapshot_is_the_column_state_only(session: Session) -> None:
+    user = session.get(User, 1)
+    assert user is not None
+    assert [a.street for a in user.addresses] == ["Main St"]  # loaded, and still left out
+    assert snapshot(user) == {"id": 1, "name": "a", "email": "a@x"}
+
+
+def test_restore_builds_a_detached_instance_with_committed_state(session: Session) -> None:
+    restored = restore(User, {"id": 1, "name": "a", "email": None})
+    state = inspect(restored)
+    assert state.detached
+    assert state.key == (User, (1,), None)
+    assert not state.modified
+    assert (restored.name, restored.email) == ("a", None)
+
+
+def test_an_object_without_a_primary_key_restores_transient() -> None:
+    assert inspect(restore(User, {"name": "nobody"})).transient
+
+
+def test_expired_columns_cannot_be_snapshotted(session: Session) -> None:
+    user = session.get(User, 1)
+    session.expire(user, ["email"])
+    with pytest.raises(
+        PayloadError, match=r"User object has expired column attributes \('email',\)"
+    ):
+        snapshot(user)
+
+
+def test_a_payload_of_another_mapping_is_a_miss() -> None:
+    store = ShoveStore(shove={})
+    spec = key_spec(User)
+    key = KeyMaker().key(spec, 0, (1,))
+    token = class_token(User)
+    payload = encode_record(Entry(User, {"id": 1, "name": "a", "email": None}, (key,), None))
+    assert decode_record(payload, User).state["name"] == "a"
+    name = token.split("@")[0]
+    store.dictionary[key] = payload.replace(token.encode(), f"{name}@000000000000".encode())
+    assert store.get(User, 1) is None
+    assert store.stats.count(User, "corrupt") == 1
+    assert key not in store.dictionary

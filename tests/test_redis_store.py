@@ -1,0 +1,317 @@
+"""RedisStore on a real Redis and a real 3-node Redis Cluster.
+
+The conformance suite, payload safety, native expiry, the error policy and round trips.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from sa_stockpyle.codec import MAGIC
+from sa_stockpyle.errors import ConfigurationError, StoreTimeout, StoreUnavailable
+from sa_stockpyle.keys import key_spec
+from sa_stockpyle.stores import RedisStore
+from sa_stockpyle.stores.base import ErrorTranslator
+from sa_stockpyle.testing import Foo, StoreConformance
+from tests.helpers import cluster_client, exploit
+from tests.servers import RedisServer, free_port
+
+
+class TestRedisStore(StoreConformance):
+    @pytest.fixture(autouse=True)
+    def _server(self, redis_url: str) -> None:
+        self.url = redis_url
+
+    def make_store(self, **options: Any) -> RedisStore:
+        return RedisStore(url=self.url, **options)
+
+
+class TestRedisClusterStore(StoreConformance):
+    @pytest.fixture(autouse=True)
+    def _cluster(self, redis_cluster_nodes: list[tuple[str, int]]) -> Iterator[None]:
+        self.nodes = redis_cluster_nodes
+        self.clients: list[RedisCluster] = []
+        yield
+        for client in self.clients:
+            client.close()
+
+    def make_store(self, **options: Any) -> RedisStore:
+        client = cluster_client(self.nodes)
+        self.clients.append(client)
+        return RedisStore(client=client, **options)
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[RedisStore]:
+    with RedisStore(url=redis_url) as made:
+        yield made
+
+
+def primary_key(store: RedisStore, key: object) -> str:
+    """The cache key of the Foo with primary key ``key``."""
+    return store.keymaker.key(key_spec(Foo), 0, (key,))
+
+
+# -- payloads and expiry ------------------------------------------------------------------
+
+
+def test_values_are_codec_bytes_under_printable_keys(store: RedisStore) -> None:
+    store.put(Foo(key="ünïcödé " * 700, zap=1, bar=2))
+    keys = store.client.keys("*")
+    assert len(keys) == 2
+    for key in keys:
+        assert len(key) <= 250
+        assert key.decode("ascii").isprintable()
+        assert b" " not in key
+        assert store.client.get(key).startswith(MAGIC)
+    assert store.get(Foo, "ünïcödé " * 700) == Foo(key="ünïcödé " * 700, zap=1, bar=2)
+
+
+def test_lifetime_becomes_a_native_ttl(redis_url: str) -> None:
+    store = RedisStore(url=redis_url, lifetime_cb=lambda obj: 20)
+    store.put(Foo(key=1, zap=1, bar=1))
+    for key in store.client.keys("*"):
+        assert 19_000 < store.client.pttl(key) <= 20_000
+    store.close()
+
+
+def test_lifetime_is_relative_to_the_injected_clock(redis_url: str) -> None:
+    # A clock years ahead of the server's: the native TTL is still the lifetime itself.
+    future = dt.datetime(2040, 1, 1, tzinfo=dt.timezone.utc)
+    store = RedisStore(
+        url=redis_url,
+        clock=lambda: future.timestamp() - 3600,
+        lifetime_cb=lambda obj: future,
+    )
+    store.put(Foo(key=1, zap=1, bar=1))
+    [primary] = [k for k in store.client.keys("*") if k.endswith(b":key:i1")]
+    assert 3_599_000 < store.client.pttl(primary) <= 3_600_000
+    store.close()
+
+
+def test_writing_an_already_expired_object_removes_it(redis_url: str) -> None:
+    lifetimes: dict[str, Any] = {"now": 100}
+    store = RedisStore(url=redis_url, lifetime_cb=lambda obj: lifetimes["now"])
+    store.put(Foo(key=1, zap=1, bar=1))
+    assert store.client.dbsize() == 2
+    lifetimes["now"] = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+    store.put(Foo(key=1, zap=1, bar=1))
+    assert store.client.dbsize() == 0
+    assert store.get(Foo, 1) is None
+    store.close()
+
+
+def test_the_exploit_is_live(tmp_path: Path) -> None:
+    # Proves the payload used below would run code if anything unpickled it.
+    control = tmp_path / "control"
+    pickle.loads(exploit(control))
+    assert control.exists()
+
+
+@pytest.mark.parametrize("kind", ["pickle", "random"])
+def test_a_hostile_payload_is_a_counted_miss_and_is_deleted(
+    store: RedisStore, tmp_path: Path, kind: str
+) -> None:
+    marker = tmp_path / "pwned"
+    store.put(Foo(key=1, zap=2, bar=3))
+    primary = primary_key(store, 1)
+    assert store.client.exists(primary)
+    store.client.set(primary, exploit(marker) if kind == "pickle" else os.urandom(256))
+    assert store.get(Foo, 1) is None
+    assert not marker.exists()
+    assert not store.client.exists(primary)
+    assert store.stats.count(Foo, "corrupt") == 1
+    assert store.get(Foo, {"zap": 2, "bar": 3}) is None
+
+
+def test_a_hostile_payload_in_the_cluster_is_deleted(
+    redis_cluster_nodes: list[tuple[str, int]], tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    client = cluster_client(redis_cluster_nodes)
+    store = RedisStore(client=client)
+    store.put(Foo(key=1, zap=2, bar=3))
+    primary = primary_key(store, 1)
+    client.set(primary, exploit(marker))
+    assert store.get(Foo, 1) is None
+    assert not marker.exists()
+    assert not client.exists(primary)
+    assert store.stats.count(Foo, "corrupt") == 1
+    client.close()
+
+
+# -- round trips --------------------------------------------------------------------------
+
+
+class CountingConnection(redis.Connection):
+    """A real connection that counts each request it sends, per server."""
+
+    sent: Counter[str] = Counter()
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent[f"{self.host}:{self.port}"] += 1
+        super().send_packed_command(command, check_health)
+
+
+def _commandstats(server_execute: Any) -> dict[str, int]:
+    stats: dict[str, int] = {}
+    for line in server_execute("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, fields = line.partition(":")
+            stats[name] = int(fields.split(",")[0].removeprefix("calls="))
+    return stats
+
+
+def test_batch_get_of_1000_keys_is_one_round_trip(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    pool = redis.ConnectionPool.from_url(redis_url, connection_class=CountingConnection)
+    client = redis.Redis(connection_pool=pool)
+    store = RedisStore(client=client)
+    foos = [Foo(key=i, zap=i, bar=i) for i in range(1000)]
+    store.batch_put(foos)
+    keys = list(range(1000))
+    store.get(Foo, 0)  # connect, so the handshake is not counted
+    CountingConnection.sent.clear()
+    before = _commandstats(redis_server.execute)
+    assert store.batch_get(Foo, keys) == foos
+    after = _commandstats(redis_server.execute)
+    assert CountingConnection.sent == {redis_server.address: 1}
+    assert after["cmdstat_mget"] - before["cmdstat_mget"] == 1
+    assert after.get("cmdstat_get", 0) == before.get("cmdstat_get", 0)
+    CountingConnection.sent.clear()
+    store.batch_put(foos)
+    store.batch_delete(foos)
+    assert CountingConnection.sent == {redis_server.address: 2}
+    client.close()
+
+
+def test_cluster_batch_get_of_1000_keys_is_one_round_trip_per_node(
+    redis_cluster_nodes: list[tuple[str, int]],
+) -> None:
+    host, port = redis_cluster_nodes[0]
+    # from_url is the form in which the cluster client hands connection_class to nodes.
+    client = RedisCluster.from_url(
+        f"redis://{host}:{port}", connection_class=CountingConnection, socket_timeout=2
+    )
+    store = RedisStore(client=client)
+    foos = [Foo(key=i, zap=i, bar=i) for i in range(1000)]
+    store.batch_put(foos)
+    store.batch_get(Foo, range(1000))  # every node connected and warmed up
+    nodes = {f"{host}:{port}" for host, port in redis_cluster_nodes}
+    CountingConnection.sent.clear()
+    assert store.batch_get(Foo, range(1000)) == foos
+    assert CountingConnection.sent == dict.fromkeys(nodes, 1)
+    assert store.batch_get(Foo, [{"zap": i, "bar": i} for i in range(1000)]) == foos
+    CountingConnection.sent.clear()
+    store.batch_delete(foos)
+    assert CountingConnection.sent == dict.fromkeys(nodes, 1)
+    assert store.batch_get(Foo, range(1000)) == [None] * 1000
+    client.close()
+
+
+# -- the error policy ---------------------------------------------------------------------
+
+
+def test_exactly_one_of_url_and_client() -> None:
+    with pytest.raises(ConfigurationError, match="exactly one"):
+        RedisStore()
+    with pytest.raises(ConfigurationError, match="exactly one"):
+        RedisStore(url="redis://127.0.0.1:1/0", client=redis.Redis())
+
+
+def test_a_server_that_refuses_raises_store_unavailable_at_once() -> None:
+    store = RedisStore(url=f"redis://127.0.0.1:{free_port()}/0")
+    operations = [
+        lambda: store.get(Foo, 1),
+        lambda: store.batch_get(Foo, [1, 2]),
+        lambda: store.put(Foo(key=1, zap=1, bar=1)),
+        lambda: store.delete(Foo(key=1, zap=1, bar=1)),
+    ]
+    for operation in operations:
+        started = time.monotonic()
+        with pytest.raises(
+            StoreUnavailable, match=re.escape("Redis at redis://127.0.0.1")
+        ) as info:
+            operation()
+        assert time.monotonic() - started < 2
+        assert isinstance(info.value.__cause__, redis.ConnectionError)
+    store.close()
+
+
+def test_a_frozen_server_times_out_within_the_timeout(
+    private_redis_server: RedisServer,
+) -> None:
+    store = RedisStore(url=private_redis_server.url, timeout=0.2, connect_timeout=0.2)
+    store.put(Foo(key=1, zap=1, bar=1))
+    assert private_redis_server.pid is not None
+    os.kill(private_redis_server.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreTimeout) as info:
+            store.get(Foo, 1)
+        assert time.monotonic() - started < 2
+        assert isinstance(info.value, StoreUnavailable)
+        assert isinstance(info.value, TimeoutError)
+    finally:
+        os.kill(private_redis_server.pid, signal.SIGCONT)
+    assert store.get(Foo, 1) == Foo(key=1, zap=1, bar=1)
+    store.close()
+
+
+def test_a_client_it_was_given_stays_open(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    RedisStore(client=client).close()
+    assert client.ping()
+    client.close()
+
+
+def test_without_redis_py_the_error_names_the_extra() -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['redis'] = None\n"
+        "from sa_stockpyle.stores import RedisStore\n"
+        "try:\n"
+        "    RedisStore(url='redis://127.0.0.1:1/0')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert 'pip install "sa_stockpyle[redis]"' in result.stdout
+
+
+def test_a_full_server_refuses_writes_as_unavailable(private_redis_server: RedisServer) -> None:
+    store = RedisStore(url=private_redis_server.url)
+    store.put(Foo(key=1, zap=1, bar=1))
+    private_redis_server.execute("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    private_redis_server.execute("CONFIG", "SET", "maxmemory", "1")
+    with pytest.raises(StoreUnavailable, match="maxmemory") as info:
+        store.put(Foo(key=2, zap=2, bar=2))
+    assert isinstance(info.value.__cause__, redis.exceptions.OutOfMemoryError)
+    assert store.get(Foo, 1) == Foo(key=1, zap=1, bar=1)
+    store.close()
+
+
+def test_errors_that_mean_a_bug_are_not_translated() -> None:
+    translator = ErrorTranslator("Redis at nowhere", (TimeoutError,), (OSError,))
+    with pytest.raises(redis.exceptions.ResponseError), translator:
+        raise redis.exceptions.ResponseError("ERR wrong number of arguments")
+    with pytest.raises(StoreTimeout, match="Redis at nowhere did not answer"), translator:
+        raise TimeoutError("slow")

@@ -1,0 +1,134 @@
+"""Shared layers inside ChainedStores: conformance, and a Redis server dying mid-run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from redis.cluster import RedisCluster
+
+from sa_stockpyle.stores import (
+    ChainedStore,
+    MemcacheStore,
+    ProcessMemoryStore,
+    RedisStore,
+    ShoveStore,
+)
+from sa_stockpyle.testing import Foo, StoreConformance
+from tests.helpers import cluster_client
+from tests.servers import RedisServer
+
+
+class TestChainOfMemoryAndRedis(StoreConformance):
+    @pytest.fixture(autouse=True)
+    def _server(self, redis_url: str) -> None:
+        self.url = redis_url
+
+    def make_store(self, **options: Any) -> ChainedStore:
+        return ChainedStore([ProcessMemoryStore(**options), RedisStore(url=self.url, **options)])
+
+
+class TestChainOfMemoryAndRedisCluster(StoreConformance):
+    @pytest.fixture(autouse=True)
+    def _cluster(self, redis_cluster_nodes: list[tuple[str, int]]) -> Iterator[None]:
+        self.client: RedisCluster = cluster_client(redis_cluster_nodes)
+        yield
+        self.client.close()
+
+    def make_store(self, **options: Any) -> ChainedStore:
+        return ChainedStore(
+            [ProcessMemoryStore(**options), RedisStore(client=self.client, **options)]
+        )
+
+
+class TestChainOfMemoryAndMemcachePool(StoreConformance):
+    @pytest.fixture(autouse=True)
+    def _servers(self, memcached_addresses: list[str]) -> None:
+        self.servers = memcached_addresses
+
+    def make_store(self, **options: Any) -> ChainedStore:
+        return ChainedStore(
+            [ProcessMemoryStore(**options), MemcacheStore(servers=self.servers, **options)]
+        )
+
+
+class TestChainOfMemoryMemcacheAndRedis(StoreConformance):
+    @pytest.fixture(autouse=True)
+    def _servers(self, memcached_addresses: list[str], redis_url: str) -> None:
+        self.servers = memcached_addresses
+        self.url = redis_url
+
+    def make_store(self, **options: Any) -> ChainedStore:
+        return ChainedStore(
+            [
+                ProcessMemoryStore(**options),
+                MemcacheStore(servers=self.servers[:1], **options),
+                RedisStore(url=self.url, **options),
+            ]
+        )
+
+
+def _foos(n: int) -> list[Foo]:
+    return [Foo(key=i, zap=i, bar=-i) for i in range(n)]
+
+
+def test_a_redis_server_stopped_mid_run_is_a_counted_miss(
+    private_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    memory = ProcessMemoryStore()
+    redis_layer = RedisStore(url=private_redis_server.url)
+    chain = ChainedStore([memory, redis_layer, ShoveStore(shove={})])
+    foos = _foos(10)
+    chain.batch_put(foos)
+    memory.clear()
+    assert chain.batch_get(Foo, range(10)) == foos
+    assert chain.layer_stats[1].count(Foo, "hits") == 10
+
+    private_redis_server.kill()
+    memory.clear()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="sa_stockpyle"):
+        assert chain.get(Foo, 3) == foos[3]
+        assert chain.batch_get(Foo, [{"zap": 5, "bar": -5}, 7, 99]) == [foos[5], foos[7], None]
+        newer = Foo(key=1, zap=1, bar=-1, note="written while Redis is down")
+        chain.put(newer)
+        chain.delete(foos[2])
+    assert time.monotonic() - started < 2
+    # Each read fails twice, once to read and once to be filled from the layer below.
+    assert chain.layer_stats[1].count(Foo, "errors") == 2 + 2 + 1 + 1
+    assert chain.layer_stats[2].count(Foo, "hits") == 3
+    assert "1:RedisStore failed" in caplog.text
+    assert chain.get(Foo, 1) == newer
+    assert chain.get(Foo, 2) is None
+
+    private_redis_server.restart()
+    memory.clear()
+    errors = chain.layer_stats[1].count(Foo, "errors")
+    assert chain.get(Foo, 4) == foos[4]
+    assert chain.layer_stats[1].count(Foo, "errors") == errors
+    assert redis_layer.get(Foo, 4) == foos[4]
+    redis_layer.close()
+
+
+def test_a_frozen_redis_costs_a_timeout_not_a_hang(private_redis_server: RedisServer) -> None:
+    redis_layer = RedisStore(url=private_redis_server.url, timeout=0.2, connect_timeout=0.2)
+    chain = ChainedStore([redis_layer, ShoveStore(shove={})])
+    foos = _foos(3)
+    chain.batch_put(foos)
+    assert private_redis_server.pid is not None
+    os.kill(private_redis_server.pid, signal.SIGSTOP)
+    try:
+        for foo in foos:
+            started = time.monotonic()
+            assert chain.get(Foo, foo.key) == foo
+            assert time.monotonic() - started < 2
+    finally:
+        os.kill(private_redis_server.pid, signal.SIGCONT)
+    assert chain.layer_stats[0].count(Foo, "errors") == 3 * 2  # read, then fill
+    assert chain.layer_stats[1].count(Foo, "hits") == 3
+    redis_layer.close()
