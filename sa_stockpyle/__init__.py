@@ -1,6 +1,7 @@
 """sa_stockpyle: a write-through object cache for SQLAlchemy 2.x.
 
-Stores live in :mod:`sa_stockpyle.stores`; this module exports the errors and the version.
+Stores live in :mod:`sa_stockpyle.stores`; this module exports :func:`attach` (the ORM
+write-through plugin), the errors and the version.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from sa_stockpyle.errors import (
     StoreUnavailable,
     UnknownKeyError,
 )
+from sa_stockpyle.orm import Attachment, attach
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Attachment",
     "ConfigurationError",
     "InvalidKeyValueError",
     "InvalidLifetimeError",
@@ -32,4 +35,5 @@ __all__ = [
     "StoreUnavailable",
     "UnknownKeyError",
     "__version__",
+    "attach",
 ]

@@ -98,6 +98,10 @@ class KeySpec:
             )
         return index, values
 
+    def index_of(self, attrs: frozenset[str]) -> int | None:
+        """The index of the declared item naming exactly ``attrs``, or None."""
+        return self._index.get(attrs)
+
     def values_of(self, obj: object, index: int) -> tuple[Any, ...]:
         """Read the values of declared item ``index`` from ``obj``."""
         try:
@@ -208,7 +212,11 @@ def is_null(values: tuple[Any, ...]) -> bool:
 
 # --- value encoding ------------------------------------------------------------------------
 
-_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+# Characters a string value keeps as they are; the rest is %-escaped.  Everything
+# printable but the separators of the encoding (",", "(", ")") and the escape itself.
+_SAFE = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-@!~*'=?&/[]{}<>;^|$#+:"
+)
 _EXACT_INT_LIMIT = 2**63
 
 
@@ -328,7 +336,11 @@ def _acceptable(key: str) -> bool:
 
 
 class KeyMaker:
-    """Builds the cache-key strings of one store: ``prefix:version:class:item:values``."""
+    """Builds the cache-key strings of one store: ``prefix:version:class~gen:item:values``.
+
+    ``generations`` holds, per class, the namespace generation the store last saw (see
+    :meth:`set_generation`); a class without one has keys without the ``~gen`` part.
+    """
 
     def __init__(self, prefix: str = "stockpyle") -> None:
         if not prefix or not _acceptable(prefix) or ":" in prefix or len(prefix) > 64:
@@ -338,7 +350,22 @@ class KeyMaker:
             )
         self.prefix = prefix
         self._namespace = f"{prefix}:{FORMAT_VERSION}"
-        self._heads: dict[tuple[type, int], str] = {}
+        self.generations: dict[type, str] = {}
+        self._heads: dict[tuple[type, int, str | None], str] = {}
+
+    def set_generation(self, klass: type, generation: str) -> None:
+        """Use ``generation`` in the keys of ``klass`` from now on."""
+        self.generations[klass] = generation
+
+    def generation_key(self, klass: type) -> str:
+        """The cache key holding the namespace generation of ``klass``."""
+        return self._checked(f"{self._namespace}:gen:{class_token(klass)}")
+
+    def class_prefix(self, klass: type) -> str:
+        """The start shared by the readable keys of ``klass`` in its current generation."""
+        generation = self.generations.get(klass)
+        token = class_token(klass) + (f"~{generation}" if generation else "")
+        return f"{self._namespace}:{token}:"
 
     def key(self, spec: KeySpec, index: int, values: tuple[Any, ...]) -> str:
         """The cache key of ``spec.klass`` looked up by its item ``index`` = ``values``.
@@ -353,12 +380,14 @@ class KeyMaker:
                 encoded = ",".join([encode_value(value) for value in values])
         except InvalidKeyValueError as exc:
             raise InvalidKeyValueError(f"{exc} (in a key of {spec.describe()})") from None
-        head = self._heads.get((spec.klass, index))
+        generation = self.generations.get(spec.klass)
+        head = self._heads.get((spec.klass, index, generation))
         if head is None:
-            item = "+".join(spec.items[index])
-            head = f"{self._namespace}:{class_token(spec.klass)}:{item}:"
-            self._heads[spec.klass, index] = head
-        key = head + encoded
+            head = f"{self.class_prefix(spec.klass)}{'+'.join(spec.items[index])}:"
+            self._heads[spec.klass, index, generation] = head
+        return self._checked(head + encoded)
+
+    def _checked(self, key: str) -> str:
         if _acceptable(key):
             return key
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()

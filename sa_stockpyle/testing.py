@@ -301,6 +301,33 @@ class StoreConformance:
             assert getattr(got, name) == value, name
             assert type(getattr(got, name)) is type(value), name
 
+    def test_invalidate_class(self) -> None:
+        store = self.store(polymorphic=True)
+        foo, pair, car = Foo(key=1, zap=1, bar=1), Pair(a="a", b=1), Car(license_plate="P")
+        store.batch_put([foo, pair, car])
+        store.invalidate_class(Foo)
+        store.invalidate_class(Automobile)
+        assert store.get(Foo, 1) is None
+        assert store.get(Foo, {"zap": 1, "bar": 1}) is None
+        assert store.get(Automobile, "P") is None
+        assert store.get(Car, "P") == car  # its own class was not invalidated
+        assert store.get(Pair, ("a", 1)) == pair
+        store.put(foo)
+        assert store.get(Foo, {"zap": 1, "bar": 1}) == foo
+
+    def test_write_committed_removes_then_writes(self) -> None:
+        store = self.store()
+        old = Foo(key=1, zap=1, bar=1)
+        gone = Foo(key=2, zap=2, bar=2)
+        store.batch_put([old, gone])
+        new = Foo(key=1, zap=10, bar=1)
+        store.write_committed([new], [(Foo, {"zap": 1, "bar": 1}), (Foo, {"key": 2})])
+        assert store.get(Foo, 1) == new
+        assert store.get(Foo, {"zap": 10, "bar": 1}) == new
+        assert store.get(Foo, {"zap": 1, "bar": 1}) is None
+        assert store.get(Foo, 2) is None
+        assert store.get(Foo, {"zap": 2, "bar": 2}) is None
+
     # -- keys -------------------------------------------------------------------------
 
     def test_key_values_are_type_stable(self) -> None:

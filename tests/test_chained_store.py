@@ -95,7 +95,7 @@ def test_batch_get_asks_each_layer_only_for_what_is_missing() -> None:
     assert chain.batch_get(Foo, [0, 1, 2, 3, 9]) == [*foos[:4], None]
     assert len(fast.reads) == 1
     assert len(slow.reads) == 1
-    assert len(slow.reads[0]) == 3  # keys 2, 3 and 9 only
+    assert len(slow.reads[0]) == 4  # the generation token, and keys 2, 3 and 9 only
     assert chain.layer_stats[1].count(Foo, "hits") == 2
     assert chain.layer_stats[1].count(Foo, "misses") == 1
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from sa_stockpyle.codec import Entry, decode_record, encode_record, restore, snapshot
 from sa_stockpyle.errors import PayloadError
-from sa_stockpyle.keys import KeyMaker, class_token, key_spec
+from sa_stockpyle.keys import class_token, key_spec
 from sa_stockpyle.stores import ShoveStore
 from tests.models import Address, Base, User
 
@@ -58,8 +58,9 @@ def test_expired_columns_cannot_be_snapshotted(session: Session) -> None:
 
 def test_a_payload_of_another_mapping_is_a_miss() -> None:
     store = ShoveStore(shove={})
+    assert store.get(User, 1) is None  # the store learns its namespace generation
     spec = key_spec(User)
-    key = KeyMaker().key(spec, 0, (1,))
+    key = store.keymaker.key(spec, 0, (1,))
     token = class_token(User)
     payload = encode_record(Entry(User, {"id": 1, "name": "a", "email": None}, (key,), None))
     assert decode_record(payload, User).state["name"] == "a"

@@ -67,7 +67,7 @@ def files(tmp_path: Path) -> Iterator[ShoveStore]:
 
 def test_values_are_safe_bytes_with_their_expiry(files: ShoveStore) -> None:
     files.put(Foo(key=1, zap=2, bar=3))
-    raw = list(files.dictionary.values())
+    raw = [value for key, value in files.dictionary.items() if ":gen:" not in key]
     assert raw
     assert all(isinstance(value, bytes) and value.startswith(MAGIC) for value in raw)
     assert any(b'"x":null' in value for value in raw)

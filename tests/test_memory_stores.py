@@ -108,3 +108,19 @@ class _Key:
 
     def __hash__(self) -> int:
         return hash(self.key)
+
+
+def test_invalidate_class_frees_the_old_generation() -> None:
+    store = ProcessMemoryStore()
+    store.batch_put([Foo(key=i, zap=i, bar=i) for i in range(10)] + [_Key(key=1)])
+    store.invalidate_class(Foo)
+    assert len(store.dictionary) == 1
+    assert store.get(_Key, 1) == _Key(key=1)
+    assert store.get(Foo, 3) is None
+
+
+def test_generations_survive_the_lru_bound() -> None:
+    store = ProcessMemoryStore(max_items=3)
+    for key in range(100):
+        store.put(_Key(key=key))
+    assert store.get(_Key, 99) == _Key(key=99)

@@ -26,6 +26,7 @@ The contract, which every store in this package and every third-party store foll
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -46,13 +47,14 @@ from sa_stockpyle.codec import (
     snapshot,
 )
 from sa_stockpyle.errors import PayloadError, StoreTimeout, StoreUnavailable
-from sa_stockpyle.keys import KeyMaker, is_null, key_spec, storage_classes
+from sa_stockpyle.keys import KeyMaker, KeySpec, is_null, key_spec, storage_classes
 
 __all__ = [
     "BaseDictionaryStore",
     "BaseKeyValueStore",
     "BaseStore",
     "ErrorTranslator",
+    "Removal",
     "SharedPayloads",
     "Stats",
 ]
@@ -61,6 +63,9 @@ log = logging.getLogger("sa_stockpyle")
 
 T = TypeVar("T")
 Clock = Callable[[], float]
+
+#: An object to remove by key: its class and a lookup (``{"id": 5}``).
+Removal = tuple[type, dict[str, Any]]
 
 
 class Stats:
@@ -155,6 +160,29 @@ class BaseStore(ABC):
         """
         return True
 
+    def write_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> None:
+        """Reflect a database commit: remove ``removals``, then store ``puts``.
+
+        Called by the ORM plugin once per commit.  ``removals`` are ``(class, lookup)``
+        pairs naming objects that were deleted, invalidated, or whose key moved away;
+        ``puts`` are the committed objects.  The system of record (the SQLAlchemy store)
+        does nothing: it holds the commit already.  This default looks each removal up
+        and deletes it; caching stores override it with batches.
+        """
+        for klass, lookup in removals:
+            found: object | None = self.get(klass, lookup)
+            if found is not None:
+                self.delete(found)
+        self.batch_put(puts)
+
+    def invalidate_class(self, klass: type) -> None:
+        """Make every cached entry of ``klass`` unreachable (a bulk statement changed rows
+        that cannot be named).  The system of record does nothing."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot invalidate a whole class; override "
+            f"invalidate_class() to support bulk statements without RETURNING"
+        )
+
     def close(self) -> None:  # noqa: B027 - closing is optional; most stores hold nothing
         """Release connections and threads; the store is unusable afterwards."""
 
@@ -228,6 +256,8 @@ class BaseKeyValueStore(BaseStore):
 
     def _records(self, objs: Iterable[object]) -> list[tuple[str, Record]]:
         # Everything that can fail on bad input happens here, before any write.
+        objs = list(objs)
+        self._learn_generations(objs)
         records: list[tuple[str, Record]] = []
         clock_now = self.clock()
         for obj in objs:
@@ -244,6 +274,8 @@ class BaseKeyValueStore(BaseStore):
         return records
 
     def _object_keys(self, objs: Iterable[object]) -> list[str]:
+        objs = list(objs)
+        self._learn_generations(objs)
         keys: list[str] = []
         for obj in objs:
             for klass in storage_classes(type(obj), self.polymorphic):
@@ -253,6 +285,80 @@ class BaseKeyValueStore(BaseStore):
                     for index, values in spec.identities(obj)
                 )
         return keys
+
+    def _removal_keys(self, removals: Sequence[Removal]) -> list[str]:
+        """The cache keys of ``(class, lookup)`` removals, in every storage class."""
+        keys: list[str] = []
+        classes = {c for klass, _ in removals for c in storage_classes(klass, self.polymorphic)}
+        self._learn_generations_of(classes)
+        for klass, lookup in removals:
+            spec = key_spec(klass)
+            index, values = spec.lookup(lookup)
+            if is_null(values):
+                continue
+            attrs = frozenset(spec.items[index])
+            for storage in storage_classes(klass, self.polymorphic):
+                storage_spec = key_spec(storage)
+                storage_index = storage_spec.index_of(attrs)
+                if storage_index is not None:
+                    keys.append(self.keymaker.key(storage_spec, storage_index, values))
+        return keys
+
+    # -- namespace generations ----------------------------------------------------------
+    #
+    # Every class's keys carry a generation token read from the backend, so that
+    # invalidate_class() can make all of a class's entries unreachable at once, in every
+    # process: it writes a new token.  A missing token (never set, evicted, server
+    # restarted empty) is replaced by a new random one, never taken as "no generation",
+    # so entries written under an older token can never come back.
+
+    #: Whether generation tokens live in the backend, shared with other processes.  An
+    #: in-process store keeps them in its key maker only: nothing else can bump them, and
+    #: an LRU bound must never evict them.
+    shared_generations = True
+
+    def _learn_generations(self, objs: Sequence[object]) -> None:
+        self._learn_generations_of(
+            {c for obj in objs for c in storage_classes(type(obj), self.polymorphic)}
+        )
+
+    def _learn_generations_of(self, classes: Iterable[type]) -> None:
+        unknown = [c for c in classes if c not in self.keymaker.generations]
+        if not unknown:
+            return
+        if not self.shared_generations:
+            for klass in unknown:
+                self.keymaker.set_generation(klass, secrets.token_hex(4))
+            return
+        raws = self._read([self.keymaker.generation_key(c) for c in unknown])
+        for klass, raw in zip(unknown, raws, strict=True):
+            self._adopt_generation(klass, raw)
+
+    def _adopt_generation(self, klass: type, raw: Any) -> None:
+        """Use the generation ``raw`` read from the backend, or start a new one."""
+        if isinstance(raw, bytes) and raw:
+            self.keymaker.set_generation(klass, raw.decode("ascii", "replace"))
+        else:
+            self.invalidate_class(klass)
+
+    def invalidate_class(self, klass: type) -> None:
+        """Make every entry of ``klass`` unreachable, in every process: a new generation."""
+        token = secrets.token_hex(4)
+        if self.shared_generations:
+            key = self.keymaker.generation_key(klass)
+            self._write([(key, token.encode("ascii"), None)])
+        self.keymaker.set_generation(klass, token)
+
+    def write_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> None:
+        """Reflect a database commit: one removal, then one write, of batches."""
+        keys = self._removal_keys(removals)
+        records = self._records(puts)
+        if keys:
+            self._remove(keys)
+        if records:
+            self._write(
+                [(key, self._encode(record), record.expires_at) for key, record in records]
+            )
 
     def put(self, obj: object) -> None:
         """Store ``obj`` under every declared key (see the module contract)."""
@@ -279,31 +385,48 @@ class BaseKeyValueStore(BaseStore):
     def get(self, klass: type[T], key: object) -> T | None:
         """Return the ``klass`` object with ``key``, or None."""
         spec = key_spec(klass)
-        index, values = spec.lookup(key)
-        if is_null(values):
-            return None
-        return self._resolve(klass, [self.keymaker.key(spec, index, values)])[0]
+        lookup = spec.lookup(key)
+        return self._resolve(klass, spec, [None if is_null(lookup[1]) else lookup])[0]
 
     def batch_get(self, klass: type[T], keys: Iterable[object]) -> list[T | None]:
         """Return one object or None per key, in order; one read, two with alternate keys."""
         spec = key_spec(klass)
-        make = self.keymaker.key
-        wanted: list[str | None] = []
+        lookups: list[tuple[int, tuple[Any, ...]] | None] = []
         for key in keys:
-            index, values = spec.lookup(key)
-            wanted.append(None if is_null(values) else make(spec, index, values))
-        return self._resolve(klass, wanted)
+            lookup = spec.lookup(key)
+            lookups.append(None if is_null(lookup[1]) else lookup)
+        return self._resolve(klass, spec, lookups)
 
-    def _resolve(self, klass: type[T], wanted: list[str | None]) -> list[T | None]:
-        """Fetch the records of cache keys ``wanted`` and rebuild their objects."""
+    def _resolve(
+        self, klass: type[T], spec: KeySpec, lookups: list[tuple[int, tuple[Any, ...]] | None]
+    ) -> list[T | None]:
+        """Fetch the records of ``lookups`` and rebuild their objects."""
+        make = self.keymaker.key
+        if not self.shared_generations:
+            self._learn_generations_of((klass,))
+        known = self.keymaker.generations.get(klass)
+        wanted = [None if lookup is None else make(spec, *lookup) for lookup in lookups]
+        if not any(wanted):
+            return [None] * len(wanted)
         asked = [key for key in dict.fromkeys(wanted) if key is not None]
-        found = self._fetch(klass, asked) if asked else {}
+        raws: list[Any] | None
+        if not self.shared_generations:
+            raws = self._read(asked)
+        else:
+            raws = self._read_generation(klass, known, asked)
+            if raws is None:
+                return [None] * len(wanted)  # a brand-new namespace holds nothing
+            if self.keymaker.generations.get(klass) != known:
+                wanted = [None if lookup is None else make(spec, *lookup) for lookup in lookups]
+                asked = [key for key in dict.fromkeys(wanted) if key is not None]
+                raws = self._read(asked)
+        found = self._decoded(klass, asked, raws)
         # Alternate keys hold pointers: fetch the entries they lead to, in one more read.
         pointers = {key: rec.primary for key, rec in found.items() if type(rec) is Pointer}
         if pointers:
             targets = [p for p in dict.fromkeys(pointers.values()) if p not in found]
             if targets:
-                found.update(self._fetch(klass, targets))
+                found.update(self._decoded(klass, targets, self._read(targets)))
             dangling = [
                 key for key, primary in pointers.items() if not _answering(found, primary, key)
             ]
@@ -319,13 +442,30 @@ class BaseKeyValueStore(BaseStore):
                 results.append(None)
         return results
 
-    def _fetch(self, klass: type, keys: list[str]) -> dict[str, Record]:
-        """Read and decode ``keys``; expired and corrupt records are deleted, not returned."""
+    def _read_generation(
+        self, klass: type, known: str | None, keys: list[str]
+    ) -> list[Any] | None:
+        """Read ``keys`` with the generation of ``klass``, in one round trip.
+
+        Returns the raw values, or None when the class had no generation and a new one
+        was started.  When the generation differs from ``known`` (another process bumped
+        it), the key maker now holds the new one and the values read are stale: the
+        caller reads again under the new keys.
+        """
+        raws = self._read([self.keymaker.generation_key(klass), *keys])
+        current = raws.pop(0)
+        if isinstance(current, bytes) and current.decode("ascii", "replace") == known:
+            return raws
+        self._adopt_generation(klass, current)
+        return None if current is None else raws
+
+    def _decoded(self, klass: type, keys: list[str], raws: list[Any]) -> dict[str, Record]:
+        """Decode raw values; expired and corrupt records are deleted, not returned."""
         found: dict[str, Record] = {}
         dead: list[str] = []
         clock_now = self.clock()
         decode = self._decode
-        for key, raw in zip(keys, self._read(keys), strict=True):
+        for key, raw in zip(keys, raws, strict=True):
             if raw is None:
                 continue
             try:
@@ -378,6 +518,15 @@ class BaseDictionaryStore(BaseKeyValueStore):
     def clear(self) -> None:
         """Drop every record."""
         self.dictionary.clear()
+
+    def invalidate_class(self, klass: type) -> None:
+        """Start a new generation of ``klass``; an in-process store also drops the entries
+        of the old one (but for hashed long keys, which an LRU bound evicts in time)."""
+        old = self.keymaker.class_prefix(klass) if klass in self.keymaker.generations else None
+        super().invalidate_class(klass)
+        if old is not None and not self.shared_generations:
+            for key in [key for key in list(self.dictionary) if key.startswith(old)]:
+                self.dictionary.pop(key, None)
 
     def _read(self, keys: Sequence[str]) -> list[Any]:
         mapping = self.dictionary

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from sa_stockpyle.errors import ConfigurationError, StoreUnavailable
 from sa_stockpyle.keys import key_spec
-from sa_stockpyle.stores.base import BaseStore, Stats
+from sa_stockpyle.stores.base import BaseStore, Removal, Stats
 
 __all__ = ["ChainedStore"]
 
@@ -160,6 +160,25 @@ class ChainedStore(BaseStore):
     def batch_delete(self, objs: Iterable[object]) -> None:
         """Remove ``objs`` from every layer with one batch call per layer, the last first."""
         self._write("delete", objs)
+
+    def write_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> None:
+        """Reflect a database commit in every layer, the last first; never raises for a
+        layer that is unavailable (it is logged and counted)."""
+        classes = {type(obj) for obj in puts} | {klass for klass, _ in removals}
+        for index in reversed(range(len(self.stores))):
+            try:
+                self.stores[index].write_committed(puts, removals)
+            except StoreUnavailable as exc:
+                self._failed(index, classes, "write a commit", exc)
+
+    def invalidate_class(self, klass: type) -> None:
+        """Make every entry of ``klass`` unreachable in every layer; an unavailable layer
+        is logged and counted."""
+        for index in reversed(range(len(self.stores))):
+            try:
+                self.stores[index].invalidate_class(klass)
+            except StoreUnavailable as exc:
+                self._failed(index, (klass,), "invalidate a class", exc)
 
     def close(self) -> None:
         """Close every layer."""

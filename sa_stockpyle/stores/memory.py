@@ -77,6 +77,8 @@ class ProcessMemoryStore(BaseDictionaryStore):
             uses two); the least recently used are evicted.  None: unbounded.
     """
 
+    shared_generations = False
+
     def __init__(
         self,
         polymorphic: bool = False,
@@ -135,6 +137,8 @@ class ThreadLocalStore(BaseDictionaryStore):
 
     Parameters: see :class:`BaseDictionaryStore`.
     """
+
+    shared_generations = False
 
     def __init__(
         self,

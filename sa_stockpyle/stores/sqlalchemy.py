@@ -30,7 +30,7 @@ from sa_stockpyle.errors import (
     NotStorableError,
 )
 from sa_stockpyle.keys import KeySpec, is_null, key_spec
-from sa_stockpyle.stores.base import BaseStore
+from sa_stockpyle.stores.base import BaseStore, Removal
 
 __all__ = ["MAX_PARAMETERS", "SqlAlchemyStore"]
 
@@ -381,6 +381,12 @@ class SqlAlchemyStore(BaseStore):
         if session is None:
             return True
         return state not in session._deleted and state.key not in session.info.get(FLUSHED, ())
+
+    def write_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> None:
+        """Nothing to do: the database is the system of record and holds the commit."""
+
+    def invalidate_class(self, klass: type) -> None:
+        """Nothing to do: the database is the system of record."""
 
     def close(self) -> None:
         """Close the owned session (and dispose of an engine made from ``uri``)."""

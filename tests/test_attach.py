@@ -1,0 +1,578 @@
+"""attach(): write-through at commit, nothing before it, savepoints, bulk statements, targets.
+
+Every test asserts on each caching layer directly, not only through the chain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    Integer,
+    String,
+    create_engine,
+    delete,
+    func,
+    insert,
+    update,
+)
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    scoped_session,
+    sessionmaker,
+)
+
+from sa_stockpyle import attach
+from sa_stockpyle.errors import ConfigurationError, StoreUnavailable
+from sa_stockpyle.orm import Attachment
+from sa_stockpyle.stores import (
+    BaseDictionaryStore,
+    ChainedStore,
+    ProcessMemoryStore,
+    ShoveStore,
+    SqlAlchemyStore,
+)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    __tablename__ = "attach_accounts"
+    __stockpyle_keys__ = ["id", "email", ("tenant", "handle")]
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str | None] = mapped_column(String(100), unique=True)
+    tenant: Mapped[str] = mapped_column(String(20), default="acme")
+    handle: Mapped[str] = mapped_column(String(20))
+    balance: Mapped[int] = mapped_column(Integer, default=0)
+    touched: Mapped[int] = mapped_column(Integer, default=0, onupdate=lambda: 7)
+
+
+class Stamped(Base):
+    """Columns whose committed values only the database knows after a flush."""
+
+    __tablename__ = "attach_stamped"
+    __stockpyle_keys__ = ["id"]
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(20))
+    created: Mapped[dt.datetime] = mapped_column(DateTime, server_default=func.now())
+    changed: Mapped[dt.datetime | None] = mapped_column(DateTime, onupdate=func.now())
+
+
+class Untracked(Base):
+    __tablename__ = "attach_untracked"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class Layers:
+    """A memory layer, a dictionary-storage layer and the database, chained."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.memory = ProcessMemoryStore()
+        self.shared = ShoveStore(shove={})
+        self.database = SqlAlchemyStore(engine=engine)
+        self.chain = ChainedStore([self.memory, self.shared, self.database])
+
+    @property
+    def caches(self) -> list[BaseDictionaryStore]:
+        return [self.memory, self.shared]
+
+    def cached(self, klass: type, key: object) -> list[Any]:
+        """What each caching layer holds for ``key``."""
+        return [layer.get(klass, key) for layer in self.caches]
+
+    def entries(self) -> list[str]:
+        """The cache keys the dictionary layer holds, generation tokens left out."""
+        return [key for key in self.shared.dictionary if ":gen:" not in key]
+
+    def seed(self, *objs: object) -> None:
+        """Put stale copies of objects straight into the caches."""
+        for layer in self.caches:
+            layer.batch_put(objs)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        engine = create_engine(f"sqlite:///{tmp_path}/attach.db")
+    else:
+        engine = create_engine(request.getfixturevalue("postgres_url"))
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    yield engine
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def layers(engine: Engine) -> Iterator[Layers]:
+    layers = Layers(engine)
+    yield layers
+    layers.chain.close()
+
+
+@pytest.fixture
+def factory(engine: Engine, layers: Layers) -> Iterator[sessionmaker[Session]]:
+    factory = sessionmaker(engine)
+    handle = attach(factory, layers.chain)
+    yield factory
+    handle.detach()
+
+
+def _account(id: int = 1, **values: Any) -> Account:
+    values.setdefault("email", f"a{id}@example.com")
+    values.setdefault("handle", f"h{id}")
+    return Account(id=id, **values)
+
+
+def _assert_holds(layers: Layers, **expected: Any) -> None:
+    for got in layers.cached(Account, expected["id"]):
+        assert got is not None
+        for name, value in expected.items():
+            assert getattr(got, name) == value, name
+
+
+# -- the basic cycle ----------------------------------------------------------------------
+
+
+def test_insert_is_written_at_commit_not_before(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    with factory() as session:
+        session.add(_account(1, balance=10))
+        session.flush()
+        assert layers.cached(Account, 1) == [None, None]
+        session.commit()
+    _assert_holds(layers, id=1, balance=10, email="a1@example.com")
+    for layer in layers.caches:
+        assert layer.get(Account, {"email": "a1@example.com"}).id == 1
+        assert layer.get(Account, {"tenant": "acme", "handle": "h1"}).id == 1
+
+
+def test_rollback_writes_nothing(factory: sessionmaker[Session], layers: Layers) -> None:
+    with factory() as session:
+        session.add(_account(1))
+        session.flush()
+        session.rollback()
+    assert layers.cached(Account, 1) == [None, None]
+
+
+def test_close_without_commit_writes_nothing(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    session = factory()
+    session.add(_account(1))
+    session.flush()
+    session.close()
+    assert layers.cached(Account, 1) == [None, None]
+    with factory() as session:
+        session.add(_account(2))
+        session.commit()
+    assert layers.cached(Account, 1) == [None, None]
+    _assert_holds(layers, id=2)
+
+
+def test_update_writes_the_committed_state(factory: sessionmaker[Session], layers: Layers) -> None:
+    with factory() as session:
+        session.add(_account(1, balance=1))
+        session.commit()
+    with factory() as session:
+        account = session.get(Account, 1)
+        assert account is not None
+        account.balance = 2
+        session.flush()
+        _assert_holds(layers, id=1, balance=1)
+        account.balance = 3
+        session.commit()
+    _assert_holds(layers, id=1, balance=3, touched=7)
+
+
+def test_moved_alternate_keys_stop_answering(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    with factory() as session:
+        session.add(_account(1))
+        session.commit()
+    with factory() as session:
+        account = session.get(Account, 1)
+        assert account is not None
+        account.email = "new@example.com"
+        account.handle = "renamed"
+        session.commit()
+    for layer in layers.caches:
+        assert layer.get(Account, {"email": "a1@example.com"}) is None
+        assert layer.get(Account, {"tenant": "acme", "handle": "h1"}) is None
+        assert layer.get(Account, {"email": "new@example.com"}).id == 1
+        assert layer.get(Account, {"tenant": "acme", "handle": "renamed"}).id == 1
+    # The old keys are removed, not merely left dangling.
+    assert not any("a1@example.com" in key for key in layers.shared.dictionary)
+    assert layers.chain.get(Account, {"email": "a1@example.com"}) is None
+
+
+def test_delete_removes_every_key(factory: sessionmaker[Session], layers: Layers) -> None:
+    with factory() as session:
+        session.add(_account(1))
+        session.commit()
+    with factory() as session:
+        session.delete(session.get(Account, 1))
+        session.flush()
+        _assert_holds(layers, id=1)
+        session.commit()
+    assert layers.cached(Account, 1) == [None, None]
+    assert layers.entries() == []
+    assert layers.chain.get(Account, 1) is None
+
+
+def test_insert_then_delete_in_one_transaction(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    layers.seed(_account(1, balance=99))
+    with factory() as session:
+        account = _account(1)
+        session.add(account)
+        session.flush()
+        session.delete(account)
+        session.commit()
+    assert layers.cached(Account, 1) == [None, None]
+
+
+# -- savepoints -----------------------------------------------------------------------------
+
+
+def test_released_savepoint_is_written(factory: sessionmaker[Session], layers: Layers) -> None:
+    with factory() as session:
+        session.add(_account(1))
+        with session.begin_nested():
+            session.add(_account(2))
+        session.commit()
+    _assert_holds(layers, id=1)
+    _assert_holds(layers, id=2)
+
+
+def test_rolled_back_savepoint_discards_exactly_its_changes(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    with factory() as session:
+        session.add(_account(1, balance=1))
+        session.add(_account(3))
+        session.commit()
+    with factory() as session:
+        first = session.get(Account, 1)
+        assert first is not None
+        first.balance = 10  # before the savepoint: kept
+        session.flush()
+        savepoint = session.begin_nested()
+        session.add(_account(2))
+        first.balance = 20
+        session.delete(session.get(Account, 3))
+        session.flush()
+        savepoint.rollback()
+        session.commit()
+    _assert_holds(layers, id=1, balance=10)
+    assert layers.cached(Account, 2) == [None, None]
+    _assert_holds(layers, id=3)
+
+
+def test_nested_savepoints(factory: sessionmaker[Session], layers: Layers) -> None:
+    with factory() as session:
+        outer = session.begin_nested()
+        session.add(_account(1))
+        inner = session.begin_nested()
+        session.add(_account(2))
+        inner.commit()  # released into the outer savepoint...
+        outer.rollback()  # ...which rolls back, taking it along
+        third = session.begin_nested()
+        session.add(_account(3))
+        innermost = session.begin_nested()
+        session.add(_account(4))
+        innermost.rollback()
+        third.commit()
+        session.commit()
+    assert layers.cached(Account, 1) == [None, None]
+    assert layers.cached(Account, 2) == [None, None]
+    _assert_holds(layers, id=3)
+    assert layers.cached(Account, 4) == [None, None]
+
+
+def test_commit_with_open_savepoints_writes_them(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    with factory() as session:
+        session.begin_nested()
+        session.add(_account(1))
+        session.begin_nested()
+        session.add(_account(2))
+        session.commit()
+    _assert_holds(layers, id=1)
+    _assert_holds(layers, id=2)
+
+
+# -- state only the database knows ----------------------------------------------------------
+
+
+def test_server_defaults_invalidate_instead_of_writing(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    layers.seed(Stamped(id=1, name="stale", created=dt.datetime(2000, 1, 1), changed=None))
+    with factory() as session:
+        session.add(Stamped(id=1, name="fresh"))
+        session.commit()
+    assert layers.cached(Stamped, 1) == [None, None]
+    fresh = layers.chain.get(Stamped, 1)
+    assert fresh is not None
+    assert fresh.name == "fresh"
+    assert fresh.created is not None
+    assert layers.memory.get(Stamped, 1).name == "fresh"  # filled from the database
+
+
+def test_sql_side_onupdate_invalidates(factory: sessionmaker[Session], layers: Layers) -> None:
+    with factory() as session:
+        session.add(Stamped(id=1, name="first"))
+        session.commit()
+        stamped = session.get(Stamped, 1)
+        assert stamped is not None
+        session.refresh(stamped)
+        stale = Stamped(id=1, name="first", created=stamped.created, changed=None)
+    layers.seed(stale)
+    with factory() as session:
+        stamped = session.get(Stamped, 1)
+        assert stamped is not None
+        stamped.name = "second"
+        session.commit()
+    assert layers.cached(Stamped, 1) == [None, None]
+    fresh = layers.chain.get(Stamped, 1)
+    assert fresh is not None
+    assert fresh.name == "second"
+    assert fresh.changed is not None
+
+
+def test_sql_expression_values_invalidate(factory: sessionmaker[Session], layers: Layers) -> None:
+    with factory() as session:
+        session.add(_account(1))
+        session.commit()
+    _assert_holds(layers, id=1, balance=0)
+    with factory() as session:
+        account = session.get(Account, 1)
+        assert account is not None
+        account.balance = Account.balance + 5  # evaluated by the database
+        session.commit()
+    # Where the dialect returns the new value (RETURNING) it is known and written;
+    # otherwise the attribute is expired after the flush and the entry is removed.
+    assert all(got is None or got.balance == 5 for got in layers.cached(Account, 1))
+    assert layers.chain.get(Account, 1).balance == 5
+    _assert_holds(layers, id=1, balance=5)
+
+
+def test_python_side_onupdate_is_written(factory: sessionmaker[Session], layers: Layers) -> None:
+    with factory() as session:
+        session.add(_account(1))
+        session.commit()
+    with factory() as session:
+        account = session.get(Account, 1)
+        assert account is not None
+        account.balance = 5
+        session.commit()
+    _assert_holds(layers, id=1, balance=5, touched=7)
+
+
+# -- bulk statements ------------------------------------------------------------------------
+
+
+def _three(factory: sessionmaker[Session]) -> None:
+    with factory() as session:
+        session.add_all([_account(1, balance=1), _account(2, balance=2), _account(3, balance=3)])
+        session.commit()
+
+
+def test_bulk_update_invalidates_the_rows_it_returns(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    _three(factory)
+    with factory() as session:
+        result = session.execute(update(Account).where(Account.balance >= 2).values(balance=0))
+        assert result.rowcount == 2
+        _assert_holds(layers, id=2, balance=2)  # not before the commit
+        session.commit()
+    assert layers.cached(Account, 2) == [None, None]
+    assert layers.cached(Account, 3) == [None, None]
+    _assert_holds(layers, id=1, balance=1)
+    assert layers.chain.get(Account, 3).balance == 0
+
+
+def test_bulk_delete_invalidates_the_rows_it_returns(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    _three(factory)
+    with factory() as session:
+        session.execute(delete(Account).where(Account.id == 2))
+        session.commit()
+    assert layers.cached(Account, 2) == [None, None]
+    assert layers.chain.get(Account, 2) is None
+    _assert_holds(layers, id=1)
+
+
+def test_bulk_statements_without_returning_invalidate_the_class(
+    engine: Engine, layers: Layers
+) -> None:
+    factory = sessionmaker(engine)
+    handle = attach(factory, layers.chain, use_returning=False)
+    try:
+        _three(factory)
+        with factory() as session:
+            session.execute(update(Account).where(Account.id == 2).values(balance=50))
+            session.commit()
+        for key in (1, 2, 3):
+            assert layers.cached(Account, key) == [None, None]
+        assert handle.stats.count(Account, "class_invalidations") == 1
+        assert layers.chain.get(Account, 2).balance == 50
+        _assert_holds(layers, id=2, balance=50)  # the class is cached again afterwards
+    finally:
+        handle.detach()
+
+
+def test_bulk_rollback_invalidates_nothing(factory: sessionmaker[Session], layers: Layers) -> None:
+    _three(factory)
+    with factory() as session:
+        session.execute(update(Account).values(balance=0))
+        session.rollback()
+    _assert_holds(layers, id=1, balance=1)
+
+
+def test_orm_bulk_insert_and_update_by_primary_key(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    _three(factory)
+    layers.seed(_account(4, balance=44))
+    with factory() as session:
+        session.execute(update(Account), [{"id": 1, "balance": 100}, {"id": 3, "balance": 300}])
+        session.execute(insert(Account), [{"id": 4, "email": "d@example.com", "handle": "d"}])
+        session.commit()
+    for key in (1, 3, 4):
+        assert layers.cached(Account, key) == [None, None]
+    _assert_holds(layers, id=2, balance=2)
+    assert layers.chain.get(Account, 3).balance == 300
+
+
+# -- targets --------------------------------------------------------------------------------
+
+
+def _round_trip(make_session: Any, layers: Layers, id: int) -> None:
+    session = make_session()
+    session.add(_account(id))
+    session.commit()
+    session.close()
+
+
+def test_every_kind_of_target(engine: Engine, layers: Layers) -> None:
+    factory = sessionmaker(engine)
+    scoped = scoped_session(sessionmaker(engine))
+
+    class AppSession(Session):
+        pass
+
+    instance = Session(engine)
+    targets: list[tuple[Any, Any]] = [
+        (factory, factory),
+        (scoped, scoped),
+        (AppSession, lambda: AppSession(engine)),
+        (instance, lambda: instance),
+        (engine, lambda: Session(engine)),
+    ]
+    for id, (target, make) in enumerate(targets, start=1):
+        handle = attach(target, layers.chain)
+        try:
+            _round_trip(make, layers, id)
+        finally:
+            handle.detach()
+        _assert_holds(layers, id=id)
+    scoped.remove()
+
+
+def test_engine_target_ignores_sessions_on_other_engines(
+    engine: Engine, layers: Layers, tmp_path: Any
+) -> None:
+    other = create_engine(f"sqlite:///{tmp_path}/other.db")
+    Base.metadata.create_all(other)
+    handle = attach(engine, layers.chain)
+    try:
+        with Session(other) as session:
+            session.add(_account(9))
+            session.commit()
+    finally:
+        handle.detach()
+        other.dispose()
+    assert layers.cached(Account, 9) == [None, None]
+
+
+def test_attaching_twice_is_harmless_and_detach_stops_everything(
+    engine: Engine, layers: Layers
+) -> None:
+    factory = sessionmaker(engine)
+    first = attach(factory, layers.chain)
+    assert attach(factory, layers.chain) is first
+    with factory() as session:
+        session.add(_account(1))
+        session.commit()
+    assert first.stats.count(Account, "written") == 1
+    first.detach()
+    first.detach()
+    with factory() as session:
+        session.add(_account(2))
+        session.commit()
+    assert layers.cached(Account, 2) == [None, None]
+    assert attach(factory, layers.chain) is not first
+
+
+def test_unkeyed_classes_are_ignored(factory: sessionmaker[Session], layers: Layers) -> None:
+    with factory() as session:
+        session.add(Untracked(id=1))
+        session.commit()
+    assert layers.entries() == []
+
+
+def test_bad_attach_calls() -> None:
+    with pytest.raises(ConfigurationError, match="target"):
+        attach(object(), ProcessMemoryStore())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="store"):
+        attach(sessionmaker(), object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="unknown options"):
+        attach(sessionmaker(), ProcessMemoryStore(), returning=True)
+
+
+class _Down(BaseDictionaryStore):
+    def __init__(self) -> None:
+        super().__init__({})
+
+    def _write(self, items: Any) -> None:
+        raise StoreUnavailable("down")
+
+    _remove = _write
+
+
+def test_a_failing_layer_never_fails_the_commit(engine: Engine, layers: Layers) -> None:
+    down = _Down()
+    chain = ChainedStore([layers.memory, down, layers.database])
+    factory = sessionmaker(engine)
+    handle: Attachment = attach(factory, chain)
+    try:
+        with factory() as session:
+            session.add(_account(1))
+            session.commit()
+        with Session(engine) as check:
+            assert check.get(Account, 1) is not None
+        assert chain.layer_stats[1].count(Account, "errors") == 1
+        assert layers.memory.get(Account, 1) is not None
+    finally:
+        handle.detach()
