@@ -35,9 +35,11 @@ from sa_stockpyle.errors import ConfigurationError, StoreUnavailable
 from sa_stockpyle.orm import Attachment
 from sa_stockpyle.stores import (
     BaseDictionaryStore,
+    BaseKeyValueStore,
     ChainedStore,
+    MemcacheStore,
     ProcessMemoryStore,
-    ShoveStore,
+    RedisStore,
     SqlAlchemyStore,
 )
 
@@ -77,16 +79,16 @@ class Untracked(Base):
 
 
 class Layers:
-    """A memory layer, a dictionary-storage layer and the database, chained."""
+    """A memory layer, a Redis layer and the database, chained."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, redis_url: str) -> None:
         self.memory = ProcessMemoryStore()
-        self.shared = ShoveStore(shove={})
+        self.shared = RedisStore(url=redis_url)
         self.database = SqlAlchemyStore(engine=engine)
         self.chain = ChainedStore([self.memory, self.shared, self.database])
 
     @property
-    def caches(self) -> list[BaseDictionaryStore]:
+    def caches(self) -> list[BaseKeyValueStore]:
         return [self.memory, self.shared]
 
     def cached(self, klass: type, key: object) -> list[Any]:
@@ -94,8 +96,9 @@ class Layers:
         return [layer.get(klass, key) for layer in self.caches]
 
     def entries(self) -> list[str]:
-        """The cache keys the dictionary layer holds, generation tokens left out."""
-        return [key for key in self.shared.dictionary if ":gen:" not in key]
+        """The cache keys Redis holds, generation tokens left out."""
+        keys = [key.decode() for key in self.shared.client.keys("*")]
+        return [key for key in keys if ":gen:" not in key]
 
     def seed(self, *objs: object) -> None:
         """Put stale copies of objects straight into the caches."""
@@ -117,8 +120,8 @@ def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def layers(engine: Engine) -> Iterator[Layers]:
-    layers = Layers(engine)
+def layers(engine: Engine, redis_url: str) -> Iterator[Layers]:
+    layers = Layers(engine, redis_url)
     yield layers
     layers.chain.close()
 
@@ -217,7 +220,7 @@ def test_moved_alternate_keys_stop_answering(
         assert layer.get(Account, {"email": "new@example.com"}).id == 1
         assert layer.get(Account, {"tenant": "acme", "handle": "renamed"}).id == 1
     # The old keys are removed, not merely left dangling.
-    assert not any("a1@example.com" in key for key in layers.shared.dictionary)
+    assert not any("a1@example.com" in key for key in layers.entries())
     assert layers.chain.get(Account, {"email": "a1@example.com"}) is None
 
 
@@ -576,3 +579,55 @@ def test_a_failing_layer_never_fails_the_commit(engine: Engine, layers: Layers) 
         assert layers.memory.get(Account, 1) is not None
     finally:
         handle.detach()
+
+
+def test_the_seed_session_extension_example(
+    engine: Engine, memcached_addresses: list[str]
+) -> None:
+    # stockpyle 0.0.7:
+    #     mc_store = MemcacheStore(servers=["localhost:11711"])
+    #     ext = StockpyleSessionExtension(store=mc_store)
+    #     my_session = sessionmaker(extension=ext)
+    mc_store = MemcacheStore(servers=memcached_addresses)
+    my_session = sessionmaker(engine)
+    handle = attach(my_session, mc_store)
+    try:
+        with my_session() as session:
+            session.add(_account(1, balance=5))
+            session.commit()
+        assert mc_store.get(Account, 1).balance == 5
+        with my_session() as session:
+            account = session.get(Account, 1)
+            assert account is not None
+            account.balance = 6
+            session.commit()
+        assert mc_store.get(Account, {"email": "a1@example.com"}).balance == 6
+        with my_session() as session:
+            session.delete(session.get(Account, 1))
+            session.commit()
+        assert mc_store.get(Account, 1) is None
+    finally:
+        handle.detach()
+        mc_store.close()
+
+
+def test_an_unavailable_redis_never_fails_the_commit(
+    engine: Engine, private_redis_server: Any
+) -> None:
+    memory = ProcessMemoryStore()
+    redis_layer = RedisStore(url=private_redis_server.url)
+    chain = ChainedStore([memory, redis_layer, SqlAlchemyStore(engine=engine)])
+    factory = sessionmaker(engine)
+    handle = attach(factory, chain)
+    try:
+        private_redis_server.kill()
+        with factory() as session:
+            session.add(_account(1))
+            session.commit()
+        with Session(engine) as check:
+            assert check.get(Account, 1) is not None
+        assert chain.layer_stats[1].count(Account, "errors") >= 1
+        assert memory.get(Account, 1) is not None
+    finally:
+        handle.detach()
+        chain.close()

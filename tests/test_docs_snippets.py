@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,9 @@ def test_code_blocks_run(document: Path, tmp_path: Path, monkeypatch: pytest.Mon
     blocks = FENCE.findall(document.read_text())
     assert blocks or document.name != "README.md"
     monkeypatch.chdir(tmp_path)
-    namespace: dict[str, object] = {"__name__": f"snippets_{document.stem}"}
+    # A real module, as SQLAlchemy resolves Mapped[] annotations through sys.modules.
+    module = types.ModuleType(f"snippets_{document.stem}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
     for number, block in enumerate(blocks, start=1):
         code = compile(block, f"{document.name}:block{number}", "exec")
-        exec(code, namespace)
+        exec(code, module.__dict__)

@@ -1,0 +1,99 @@
+"""The cost of attach(): committing updated rows with and without write-through.
+
+Run (servers must be up): ``.venv/bin/python benchmarks/bench_attach.py --postgres-url
+postgresql+psycopg://postgres@127.0.0.1:5432/test --redis-url redis://127.0.0.1:6379/0``.
+It creates and drops a table ``bench_attach_accounts``.  Each round loads the same rows,
+changes them, and times ``session.commit()`` (the flush, the COMMIT and, when attached,
+the write-through to a ``[ProcessMemoryStore, RedisStore, SqlAlchemyStore]`` chain).
+Rounds with and without the plugin alternate, and the medians are compared, so both
+sides see the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import redis
+from sqlalchemy import String, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from sa_stockpyle import attach
+from sa_stockpyle.stores import ChainedStore, ProcessMemoryStore, RedisStore, SqlAlchemyStore
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    __tablename__ = "bench_attach_accounts"
+    __stockpyle_keys__ = ["id", "email"]
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(50))
+    balance: Mapped[int]
+
+
+def timed_commit(factory: sessionmaker[Session], rows: int, round_number: int) -> float:
+    """Seconds to commit ``rows`` updated accounts (loading them is not timed)."""
+    with factory() as session:
+        accounts = session.scalars(select(Account).where(Account.id < rows)).all()
+        for account in accounts:
+            account.balance = round_number
+        start = time.perf_counter()
+        session.commit()
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--postgres-url", required=True)
+    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--rows", type=int, nargs="+", default=[100])
+    parser.add_argument("--rounds", type=int, default=31)
+    args = parser.parse_args()
+
+    engine = create_engine(args.postgres_url)
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    most = max(args.rows)
+    with Session(engine) as session:
+        session.add_all(
+            Account(id=i, email=f"a{i}@example.com", name=f"A {i}", balance=0) for i in range(most)
+        )
+        session.commit()
+    redis.Redis.from_url(args.redis_url).flushdb()
+
+    plain = sessionmaker(engine)
+    attached = sessionmaker(engine)
+    chain = ChainedStore(
+        [ProcessMemoryStore(), RedisStore(url=args.redis_url), SqlAlchemyStore(engine=engine)]
+    )
+    handle = attach(attached, chain)
+    print(
+        f"attach() commit overhead on PostgreSQL + Redis; {platform.python_version()}, "
+        f"{platform.machine()}, median of {args.rounds} alternating rounds"
+    )
+    print(f"{'rows':>6} {'plain ms':>10} {'attached ms':>12} {'ratio':>7}")
+    try:
+        for rows in args.rows:
+            without, with_ = [], []
+            for number in range(args.rounds):
+                without.append(timed_commit(plain, rows, 2 * number))
+                with_.append(timed_commit(attached, rows, 2 * number + 1))
+            base, cached = statistics.median(without), statistics.median(with_)
+            print(f"{rows:>6} {base * 1e3:>10.2f} {cached * 1e3:>12.2f} {cached / base:>6.2f}x")
+        assert chain.get(Account, 0).balance == 2 * args.rounds - 1
+    finally:
+        handle.detach()
+        chain.close()
+        Base.metadata.drop_all(engine)
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
