@@ -69,31 +69,40 @@ _Identity = tuple[Any, ...]
 
 @dataclass
 class _Buffer:
-    """What one transaction will write through if it commits."""
+    """What one transaction will write through if it commits.
+
+    Every change is applied here in the order it happened, so what remains is what the
+    commit must do: invalidate ``classes``, then remove ``removals``, then store ``puts``
+    (a put recorded before a later removal or invalidation of its row is dropped).
+    """
 
     #: identity key -> detached object holding the committed state to store
     puts: dict[_Identity, object] = field(default_factory=dict)
-    #: (class, lookup) pairs to remove: deleted or invalidated objects, moved keys
-    removals: dict[tuple[type, tuple[tuple[str, Any], ...]], None] = field(default_factory=dict)
+    #: (class, lookup items) -> the identity whose entry it removes, if it is one
+    removals: dict[tuple[type, tuple[tuple[str, Any], ...]], _Identity | None] = field(
+        default_factory=dict
+    )
     #: classes whose every cached entry must become unreachable
     classes: dict[type, None] = field(default_factory=dict)
 
     def remove(self, klass: type, lookup: dict[str, Any], identity: _Identity | None) -> None:
-        """Remove an object's key; when ``identity`` is given, drop its pending put."""
+        """Remove a key; when it is an object's identity, drop that object's pending put."""
         if identity is not None:
             self.puts.pop(identity, None)
-        self.removals[klass, tuple(sorted(lookup.items()))] = None
+        self.removals[klass, tuple(sorted(lookup.items()))] = identity
+
+    def invalidate(self, classes: list[type]) -> None:
+        """Invalidate whole classes, dropping their pending puts."""
+        self.classes.update(dict.fromkeys(classes))
+        self.puts = {i: obj for i, obj in self.puts.items() if type(obj) not in self.classes}
 
     def merge(self, child: _Buffer) -> None:
         """Take over a released savepoint's buffer: its changes come after ours."""
-        for klass, items in child.removals:
-            self.remove(klass, dict(items), None)
-        for identity in child.puts:
-            self.puts.pop(identity, None)
-        self.puts.update(child.puts)
-        self.classes.update(child.classes)
+        for (klass, items), identity in child.removals.items():
+            self.remove(klass, dict(items), identity)
         if child.classes:
-            self.puts = {i: o for i, o in self.puts.items() if type(o) not in self.classes}
+            self.invalidate(list(child.classes))
+        self.puts.update(child.puts)
 
     def __bool__(self) -> bool:
         return bool(self.puts or self.removals or self.classes)
@@ -304,10 +313,10 @@ class Attachment:
         # Executed now, so the statement's transaction exists to hold the invalidation.
         buffer = self._buffer(orm_state.session)
         for lookup in touched:
-            buffer.remove(klass, lookup, None)
+            primary = tuple(lookup[a] for a in info.primary_attrs)
+            buffer.remove(klass, lookup, mapper.identity_key_from_primary_key(primary))
         if whole_class:
-            for cls in _family(klass):
-                buffer.classes[cls] = None
+            buffer.invalidate(_family(klass))
         return result
 
     def _can_return(self, orm_state: ORMExecuteState, mapper: Mapper[Any]) -> bool:

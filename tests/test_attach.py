@@ -631,3 +631,55 @@ def test_an_unavailable_redis_never_fails_the_commit(
     finally:
         handle.detach()
         chain.close()
+
+
+# -- the order of changes within a transaction ----------------------------------------------
+
+
+def test_a_bulk_update_after_a_flushed_change_wins(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    _three(factory)
+    with factory() as session:
+        account = session.get(Account, 1)
+        assert account is not None
+        account.balance = 50
+        session.flush()
+        session.execute(update(Account).where(Account.id == 1).values(balance=70))
+        session.commit()
+    assert all(got is None or got.balance == 70 for got in layers.cached(Account, 1))
+    assert layers.chain.get(Account, 1).balance == 70
+
+
+def test_a_released_savepoint_bulk_delete_drops_an_earlier_put(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    with factory() as session:
+        session.add(_account(1))
+        session.flush()
+        with session.begin_nested():
+            session.execute(delete(Account).where(Account.id == 1))
+        session.commit()
+    assert layers.cached(Account, 1) == [None, None]
+    assert layers.chain.get(Account, 1) is None
+
+
+def test_a_class_invalidation_drops_earlier_puts(engine: Engine, layers: Layers) -> None:
+    factory = sessionmaker(engine)
+    handle = attach(factory, layers.chain, use_returning=False)
+    try:
+        _three(factory)
+        with factory() as session:
+            account = session.get(Account, 1)
+            assert account is not None
+            account.balance = 50
+            session.flush()
+            with session.begin_nested():
+                session.execute(update(Account).values(balance=0))
+            session.add(_account(4, balance=4))  # after the bulk statement: written
+            session.commit()
+        assert layers.cached(Account, 1) == [None, None]
+        _assert_holds(layers, id=4, balance=4)
+        assert layers.chain.get(Account, 1).balance == 0
+    finally:
+        handle.detach()
