@@ -1,15 +1,20 @@
 """SqlAlchemyStore under a chain, against plain SQLAlchemy, on PostgreSQL and Redis.
 
-Run (servers must be up): ``.venv/bin/python benchmarks/bench_sqlalchemy_store.py
---postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/test --redis-url
-redis://127.0.0.1:6379/0``.  It creates and drops a table ``bench_sa_users``.  Each figure
-is the median of several rounds of many calls, in one process and one run, so the ratios
-compare like with like even on a shared machine whose absolute speed drifts.
+Run: ``.venv/bin/python benchmarks/bench_sqlalchemy_store.py --postgres-url
+postgresql+psycopg://postgres@127.0.0.1:5432/test`` (PostgreSQL must be up; a throwaway
+redis-server is started on a free loopback port with ``tests/servers.py``, or pass
+``--redis-url redis://host:port/db``).  It creates and drops a table ``bench_sa_users``.
+Each figure is the median of several rounds of many calls, in one process and one run, so
+the ratios compare like with like even on a shared machine whose absolute speed drifts.
 
 The chain is ``[ProcessMemoryStore(), RedisStore, SqlAlchemyStore(session=...)]``; every
 hit is attached to that session (the weak identity map forgets it as soon as the caller
 drops it, so each call attaches anew).  "From Redis" clears the memory layer before each
-call, so it includes the memory fill.
+call, so it includes the memory fill, as a Redis hit in a real chain does.
+
+The floor rows are what any Redis layer under a database session must do for one hit,
+with no store code around it: the raw client's GET of the cached bytes, then
+``codec.decode_record`` and ``codec.restore``, then attaching to the session.
 """
 
 from __future__ import annotations
@@ -17,15 +22,20 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import redis
 import sqlalchemy
 from sqlalchemy import String, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from sa_stockpyle.codec import restore, snapshot
+from sa_stockpyle.codec import decode_record, restore, snapshot
+from sa_stockpyle.keys import key_spec
 from sa_stockpyle.stores import ChainedStore, ProcessMemoryStore, RedisStore, SqlAlchemyStore
 
 
@@ -55,14 +65,70 @@ def per_call(fn: Callable[[], object], calls: int, rounds: int) -> float:
     return statistics.median(samples)
 
 
+@contextmanager
+def redis_server(url: str | None) -> Iterator[str]:
+    """``url``, or a throwaway redis-server started on a free loopback port."""
+    if url is not None:
+        yield url
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.servers import RedisServer, free_port
+
+    server = RedisServer(free_port())
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def floors(
+    shared: RedisStore, store: SqlAlchemyStore, next_id: Callable[[], int], rounds: int
+) -> dict[str, float]:
+    """The floor of a Redis-layer hit, step by step, without the chain around it."""
+    client = shared.client
+    spec = key_spec(User)
+    keys: dict[int, str] = {}
+
+    def key() -> str:
+        i = next_id()
+        if i not in keys:
+            keys[i] = shared.keymaker.key(spec, 0, (i,))
+        return keys[i]
+
+    def raw_get() -> object:
+        return client.get(key())
+
+    def raw_restore() -> object:
+        entry: Any = decode_record(client.get(key()), User)
+        return restore(entry.klass, entry.state)
+
+    def raw_adopt() -> object:
+        entry: Any = decode_record(client.get(key()), User)
+        return store.adopt(User, [restore(entry.klass, entry.state)])
+
+    for _ in range(10_000):  # build the keys outside the timed rounds
+        key()
+    return {
+        "floor: redis-py GET": per_call(raw_get, 2000, rounds),
+        "floor: GET + decode + restore": per_call(raw_restore, 2000, rounds),
+        "floor: GET + decode + restore + adopt": per_call(raw_adopt, 2000, rounds),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--postgres-url", required=True)
-    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--redis-url", help="use this Redis instead of starting one")
     parser.add_argument("--objects", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
+    with redis_server(args.redis_url) as redis_url:
+        run(args, redis_url)
 
+
+def run(args: argparse.Namespace, redis_url: str) -> None:
+    """Fill the table and the caches, time every row, print the tables."""
     engine = create_engine(args.postgres_url)
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
@@ -72,11 +138,11 @@ def main() -> None:
             for i in range(args.objects)
         )
         session.commit()
-    redis.Redis.from_url(args.redis_url).flushdb()
+    redis.Redis.from_url(redis_url).flushdb()
 
     session = Session(engine)
     memory = ProcessMemoryStore()
-    shared = RedisStore(url=args.redis_url)
+    shared = RedisStore(url=redis_url)
     store = SqlAlchemyStore(session=session)
     chain = ChainedStore([memory, shared, store])
     ids = list(range(args.objects))
@@ -126,6 +192,7 @@ def main() -> None:
         "Session.get, fresh session": per_call(session_get, 500, rounds),
         "chain.get from memory": per_call(memory_get, 5000, rounds),
         "chain.get from Redis": per_call(redis_get, 2000, rounds),
+        **floors(shared, store, next_id, rounds),
     }
     batches = {
         "select IN (1,000), fresh session": per_call(in_query, 10, rounds),
@@ -151,7 +218,7 @@ def main() -> None:
         print(f"\n{title}")
         baseline = next(iter(results.values()))
         for name, seconds in results.items():
-            print(f"  {name:<36} {seconds * 1e6:10.1f} µs  {baseline / seconds:6.1f}x")
+            print(f"  {name:<38} {seconds * 1e6:10.1f} µs  {baseline / seconds:6.1f}x")
 
 
 if __name__ == "__main__":

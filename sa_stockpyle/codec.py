@@ -147,12 +147,29 @@ def _detach(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-def _slot_names(klass: type) -> list[str]:
-    names: list[str] = []
-    for base in klass.__mro__:
-        slots = vars(base).get("__slots__", ())
-        names.extend([slots] if isinstance(slots, str) else slots)
-    return [name for name in names if name not in ("__dict__", "__weakref__")]
+def _detached(values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``values`` sharing nothing mutable with it."""
+    # Snapshots and restores sit on every cache write and hit: when every value is of an
+    # immutable type (the usual row of scalars), one C-level check and copy do it all.
+    if _IMMUTABLE.issuperset(map(type, values.values())):
+        return values.copy()
+    return {name: _detach(value) for name, value in values.items()}
+
+
+# A plain dict, as for the other per-class caches below: read on every snapshot.
+_SLOTS: dict[type, tuple[str, ...]] = {}
+
+
+def _slot_names(klass: type) -> tuple[str, ...]:
+    names = _SLOTS.get(klass)
+    if names is None:
+        found: list[str] = []
+        for base in klass.__mro__:
+            slots = vars(base).get("__slots__", ())
+            found.extend([slots] if isinstance(slots, str) else slots)
+        names = tuple(name for name in found if name not in ("__dict__", "__weakref__"))
+        _SLOTS[klass] = names
+    return names
 
 
 def snapshot(obj: object) -> dict[str, Any]:
@@ -165,7 +182,7 @@ def snapshot(obj: object) -> dict[str, Any]:
     columns = _columns(type(obj))
     if columns is not None:
         return _snapshot_entity(obj, columns)
-    state = {name: _detach(value) for name, value in getattr(obj, "__dict__", {}).items()}
+    state = _detached(getattr(obj, "__dict__", {}))
     for name in _slot_names(type(obj)):
         if hasattr(obj, name):
             state[name] = _detach(getattr(obj, name))
@@ -200,6 +217,7 @@ class _Columns:
 
     mapper: Mapper[Any]
     names: tuple[str, ...]  # every column attribute
+    name_set: frozenset[str]  # the same, for whole-state comparisons
     primary_key: tuple[str, ...]  # the attributes of mapper.primary_key, in its order
 
 
@@ -216,9 +234,11 @@ def _columns(klass: type) -> _Columns | None:
     mapper: object = sqlalchemy.inspect(klass, raiseerr=False)
     columns = None
     if isinstance(mapper, Mapper):
+        names = tuple(prop.key for prop in mapper.column_attrs)
         columns = _Columns(
             mapper,
-            tuple(prop.key for prop in mapper.column_attrs),
+            names,
+            frozenset(names),
             tuple(mapper.get_property_by_column(column).key for column in mapper.primary_key),
         )
     _COLUMNS[klass] = columns
@@ -249,7 +269,7 @@ def _snapshot_entity(obj: object, columns: _Columns) -> dict[str, Any]:
     loaded = state.dict
     # Columns never loaded (deferred, or left out by the query) are left out here too;
     # restore() expires them so they load on first access once attached.
-    snap = {name: _detach(loaded[name]) for name in columns.names if name in loaded}
+    snap = _detached({name: loaded[name] for name in columns.names if name in loaded})
     if state.key is not None and state.key[2] is not None:
         snap[_IDENTITY] = state.key[2]
     return snap
@@ -259,12 +279,14 @@ def _restore_entity(columns: _Columns, snap: dict[str, Any]) -> Any:
     obj = columns.mapper.class_manager.new_instance()
     state = instance_state(obj)
     values = state.dict
-    complete = True
-    for name in columns.names:
-        if name in snap:
-            values[name] = _detach(snap[name])
-        else:
-            complete = False
+    if snap.keys() == columns.name_set:
+        # Every column and nothing else (no identity token): the common case, in bulk.
+        values.update(_detached(snap))
+        complete = True
+    else:
+        present = {name: snap[name] for name in columns.names if name in snap}
+        values.update(_detached(present))
+        complete = len(present) == len(columns.names)
     primary_key = tuple([values.get(name) for name in columns.primary_key])
     # What a cache holds is the database's state, so a restored object has the identity
     # of its primary key; only an object cached without one stays transient.
@@ -408,6 +430,12 @@ def _subclass_named(klass: type, token: str) -> type:
     raise PayloadError(f"payload class {token!r} is not {class_token(klass)} or a subclass")
 
 
+_DECODER = json.JSONDecoder()
+
+#: What JSON gives back as it was packed: state values of these types need no unpacking.
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def decode_record(data: bytes, klass: type) -> Record:
     """Decode bytes written by :func:`encode_record` for a lookup of ``klass``.
 
@@ -417,7 +445,13 @@ def decode_record(data: bytes, klass: type) -> Record:
     if not isinstance(data, bytes) or not data.startswith(MAGIC):
         raise PayloadError(f"payload does not start with {MAGIC!r}: {bytes(data[:16])!r}")
     try:
-        body = json.loads(data[len(MAGIC) :])
+        # Our payloads are ASCII JSON without surrounding whitespace; json.loads would
+        # sniff the encoding and skip whitespace first, which costs as much as parsing a
+        # small payload.  Invalid UTF-8 raises UnicodeDecodeError, a ValueError.
+        text = data[len(MAGIC) :].decode()
+        body, end = _DECODER.raw_decode(text)
+        if end != len(text):
+            raise PayloadError(f"payload has {len(text) - end} bytes after its JSON")
         expires_at = body["x"]
         if expires_at is not None and type(expires_at) not in (int, float):
             raise PayloadError(f"payload expiry {expires_at!r} is not a number")
@@ -429,10 +463,12 @@ def decode_record(data: bytes, klass: type) -> Record:
         keys = body["k"]
         if type(state) is not dict or type(keys) is not list:
             raise PayloadError("payload state or keys have the wrong shape")
+        if not _PLAIN.issuperset(map(type, state.values())):
+            state = {name: _unpack(value) for name, value in state.items()}
         return Entry(
             _subclass_named(klass, body["c"]),
-            {name: _unpack(value) for name, value in state.items()},
-            tuple(str(key) for key in keys),
+            state,
+            tuple(map(str, keys)),
             expires_at,
         )
     except PayloadError:

@@ -104,8 +104,12 @@ class KeySpec:
 
     def values_of(self, obj: object, index: int) -> tuple[Any, ...]:
         """Read the values of declared item ``index`` from ``obj``."""
+        item = self.items[index]
         try:
-            return tuple(getattr(obj, attr) for attr in self.items[index])
+            # One attribute is the usual item; a generator would cost more than the read.
+            if len(item) == 1:
+                return (getattr(obj, item[0]),)
+            return tuple([getattr(obj, attr) for attr in item])
         except AttributeError as exc:
             raise InvalidKeyValueError(
                 f"{type(obj).__qualname__} object has no key attribute {exc.name!r}: "
@@ -207,6 +211,8 @@ def storage_classes(klass: type, polymorphic: bool) -> tuple[type, ...]:
 
 def is_null(values: tuple[Any, ...]) -> bool:
     """True when a key holds ``None``: such a key identifies nothing and is never cached."""
+    if len(values) == 1:  # the usual key, checked on every lookup
+        return values[0] is None
     return any(value is None for value in values)
 
 
@@ -352,6 +358,7 @@ class KeyMaker:
         self._namespace = f"{prefix}:{FORMAT_VERSION}"
         self.generations: dict[type, str] = {}
         self._heads: dict[tuple[type, int, str | None], str] = {}
+        self._generation_keys: dict[type, str] = {}
 
     def set_generation(self, klass: type, generation: str) -> None:
         """Use ``generation`` in the keys of ``klass`` from now on."""
@@ -359,7 +366,12 @@ class KeyMaker:
 
     def generation_key(self, klass: type) -> str:
         """The cache key holding the namespace generation of ``klass``."""
-        return self._checked(f"{self._namespace}:gen:{class_token(klass)}")
+        # Read with every lookup of a shared store: built once per class.
+        key = self._generation_keys.get(klass)
+        if key is None:
+            key = self._checked(f"{self._namespace}:gen:{class_token(klass)}")
+            self._generation_keys[klass] = key
+        return key
 
     def class_prefix(self, klass: type) -> str:
         """The start shared by the readable keys of ``klass`` in its current generation."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shelve
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -204,3 +205,21 @@ def test_stats_reset_and_totals() -> None:
     assert chain.layer_stats[0].count(None, "misses") == 1
     chain.layer_stats[0].reset()
     assert chain.layer_stats[0].as_dict() == {}
+
+
+def test_stats_count_every_thread_and_forget_ended_ones() -> None:
+    chain = ChainedStore([ProcessMemoryStore(), ShoveStore(shove={})])
+    stats = chain.layer_stats[0]
+
+    def look() -> None:
+        for _ in range(100):
+            chain.get(Foo, 1)
+
+    for _ in range(50):
+        threads = [threading.Thread(target=look) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert stats.count(Foo, "misses") == 50 * 4 * 100
+    assert len(stats._tallies) <= 5  # the threads still alive, not every one ever started

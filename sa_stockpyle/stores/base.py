@@ -69,39 +69,71 @@ Removal = tuple[type, dict[str, Any]]
 
 
 class Stats:
-    """Thread-safe event counters per class: ``stats.count(User, "hits")``."""
+    """Thread-safe event counters per class: ``stats.count(User, "hits")``.
+
+    Counting sits on every lookup of a chain, so it takes no lock: each thread adds to
+    its own tally, and reads sum the tallies of every thread.
+    """
 
     def __init__(self) -> None:
-        self._counts: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
+        self.reset()
 
     def add(self, klass: type, event: str, amount: int = 1) -> None:
         """Count ``amount`` occurrences of ``event`` for ``klass``."""
         if amount:
-            with self._lock:
-                self._counts[klass.__qualname__, event] += amount
+            try:
+                tally: dict[tuple[type, str], int] = self._local.tally
+            except AttributeError:
+                tally = self._new_tally()
+            key = (klass, event)
+            tally[key] = tally.get(key, 0) + amount
+
+    def _new_tally(self) -> dict[tuple[type, str], int]:
+        tally: dict[tuple[type, str], int] = {}
+        with self._lock:
+            # Fold the tallies of threads that have ended into one, so a server that
+            # starts a thread per request does not grow a tally per request.
+            for thread, ended in [(t, c) for t, c in self._tallies if not t.is_alive()]:
+                self._retired.update(ended)
+                self._tallies.remove((thread, ended))
+            self._local.tally = tally
+            self._tallies.append((threading.current_thread(), tally))
+        return tally
+
+    def _totals(self) -> Counter[tuple[str, str]]:
+        totals: Counter[tuple[str, str]] = Counter()
+        with self._lock:
+            tallies = [self._retired, *(tally for _, tally in self._tallies)]
+            for tally in tallies:
+                # dict() copies in one step, safe while the owning thread goes on counting.
+                for (klass, event), n in dict(tally).items():
+                    totals[klass.__qualname__, event] += n
+        return totals
 
     def count(self, klass: type | None, event: str) -> int:
         """How often ``event`` happened for ``klass`` (for every class when None)."""
-        with self._lock:
-            return sum(
-                n
-                for (name, kind), n in self._counts.items()
-                if kind == event and (klass is None or name == klass.__qualname__)
-            )
+        return sum(
+            n
+            for (name, kind), n in self._totals().items()
+            if kind == event and (klass is None or name == klass.__qualname__)
+        )
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         """A snapshot: ``{class name: {event: count}}``."""
         result: dict[str, dict[str, int]] = {}
-        with self._lock:
-            for (name, event), n in sorted(self._counts.items()):
-                result.setdefault(name, {})[event] = n
+        for (name, event), n in sorted(self._totals().items()):
+            result.setdefault(name, {})[event] = n
         return result
 
     def reset(self) -> None:
         """Forget every count."""
+        # New tallies for every thread: one counting right now adds to its old tally,
+        # which is forgotten, as if it had counted just before the reset.
         with self._lock:
-            self._counts.clear()
+            self._local = threading.local()
+            self._tallies: list[tuple[threading.Thread, dict[tuple[type, str], int]]] = []
+            self._retired: Counter[tuple[type, str]] = Counter()
 
 
 class BaseStore(ABC):
@@ -260,17 +292,16 @@ class BaseKeyValueStore(BaseStore):
         self._learn_generations(objs)
         records: list[tuple[str, Record]] = []
         clock_now = self.clock()
+        make = self.keymaker.key
         for obj in objs:
             expires_at = expiry(self.lifetime_cb(obj), clock_now) if self.lifetime_cb else None
             state = snapshot(obj)
             for klass in storage_classes(type(obj), self.polymorphic):
                 spec = key_spec(klass)
-                keys = tuple(
-                    self.keymaker.key(spec, index, values)
-                    for index, values in spec.identities(obj)
-                )
+                keys = tuple([make(spec, index, values) for index, values in spec.identities(obj)])
                 records.append((keys[0], Entry(type(obj), state, keys, expires_at)))
-                records.extend((key, Pointer(keys[0], expires_at)) for key in keys[1:])
+                for key in keys[1:]:
+                    records.append((key, Pointer(keys[0], expires_at)))
         return records
 
     def _object_keys(self, objs: Iterable[object]) -> list[str]:
@@ -402,7 +433,7 @@ class BaseKeyValueStore(BaseStore):
     ) -> list[T | None]:
         """Fetch the records of ``lookups`` and rebuild their objects."""
         make = self.keymaker.key
-        if not self.shared_generations:
+        if not self.shared_generations and klass not in self.keymaker.generations:
             self._learn_generations_of((klass,))
         known = self.keymaker.generations.get(klass)
         wanted = [None if lookup is None else make(spec, *lookup) for lookup in lookups]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sa_stockpyle.errors import ConfigurationError, StoreUnavailable
 from sa_stockpyle.keys import key_spec
@@ -70,7 +70,22 @@ class ChainedStore(BaseStore):
 
     def get(self, klass: type[T], key: object) -> T | None:
         """Return the ``klass`` object with ``key`` from the first layer that has it."""
-        return self.batch_get(klass, (key,))[0]
+        # The one-key form of batch_get, without its lists: it is the hot path.
+        key_spec(klass).lookup(key)  # bad input raises here, before any layer is asked
+        for index, store in enumerate(self.stores):
+            try:
+                obj = store.get(klass, key)
+            except StoreUnavailable as exc:
+                self._failed(index, (klass,), "read", exc)
+                continue
+            if obj is None:
+                self.layer_stats[index].add(klass, "misses")
+                continue
+            self.layer_stats[index].add(klass, "hits")
+            adopted = self._pass_on(index, klass, [obj])[0]
+            if adopted is not None:
+                return adopted
+        return None
 
     def batch_get(self, klass: type[T], keys: Iterable[object]) -> list[T | None]:
         """Look ``keys`` up layer by layer, filling faster layers with what is found."""
@@ -91,16 +106,25 @@ class ChainedStore(BaseStore):
             stats.add(klass, "hits", len(hits))
             stats.add(klass, "misses", len(found) - len(hits))
             if hits:
-                self._fill(index, klass, [obj for obj in hits if store.cacheable(obj)])
-                for below in self.stores[index + 1 :]:
-                    hits = below.adopt(klass, hits)
+                adopted = self._pass_on(index, klass, hits)
                 positions = [i for i, obj in zip(missing, found, strict=True) if obj is not None]
-                for position, obj in zip(positions, hits, strict=True):
+                for position, obj in zip(positions, adopted, strict=True):
                     results[position] = obj
                 missing = [i for i in missing if results[i] is None]
             if not missing:
                 break
         return results
+
+    def _pass_on(self, found_in: int, klass: type[T], hits: list[T]) -> list[T | None]:
+        """Fill the layers above ``found_in`` with ``hits``, then hand them to each layer
+        below it; return what the last one gives back (None where it refuses one)."""
+        if found_in:
+            store = self.stores[found_in]
+            self._fill(found_in, klass, [obj for obj in hits if store.cacheable(obj)])
+        adopted: list[Any] = hits
+        for below in self.stores[found_in + 1 :]:
+            adopted = below.adopt(klass, adopted)
+        return adopted
 
     def _fill(self, found_in: int, klass: type, objs: Sequence[object]) -> None:
         # Deeper layers first, as for every write: a fill never leaves a faster layer
