@@ -50,6 +50,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.state import InstanceState
 
 from sa_stockpyle.codec import restore, snapshot
@@ -383,14 +384,17 @@ def _mapper_of(klass: type) -> Mapper[Any]:
 
 def _old_keys(info: _ClassInfo, state: InstanceState[Any]) -> list[dict[str, Any]]:
     """The lookups of declared keys whose values this flush changes, with old values."""
-    changed: dict[str, Any] = {}
-    for attr in info.key_attrs:
-        history = state.attrs[attr].history
-        if history.deleted and history.added:
-            changed[attr] = history.deleted[0]
+    # committed_state holds the value each changed attribute had when loaded (NO_VALUE
+    # when it never was): cheaper than attribute history, which this runs for every row.
+    committed = state.committed_state
+    current = state.dict
+    changed = {
+        attr: committed[attr]
+        for attr in info.key_attrs & committed.keys()
+        if committed[attr] is not NO_VALUE and committed[attr] != current.get(attr)
+    }
     if not changed:
         return []
-    current = state.dict
     lookups = []
     for item in info.spec.items:
         if changed.keys() & set(item):

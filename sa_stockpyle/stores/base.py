@@ -274,6 +274,16 @@ class BaseKeyValueStore(BaseStore):
     def _remove(self, keys: Sequence[str]) -> None:
         """Remove keys; absent keys are ignored."""
 
+    def _replace(
+        self, keys: Sequence[str], items: Sequence[tuple[str, Any, float | None]]
+    ) -> None:
+        """Remove ``keys``, then write ``items``; a backend that can do both in one round
+        trip overrides this."""
+        if keys:
+            self._remove(keys)
+        if items:
+            self._write(items)
+
     def _encode(self, record: Record) -> Any:
         """Turn a record into the raw value the backend holds."""
         return record
@@ -381,15 +391,12 @@ class BaseKeyValueStore(BaseStore):
         self.keymaker.set_generation(klass, token)
 
     def write_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> None:
-        """Reflect a database commit: one removal, then one write, of batches."""
+        """Reflect a database commit: one batch of removals, then one of writes."""
         keys = self._removal_keys(removals)
         records = self._records(puts)
-        if keys:
-            self._remove(keys)
-        if records:
-            self._write(
-                [(key, self._encode(record), record.expires_at) for key, record in records]
-            )
+        if keys or records:
+            encode = self._encode
+            self._replace(keys, [(key, encode(rec), rec.expires_at) for key, rec in records])
 
     def put(self, obj: object) -> None:
         """Store ``obj`` under every declared key (see the module contract)."""

@@ -115,12 +115,26 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
             return self.client.mget(keys)
 
     def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+        self._replace((), items)
+
+    def _remove(self, keys: Sequence[str]) -> None:
+        with self._errors:
+            self.client.delete(*keys)
+
+    def _replace(
+        self, keys: Sequence[str], items: Sequence[tuple[str, Any, float | None]]
+    ) -> None:
+        # One pipeline, one round trip: the deletes, then one MSET for the records that
+        # never expire (a single command, packed once) and a SET PX for each that does.
         clock_now = self.clock()
         with self._errors:
             pipe = self.client.pipeline(transaction=False)
+            if keys:
+                pipe.delete(*keys)
+            forever: dict[str, Any] = {}
             for key, raw, expires_at in items:
                 if expires_at is None:
-                    pipe.set(key, raw)
+                    forever[key] = raw
                     continue
                 # Native TTL relative to the store's clock, rounded up: the record's own
                 # expiry (checked on decode) is exact, the server only reclaims memory.
@@ -129,11 +143,12 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
                     pipe.set(key, raw, px=millis)
                 else:
                     pipe.delete(key)
+            if forever and self._cluster:
+                for key, raw in forever.items():  # MSET may not span hash slots
+                    pipe.set(key, raw)
+            elif forever:
+                pipe.mset(forever)
             pipe.execute()
-
-    def _remove(self, keys: Sequence[str]) -> None:
-        with self._errors:
-            self.client.delete(*keys)
 
     def close(self) -> None:
         """Close the client's connections if the store built the client."""
