@@ -32,8 +32,11 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         client: instead of ``url``, a ready ``redis.Redis`` or
             ``redis.cluster.RedisCluster`` (its own timeouts and retries apply; it must
             not decode responses).  The store does not close a client it was given.
-        polymorphic, lifetime_cb, prefix, clock: see
-            :class:`~sa_stockpyle.stores.BaseKeyValueStore`.
+        polymorphic: also store each object under every base class that declares
+            ``__stockpyle_keys__`` (see :class:`~sa_stockpyle.stores.BaseKeyValueStore`).
+        lifetime_cb: ``lifetime_cb(obj)`` returns the object's lifetime (see :class:`~sa_stockpyle.stores.BaseKeyValueStore`).
+        prefix: the first part of every cache key.
+        clock: returns the current Unix time; injected by tests.
         connect_timeout: seconds to wait for a connection (clients built from ``url``).
         timeout: seconds to wait for a reply (clients built from ``url``).
 
@@ -129,7 +132,10 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         clock_now = self.clock()
         with self._errors:
             pipe = self.client.pipeline(transaction=False)
-            if keys:
+            if keys and self._cluster:
+                for key in keys:  # a multi-key DEL may not span hash slots
+                    pipe.delete(key)
+            elif keys:
                 pipe.delete(*keys)
             forever: dict[str, Any] = {}
             for key, raw, expires_at in items:
