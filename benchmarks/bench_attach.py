@@ -1,7 +1,8 @@
 """The cost of attach(): committing updated rows with and without write-through.
 
-Run (servers must be up): ``.venv/bin/python benchmarks/bench_attach.py --postgres-url
-postgresql+psycopg://postgres@127.0.0.1:5432/test --redis-url redis://127.0.0.1:6379/0``.
+Run: ``.venv/bin/python benchmarks/bench_attach.py --postgres-url
+postgresql+psycopg://postgres@127.0.0.1:5432/test`` (it starts a throwaway redis-server
+unless given ``--redis-url``).
 It creates and drops a table ``bench_attach_accounts``.  Each round loads the same rows,
 changes them, and times ``session.commit()`` (the flush, the COMMIT and, when attached,
 the write-through to a ``[ProcessMemoryStore, RedisStore, SqlAlchemyStore]`` chain).
@@ -17,6 +18,7 @@ import statistics
 import time
 
 import redis
+from common import servers
 from sqlalchemy import String, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -52,11 +54,16 @@ def timed_commit(factory: sessionmaker[Session], rows: int, round_number: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--postgres-url", required=True)
-    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--redis-url", help="use this Redis instead of starting one")
     parser.add_argument("--rows", type=int, nargs="+", default=[100])
     parser.add_argument("--rounds", type=int, default=31)
     args = parser.parse_args()
+    with servers(args.redis_url) as (redis_url, _):
+        run(args, redis_url)
 
+
+def run(args: argparse.Namespace, redis_url: str) -> None:
+    """Fill the table, alternate plain and attached commits, print the table."""
     engine = create_engine(args.postgres_url)
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
@@ -66,12 +73,12 @@ def main() -> None:
             Account(id=i, email=f"a{i}@example.com", name=f"A {i}", balance=0) for i in range(most)
         )
         session.commit()
-    redis.Redis.from_url(args.redis_url).flushdb()
+    redis.Redis.from_url(redis_url).flushdb()
 
     plain = sessionmaker(engine)
     attached = sessionmaker(engine)
     chain = ChainedStore(
-        [ProcessMemoryStore(), RedisStore(url=args.redis_url), SqlAlchemyStore(engine=engine)]
+        [ProcessMemoryStore(), RedisStore(url=redis_url), SqlAlchemyStore(engine=engine)]
     )
     handle = attach(attached, chain)
     print(

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
-from collections.abc import Callable
+
+from common import per_call
 
 from sa_stockpyle.codec import restore, snapshot
 from sa_stockpyle.stores import ProcessMemoryStore
@@ -26,17 +25,6 @@ class User:
         self.name = f"User {id}"
         self.active = True
         self.score = id * 1.5
-
-
-def per_call(fn: Callable[[], object], calls: int, rounds: int) -> float:
-    """Median seconds per call of ``fn`` over ``rounds`` rounds of ``calls`` calls."""
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        samples.append((time.perf_counter() - start) / calls)
-    return statistics.median(samples)
 
 
 def main() -> None:

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
+
+from common import compare, servers
 
 from sa_stockpyle.codec import decode_record, restore
 from sa_stockpyle.keys import key_spec
@@ -49,45 +46,10 @@ def rebuild(raw: Any) -> object:
     return restore(entry.klass, entry.state)
 
 
-def compare(
-    store_fn: Callable[[], object], raw_fn: Callable[[], object], calls: int, rounds: int
-) -> tuple[float, float]:
-    """Median seconds per call of each function, measured in alternating rounds."""
-    samples: tuple[list[float], list[float]] = ([], [])
-    for _ in range(rounds):
-        for fn, sink in ((store_fn, samples[0]), (raw_fn, samples[1])):
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            sink.append((time.perf_counter() - start) / calls)
-    return statistics.median(samples[0]), statistics.median(samples[1])
-
-
 def primary_keys(store: BaseKeyValueStore, ids: list[int]) -> list[str]:
     """The cache keys the store uses for ``ids``."""
     spec = key_spec(User)
     return [store.keymaker.key(spec, 0, (i,)) for i in ids]
-
-
-@contextmanager
-def servers(redis_url: str | None, memcached: str | None) -> Iterator[tuple[str, str]]:
-    """The given addresses, or throwaway servers started on free ports."""
-    with ExitStack() as stack:
-        if redis_url is None or memcached is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-            from tests.servers import MemcachedServer, RedisServer, free_port
-
-            if redis_url is None:
-                redis_server = RedisServer(free_port())
-                redis_server.start()
-                stack.callback(redis_server.stop)
-                redis_url = redis_server.url
-            if memcached is None:
-                memcached_server = MemcachedServer(free_port())
-                memcached_server.start()
-                stack.callback(memcached_server.stop)
-                memcached = memcached_server.address
-        yield redis_url, memcached
 
 
 def bench(

@@ -21,16 +21,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import redis
 import sqlalchemy
+from common import per_call, servers
 from sqlalchemy import String, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -52,34 +48,6 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(100), unique=True)
     score: Mapped[float]
     active: Mapped[bool]
-
-
-def per_call(fn: Callable[[], object], calls: int, rounds: int) -> float:
-    """Median seconds per call of ``fn`` over ``rounds`` rounds of ``calls`` calls."""
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        samples.append((time.perf_counter() - start) / calls)
-    return statistics.median(samples)
-
-
-@contextmanager
-def redis_server(url: str | None) -> Iterator[str]:
-    """``url``, or a throwaway redis-server started on a free loopback port."""
-    if url is not None:
-        yield url
-        return
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.servers import RedisServer, free_port
-
-    server = RedisServer(free_port())
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def floors(
@@ -123,7 +91,7 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    with redis_server(args.redis_url) as redis_url:
+    with servers(args.redis_url) as (redis_url, _):
         run(args, redis_url)
 
 
