@@ -75,7 +75,7 @@ Lifetime = int | dt.timedelta | dt.datetime | None
 LifetimeCallback = Callable[[Any], Lifetime]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entry:
     """The record under an object's primary key."""
 
@@ -89,7 +89,7 @@ class Entry:
         return self.expires_at is not None and now >= self.expires_at
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pointer:
     """The record under an alternate key: the primary key it leads to."""
 
@@ -405,6 +405,11 @@ def _unpack(value: Any) -> Any:
     return value
 
 
+_DECODER = json.JSONDecoder()
+# One encoder for every payload: json.dumps() with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode_record(record: Record) -> bytes:
     """Serialise a record for a shared layer (see the module docstring for the format)."""
     if isinstance(record, Pointer):
@@ -416,7 +421,7 @@ def encode_record(record: Record) -> bytes:
             "k": list(record.keys),
             "x": record.expires_at,
         }
-    return MAGIC + json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    return MAGIC + _ENCODER.encode(body).encode()
 
 
 def _subclass_named(klass: type, token: str) -> type:
@@ -429,8 +434,6 @@ def _subclass_named(klass: type, token: str) -> type:
         pending.extend(cls.__subclasses__())
     raise PayloadError(f"payload class {token!r} is not {class_token(klass)} or a subclass")
 
-
-_DECODER = json.JSONDecoder()
 
 #: What JSON gives back as it was packed: state values of these types need no unpacking.
 _PLAIN = frozenset({str, int, float, bool, type(None)})

@@ -450,9 +450,9 @@ def attach(target: AttachTarget, store: BaseStore, **options: Any) -> Attachment
             subclass, or an ``Engine`` (every ORM session bound to it).
         store: usually a :class:`~sa_stockpyle.stores.ChainedStore` of caches ending in a
             :class:`~sa_stockpyle.stores.SqlAlchemyStore`.
-        use_returning: add ``RETURNING`` of the primary key to bulk UPDATE/DELETE
-            statements where the dialect supports it (default True); without it, such
-            statements invalidate the whole class.
+        **options: ``use_returning`` (default True): add ``RETURNING`` of the primary
+            key to bulk UPDATE/DELETE statements where the dialect supports it;
+            without it, such statements invalidate the whole class.
 
     Attaching the same store to the same target twice returns the first handle.
     """

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +29,22 @@ def cluster_client(nodes: list[tuple[str, int]]) -> RedisCluster:
         socket_connect_timeout=1,
         socket_timeout=2,
     )
+
+
+def freeze(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP a server and wait until every thread of it has stopped.
+
+    The signal is only acted on when each thread next runs, so a worker busy on the other
+    core could still answer one more request right after os.kill() returns.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    tasks = Path(f"/proc/{pid}/task")
+    while time.monotonic() < deadline:
+        states = [
+            (task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks.iterdir()
+        ]
+        if all(state in "Tt" for state in states):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} did not stop within {timeout} s")

@@ -27,7 +27,7 @@ from sa_stockpyle.errors import ConfigurationError, StoreTimeout, StoreUnavailab
 from sa_stockpyle.keys import key_spec
 from sa_stockpyle.stores import MemcacheStore
 from sa_stockpyle.testing import Foo, StoreConformance
-from tests.helpers import exploit
+from tests.helpers import exploit, freeze
 from tests.servers import MemcachedServer, free_port
 
 
@@ -315,7 +315,7 @@ def test_a_frozen_server_times_out_within_the_timeout(
     store = MemcacheStore(servers=[private_memcached.address], timeout=0.2)
     store.put(Foo(key=1, zap=1, bar=1))
     assert private_memcached.pid is not None
-    os.kill(private_memcached.pid, signal.SIGSTOP)
+    freeze(private_memcached.pid)
     try:
         for operation in (lambda: store.get(Foo, 1), lambda: store.put(Foo(key=2, zap=2, bar=2))):
             started = time.monotonic()

@@ -28,7 +28,7 @@ from sa_stockpyle.keys import key_spec
 from sa_stockpyle.stores import RedisStore
 from sa_stockpyle.stores.base import ErrorTranslator
 from sa_stockpyle.testing import Foo, StoreConformance
-from tests.helpers import cluster_client, exploit
+from tests.helpers import cluster_client, exploit, freeze
 from tests.servers import RedisServer, free_port
 
 
@@ -265,7 +265,7 @@ def test_a_frozen_server_times_out_within_the_timeout(
     store = RedisStore(url=private_redis_server.url, timeout=0.2, connect_timeout=0.2)
     store.put(Foo(key=1, zap=1, bar=1))
     assert private_redis_server.pid is not None
-    os.kill(private_redis_server.pid, signal.SIGSTOP)
+    freeze(private_redis_server.pid)
     try:
         started = time.monotonic()
         with pytest.raises(StoreTimeout) as info:

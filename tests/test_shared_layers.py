@@ -20,7 +20,7 @@ from sa_stockpyle.stores import (
     ShoveStore,
 )
 from sa_stockpyle.testing import Foo, StoreConformance
-from tests.helpers import cluster_client
+from tests.helpers import cluster_client, freeze
 from tests.servers import RedisServer
 
 
@@ -121,7 +121,7 @@ def test_a_frozen_redis_costs_a_timeout_not_a_hang(private_redis_server: RedisSe
     foos = _foos(3)
     chain.batch_put(foos)
     assert private_redis_server.pid is not None
-    os.kill(private_redis_server.pid, signal.SIGSTOP)
+    freeze(private_redis_server.pid)
     try:
         for foo in foos:
             started = time.monotonic()

@@ -537,7 +537,12 @@ class BaseDictionaryStore(BaseKeyValueStore):
 
     Parameters:
         dictionary: the mapping that holds the records.
-        polymorphic, lifetime_cb, prefix, clock: as for :class:`BaseKeyValueStore`.
+        polymorphic: also store each object under every base class that declares
+            ``__stockpyle_keys__`` (see :class:`BaseKeyValueStore`).
+        lifetime_cb: ``lifetime_cb(obj)`` returns the object's lifetime; see
+            :class:`BaseKeyValueStore`.
+        prefix: the first part of every cache key.
+        clock: returns the current Unix time; injected by tests.
     """
 
     def __init__(

@@ -38,7 +38,12 @@ class ShoveStore(SharedPayloads, BaseDictionaryStore):
     Parameters:
         shove: the mapping to use (a dict, ``shelve``, ``diskcache.Cache``, fsspec mapper).
         shoveuri: instead of ``shove``, a URI opened with :func:`open_mapping`.
-        polymorphic, lifetime_cb, prefix, clock: see :class:`BaseDictionaryStore`.
+        polymorphic: also store each object under every base class that declares
+            ``__stockpyle_keys__`` (see :class:`BaseKeyValueStore`).
+        lifetime_cb: ``lifetime_cb(obj)`` returns the object's lifetime; see
+            :class:`BaseKeyValueStore`.
+        prefix: the first part of every cache key.
+        clock: returns the current Unix time; injected by tests.
     """
 
     def __init__(

@@ -34,8 +34,12 @@ class MemcacheStore(SharedPayloads, BaseKeyValueStore):
         client: instead of ``servers``, a ready pymemcache ``Client``, ``PooledClient`` or
             ``HashClient``.  It must hand values through as bytes (no serde), and
             ``default_noreply=False`` is advised.  The store does not close it.
-        polymorphic, lifetime_cb, prefix, clock: see
+        polymorphic: also store each object under every base class that declares
+            ``__stockpyle_keys__`` (see :class:`~sa_stockpyle.stores.BaseKeyValueStore`).
+        lifetime_cb: ``lifetime_cb(obj)`` returns the object's lifetime; see
             :class:`~sa_stockpyle.stores.BaseKeyValueStore`.
+        prefix: the first part of every cache key.
+        clock: returns the current Unix time; injected by tests.
         connect_timeout: seconds to wait for a connection (clients built from ``servers``).
         timeout: seconds to wait for a reply (clients built from ``servers``).
 

@@ -72,7 +72,12 @@ class ProcessMemoryStore(BaseDictionaryStore):
     callers ever share a live object and mutating a result never changes the cache.
 
     Parameters:
-        polymorphic, lifetime_cb, prefix, clock: see :class:`BaseDictionaryStore`.
+        polymorphic: also store each object under every base class that declares
+            ``__stockpyle_keys__`` (see :class:`BaseKeyValueStore`).
+        lifetime_cb: ``lifetime_cb(obj)`` returns the object's lifetime; see
+            :class:`BaseKeyValueStore`.
+        prefix: the first part of every cache key.
+        clock: returns the current Unix time; injected by tests.
         max_items: bound the number of cache keys held (an object with two declared keys
             uses two); the least recently used are evicted.  None: unbounded.
     """

@@ -34,7 +34,8 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
             not decode responses).  The store does not close a client it was given.
         polymorphic: also store each object under every base class that declares
             ``__stockpyle_keys__`` (see :class:`~sa_stockpyle.stores.BaseKeyValueStore`).
-        lifetime_cb: ``lifetime_cb(obj)`` returns the object's lifetime (see :class:`~sa_stockpyle.stores.BaseKeyValueStore`).
+        lifetime_cb: ``lifetime_cb(obj)`` returns the object's lifetime; see
+            :class:`~sa_stockpyle.stores.BaseKeyValueStore`.
         prefix: the first part of every cache key.
         clock: returns the current Unix time; injected by tests.
         connect_timeout: seconds to wait for a connection (clients built from ``url``).
