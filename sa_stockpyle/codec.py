@@ -84,10 +84,6 @@ class Entry:
     keys: tuple[str, ...]
     expires_at: float | None
 
-    def expired(self, now: float) -> bool:
-        """True once the entry's expiry has passed."""
-        return self.expires_at is not None and now >= self.expires_at
-
 
 @dataclass(slots=True)
 class Pointer:
@@ -95,10 +91,6 @@ class Pointer:
 
     primary: str
     expires_at: float | None
-
-    def expired(self, now: float) -> bool:
-        """True once the pointer's expiry has passed."""
-        return self.expires_at is not None and now >= self.expires_at
 
 
 Record = Entry | Pointer
@@ -199,8 +191,12 @@ def restore(klass: type, state: dict[str, Any]) -> Any:
         return _restore_entity(columns, state)
     factory: Any = klass
     obj = factory.__new__(klass)
-    for name, value in state.items():
-        object.__setattr__(obj, name, _detach(value))
+    values = _detached(state)
+    if _slot_names(klass):
+        for name, value in values.items():
+            object.__setattr__(obj, name, value)
+    else:
+        obj.__dict__.update(values)  # one C call; like object.__setattr__, skips __setattr__
     return obj
 
 

@@ -474,7 +474,7 @@ class BaseKeyValueStore(BaseStore):
         results: list[T | None] = []
         for key in wanted:
             entry = None if key is None else _answering(found, pointers.get(key, key), key)
-            if entry is not None and issubclass(entry.klass, klass):
+            if entry is not None and (entry.klass is klass or issubclass(entry.klass, klass)):
                 results.append(restore(entry.klass, entry.state))
             else:
                 results.append(None)
@@ -513,7 +513,8 @@ class BaseKeyValueStore(BaseStore):
                 self.stats.add(klass, "corrupt")
                 dead.append(key)
                 continue
-            if record.expired(clock_now):
+            expires_at = record.expires_at
+            if expires_at is not None and clock_now >= expires_at:
                 # Removing can only ever cost a later miss, never serve a stale value.
                 dead.append(key)
             else:
