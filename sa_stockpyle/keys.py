@@ -337,6 +337,15 @@ def class_token(klass: type) -> str:
     return token
 
 
+def _encode_values(spec: KeySpec, values: tuple[Any, ...]) -> str:
+    try:
+        if len(values) == 1:
+            return encode_value(values[0])
+        return ",".join([encode_value(value) for value in values])
+    except InvalidKeyValueError as exc:
+        raise InvalidKeyValueError(f"{exc} (in a key of {spec.describe()})") from None
+
+
 def _acceptable(key: str) -> bool:
     return len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable() and " " not in key
 
@@ -385,19 +394,32 @@ class KeyMaker:
         Raises :class:`InvalidKeyValueError`, naming the class and its keys, when a value
         cannot be part of a key.
         """
-        try:
-            if len(values) == 1:
-                encoded = encode_value(values[0])
-            else:
-                encoded = ",".join([encode_value(value) for value in values])
-        except InvalidKeyValueError as exc:
-            raise InvalidKeyValueError(f"{exc} (in a key of {spec.describe()})") from None
+        return self._checked(self._head(spec, index) + _encode_values(spec, values))
+
+    def keys(
+        self, spec: KeySpec, lookups: list[tuple[int, tuple[Any, ...]] | None]
+    ) -> list[str | None]:
+        """:meth:`key` of each lookup (None stays None), for a whole batch at once."""
+        heads: dict[int, str] = {}
+        keys: list[str | None] = []
+        for lookup in lookups:
+            if lookup is None:
+                keys.append(None)
+                continue
+            index, values = lookup
+            head = heads.get(index)
+            if head is None:
+                head = heads[index] = self._head(spec, index)
+            keys.append(self._checked(head + _encode_values(spec, values)))
+        return keys
+
+    def _head(self, spec: KeySpec, index: int) -> str:
         generation = self.generations.get(spec.klass)
         head = self._heads.get((spec.klass, index, generation))
         if head is None:
             head = f"{self.class_prefix(spec.klass)}{'+'.join(spec.items[index])}:"
             self._heads[spec.klass, index, generation] = head
-        return self._checked(head + encoded)
+        return head
 
     def _checked(self, key: str) -> str:
         if _acceptable(key):

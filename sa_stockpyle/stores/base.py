@@ -439,11 +439,10 @@ class BaseKeyValueStore(BaseStore):
         self, klass: type[T], spec: KeySpec, lookups: list[tuple[int, tuple[Any, ...]] | None]
     ) -> list[T | None]:
         """Fetch the records of ``lookups`` and rebuild their objects."""
-        make = self.keymaker.key
         if not self.shared_generations and klass not in self.keymaker.generations:
             self._learn_generations_of((klass,))
         known = self.keymaker.generations.get(klass)
-        wanted = [None if lookup is None else make(spec, *lookup) for lookup in lookups]
+        wanted = self.keymaker.keys(spec, lookups)
         if not any(wanted):
             return [None] * len(wanted)
         asked = [key for key in dict.fromkeys(wanted) if key is not None]
@@ -455,7 +454,7 @@ class BaseKeyValueStore(BaseStore):
             if raws is None:
                 return [None] * len(wanted)  # a brand-new namespace holds nothing
             if self.keymaker.generations.get(klass) != known:
-                wanted = [None if lookup is None else make(spec, *lookup) for lookup in lookups]
+                wanted = self.keymaker.keys(spec, lookups)
                 asked = [key for key in dict.fromkeys(wanted) if key is not None]
                 raws = self._read(asked)
         found = self._decoded(klass, asked, raws)
