@@ -10,21 +10,10 @@ from __future__ import annotations
 import argparse
 import platform
 
-from common import per_call
+from common import User, per_call
 
 from sa_stockpyle.codec import restore, snapshot
 from sa_stockpyle.stores import ProcessMemoryStore
-
-
-class User:
-    __stockpyle_keys__ = ["id", "email"]
-
-    def __init__(self, id: int) -> None:
-        self.id = id
-        self.email = f"user{id}@example.com"
-        self.name = f"User {id}"
-        self.active = True
-        self.score = id * 1.5
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import platform
 from collections.abc import Callable
 from typing import Any
 
-from common import compare, servers
+from common import User, compare, servers
 
 from sa_stockpyle.codec import decode_record, restore
 from sa_stockpyle.keys import key_spec
@@ -27,17 +27,6 @@ from sa_stockpyle.stores import MemcacheStore, RedisStore
 from sa_stockpyle.stores.base import BaseKeyValueStore
 
 BATCH = 1000
-
-
-class User:
-    __stockpyle_keys__ = ["id", "email"]
-
-    def __init__(self, id: int) -> None:
-        self.id = id
-        self.email = f"user{id}@example.com"
-        self.name = f"User {id}"
-        self.active = True
-        self.score = id * 1.5
 
 
 def rebuild(raw: Any) -> object:

@@ -14,6 +14,19 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 
+class User:
+    """A plain storable object of five attributes, for the store-level benchmarks."""
+
+    __stockpyle_keys__ = ["id", "email"]
+
+    def __init__(self, id: int) -> None:
+        self.id = id
+        self.email = f"user{id}@example.com"
+        self.name = f"User {id}"
+        self.active = True
+        self.score = id * 1.5
+
+
 def per_call(fn: Callable[[], object], calls: int, rounds: int) -> float:
     """Median seconds per call of ``fn`` over ``rounds`` rounds of ``calls`` calls."""
     samples = []
