@@ -17,7 +17,7 @@ import datetime as dt
 import enum
 import hashlib
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -396,21 +396,27 @@ class KeyMaker:
         """
         return self._checked(self._head(spec, index) + _encode_values(spec, values))
 
-    def keys(
-        self, spec: KeySpec, lookups: list[tuple[int, tuple[Any, ...]] | None]
-    ) -> list[str | None]:
-        """:meth:`key` of each lookup (None stays None), for a whole batch at once."""
+    def keys(self, spec: KeySpec, lookups: Iterable[object]) -> list[str | None]:
+        """The cache key of each lookup as a caller wrote it (see :meth:`KeySpec.lookup`);
+        None for a lookup holding None, which identifies nothing."""
         heads: dict[int, str] = {}
         keys: list[str | None] = []
+        shorthand = len(spec.primary) == 1
         for lookup in lookups:
-            if lookup is None:
-                keys.append(None)
-                continue
-            index, values = lookup
+            # The usual batch is ints or strs for a one-attribute primary key: encode them
+            # straight away, without the tuples a normalised lookup costs.
+            if shorthand and type(lookup) in (int, str):
+                index, encoded = 0, encode_value(lookup)
+            else:
+                index, values = spec.lookup(lookup)
+                if is_null(values):
+                    keys.append(None)
+                    continue
+                encoded = _encode_values(spec, values)
             head = heads.get(index)
             if head is None:
                 head = heads[index] = self._head(spec, index)
-            keys.append(self._checked(head + _encode_values(spec, values)))
+            keys.append(self._checked(head + encoded))
         return keys
 
     def _head(self, spec: KeySpec, index: int) -> str:

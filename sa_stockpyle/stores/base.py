@@ -422,23 +422,14 @@ class BaseKeyValueStore(BaseStore):
 
     def get(self, klass: type[T], key: object) -> T | None:
         """Return the ``klass`` object with ``key``, or None."""
-        spec = key_spec(klass)
-        lookup = spec.lookup(key)
-        return self._resolve(klass, spec, [None if is_null(lookup[1]) else lookup])[0]
+        return self._resolve(klass, key_spec(klass), (key,))[0]
 
     def batch_get(self, klass: type[T], keys: Iterable[object]) -> list[T | None]:
         """Return one object or None per key, in order; one read, two with alternate keys."""
-        spec = key_spec(klass)
-        lookups: list[tuple[int, tuple[Any, ...]] | None] = []
-        for key in keys:
-            lookup = spec.lookup(key)
-            lookups.append(None if is_null(lookup[1]) else lookup)
-        return self._resolve(klass, spec, lookups)
+        return self._resolve(klass, key_spec(klass), list(keys))
 
-    def _resolve(
-        self, klass: type[T], spec: KeySpec, lookups: list[tuple[int, tuple[Any, ...]] | None]
-    ) -> list[T | None]:
-        """Fetch the records of ``lookups`` and rebuild their objects."""
+    def _resolve(self, klass: type[T], spec: KeySpec, lookups: Sequence[object]) -> list[T | None]:
+        """Fetch the records of ``lookups`` (as callers write them) and rebuild objects."""
         if not self.shared_generations and klass not in self.keymaker.generations:
             self._learn_generations_of((klass,))
         known = self.keymaker.generations.get(klass)
