@@ -17,8 +17,9 @@ from sa_stockpyle.stores import (
     ProcessMemoryStore,
     ShoveStore,
     ThreadLocalStore,
+    chained,
 )
-from sa_stockpyle.testing import Falsy, Foo, StoreConformance
+from sa_stockpyle.testing import Falsy, Foo, Pair, StoreConformance
 
 
 class TestChainOfMemoryAndShove(StoreConformance):
@@ -223,3 +224,67 @@ def test_stats_count_every_thread_and_forget_ended_ones() -> None:
             thread.join()
     assert stats.count(Foo, "misses") == 50 * 4 * 100
     assert len(stats._tallies) <= 5  # the threads still alive, not every one ever started
+
+
+# -- making up for what a layer missed ------------------------------------------------------
+
+
+def _outage() -> tuple[Recording, Recording, Recording, ChainedStore]:
+    fast, middle, slow = Recording(), Recording(), Recording()
+    return fast, middle, slow, ChainedStore([fast, middle, slow])
+
+
+def test_a_write_missed_during_an_outage_never_serves_the_old_entry() -> None:
+    fast, middle, _, chain = _outage()
+    chain.put(Foo(key=1, zap=1, bar=1, version="old"))
+    middle.down = True
+    chain.put(Foo(key=1, zap=1, bar=1, version="new"))
+    middle.down = False
+    assert middle.get(Foo, 1).version == "old"  # what the layer still holds
+    fast.clear()
+    assert chain.get(Foo, 1).version == "new"
+    assert chain.get(Foo, {"zap": 1, "bar": 1}).version == "new"
+    assert middle.get(Foo, 1).version == "new"  # removed, then filled again
+    assert chain.layer_stats[1].count(Foo, "caught_up") == 1
+
+
+def test_missed_deletes_commits_and_invalidations_are_made_up_for() -> None:
+    fast, middle, _, chain = _outage()
+    chain.batch_put([Foo(key=i, zap=i, bar=i) for i in range(4)])
+    middle.down = True
+    chain.delete(Foo(key=0, zap=0, bar=0))
+    chain.write_committed([Foo(key=1, zap=1, bar=1, v=2)], [(Foo, {"key": 2})])
+    chain.invalidate_class(Pair)
+    middle.down = False
+    fast.clear()
+    chain.batch_get(Foo, [3])  # any use of the layer makes up for the outage first
+    assert middle.batch_get(Foo, [0, 1, 2, 3]) == [None, None, None, Foo(key=3, zap=3, bar=3)]
+    assert chain.get(Foo, 1) == Foo(key=1, zap=1, bar=1, v=2)
+
+
+def test_a_layer_that_cannot_catch_up_stays_skipped() -> None:
+    fast, middle, _, chain = _outage()
+    chain.put(Foo(key=1, zap=1, bar=1, version="old"))
+    middle.down = True
+    chain.put(Foo(key=1, zap=1, bar=1, version="new"))
+    fast.clear()
+    assert chain.get(Foo, 1).version == "new"  # from the last layer, middle skipped
+    middle.down = False
+    middle._remove = lambda keys: (_ for _ in ()).throw(StoreUnavailable("still failing"))  # type: ignore[method-assign]
+    fast.clear()
+    assert chain.get(Foo, 1).version == "new"
+    assert chain.layer_stats[1].count(Foo, "errors") >= 3
+
+
+def test_a_long_outage_drops_whole_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chained, "MAX_MISSED", 3)
+    fast, middle, _, chain = _outage()
+    chain.batch_put([Foo(key=i, zap=i, bar=i) for i in range(10)])
+    middle.down = True
+    for i in range(5):
+        chain.put(Foo(key=i, zap=i, bar=i, v=2))
+    middle.down = False
+    fast.clear()
+    assert chain.get(Foo, 9) == Foo(key=9, zap=9, bar=9)
+    assert middle.get(Foo, 9) == Foo(key=9, zap=9, bar=9)  # refilled in a new generation
+    assert chain.get(Foo, 4) == Foo(key=4, zap=4, bar=4, v=2)

@@ -19,7 +19,7 @@ from sa_stockpyle.stores import (
     RedisStore,
     ShoveStore,
 )
-from sa_stockpyle.testing import Foo, StoreConformance
+from sa_stockpyle.testing import Foo, Pair, StoreConformance
 from tests.helpers import cluster_client, freeze
 from tests.servers import RedisServer
 
@@ -131,4 +131,34 @@ def test_a_frozen_redis_costs_a_timeout_not_a_hang(private_redis_server: RedisSe
         os.kill(private_redis_server.pid, signal.SIGCONT)
     assert chain.layer_stats[0].count(Foo, "errors") == 3 * 2  # read, then fill
     assert chain.layer_stats[1].count(Foo, "hits") == 3
+    redis_layer.close()
+
+
+def test_writes_redis_refused_are_made_up_for_when_it_accepts_again(
+    private_redis_server: RedisServer,
+) -> None:
+    memory = ProcessMemoryStore()
+    redis_layer = RedisStore(url=private_redis_server.url)
+    chain = ChainedStore([memory, redis_layer, ShoveStore(shove={})])
+    chain.batch_put([Foo(key=1, zap=1, bar=1, v="old"), Pair(a="p", b=1, v="old")])
+    admin = redis_layer.client
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")  # every write is refused (OOM); reads still answer
+    try:
+        chain.invalidate_class(Pair)
+        # The layer is behind now: this write does not even try it before it catches up
+        # (a DEL would be allowed, but the missed invalidation still cannot be written).
+        chain.put(Foo(key=1, zap=1, bar=1, v="new"))
+    finally:
+        admin.config_set("maxmemory", "0")
+    other_process = RedisStore(url=private_redis_server.url)
+    assert other_process.get(Foo, 1).v == "old"  # the stale entry the failure left behind
+    assert other_process.get(Pair, ("p", 1)).v == "old"
+    memory.clear()
+    assert chain.get(Foo, 1).v == "new"  # made up for before Redis served anything
+    assert other_process.get(Foo, 1).v == "new"
+    assert other_process.get(Pair, ("p", 1)) is None
+    assert chain.layer_stats[1].count(Foo, "caught_up") == 1
+    assert chain.layer_stats[1].count(Pair, "caught_up") == 1
+    other_process.close()
     redis_layer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -10,11 +11,64 @@ from sa_stockpyle.errors import ConfigurationError, StoreUnavailable
 from sa_stockpyle.keys import key_spec
 from sa_stockpyle.stores.base import BaseStore, Removal, Stats
 
-__all__ = ["ChainedStore"]
+__all__ = ["MAX_MISSED", "ChainedStore"]
 
 log = logging.getLogger("sa_stockpyle")
 
 T = TypeVar("T")
+
+#: Beyond this many missed keys, a layer that answers again drops whole classes instead.
+MAX_MISSED = 10_000
+
+
+class _Missed:
+    """The writes and invalidations one layer missed while it did not answer.
+
+    Every missed write is kept as a removal of the object's primary key (the entry the
+    layer may still hold is stale; removing it makes every alternate key miss too), and
+    a missed class invalidation as that class.  Past :data:`MAX_MISSED` keys, the classes
+    they belong to are invalidated instead: the backlog stays bounded, at the price of
+    more misses.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.removals: dict[tuple[type, tuple[tuple[str, Any], ...]], None] = {}
+        self.classes: dict[type, None] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.removals or self.classes)
+
+    def add(
+        self,
+        objs: Iterable[object] = (),
+        removals: Iterable[Removal] = (),
+        classes: Iterable[type] = (),
+    ) -> None:
+        """Remember objects, removals and classes the layer missed."""
+        with self._lock:
+            for obj in objs:
+                primary = key_spec(type(obj)).primary
+                values = tuple((attr, getattr(obj, attr, None)) for attr in primary)
+                if any(value is None for _, value in values):
+                    self.classes[type(obj)] = None  # no key to name it by: drop its class
+                else:
+                    self.removals[type(obj), values] = None
+            for klass, lookup in removals:
+                self.removals[klass, tuple(sorted(lookup.items()))] = None
+            self.classes.update(dict.fromkeys(classes))
+            if len(self.removals) > MAX_MISSED:
+                self.classes.update(dict.fromkeys(klass for klass, _ in self.removals))
+                self.removals.clear()
+
+    def take(self) -> tuple[list[Removal], list[type]]:
+        """Empty the backlog and return what it held."""
+        with self._lock:
+            removals = [(klass, dict(items)) for klass, items in self.removals]
+            classes = list(self.classes)
+            self.removals.clear()
+            self.classes.clear()
+        return removals, classes
 
 
 class ChainedStore(BaseStore):
@@ -33,9 +87,15 @@ class ChainedStore(BaseStore):
     * A layer that raises :class:`~sa_stockpyle.errors.StoreUnavailable` is skipped: a
       miss for reads, a logged and counted failure for writes.  Only the last layer's
       write failures propagate.
+    * What a layer missed while it did not answer is made up for before it is used
+      again: the entries it may still hold for objects written, deleted or invalidated
+      meanwhile are removed, and classes invalidated meanwhile are invalidated, before
+      it serves another read.  Until that succeeds the layer stays skipped, so it never
+      serves an entry from before or during its outage (see ``_Missed``).
 
-    ``layer_stats[i]`` counts, per class, the ``hits``, ``misses``, ``fills`` and
-    ``errors`` of layer *i*; ``stats_by_layer()`` returns them all by layer name.
+    ``layer_stats[i]`` counts, per class, the ``hits``, ``misses``, ``fills``, ``errors``
+    and ``caught_up`` (missed keys made up for) of layer *i*; ``stats_by_layer()`` returns
+    them all by layer name.
 
     Parameters:
         stores: the layers, fastest first.
@@ -50,6 +110,7 @@ class ChainedStore(BaseStore):
             )
         self.stores = layers
         self.layer_stats = [Stats() for _ in layers]
+        self._missed = [_Missed() for _ in layers]
 
     def layer_name(self, index: int) -> str:
         """A readable name for layer ``index``: ``"0:ProcessMemoryStore"``."""
@@ -66,6 +127,33 @@ class ChainedStore(BaseStore):
             self.layer_stats[index].add(klass, "errors")
         log.warning("sa_stockpyle: layer %s failed to %s: %s", self.layer_name(index), action, exc)
 
+    def _ready(self, index: int, classes: Iterable[type]) -> bool:
+        """Make up for what layer ``index`` missed; False while it still does not answer."""
+        missed = self._missed[index]
+        if not missed:
+            return True
+        removals, invalidated = missed.take()
+        store = self.stores[index]
+        try:
+            for klass in invalidated:
+                store.invalidate_class(klass)
+            store.write_committed([], removals)
+        except StoreUnavailable as exc:
+            missed.add(removals=removals, classes=invalidated)
+            self._failed(index, classes, "catch up", exc)
+            return False
+        for klass, _ in removals:
+            self.layer_stats[index].add(klass, "caught_up")
+        for klass in invalidated:
+            self.layer_stats[index].add(klass, "caught_up")
+        log.info(
+            "sa_stockpyle: layer %s answers again; removed %d missed keys, invalidated %d classes",
+            self.layer_name(index),
+            len(removals),
+            len(invalidated),
+        )
+        return True
+
     # -- reads ------------------------------------------------------------------------
 
     def get(self, klass: type[T], key: object) -> T | None:
@@ -73,6 +161,8 @@ class ChainedStore(BaseStore):
         # The one-key form of batch_get, without its lists: it is the hot path.
         key_spec(klass).lookup(key)  # bad input raises here, before any layer is asked
         for index, store in enumerate(self.stores):
+            if self._missed[index] and not self._ready(index, (klass,)):
+                continue
             try:
                 obj = store.get(klass, key)
             except StoreUnavailable as exc:
@@ -97,6 +187,8 @@ class ChainedStore(BaseStore):
         missing = list(range(len(keys)))
         for index, store in enumerate(self.stores):
             stats = self.layer_stats[index]
+            if self._missed[index] and not self._ready(index, (klass,)):
+                continue
             try:
                 found = store.batch_get(klass, [keys[i] for i in missing])
             except StoreUnavailable as exc:
@@ -132,6 +224,8 @@ class ChainedStore(BaseStore):
         if not objs:
             return
         for index in reversed(range(found_in)):
+            if self._missed[index] and not self._ready(index, (klass,)):
+                continue
             try:
                 self.stores[index].batch_put(objs)
             except StoreUnavailable as exc:
@@ -151,9 +245,13 @@ class ChainedStore(BaseStore):
         last = len(self.stores) - 1
         puts = objs if action == "put" else []
         deletes = [] if action == "put" else objs
+        classes = {type(obj) for obj in objs}
         for index in reversed(range(len(self.stores))):
             store = self.stores[index]
             try:
+                if index != last and not self._ready(index, classes):
+                    self._missed[index].add(objs)
+                    continue
                 if puts:
                     store.batch_put(puts)
                 if deletes:
@@ -161,7 +259,8 @@ class ChainedStore(BaseStore):
             except StoreUnavailable as exc:
                 if index == last:
                     raise
-                self._failed(index, {type(obj) for obj in objs}, action, exc)
+                self._missed[index].add(objs)
+                self._failed(index, classes, action, exc)
             # State a layer holds uncommitted must not reach the faster layers above it:
             # they drop the object instead (the ORM plugin writes it once committed).
             held_back = [obj for obj in puts if not store.cacheable(obj)]
@@ -191,18 +290,24 @@ class ChainedStore(BaseStore):
         classes = {type(obj) for obj in puts} | {klass for klass, _ in removals}
         for index in reversed(range(len(self.stores))):
             try:
-                self.stores[index].write_committed(puts, removals)
+                if self._ready(index, classes):
+                    self.stores[index].write_committed(puts, removals)
+                    continue
             except StoreUnavailable as exc:
                 self._failed(index, classes, "write a commit", exc)
+            self._missed[index].add(puts, removals)
 
     def invalidate_class(self, klass: type) -> None:
         """Make every entry of ``klass`` unreachable in every layer; an unavailable layer
         is logged and counted."""
         for index in reversed(range(len(self.stores))):
             try:
-                self.stores[index].invalidate_class(klass)
+                if self._ready(index, (klass,)):
+                    self.stores[index].invalidate_class(klass)
+                    continue
             except StoreUnavailable as exc:
                 self._failed(index, (klass,), "invalidate a class", exc)
+            self._missed[index].add(classes=(klass,))
 
     def close(self) -> None:
         """Close every layer."""
