@@ -30,7 +30,7 @@ import secrets
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -296,19 +296,23 @@ class BaseKeyValueStore(BaseStore):
 
     # -- the contract -----------------------------------------------------------------
 
+    def _stored_keys(self, obj: object) -> Iterator[tuple[str, ...]]:
+        """For each class ``obj`` is stored under, its cache keys, the primary key first."""
+        make = self.keymaker.key
+        for klass in storage_classes(type(obj), self.polymorphic):
+            spec = key_spec(klass)
+            yield tuple([make(spec, index, values) for index, values in spec.identities(obj)])
+
     def _records(self, objs: Iterable[object]) -> list[tuple[str, Record]]:
         # Everything that can fail on bad input happens here, before any write.
         objs = list(objs)
         self._learn_generations(objs)
         records: list[tuple[str, Record]] = []
         clock_now = self.clock()
-        make = self.keymaker.key
         for obj in objs:
             expires_at = expiry(self.lifetime_cb(obj), clock_now) if self.lifetime_cb else None
             state = snapshot(obj)
-            for klass in storage_classes(type(obj), self.polymorphic):
-                spec = key_spec(klass)
-                keys = tuple([make(spec, index, values) for index, values in spec.identities(obj)])
+            for keys in self._stored_keys(obj):
                 records.append((keys[0], Entry(type(obj), state, keys, expires_at)))
                 for key in keys[1:]:
                     records.append((key, Pointer(keys[0], expires_at)))
@@ -317,15 +321,7 @@ class BaseKeyValueStore(BaseStore):
     def _object_keys(self, objs: Iterable[object]) -> list[str]:
         objs = list(objs)
         self._learn_generations(objs)
-        keys: list[str] = []
-        for obj in objs:
-            for klass in storage_classes(type(obj), self.polymorphic):
-                spec = key_spec(klass)
-                keys.extend(
-                    self.keymaker.key(spec, index, values)
-                    for index, values in spec.identities(obj)
-                )
-        return keys
+        return [key for obj in objs for keys in self._stored_keys(obj) for key in keys]
 
     def _removal_keys(self, removals: Sequence[Removal]) -> list[str]:
         """The cache keys of ``(class, lookup)`` removals, in every storage class."""
