@@ -38,6 +38,7 @@ import datetime as dt
 import enum
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,18 +54,25 @@ from sa_stockpyle.errors import InvalidLifetimeError, PayloadError
 from sa_stockpyle.keys import class_token
 
 __all__ = [
+    "LEASE_MAGIC",
     "MAGIC",
+    "TOMBSTONE_MAGIC",
     "Entry",
     "Lifetime",
     "LifetimeCallback",
+    "Marker",
     "Pointer",
     "Record",
+    "decode_marker",
     "decode_record",
+    "encode_marker",
     "encode_record",
+    "entry_version",
     "expired_columns",
     "expiry",
     "restore",
     "snapshot",
+    "version_of",
 ]
 
 #: The first bytes of every payload; the digit is the payload format version.
@@ -83,6 +91,8 @@ class Entry:
     state: dict[str, Any]
     keys: tuple[str, ...]
     expires_at: float | None
+    #: The object's ``version_id_col`` value (see :func:`version_of`), or None.
+    version: int | None = None
 
 
 @dataclass(slots=True)
@@ -94,6 +104,59 @@ class Pointer:
 
 
 Record = Entry | Pointer
+
+#: The first bytes of a tombstone and of a lease in a shared layer.
+TOMBSTONE_MAGIC = b"SPKT"
+LEASE_MAGIC = b"SPKL"
+
+
+@dataclass(slots=True, frozen=True)
+class Marker:
+    """What a key holds instead of a record while it must not be filled freely.
+
+    A *tombstone* (``lease`` None) is what every removal leaves: it stops a fill that
+    read the database before the removal from writing the old state back.  A *lease* is
+    taken by a reader that missed and is about to read the database; only that reader may
+    fill the key, and only while its lease is still there (any removal or newer write
+    replaces it).  Both expire.  ``taken`` is when the marker was written, on the clock of
+    the backend that holds it (Redis: the server's); ``expires_at`` is a Unix time.
+    """
+
+    lease: str | None
+    taken: float
+    expires_at: float
+
+
+def encode_marker(marker: Marker) -> bytes:
+    """Serialise a marker for a shared layer: ``SPKT:taken:expiry`` for a tombstone,
+    ``SPKL:token:taken:expiry`` for a lease."""
+    if marker.lease is None:
+        return b"SPKT:%.6f:%.3f" % (marker.taken, marker.expires_at)
+    return b"SPKL:%s:%.6f:%.3f" % (marker.lease.encode(), marker.taken, marker.expires_at)
+
+
+_VERSION = re.compile(rb'SPK1\{"v":(\d+),')
+
+
+def entry_version(data: bytes) -> int | None:
+    """The version an encoded entry starts with, or None (no version, not an entry)."""
+    match = _VERSION.match(data)
+    return int(match[1]) if match else None
+
+
+def decode_marker(data: bytes) -> Marker | None:
+    """The marker ``data`` holds, or None when it holds a record (or anything else)."""
+    head = data[:4]
+    if head not in (TOMBSTONE_MAGIC, LEASE_MAGIC):
+        return None
+    try:
+        if head == TOMBSTONE_MAGIC:
+            taken, expires_at = data[5:].split(b":")
+            return Marker(None, float(taken), float(expires_at))
+        token, taken, expires_at = data[5:].split(b":")
+        return Marker(token.decode("ascii"), float(taken), float(expires_at))
+    except ValueError:
+        return None
 
 
 def expiry(lifetime: object, now: float) -> float | None:
@@ -215,6 +278,10 @@ class _Columns:
     names: tuple[str, ...]  # every column attribute
     name_set: frozenset[str]  # the same, for whole-state comparisons
     primary_key: tuple[str, ...]  # the attributes of mapper.primary_key, in its order
+    #: The attribute of the mapper's ``version_id_col`` when the ORM counts it up itself
+    #: (the default generator or a custom one); None without one or when the database
+    #: assigns it (``version_id_generator=False``).
+    version: str | None
 
 
 # A plain dict, as in keys.py: it is read on every snapshot and restore.
@@ -236,9 +303,25 @@ def _columns(klass: type) -> _Columns | None:
             names,
             frozenset(names),
             tuple(mapper.get_property_by_column(column).key for column in mapper.primary_key),
+            None
+            if mapper.version_id_col is None or mapper.version_id_generator is False
+            else mapper.get_property_by_column(mapper.version_id_col).key,
         )
     _COLUMNS[klass] = columns
     return columns
+
+
+def version_of(obj: object) -> int | None:
+    """The integer ``version_id_col`` value of mapped ``obj``, or None when it has none.
+
+    Commits of such a class can be ordered: a cache keeps the entry of the highest version
+    and ignores an older commit's write that arrives late.
+    """
+    columns = _columns(type(obj))
+    if columns is None or columns.version is None:
+        return None
+    value = instance_state(obj).dict.get(columns.version)
+    return value if type(value) is int else None
 
 
 def expired_columns(obj: object) -> tuple[str, ...]:
@@ -411,7 +494,9 @@ def encode_record(record: Record) -> bytes:
     if isinstance(record, Pointer):
         body: dict[str, Any] = {"p": record.primary, "x": record.expires_at}
     else:
-        body = {
+        # The version comes first, where a Redis script ordering writes can read it.
+        body = {} if record.version is None else {"v": record.version}
+        body |= {
             "c": class_token(record.klass),
             "s": {name: _pack(value) for name, value in record.state.items()},
             "k": list(record.keys),
@@ -464,11 +549,15 @@ def decode_record(data: bytes, klass: type) -> Record:
             raise PayloadError("payload state or keys have the wrong shape")
         if not _PLAIN.issuperset(map(type, state.values())):
             state = {name: _unpack(value) for name, value in state.items()}
+        version = body.get("v")
+        if version is not None and type(version) is not int:
+            raise PayloadError(f"payload version {version!r} is not an int")
         return Entry(
             _subclass_named(klass, body["c"]),
             state,
             tuple(map(str, keys)),
             expires_at,
+            version,
         )
     except PayloadError:
         raise

@@ -5,9 +5,16 @@ How it works:
 * At each flush, the changes to objects of classes declaring ``__stockpyle_keys__`` are
   recorded in a buffer that belongs to the innermost open transaction (the savepoint of
   a ``begin_nested()``, else the session's transaction): the committed state of inserted
-  and updated objects (a snapshot taken right after the flush, because after the commit
-  the instances are expired and reading them would query the database), the identity of
-  deleted ones, and the old values of key attributes that changed.
+  objects and of updated objects whose class has an integer ``version_id_col`` (a
+  snapshot taken right after the flush, because after the commit the instances are
+  expired and reading them would query the database), the identity of deleted objects
+  and of updated objects without such a version, and the old values of key attributes
+  that changed.
+* Updates are ordered or invalidated: a cache cannot tell an older commit's write that
+  arrives late from a newer commit's, unless the object carries a version.  So an object
+  with an integer ``version_id_col`` is written through, and a cache keeps the entry of
+  the highest version; any other updated object is removed, and the next read fills it.
+  New objects are added where the cache holds nothing for their key.
 * Nothing reaches the store before the database commits.  A released savepoint hands its
   buffer to its parent; a rolled-back one discards it.  When the session's transaction
   commits, the buffer is written through with one call,
@@ -53,7 +60,7 @@ from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.state import InstanceState
 
-from sa_stockpyle.codec import restore, snapshot
+from sa_stockpyle.codec import restore, snapshot, version_of
 from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.keys import KeySpec, key_spec
 from sa_stockpyle.stores.base import BaseStore, Removal, Stats
@@ -267,11 +274,14 @@ class Attachment:
                 continue
             identity = item.state.key
             assert identity is not None
-            if _fully_loaded(info, item.state):
+            ordered = item.old_identity is None or version_of(obj) is not None
+            if ordered and _fully_loaded(info, item.state):
                 buffer.puts[identity] = restore(klass, snapshot(obj))
             else:
-                # Server defaults, SQL onupdate, expired or deferred columns: the state the
-                # database committed is not known here, so the entry goes instead.
+                # An update without a version to order it by: a cache cannot tell an older
+                # commit's write arriving late from a newer one's, so the entry goes and
+                # the next read fills it.  Likewise when the state the database committed
+                # is not known here (server defaults, SQL onupdate, expired columns).
                 primary = dict(zip(info.primary_attrs, identity[1], strict=True))
                 buffer.remove(klass, primary, identity)
 

@@ -23,6 +23,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sa_stockpyle.errors import (
     InvalidKeyValueError,
@@ -44,6 +45,7 @@ __all__ = [
     "StoreConformance",
     "Truck",
     "User",
+    "Versioned",
 ]
 
 
@@ -137,6 +139,26 @@ class NoKeys:
     """A class without ``__stockpyle_keys__``."""
 
 
+class _Base(DeclarativeBase):
+    pass
+
+
+class Versioned(_Base):
+    """A mapped class whose commits are ordered by a ``version_id_col``."""
+
+    __tablename__ = "stockpyle_conformance_versioned"
+    __stockpyle_keys__ = ["id"]
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column()
+    version: Mapped[int] = mapped_column()
+    __mapper_args__ = {"version_id_col": version}
+
+
+def _name(obj: object) -> object:
+    return getattr(obj, "name", None)
+
+
 def rich_values() -> dict[str, Any]:
     """Attribute values of every type a store must give back exactly."""
     return {
@@ -168,6 +190,9 @@ class StoreConformance:
 
     supports_polymorphic = True
     supports_expiry = True
+    #: Whether the store compares a tombstone's time with a reader's lease (one clock:
+    #: the process's, or the server's); memcached has no server clock to compare with.
+    compares_tombstone_times = True
 
     def make_store(self, **options: Any) -> BaseStore:
         """Return a new, empty store built with ``options``."""
@@ -315,18 +340,96 @@ class StoreConformance:
         store.put(foo)
         assert store.get(Foo, {"zap": 1, "bar": 1}) == foo
 
-    def test_write_committed_removes_then_writes(self) -> None:
+    # -- commits and race-safe fills ----------------------------------------------------
+
+    def test_write_committed_removes_and_adds(self) -> None:
         store = self.store()
         old = Foo(key=1, zap=1, bar=1)
         gone = Foo(key=2, zap=2, bar=2)
         store.batch_put([old, gone])
-        new = Foo(key=1, zap=10, bar=1)
+        new = Foo(key=3, zap=3, bar=3)
         store.write_committed([new], [(Foo, {"zap": 1, "bar": 1}), (Foo, {"key": 2})])
-        assert store.get(Foo, 1) == new
-        assert store.get(Foo, {"zap": 10, "bar": 1}) == new
+        assert store.get(Foo, 3) == new
+        assert store.get(Foo, {"zap": 3, "bar": 3}) == new
         assert store.get(Foo, {"zap": 1, "bar": 1}) is None
         assert store.get(Foo, 2) is None
         assert store.get(Foo, {"zap": 2, "bar": 2}) is None
+        # An unversioned put never overwrites: it cannot tell whose commit is newer.
+        store.write_committed([Foo(key=1, zap=1, bar=9)], [])
+        assert store.get(Foo, 1) == old
+        # A removal leaves a tombstone that a late put of the old state cannot pass.
+        store.write_committed([gone], [])
+        assert store.get(Foo, 2) is None
+
+    def test_versioned_commits_keep_the_highest_version(self) -> None:
+        store = self.store()
+        store.write_committed([Versioned(id=1, name="v3", version=3)], [])
+        assert _name(store.get(Versioned, 1)) == "v3"
+        store.write_committed([Versioned(id=1, name="v2", version=2)], [])
+        assert _name(store.get(Versioned, 1)) == "v3"
+        store.write_committed([Versioned(id=1, name="v4", version=4)], [])
+        assert _name(store.get(Versioned, 1)) == "v4"
+        store.write_committed([], [(Versioned, {"id": 1})])
+        store.write_committed([Versioned(id=1, name="v5", version=5)], [])
+        assert store.get(Versioned, 1) is None  # a tombstone's removal may be newer
+
+    def test_a_fill_needs_its_lease(self) -> None:
+        store = self.store()
+        foo = Foo(key=1, zap=1, bar=1)
+        claim = store.reserve(Foo, [1])
+        assert claim.granted == [True]
+        store.write_committed([], [(Foo, {"key": 1})])  # a commit lands meanwhile
+        store.fill(claim, [foo])
+        assert store.get(Foo, 1) is None
+        claim = store.reserve(Foo, [1])
+        assert claim.granted == [True]
+        store.fill(claim, [foo])
+        assert store.get(Foo, 1) == foo
+        assert store.get(Foo, {"zap": 1, "bar": 1}) == foo
+
+    def test_a_versioned_commit_voids_a_lease(self) -> None:
+        store = self.store()
+        claim = store.reserve(Versioned, [1])
+        store.write_committed([Versioned(id=1, name="new", version=2)], [])
+        store.fill(claim, [Versioned(id=1, name="old", version=1)])
+        assert store.get(Versioned, 1) is None
+
+    def test_a_second_reader_waits_for_the_first(self) -> None:
+        store = self.store()
+        first = store.reserve(Foo, [1, 2])
+        second = store.reserve(Foo, [1, 3])
+        assert first.granted == [True, True]
+        assert second.granted == [False, True]
+        assert second.busy == [True, False]
+        store.fill(first, [Foo(key=1, zap=1, bar=1), None])
+        assert store.get(Foo, 1) == Foo(key=1, zap=1, bar=1)
+        # A lease that found nothing is given back: the next reader may fill.
+        assert store.reserve(Foo, [2]).granted == [True]
+
+    def test_an_object_found_by_alternate_key_is_added_only_where_nothing_is(self) -> None:
+        store = self.store()
+        foo = Foo(key=1, zap=1, bar=1)
+        claim = store.reserve(Foo, [{"zap": 1, "bar": 1}])
+        store.write_committed([], [(Foo, {"key": 1})])  # its primary key was not leased
+        store.fill(claim, [foo])
+        assert store.get(Foo, 1) is None
+        assert store.get(Foo, {"zap": 1, "bar": 1}) is None
+        claim = store.reserve(Foo, [{"zap": 2, "bar": 2}])
+        other = Foo(key=2, zap=2, bar=2)
+        store.fill(claim, [other])
+        assert store.get(Foo, {"zap": 2, "bar": 2}) == other
+        assert store.get(Foo, 2) == other
+
+    def test_a_tombstone_older_than_the_claim_is_refilled_by_alternate_key(self) -> None:
+        store = self.store()
+        foo = Foo(key=1, zap=1, bar=1)
+        store.write_committed([], [(Foo, {"key": 1})])  # a commit before the reader came
+        self.clock.advance(1)
+        claim = store.reserve(Foo, [{"zap": 1, "bar": 1}])
+        store.fill(claim, [foo])
+        expected = foo if self.compares_tombstone_times else None
+        assert store.get(Foo, 1) == expected
+        assert store.get(Foo, {"zap": 1, "bar": 1}) == expected
 
     # -- keys -------------------------------------------------------------------------
 

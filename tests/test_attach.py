@@ -60,6 +60,20 @@ class Account(Base):
     touched: Mapped[int] = mapped_column(Integer, default=0, onupdate=lambda: 7)
 
 
+class Ledger(Base):
+    """A class whose commits are ordered by a version counter: written through."""
+
+    __tablename__ = "attach_ledgers"
+    __stockpyle_keys__ = ["id", "code"]
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(20), unique=True)
+    balance: Mapped[int] = mapped_column(Integer, default=0)
+    touched: Mapped[int] = mapped_column(Integer, default=0, onupdate=lambda: 7)
+    version: Mapped[int] = mapped_column(Integer)
+    __mapper_args__ = {"version_id_col": version}
+
+
 class Stamped(Base):
     """Columns whose committed values only the database knows after a flush."""
 
@@ -96,9 +110,14 @@ class Layers:
         return [layer.get(klass, key) for layer in self.caches]
 
     def entries(self) -> list[str]:
-        """The cache keys Redis holds, generation tokens left out."""
-        keys = [key.decode() for key in self.shared.client.keys("*")]
-        return [key for key in keys if ":gen:" not in key]
+        """The cache keys at which Redis holds a record (not a tombstone or a lease)."""
+        client = self.shared.client
+        keys = [key.decode() for key in client.keys("*")]
+        return [
+            key
+            for key in keys
+            if ":gen:" not in key and client.get(key)[:4] not in (b"SPKT", b"SPKL")
+        ]
 
     def seed(self, *objs: object) -> None:
         """Put stale copies of objects straight into the caches."""
@@ -140,11 +159,24 @@ def _account(id: int = 1, **values: Any) -> Account:
     return Account(id=id, **values)
 
 
-def _assert_holds(layers: Layers, **expected: Any) -> None:
-    for got in layers.cached(Account, expected["id"]):
+def _assert_holds(layers: Layers, klass: type = Account, **expected: Any) -> None:
+    for got in layers.cached(klass, expected["id"]):
         assert got is not None
         for name, value in expected.items():
             assert getattr(got, name) == value, name
+
+
+def _assert_refills(layers: Layers, klass: type = Account, **expected: Any) -> None:
+    """Every caching layer misses ``expected["id"]``; a read through the chain returns the
+    committed state and fills them with it."""
+    assert layers.cached(klass, expected["id"]) == [None, None]
+    with Session(layers.database.engine) as session:
+        chain = ChainedStore([layers.memory, layers.shared, SqlAlchemyStore(session=session)])
+        got = chain.get(klass, expected["id"])
+        assert got is not None
+        for name, value in expected.items():
+            assert getattr(got, name) == value, name
+    _assert_holds(layers, klass, **expected)
 
 
 # -- the basic cycle ----------------------------------------------------------------------
@@ -187,7 +219,9 @@ def test_close_without_commit_writes_nothing(
     _assert_holds(layers, id=2)
 
 
-def test_update_writes_the_committed_state(factory: sessionmaker[Session], layers: Layers) -> None:
+def test_update_without_a_version_invalidates(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
     with factory() as session:
         session.add(_account(1, balance=1))
         session.commit()
@@ -199,7 +233,27 @@ def test_update_writes_the_committed_state(factory: sessionmaker[Session], layer
         _assert_holds(layers, id=1, balance=1)
         account.balance = 3
         session.commit()
-    _assert_holds(layers, id=1, balance=3, touched=7)
+    _assert_refills(layers, id=1, balance=3, touched=7)
+
+
+def test_update_with_a_version_writes_the_committed_state(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    with factory() as session:
+        session.add(Ledger(id=1, code="L1", balance=1))
+        session.commit()
+    _assert_holds(layers, Ledger, id=1, balance=1, version=1)
+    with factory() as session:
+        ledger = session.get(Ledger, 1)
+        assert ledger is not None
+        ledger.balance = 2
+        session.flush()
+        _assert_holds(layers, Ledger, id=1, balance=1, version=1)
+        ledger.balance = 3
+        session.commit()
+    _assert_holds(layers, Ledger, id=1, balance=3, touched=7, version=3)  # two flushes
+    for layer in layers.caches:
+        assert layer.get(Ledger, {"code": "L1"}).balance == 3
 
 
 def test_moved_alternate_keys_stop_answering(
@@ -217,11 +271,30 @@ def test_moved_alternate_keys_stop_answering(
     for layer in layers.caches:
         assert layer.get(Account, {"email": "a1@example.com"}) is None
         assert layer.get(Account, {"tenant": "acme", "handle": "h1"}) is None
-        assert layer.get(Account, {"email": "new@example.com"}).id == 1
-        assert layer.get(Account, {"tenant": "acme", "handle": "renamed"}).id == 1
     # The old keys are removed, not merely left dangling.
     assert not any("a1@example.com" in key for key in layers.entries())
     assert layers.chain.get(Account, {"email": "a1@example.com"}) is None
+    assert layers.chain.get(Account, {"email": "new@example.com"}).id == 1
+    for layer in layers.caches:
+        assert layer.get(Account, {"email": "new@example.com"}).id == 1
+        assert layer.get(Account, {"tenant": "acme", "handle": "renamed"}).id == 1
+
+
+def test_moved_alternate_keys_of_a_versioned_class(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    with factory() as session:
+        session.add(Ledger(id=1, code="old"))
+        session.commit()
+    with factory() as session:
+        ledger = session.get(Ledger, 1)
+        assert ledger is not None
+        ledger.code = "new"
+        session.commit()
+    for layer in layers.caches:
+        assert layer.get(Ledger, {"code": "old"}) is None
+        assert layer.get(Ledger, {"code": "new"}).version == 2
+    assert not any(":old" in key for key in layers.entries())
 
 
 def test_delete_removes_every_key(factory: sessionmaker[Session], layers: Layers) -> None:
@@ -283,9 +356,9 @@ def test_rolled_back_savepoint_discards_exactly_its_changes(
         session.flush()
         savepoint.rollback()
         session.commit()
-    _assert_holds(layers, id=1, balance=10)
     assert layers.cached(Account, 2) == [None, None]
     _assert_holds(layers, id=3)
+    _assert_refills(layers, id=1, balance=10)
 
 
 def test_nested_savepoints(factory: sessionmaker[Session], layers: Layers) -> None:
@@ -380,14 +453,14 @@ def test_sql_expression_values_invalidate(factory: sessionmaker[Session], layers
 
 def test_python_side_onupdate_is_written(factory: sessionmaker[Session], layers: Layers) -> None:
     with factory() as session:
-        session.add(_account(1))
+        session.add(Ledger(id=1, code="L1"))
         session.commit()
     with factory() as session:
-        account = session.get(Account, 1)
-        assert account is not None
-        account.balance = 5
+        ledger = session.get(Ledger, 1)
+        assert ledger is not None
+        ledger.balance = 5
         session.commit()
-    _assert_holds(layers, id=1, balance=5, touched=7)
+    _assert_holds(layers, Ledger, id=1, balance=5, touched=7, version=2)
 
 
 # -- bulk statements ------------------------------------------------------------------------
@@ -601,6 +674,11 @@ def test_the_seed_session_extension_example(
             assert account is not None
             account.balance = 6
             session.commit()
+        # Kept in sync by removing the old state; the next read through a chain fills it.
+        assert mc_store.get(Account, {"email": "a1@example.com"}) is None
+        with my_session() as session:
+            chain = ChainedStore([mc_store, SqlAlchemyStore(session=session)])
+            assert chain.get(Account, 1).balance == 6
         assert mc_store.get(Account, {"email": "a1@example.com"}).balance == 6
         with my_session() as session:
             session.delete(session.get(Account, 1))

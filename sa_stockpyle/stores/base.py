@@ -18,7 +18,12 @@ The contract, which every store in this package and every third-party store foll
   :class:`~sa_stockpyle.errors.InvalidLifetimeError`.  A backend that does not answer
   raises :class:`~sa_stockpyle.errors.StoreUnavailable`; nothing else escapes on purpose.
   A payload that does not decode is a miss: it is logged, counted in ``stats`` as
-  ``corrupt`` and deleted.
+  ``corrupt`` and removed.
+* A removal (``delete``, a removal of ``write_committed``, a corrupt or expired record)
+  leaves a tombstone rather than an empty key, so that no fill that read the database
+  before it can write the old state back (see :class:`BaseKeyValueStore`).
+* A chain fills a layer that missed only through that layer's claim: :meth:`BaseStore.reserve`
+  when it misses, :meth:`BaseStore.fill` with what a slower layer found.
 * Keys whose value contains ``None`` identify nothing (as under a SQL unique constraint):
   objects are not stored under them and looking one up is a miss.
 """
@@ -28,23 +33,30 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sa_stockpyle.codec import (
     Entry,
     LifetimeCallback,
+    Marker,
     Pointer,
     Record,
+    decode_marker,
     decode_record,
+    encode_marker,
     encode_record,
+    entry_version,
     expiry,
     now,
     restore,
     snapshot,
+    version_of,
 )
 from sa_stockpyle.errors import PayloadError, StoreTimeout, StoreUnavailable
 from sa_stockpyle.keys import KeyMaker, KeySpec, is_null, key_spec, storage_classes
@@ -54,7 +66,9 @@ __all__ = [
     "BaseKeyValueStore",
     "BaseStore",
     "ErrorTranslator",
+    "Op",
     "Removal",
+    "Reservation",
     "SharedPayloads",
     "Stats",
 ]
@@ -66,6 +80,45 @@ Clock = Callable[[], float]
 
 #: An object to remove by key: its class and a lookup (``{"id": 5}``).
 Removal = tuple[type, dict[str, Any]]
+
+
+@dataclass
+class Reservation:
+    """A layer's claim, taken when it missed, to fill what a slower layer finds.
+
+    Returned by :meth:`BaseStore.reserve`, handed back to :meth:`BaseStore.fill`.
+    """
+
+    klass: type
+    #: The lookups the layer missed, as the caller wrote them.
+    lookups: list[object]
+    #: Per lookup: this reader may fill it.
+    granted: list[bool]
+    #: Per lookup: another reader is filling it right now; reading this layer again in a
+    #: moment is likely to hit.
+    busy: list[bool]
+    #: ``time.monotonic()`` when the claim was taken: a fill may only use state read from
+    #: the database after it.
+    started: float = field(default_factory=time.monotonic)
+    #: The store's own part of the claim.
+    detail: Any = None
+
+
+class Op(NamedTuple):
+    """One conditional write of :meth:`BaseKeyValueStore._apply`, on one key."""
+
+    #: ``"S"`` set; ``"T"`` leave a tombstone; ``"A"`` add (only where the key holds
+    #: nothing, or, with ``arg``, a tombstone written before the backend time ``arg``);
+    #: ``"F"`` fill (only where the key holds the lease ``arg``); ``"R"`` release (a
+    #: tombstone where the key holds the lease ``arg``); ``"N"`` newer (where the key
+    #: holds nothing or an entry of a version below ``arg``; a lease there becomes a
+    #: tombstone); ``"L"`` lease (take the key for a fill where it holds nothing or a
+    #: tombstone).
+    kind: str
+    key: str
+    raw: Any
+    expires_at: float | None
+    arg: Any = None
 
 
 class Stats:
@@ -183,14 +236,39 @@ class BaseStore(ABC):
         """
         return objs
 
-    def cacheable(self, obj: object) -> bool:
+    def cacheable(self, obj: object, since: float | None = None) -> bool:
         """Whether ``obj``, as this store holds it, may be copied into faster layers.
 
         False for state that is not committed yet (an object pending or flushed in an
         open transaction): a chain then invalidates faster layers instead of filling
-        them.  The default is True.
+        them.  With ``since`` (a ``time.monotonic()`` value), also False unless the state
+        was read from the system of record after it: state read earlier may predate a
+        commit whose invalidation the fill would undo.  The default is True.
         """
         return True
+
+    def reserve(self, klass: type, keys: Sequence[object]) -> Reservation:
+        """Claim the right to fill ``keys``, which this store just missed.
+
+        A :class:`~sa_stockpyle.stores.ChainedStore` calls it before it reads a slower
+        layer, and hands the claim back to :meth:`fill`.  Caching stores take a lease per
+        key, so that a removal or newer write arriving in between voids the fill (see
+        :class:`BaseKeyValueStore`).  This default grants every key and its fills are
+        plain puts: a third-party store without conditional writes is not race-safe.
+        """
+        keys = list(keys)
+        return Reservation(klass, keys, [True] * len(keys), [False] * len(keys))
+
+    def fill(self, reservation: Reservation, objs: Sequence[object | None]) -> None:
+        """Store what a slower layer found for ``reservation.lookups`` (one item per
+        lookup, None where nothing may be filled); see :meth:`reserve`."""
+        found = [
+            obj
+            for obj, granted in zip(objs, reservation.granted, strict=True)
+            if granted and obj is not None
+        ]
+        if found:
+            self.batch_put(found)
 
     def write_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> None:
         """Reflect a database commit: remove ``removals``, then store ``puts``.
@@ -233,10 +311,25 @@ class BaseStore(ABC):
 class BaseKeyValueStore(BaseStore):
     """A caching store over string keys: records, pointers, expiry and polymorphism.
 
-    Subclasses provide the backend through four primitives, each one round trip for a
-    whole batch: :meth:`_read`, :meth:`_write`, :meth:`_remove`, and the payload pair
-    :meth:`_encode` / :meth:`_decode` (identity for in-process stores, bytes for shared
-    ones).
+    Subclasses provide the backend through three primitives, each one round trip for a
+    whole batch: :meth:`_read`, :meth:`_write` (unconditional) and :meth:`_apply`
+    (conditional, atomic per key), and the payload pair :meth:`_encode` /
+    :meth:`_decode` (identity for in-process stores, bytes for shared ones).
+
+    Race safety (the memcache "leases" idea):
+
+    * Every removal leaves a *tombstone* for :attr:`tombstone_ttl` seconds instead of
+      deleting the key.
+    * A reader that misses takes a *lease* on each key it missed (:meth:`reserve`) before
+      it reads the database, and fills a key only while it still holds its lease there
+      (:meth:`fill`); a removal or a newer write replaces the lease and so voids the fill.
+      Keys it could not lease (the primary key of an object found by an alternate key) are
+      only *added* where they hold nothing, not even a tombstone, and only within
+      ``tombstone_ttl / 2`` of the reservation.  Pointers are written as they are: a
+      lookup through one checks that the entry it leads to still lists it.
+    * Commits (:meth:`write_committed`) leave tombstones for what they removed, add new
+      objects where nothing is held, and write an object whose class has an integer
+      ``version_id_col`` only over an entry of a lower version.
 
     Parameters:
         polymorphic: also store each object under every base class that declares
@@ -246,6 +339,18 @@ class BaseKeyValueStore(BaseStore):
         prefix: the first part of every cache key.
         clock: returns the current Unix time; injected by tests.
     """
+
+    #: Seconds a tombstone stays: longer than a reader may take between its miss and its
+    #: fill, and than a commit's write may take to arrive.
+    tombstone_ttl = 30.0
+    #: Seconds a lease stays when its reader never fills (it crashed or found nothing).
+    lease_ttl = 5.0
+    #: A lease younger than this many seconds means its reader is filling right now.
+    lease_busy = 1.0
+    #: Whether an object found by an alternate key may replace a tombstone at its primary
+    #: key that is older than the reader's lease.  That needs one clock for both markers:
+    #: the process's, or one Redis server's; not memcached's or a Redis Cluster's.
+    compares_tombstone_times = True
 
     def __init__(
         self,
@@ -268,21 +373,18 @@ class BaseKeyValueStore(BaseStore):
 
     @abstractmethod
     def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
-        """Store ``(key, raw value, expires_at)`` triples."""
+        """Store ``(key, raw value, expires_at)`` triples, whatever the keys hold."""
 
     @abstractmethod
-    def _remove(self, keys: Sequence[str]) -> None:
-        """Remove keys; absent keys are ignored."""
+    def _apply(self, ops: Sequence[Op]) -> list[Any]:
+        """Carry out conditional writes (see :class:`Op`), each atomic on its key.
 
-    def _replace(
-        self, keys: Sequence[str], items: Sequence[tuple[str, Any, float | None]]
-    ) -> None:
-        """Remove ``keys``, then write ``items``; a backend that can do both in one round
-        trip overrides this."""
-        if keys:
-            self._remove(keys)
-        if items:
-            self._write(items)
+        Returns, per op, whether it wrote; for a lease, the backend time it was taken at
+        (a float) or, when not taken, the raw value the key holds instead and the backend
+        time (a tuple).  Expired
+        markers count as nothing held.  Tombstones and leases are stamped with the
+        backend's own clock, so that "written before" compares times of one clock.
+        """
 
     def _encode(self, record: Record) -> Any:
         """Turn a record into the raw value the backend holds."""
@@ -293,6 +395,39 @@ class BaseKeyValueStore(BaseStore):
         if not isinstance(raw, (Entry, Pointer)):
             raise PayloadError(f"stored value is not a record: {type(raw).__qualname__}")
         return raw
+
+    def _encode_marker(self, marker: Marker) -> Any:
+        """Turn a tombstone or lease into the raw value the backend holds."""
+        return marker
+
+    def _marker_of(self, raw: Any) -> Marker | None:
+        """The tombstone or lease ``raw`` is, or None when it is something else."""
+        return raw if type(raw) is Marker else None
+
+    def _tombstone(self) -> tuple[Any, float]:
+        """A new tombstone's raw value and expiry, stamped with this process's clock."""
+        clock_now = self.clock()
+        expires_at = clock_now + self.tombstone_ttl
+        return self._encode_marker(Marker(None, clock_now, expires_at)), expires_at
+
+    def _remove(self, keys: Sequence[str]) -> None:
+        """Leave a tombstone at each key: a removal never makes room for a stale fill."""
+        if keys:
+            self._conditional([Op("T", key, None, None) for key in keys])
+
+    def _conditional(self, ops: Sequence[Op]) -> list[Any]:
+        """:meth:`_apply`, after turning writes that have expired already into removals."""
+        clock_now = self.clock()
+        ready: list[Op] = []
+        for op in ops:
+            if op.expires_at is not None and op.expires_at <= clock_now and op.kind in "SFAN":
+                if op.kind == "S":
+                    ready.append(op._replace(kind="T"))
+                elif op.kind == "F":
+                    ready.append(op._replace(kind="R"))
+                continue  # nothing to add or order: it expired
+            ready.append(op)
+        return self._apply(ready) if ready else []
 
     # -- the contract -----------------------------------------------------------------
 
@@ -312,8 +447,9 @@ class BaseKeyValueStore(BaseStore):
         for obj in objs:
             expires_at = expiry(self.lifetime_cb(obj), clock_now) if self.lifetime_cb else None
             state = snapshot(obj)
+            version = version_of(obj)
             for keys in self._stored_keys(obj):
-                records.append((keys[0], Entry(type(obj), state, keys, expires_at)))
+                records.append((keys[0], Entry(type(obj), state, keys, expires_at, version)))
                 for key in keys[1:]:
                     records.append((key, Pointer(keys[0], expires_at)))
         return records
@@ -387,12 +523,117 @@ class BaseKeyValueStore(BaseStore):
         self.keymaker.set_generation(klass, token)
 
     def write_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> None:
-        """Reflect a database commit: one batch of removals, then one of writes."""
+        """Reflect a database commit in one conditional batch: tombstones for
+        ``removals``; ``puts`` added where nothing is held, or, for a class with an integer
+        ``version_id_col``, written over an entry of a lower version."""
         keys = self._removal_keys(removals)
         records = self._records(puts)
-        if keys or records:
-            encode = self._encode
-            self._replace(keys, [(key, encode(rec), rec.expires_at) for key, rec in records])
+        if not (keys or records):
+            return
+        ops = [Op("T", key, None, None) for key in keys]
+        encode = self._encode
+        for key, record in records:
+            # A pointer is written as it is: it answers only while its entry lists it.
+            version = record.version if type(record) is Entry else None
+            kind = "S" if type(record) is Pointer else "A" if version is None else "N"
+            ops.append(Op(kind, key, encode(record), record.expires_at, version))
+        self._conditional(ops)
+
+    def reserve(self, klass: type, keys: Sequence[object]) -> Reservation:
+        """Take a lease on the cache key of each lookup in ``keys`` (see the class doc)."""
+        lookups = list(keys)
+        spec = key_spec(klass)
+        # Every class a found object may be stored under: the fill checks that none of
+        # their namespaces changed since the claim.
+        family: list[type] = []
+        pending = [klass]
+        while pending:
+            cls = pending.pop()
+            family += storage_classes(cls, self.polymorphic)
+            pending += cls.__subclasses__()
+        self._learn_generations_of(family)
+        wanted = self.keymaker.keys(spec, lookups)
+        clock_now = self.clock()
+        lease = self._encode_marker(
+            Marker(secrets.token_hex(8), clock_now, clock_now + self.lease_ttl)
+        )
+        asked = [key for key in dict.fromkeys(wanted) if key is not None]
+        results = dict(
+            zip(
+                asked,
+                self._conditional(
+                    [Op("L", key, lease, clock_now + self.lease_ttl) for key in asked]
+                ),
+                strict=True,
+            )
+        )
+        granted = [key is not None and type(results[key]) is float for key in wanted]
+        # The earliest time a lease was taken, on the backend's clock: a tombstone written
+        # before it belongs to a commit the database read after it has seen.
+        since = min((t for t in results.values() if type(t) is float), default=None)
+        busy = [False] * len(wanted)
+        for position, key in enumerate(wanted):
+            result = None if key is None else results[key]
+            if type(result) is not tuple:
+                continue  # taken, or given up after losing compare-and-set races
+            held, backend_now = result
+            marker = self._marker_of(held)
+            # A record that appeared since the miss, or a lease taken a moment ago: another
+            # reader has filled or is filling this key.  An old lease is a reader that
+            # will not fill (it crashed, or found nothing): waiting for it is pointless.
+            busy[position] = marker is None or (
+                marker.lease is not None and backend_now - marker.taken < self.lease_busy
+            )
+        return Reservation(
+            klass,
+            lookups,
+            granted,
+            busy,
+            detail=_Claim(wanted, lease, since, dict(self.keymaker.generations)),
+        )
+
+    def fill(self, reservation: Reservation, objs: Sequence[object | None]) -> None:
+        """Fill what a slower layer found for ``reservation`` (see the class doc); leases
+        left unused become tombstones again."""
+        claim = reservation.detail
+        if not isinstance(claim, _Claim):
+            raise TypeError(f"{self!r} cannot fill a reservation it did not make")
+        leased = {
+            key: granted
+            for key, granted in zip(claim.keys, reservation.granted, strict=True)
+            if key is not None and granted
+        }
+        found = [
+            obj
+            for obj, granted in zip(objs, reservation.granted, strict=True)
+            if granted and obj is not None
+        ]
+        self._learn_generations(found)
+        generations = self.keymaker.generations
+        # A class whose namespace changed since the claim (or was not known then) would be
+        # filled with keys the claim never covered.
+        found = [
+            obj
+            for obj in found
+            if all(
+                c in claim.generations and generations.get(c) == claim.generations[c]
+                for c in storage_classes(type(obj), self.polymorphic)
+            )
+        ]
+        may_add = time.monotonic() - reservation.started < self.tombstone_ttl / 2
+        encode = self._encode
+        ops: list[Op] = []
+        for key, record in self._records(found):
+            if leased.pop(key, False):
+                ops.append(Op("F", key, encode(record), record.expires_at, claim.lease))
+            elif type(record) is Pointer:
+                ops.append(Op("S", key, encode(record), record.expires_at))
+            elif may_add:
+                since = claim.since if self.compares_tombstone_times else None
+                ops.append(Op("A", key, encode(record), record.expires_at, since))
+        ops += [Op("R", key, None, None, claim.lease) for key in leased]
+        if ops:
+            self._conditional(ops)
 
     def put(self, obj: object) -> None:
         """Store ``obj`` under every declared key (see the module contract)."""
@@ -484,14 +725,15 @@ class BaseKeyValueStore(BaseStore):
         return None if current is None else raws
 
     def _decoded(self, klass: type, keys: list[str], raws: list[Any]) -> dict[str, Record]:
-        """Decode raw values; expired and corrupt records are deleted, not returned."""
+        """Decode raw values; expired and corrupt records are removed, not returned."""
         found: dict[str, Record] = {}
         dead: list[str] = []
         clock_now = self.clock()
         decode = self._decode
+        marker_of = self._marker_of
         for key, raw in zip(keys, raws, strict=True):
-            if raw is None:
-                continue
+            if raw is None or marker_of(raw) is not None:
+                continue  # nothing, a tombstone or a lease: a miss
             try:
                 record = decode(raw, klass)
             except PayloadError as exc:
@@ -511,6 +753,16 @@ class BaseKeyValueStore(BaseStore):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} prefix={self.keymaker.prefix!r}>"
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """A key-value store's part of a :class:`Reservation`."""
+
+    keys: list[str | None]  # the cache key of each lookup
+    lease: Any  # the raw lease value held at each granted key
+    since: float | None  # when the first lease was taken, on the backend's clock
+    generations: dict[type, str]  # the namespaces the keys were made in
 
 
 def _answering(found: dict[str, Record], primary: str, key: str) -> Entry | None:
@@ -544,6 +796,11 @@ class BaseDictionaryStore(BaseKeyValueStore):
             polymorphic=polymorphic, lifetime_cb=lifetime_cb, prefix=prefix, clock=clock
         )
         self.dictionary = dictionary
+        # Conditional writes read, then write: every write takes this lock, so none lands
+        # between the two.  Reads take no lock (one mapping lookup each).
+        self._lock = threading.Lock()
+        # Markers in the order written, so that expired ones are swept from the mapping.
+        self._markers: deque[tuple[float, str]] = deque()
 
     def clear(self) -> None:
         """Drop every record."""
@@ -563,14 +820,96 @@ class BaseDictionaryStore(BaseKeyValueStore):
         return [mapping.get(key) for key in keys]
 
     def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+        with self._lock:
+            self._sweep()
+            self._set_items({key: raw for key, raw, _expires_at in items})
+            marker_of = self._marker_of
+            self._markers.extend(
+                (expires_at, key)
+                for key, raw, expires_at in items
+                if expires_at is not None and marker_of(raw) is not None
+            )
+
+    def _set_items(self, values: dict[str, Any]) -> None:
+        """Write ``values`` into the mapping; a mapping with a batch call overrides this."""
         mapping = self.dictionary
-        for key, raw, _expires_at in items:
+        for key, raw in values.items():
             mapping[key] = raw
 
-    def _remove(self, keys: Sequence[str]) -> None:
+    def _apply(self, ops: Sequence[Op]) -> list[Any]:
         mapping = self.dictionary
-        for key in keys:
-            mapping.pop(key, None)
+        clock_now = self.clock()
+        results: list[Any] = []
+        with self._lock:
+            self._sweep()
+            for op in ops:
+                result, write = self._decide(op, mapping.get(op.key), clock_now)
+                if write is not None:
+                    raw, expires_at = write
+                    mapping[op.key] = raw
+                    if expires_at is not None and self._marker_of(raw) is not None:
+                        self._markers.append((expires_at, op.key))
+                results.append(result)
+        return results
+
+    def _decide(
+        self, op: Op, current: Any, clock_now: float
+    ) -> tuple[Any, tuple[Any, float | None] | None]:
+        """The result of ``op`` on a key holding ``current``, and what to write there."""
+        kind, _key, raw, expires_at, arg = op
+        marker = None if current is None else self._marker_of(current)
+        if marker is not None and marker.expires_at <= clock_now:
+            current = marker = None
+        write = (raw, expires_at)
+        if kind == "S":
+            return True, write
+        if kind == "T":
+            return True, self._tombstone()
+        if kind == "A":
+            tombstone = marker is not None and marker.lease is None
+            older = tombstone and arg is not None and marker is not None and marker.taken < arg
+            return (True, write) if current is None or older else (False, None)
+        if kind in "FR":
+            # By token: a lease taken over a tombstone was stored with a longer expiry.
+            lease = self._marker_of(arg)
+            ours = marker is not None and lease is not None and marker.lease == lease.lease
+            if not ours:
+                return False, None
+            return True, (write if kind == "F" else self._tombstone())
+        if kind == "N":
+            if current is None:
+                return True, write
+            if marker is not None:
+                # A lease holder may have read an older state: void its fill.
+                return False, (self._tombstone() if marker.lease is not None else None)
+            held = self._version_held(current)
+            return (True, write) if held is None or held < arg else (False, None)
+        if (marker is None and current is not None) or (marker is not None and marker.lease):
+            return (current, float(clock_now)), None  # a record, or another reader's lease
+        lease = self._marker_of(raw)
+        assert lease is not None
+        # Never shorten a tombstone: it outlives readers that missed before it.
+        until = max(lease.expires_at, marker.expires_at if marker is not None else 0.0)
+        stamped = Marker(lease.lease, clock_now, until)
+        return float(clock_now), (self._encode_marker(stamped), until)
+
+    def _version_held(self, raw: Any) -> int | None:
+        """The version of the entry ``raw`` (None: no version, or not an entry)."""
+        return raw.version if type(raw) is Entry else None
+
+    def _sweep(self) -> None:
+        """Drop markers that have expired (called with the lock held)."""
+        markers = self._markers
+        if not markers or markers[0][0] > self.clock():
+            return
+        clock_now = self.clock()
+        mapping = self.dictionary
+        while markers and markers[0][0] <= clock_now:
+            _, key = markers.popleft()
+            raw = mapping.get(key)
+            marker = None if raw is None else self._marker_of(raw)
+            if marker is not None and marker.expires_at <= clock_now:
+                mapping.pop(key, None)
 
 
 class SharedPayloads:
@@ -586,6 +925,15 @@ class SharedPayloads:
 
     def _decode(self, raw: Any, klass: type) -> Record:
         return decode_record(raw, klass)
+
+    def _encode_marker(self, marker: Marker) -> bytes:
+        return encode_marker(marker)
+
+    def _marker_of(self, raw: Any) -> Marker | None:
+        return decode_marker(raw) if isinstance(raw, bytes) else None
+
+    def _version_held(self, raw: Any) -> int | None:
+        return entry_version(raw) if isinstance(raw, bytes) else None
 
 
 class ErrorTranslator:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 from sa_stockpyle.errors import ConfigurationError, StoreUnavailable
 from sa_stockpyle.keys import key_spec
-from sa_stockpyle.stores.base import BaseStore, Removal, Stats
+from sa_stockpyle.stores.base import BaseStore, Removal, Reservation, Stats
 
 __all__ = ["MAX_MISSED", "ChainedStore"]
 
@@ -99,15 +100,26 @@ class ChainedStore(BaseStore):
 
     Parameters:
         stores: the layers, fastest first.
+        lease_wait: seconds a reader waits for another reader that is filling the key it
+            missed, before it reads the slower layers itself (and fills nothing).
     """
 
-    def __init__(self, stores: Sequence[BaseStore]) -> None:
+    def __init__(self, stores: Sequence[BaseStore], lease_wait: float = 0.05) -> None:
         super().__init__()
         layers = list(stores)
         if not layers or not all(isinstance(store, BaseStore) for store in layers):
             raise ConfigurationError(
                 f"ChainedStore needs a non-empty list of stores, got {stores!r}"
             )
+        if (
+            isinstance(lease_wait, bool)
+            or not isinstance(lease_wait, (int, float))
+            or not (0 <= lease_wait <= 10)
+        ):
+            raise ConfigurationError(
+                f"ChainedStore lease_wait={lease_wait!r}; expected seconds from 0 to 10"
+            )
+        self.lease_wait = float(lease_wait)
         self.stores = layers
         self.layer_stats = [Stats() for _ in layers]
         self._missed = [_Missed() for _ in layers]
@@ -155,11 +167,19 @@ class ChainedStore(BaseStore):
         return True
 
     # -- reads ------------------------------------------------------------------------
+    #
+    # A layer that misses takes a claim (BaseStore.reserve: a lease per key) before any
+    # slower layer is read, and is filled through that claim only (BaseStore.fill): a
+    # commit that removes or rewrites the key in between voids the fill, so a reader that
+    # read the database before a commit can never write the old state back.  Only state
+    # the source layer read after the claim was taken fills it (BaseStore.cacheable).
 
     def get(self, klass: type[T], key: object) -> T | None:
         """Return the ``klass`` object with ``key`` from the first layer that has it."""
         # The one-key form of batch_get, without its lists: it is the hot path.
         key_spec(klass).lookup(key)  # bad input raises here, before any layer is asked
+        claims: list[tuple[int, Reservation, list[int]]] = []
+        last = len(self.stores) - 1
         for index, store in enumerate(self.stores):
             if self._missed[index] and not self._ready(index, (klass,)):
                 continue
@@ -168,13 +188,20 @@ class ChainedStore(BaseStore):
             except StoreUnavailable as exc:
                 self._failed(index, (klass,), "read", exc)
                 continue
+            if obj is None and index != last:
+                obj = self._claim(index, klass, [key], [0], claims).get(0)
             if obj is None:
                 self.layer_stats[index].add(klass, "misses")
                 continue
             self.layer_stats[index].add(klass, "hits")
-            adopted = self._pass_on(index, klass, [obj])[0]
+            if claims:
+                self._fill(klass, claims, {0: (index, obj)})
+                claims = []
+            adopted = self._adopt(index, klass, [obj])[0]
             if adopted is not None:
                 return adopted
+        if claims:
+            self._fill(klass, claims, {})
         return None
 
     def batch_get(self, klass: type[T], keys: Iterable[object]) -> list[T | None]:
@@ -184,7 +211,10 @@ class ChainedStore(BaseStore):
         for key in keys:  # bad input raises here, before any layer is asked or filled
             spec.lookup(key)
         results: list[T | None] = [None] * len(keys)
+        found_in: dict[int, tuple[int, object]] = {}
+        claims: list[tuple[int, Reservation, list[int]]] = []
         missing = list(range(len(keys)))
+        last = len(self.stores) - 1
         for index, store in enumerate(self.stores):
             stats = self.layer_stats[index]
             if self._missed[index] and not self._ready(index, (klass,)):
@@ -194,44 +224,135 @@ class ChainedStore(BaseStore):
             except StoreUnavailable as exc:
                 self._failed(index, (klass,), "read", exc)
                 continue
-            hits = [obj for obj in found if obj is not None]
+            hits = {i: obj for i, obj in zip(missing, found, strict=True) if obj is not None}
+            missed = [i for i in missing if i not in hits]
+            if missed and index != last:
+                hits |= self._claim(index, klass, [keys[i] for i in missed], missed, claims)
             stats.add(klass, "hits", len(hits))
-            stats.add(klass, "misses", len(found) - len(hits))
+            stats.add(klass, "misses", len(missing) - len(hits))
             if hits:
-                adopted = self._pass_on(index, klass, hits)
-                positions = [i for i, obj in zip(missing, found, strict=True) if obj is not None]
+                positions = [i for i in missing if i in hits]
+                objs = [hits[i] for i in positions]
+                found_in.update((i, (index, obj)) for i, obj in zip(positions, objs, strict=True))
+                adopted = self._adopt(index, klass, objs)
                 for position, obj in zip(positions, adopted, strict=True):
                     results[position] = obj
                 missing = [i for i in missing if results[i] is None]
             if not missing:
                 break
+        if claims:
+            self._fill(klass, claims, found_in)
         return results
 
-    def _pass_on(self, found_in: int, klass: type[T], hits: list[T]) -> list[T | None]:
-        """Fill the layers above ``found_in`` with ``hits``, then hand them to each layer
-        below it; return what the last one gives back (None where it refuses one)."""
-        if found_in:
-            store = self.stores[found_in]
-            self._fill(found_in, klass, [obj for obj in hits if store.cacheable(obj)])
+    def _claim(
+        self,
+        index: int,
+        klass: type[T],
+        keys: list[object],
+        positions: list[int],
+        claims: list[tuple[int, Reservation, list[int]]],
+    ) -> dict[int, T]:
+        """Reserve the keys layer ``index`` missed (at ``positions``); wait briefly for those
+        another reader is filling.  Returns what the wait found, by position."""
+        store = self.stores[index]
+        try:
+            claim = store.reserve(klass, keys)
+        except StoreUnavailable as exc:
+            self._failed(index, (klass,), "reserve", exc)
+            return {}
+        if any(claim.granted):
+            claims.append((index, claim, positions))
+        busy = [(p, key) for p, key, b in zip(positions, keys, claim.busy, strict=True) if b]
+        return self._await(index, klass, busy) if busy else {}
+
+    def _await(self, index: int, klass: type[T], busy: list[tuple[int, object]]) -> dict[int, T]:
+        """Read layer ``index`` again for keys another reader is filling, for at most
+        ``lease_wait`` seconds: many readers missing one hot key then cost one database
+        read, not one each.  What is still missing is read from slower layers, unfilled."""
+        store = self.stores[index]
+        self.layer_stats[index].add(klass, "waits", len(busy))
+        found: dict[int, T] = {}
+        deadline = time.monotonic() + self.lease_wait
+        delay = 0.001
+        while busy:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(delay, remaining))
+            delay *= 2
+            try:
+                objs = store.batch_get(klass, [key for _, key in busy])
+            except StoreUnavailable as exc:
+                self._failed(index, (klass,), "read", exc)
+                break
+            found.update(
+                (p, obj) for (p, _), obj in zip(busy, objs, strict=True) if obj is not None
+            )
+            busy = [(p, key) for p, key in busy if p not in found]
+        return found
+
+    def _fill(
+        self,
+        klass: type,
+        claims: list[tuple[int, Reservation, list[int]]],
+        found_in: dict[int, tuple[int, object]],
+    ) -> None:
+        """Fill each claiming layer with what slower layers found at its positions, the
+        deepest first, as for every write; release the leases of the rest."""
+        for index, claim, positions in reversed(claims):
+            objs: list[object | None] = []
+            for position in positions:
+                source, obj = found_in.get(position, (index, None))
+                # What a layer holds uncommitted, or read before the claim, stays out.
+                fresh = source > index and self.stores[source].cacheable(obj, claim.started)
+                objs.append(obj if fresh else None)
+            try:
+                self.stores[index].fill(claim, objs)
+            except StoreUnavailable as exc:
+                self._failed(index, (klass,), "fill", exc)
+            else:
+                self.layer_stats[index].add(klass, "fills", sum(obj is not None for obj in objs))
+
+    def reserve(self, klass: type, keys: Sequence[object]) -> Reservation:
+        """Reserve ``keys`` in every layer (for a chain used as a layer of another)."""
+        keys = list(keys)
+        claims: list[Reservation | None] = []
+        for index, store in enumerate(self.stores):
+            claim = None
+            if not self._missed[index] or self._ready(index, (klass,)):
+                try:
+                    claim = store.reserve(klass, keys)
+                except StoreUnavailable as exc:
+                    self._failed(index, (klass,), "reserve", exc)
+            claims.append(claim)
+        held = [claim for claim in claims if claim is not None]
+        return Reservation(
+            klass,
+            keys,
+            [any(claim.granted[i] for claim in held) for i in range(len(keys))],
+            [any(claim.busy[i] for claim in held) for i in range(len(keys))],
+            detail=claims,
+        )
+
+    def fill(self, reservation: Reservation, objs: Sequence[object | None]) -> None:
+        """Fill every layer through its own claim, the last first."""
+        claims: list[Reservation | None] = reservation.detail
+        for index in reversed(range(len(self.stores))):
+            claim = claims[index]
+            if claim is None:
+                continue
+            try:
+                self.stores[index].fill(claim, objs)
+            except StoreUnavailable as exc:
+                self._failed(index, {type(obj) for obj in objs if obj is not None}, "fill", exc)
+
+    def _adopt(self, found_in: int, klass: type[T], hits: list[T]) -> list[T | None]:
+        """Hand ``hits`` to each layer below ``found_in``; return what the last one gives
+        back (None where it refuses one)."""
         adopted: list[Any] = hits
         for below in self.stores[found_in + 1 :]:
             adopted = below.adopt(klass, adopted)
         return adopted
-
-    def _fill(self, found_in: int, klass: type, objs: Sequence[object]) -> None:
-        # Deeper layers first, as for every write: a fill never leaves a faster layer
-        # holding what a slower one above the source lacks.
-        if not objs:
-            return
-        for index in reversed(range(found_in)):
-            if self._missed[index] and not self._ready(index, (klass,)):
-                continue
-            try:
-                self.stores[index].batch_put(objs)
-            except StoreUnavailable as exc:
-                self._failed(index, (klass,), "fill", exc)
-            else:
-                self.layer_stats[index].add(klass, "fills", len(objs))
 
     # -- writes -----------------------------------------------------------------------
 

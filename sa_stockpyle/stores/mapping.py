@@ -74,21 +74,12 @@ class ShoveStore(SharedPayloads, BaseDictionaryStore):
         found = getitems(list(keys), on_error="omit")
         return [found.get(key) for key in keys]
 
-    def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+    def _set_items(self, values: dict[str, Any]) -> None:
         setitems = getattr(self.dictionary, "setitems", None)
         if setitems is None:
-            super()._write(items)
+            super()._set_items(values)
         else:
-            setitems({key: raw for key, raw, _expires_at in items})
-
-    def _remove(self, keys: Sequence[str]) -> None:
-        delitems = getattr(self.dictionary, "delitems", None)
-        if delitems is None:
-            super()._remove(keys)
-            return
-        present = [key for key in keys if key in self.dictionary]
-        if present:
-            delitems(present)
+            setitems(values)  # fsspec mappers write many keys concurrently in one call
 
     def close(self) -> None:
         """Close the mapping when it can be closed (shelve, diskcache)."""

@@ -15,12 +15,21 @@ from typing import Any
 
 from sa_stockpyle.codec import LifetimeCallback, now
 from sa_stockpyle.errors import ConfigurationError, StoreUnavailable
-from sa_stockpyle.stores.base import BaseKeyValueStore, Clock, ErrorTranslator, SharedPayloads
+from sa_stockpyle.stores.base import (
+    BaseKeyValueStore,
+    Clock,
+    ErrorTranslator,
+    Op,
+    SharedPayloads,
+)
 
-__all__ = ["MAX_RELATIVE_TTL", "MemcacheStore"]
+__all__ = ["MAX_CAS_ATTEMPTS", "MAX_RELATIVE_TTL", "MemcacheStore"]
 
 #: memcached reads an expiry above 30 days as an absolute Unix time, not a duration.
 MAX_RELATIVE_TTL = 30 * 86400
+
+#: How often a conditional write looks again after losing a compare-and-set race.
+MAX_CAS_ATTEMPTS = 8
 
 
 class MemcacheStore(SharedPayloads, BaseKeyValueStore):
@@ -47,6 +56,8 @@ class MemcacheStore(SharedPayloads, BaseKeyValueStore):
     :class:`~sa_stockpyle.errors.StoreTimeout`).  A value larger than the server's item
     size limit (1 MB by default) is refused the same way.
     """
+
+    compares_tombstone_times = False
 
     def __init__(
         self,
@@ -153,10 +164,75 @@ class MemcacheStore(SharedPayloads, BaseKeyValueStore):
         if refused:
             raise StoreUnavailable(f"memcached at {self.location} did not store {refused!r}")
 
-    def _remove(self, keys: Sequence[str]) -> None:
+    def _apply(self, ops: Sequence[Op]) -> list[Any]:
+        # memcached has no scripts and no multi-key compare-and-set: each conditional write
+        # is gets, then add or cas, on the key's server (unconditional ones are batched).
+        # Without a server clock to compare with, an add never replaces a tombstone.
+        clock_now = self.clock()
+        results: list[Any] = [None] * len(ops)
+        tomb, tomb_expires = self._tombstone()
+        sets = [(p, op) for p, op in enumerate(ops) if op.kind in "ST"]
+        if sets:
+            self._write(
+                [
+                    (op.key, op.raw, op.expires_at)
+                    if op.kind == "S"
+                    else (op.key, tomb, tomb_expires)
+                    for _, op in sets
+                ]
+            )
+            for position, _ in sets:
+                results[position] = True
         with self._errors:
-            for client, group in self._by_server(keys):
-                client.delete_many(group, noreply=False)
+            for position, op in enumerate(ops):
+                if op.kind not in "ST":
+                    client = self._by_server([op.key])[0][0]
+                    results[position] = self._apply_one(client, op, clock_now)
+        return results
+
+    def _apply_one(self, client: Any, op: Op, clock_now: float) -> Any:
+        kind, key, raw, expires_at, arg = op
+        expire = _exptime(expires_at, clock_now) or 0
+        if kind == "R":
+            raw, expires_at = self._tombstone()
+            expire = _exptime(expires_at, clock_now) or 0
+        for _ in range(MAX_CAS_ATTEMPTS):
+            current, token = client.gets(key)
+            if current is None:
+                if kind in "FR":
+                    return False
+                if client.add(key, raw, expire=expire, noreply=False):
+                    return float(clock_now) if kind == "L" else True
+                continue  # written meanwhile: look again
+            marker = self._marker_of(current)
+            if kind == "A":
+                return False
+            if kind in "FR":
+                lease = self._marker_of(arg)
+                ours = marker is not None and lease is not None and marker.lease == lease.lease
+                return ours and bool(client.cas(key, raw, token, expire=expire, noreply=False))
+            if kind == "N":
+                if marker is not None and marker.lease is None:
+                    return False
+                if marker is not None:
+                    # The lease holder may have read an older state: void its fill.
+                    tomb, tomb_expires = self._tombstone()
+                    raw, expire = tomb, _exptime(tomb_expires, clock_now) or 0
+                else:
+                    held = self._version_held(current)
+                    if held is not None and held >= arg:
+                        return False
+                if client.cas(key, raw, token, expire=expire, noreply=False):
+                    return marker is None
+                continue
+            if marker is None or marker.lease is not None:
+                return current, float(clock_now)  # a record, or another reader's lease
+            # A lease over a tombstone lives as long as a tombstone: memcached cannot tell
+            # how long this one has left, and it must outlive readers that missed before it.
+            lease_expire = _exptime(clock_now + self.tombstone_ttl, clock_now) or 0
+            if client.cas(key, raw, token, expire=lease_expire, noreply=False):
+                return float(clock_now)
+        return False
 
     def close(self) -> None:
         """Close the client's connections if the store built the client."""

@@ -14,13 +14,83 @@ from typing import TYPE_CHECKING, Any
 
 from sa_stockpyle.codec import LifetimeCallback, now
 from sa_stockpyle.errors import ConfigurationError
-from sa_stockpyle.stores.base import BaseKeyValueStore, Clock, ErrorTranslator, SharedPayloads
+from sa_stockpyle.stores.base import (
+    BaseKeyValueStore,
+    Clock,
+    ErrorTranslator,
+    Op,
+    SharedPayloads,
+)
 
 if TYPE_CHECKING:
     import redis
     import redis.cluster
 
 __all__ = ["RedisStore"]
+
+#: The conditional writes of BaseKeyValueStore._apply, atomic per call.  ARGV: the
+#: tombstone TTL in ms, then per key: kind, value, TTL in ms (0: none), argument (the
+#: lease a fill expects, the version a newer write carries, the time an add compares
+#: tombstones with).  Tombstones and leases are stamped with the server's clock (TIME).
+_APPLY = """
+local tomb_ms = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = string.format('%d.%06d', t[1], t[2])
+local tomb = 'SPKT:' .. now .. ':0'
+local replies = {}
+for i, key in ipairs(KEYS) do
+  local at = 1 + (i - 1) * 4
+  local kind, raw, px, arg = ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4]
+  local current = redis.call('GET', key)
+  local head = current and string.sub(current, 1, 4)
+  local done = false
+  if kind == 'S' then
+    done = true
+  elseif kind == 'T' then
+    raw, px, done = tomb, tomb_ms, true
+  elseif kind == 'A' then
+    if not current then
+      done = true
+    elseif head == 'SPKT' and arg ~= '' then
+      -- a tombstone written before the reader's lease: the database read saw its commit
+      local written = tonumber(string.match(current, '^SPKT:([%d.]+):'))
+      done = written ~= nil and written < tonumber(arg)
+    end
+  elseif kind == 'F' or kind == 'R' then
+    -- by token: a lease taken over a tombstone was stored with a longer expiry
+    local token = string.match(arg, '^SPKL:([^:]+):')
+    done = head == 'SPKL' and string.match(current, '^SPKL:([^:]+):') == token
+    if done and kind == 'R' then raw, px = tomb, tomb_ms end
+  elseif kind == 'N' then
+    if head == 'SPKL' then
+      -- the lease holder may have read an older state: void its fill
+      redis.call('SET', key, tomb, 'PX', tomb_ms)
+    elseif not current then
+      done = true
+    elseif head ~= 'SPKT' then
+      local held = string.match(current, '^SPK1{"v":(%d+),')
+      done = held == nil or tonumber(held) < tonumber(arg)
+    end
+  elseif not current or head == 'SPKT' then
+    if current then
+      -- never shorten a tombstone: it outlives readers that missed before it
+      local left = redis.call('PTTL', key)
+      if left > px then px = left end
+    end
+    local token = string.match(raw, '^SPKL:([^:]+):')
+    raw, done = 'SPKL:' .. token .. ':' .. now .. ':0', true
+  end
+  if done then
+    if px > 0 then redis.call('SET', key, raw, 'PX', px) else redis.call('SET', key, raw) end
+    replies[i] = kind == 'L' and {now} or 1
+  elseif kind == 'L' then
+    replies[i] = {current, now}
+  else
+    replies[i] = 0
+  end
+end
+return replies
+"""
 
 
 class RedisStore(SharedPayloads, BaseKeyValueStore):
@@ -88,8 +158,12 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         else:
             self._owns_client = False
         self.client = client
+        self._script = client.register_script(_APPLY)
         self.location = url if url is not None else repr(client)
         self._cluster = isinstance(client, redis.cluster.RedisCluster)
+        # Nodes of a cluster have clocks of their own: tombstones and leases at keys on
+        # different nodes cannot be compared.
+        self.compares_tombstone_times = not self._cluster
         exceptions = redis.exceptions
         self._errors = ErrorTranslator(
             f"Redis at {self.location}",
@@ -119,25 +193,11 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
             return self.client.mget(keys)
 
     def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
-        self._replace((), items)
-
-    def _remove(self, keys: Sequence[str]) -> None:
-        with self._errors:
-            self.client.delete(*keys)
-
-    def _replace(
-        self, keys: Sequence[str], items: Sequence[tuple[str, Any, float | None]]
-    ) -> None:
-        # One pipeline, one round trip: the deletes, then one MSET for the records that
-        # never expire (a single command, packed once) and a SET PX for each that does.
+        # One pipeline, one round trip: one MSET for the values that never expire (a
+        # single command, packed once) and a SET PX for each that does.
         clock_now = self.clock()
         with self._errors:
             pipe = self.client.pipeline(transaction=False)
-            if keys and self._cluster:
-                for key in keys:  # a multi-key DEL may not span hash slots
-                    pipe.delete(key)
-            elif keys:
-                pipe.delete(*keys)
             forever: dict[str, Any] = {}
             for key, raw, expires_at in items:
                 if expires_at is None:
@@ -156,6 +216,52 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
             elif forever:
                 pipe.mset(forever)
             pipe.execute()
+
+    def _apply(self, ops: Sequence[Op]) -> list[Any]:
+        # One script call checks and writes every key atomically.  On a cluster, one call
+        # per hash slot (a script may not span slots; a cluster pipeline refuses EVALSHA),
+        # and tombstones go out in one pipeline: their times are never compared there.
+        clock_now = self.clock()
+        results: list[Any] = [None] * len(ops)
+        groups: dict[int, list[int]] = {}
+        if self._cluster:
+            tombs = [p for p, op in enumerate(ops) if op.kind == "T"]
+            if tombs:
+                tomb, tomb_expires = self._tombstone()
+                self._write([(ops[p].key, tomb, tomb_expires) for p in tombs])
+                for position in tombs:
+                    results[position] = True
+            keyslot = self.client.keyslot  # type: ignore[union-attr]
+            for position, op in enumerate(ops):
+                if op.kind != "T":
+                    groups.setdefault(keyslot(op.key), []).append(position)
+        else:
+            groups[0] = list(range(len(ops)))
+        with self._errors:
+            for positions in groups.values():
+                args: list[Any] = [math.ceil(self.tombstone_ttl * 1000)]
+                for position in positions:
+                    kind, _key, raw, expires_at, arg = ops[position]
+                    millis = (
+                        0
+                        if expires_at is None
+                        else max(1, math.ceil((expires_at - clock_now) * 1000))
+                    )
+                    args += [
+                        kind,
+                        b"" if raw is None else raw,
+                        millis,
+                        b"" if arg is None else arg,
+                    ]
+                replies = self._script(keys=[ops[p].key for p in positions], args=args)
+                for position, reply in zip(positions, replies, strict=True):
+                    if isinstance(reply, list) and len(reply) == 1:
+                        results[position] = float(reply[0])  # a lease taken, at this time
+                    elif isinstance(reply, list):
+                        results[position] = (reply[0], float(reply[1]))  # held, and when
+                    else:
+                        results[position] = reply == 1
+        return results
 
     def close(self) -> None:
         """Close the client's connections if the store built the client."""

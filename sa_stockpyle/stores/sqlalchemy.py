@@ -12,6 +12,8 @@ SQLAlchemy's ``DBAPIError`` family propagate unchanged.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from sa_stockpyle.errors import (
     NotStorableError,
 )
 from sa_stockpyle.keys import KeySpec, is_null, key_spec
-from sa_stockpyle.stores.base import BaseStore, Removal
+from sa_stockpyle.stores.base import BaseStore, Removal, Reservation
 
 __all__ = ["MAX_PARAMETERS", "SqlAlchemyStore"]
 
@@ -64,6 +66,37 @@ _MAPPED: dict[type, _Mapped] = {}
 
 #: ``session.info`` key: identity keys of the rows the session's open transaction wrote.
 FLUSHED = "sa_stockpyle.flushed"
+
+#: ``InstanceState.info`` key: ``time.monotonic()`` when all of the object's columns were
+#: last read from a row.
+LOADED = "sa_stockpyle.loaded"
+
+_COLUMN_KEYS: dict[Mapper[Any], frozenset[str]] = {}
+
+
+def _stamp_load(target: object, context: Any) -> None:
+    instance_state(target).info[LOADED] = time.monotonic()
+
+
+def _stamp_refresh(target: object, context: Any, attrs: Iterable[str] | None) -> None:
+    state = instance_state(target)
+    if attrs is not None:
+        columns = _COLUMN_KEYS.get(state.mapper)
+        if columns is None:
+            columns = _COLUMN_KEYS[state.mapper] = frozenset(
+                prop.key for prop in state.mapper.column_attrs
+            )
+        if not columns.issubset(attrs):
+            return  # some columns keep state read earlier
+    state.info[LOADED] = time.monotonic()
+
+
+def _track_loads(mapper: Mapper[Any]) -> None:
+    """Stamp every object of ``mapper``'s hierarchy when a row fills all its columns."""
+    base = mapper.base_mapper
+    for name, listener in (("load", _stamp_load), ("refresh", _stamp_refresh)):
+        if not event.contains(base, name, listener):
+            event.listen(base, name, listener, propagate=True)
 
 
 def _record_flush(session: Session, flush_context: Any) -> None:
@@ -118,6 +151,7 @@ def _mapped(klass: type) -> _Mapped:
     )
     order = () if primary_item is None else tuple(map(spec.items[primary_item].index, primary))
     found = _Mapped(mapper, entity, primary_item, order, columns)
+    _track_loads(mapper)
     _MAPPED[klass] = found
     return found
 
@@ -365,22 +399,32 @@ class SqlAlchemyStore(BaseStore):
                 adopted.append(session.merge(obj, load=False))
         return adopted
 
-    def cacheable(self, obj: object) -> bool:
-        """False while ``obj`` holds state its transaction has not committed.
+    def cacheable(self, obj: object, since: float | None = None) -> bool:
+        """False while ``obj`` holds state its transaction has not committed, or, with
+        ``since``, state read from the database before ``since``.
 
-        That is: pending, modified, marked for deletion or deleted, a row written by a
+        Uncommitted: pending, modified, marked for deletion or deleted, a row written by a
         flush of the session's open transaction (savepoints included), or with expired
-        column attributes (its committed state is not known).
+        column attributes (its committed state is not known).  Read before ``since``: an
+        object the identity map already held, which a SELECT does not overwrite; a
+        commit may have changed its row since.
         """
         state = instance_state(obj)
         if state.pending or state.modified or state.deleted or state.was_deleted:
             return False
         if expired_columns(obj):
             return False
+        if since is not None and state.info.get(LOADED, -math.inf) < since:
+            return False
         session = state.session
         if session is None:
             return True
         return state not in session._deleted and state.key not in session.info.get(FLUSHED, ())
+
+    def reserve(self, klass: type, keys: Sequence[object]) -> Reservation:
+        """Grant nothing: the system of record is never filled from a cache."""
+        keys = list(keys)
+        return Reservation(klass, keys, [False] * len(keys), [False] * len(keys))
 
     def write_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> None:
         """Nothing to do: the database is the system of record and holds the commit."""
