@@ -634,7 +634,8 @@ class _Down(BaseDictionaryStore):
     def _write(self, items: Any) -> None:
         raise StoreUnavailable("down")
 
-    _remove = _write
+    def _apply(self, ops: Any) -> list[Any]:
+        raise StoreUnavailable("down")
 
 
 def test_a_failing_layer_never_fails_the_commit(engine: Engine, layers: Layers) -> None:

@@ -509,6 +509,15 @@ class BaseKeyValueStore(BaseStore):
 
     def _adopt_generation(self, klass: type, raw: Any) -> None:
         """Use the generation ``raw`` read from the backend, or start a new one."""
+        if not (isinstance(raw, bytes) and raw):
+            # Added only where none is: processes that all find it missing (a restarted
+            # server) agree on the first one written instead of replacing each other's.
+            key = self.keymaker.generation_key(klass)
+            token = secrets.token_hex(4).encode("ascii")
+            if self._conditional([Op("A", key, token, None)]) == [True]:
+                raw = token
+            else:
+                raw = self._read([key])[0]
         if isinstance(raw, bytes) and raw:
             self.keymaker.set_generation(klass, raw.decode("ascii", "replace"))
         else:
@@ -880,8 +889,10 @@ class BaseDictionaryStore(BaseKeyValueStore):
             if current is None:
                 return True, write
             if marker is not None:
-                # A lease holder may have read an older state: void its fill.
-                return False, (self._tombstone() if marker.lease is not None else None)
+                # Not written over a marker (a removal there may be newer), but stamped
+                # now: a lease holder may have read an older state, and so may a reader
+                # that adds.
+                return False, self._tombstone()
             held = self._version_held(current)
             return (True, write) if held is None or held < arg else (False, None)
         if (marker is None and current is not None) or (marker is not None and marker.lease):

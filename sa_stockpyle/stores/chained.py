@@ -36,9 +36,14 @@ class _Missed:
         self._lock = threading.Lock()
         self.removals: dict[tuple[type, tuple[tuple[str, Any], ...]], None] = {}
         self.classes: dict[type, None] = {}
+        #: True from take() until the taken backlog is applied or put back: the layer
+        #: is not up to date yet, so nobody may use it.
+        self.applying = False
+        #: The thread that retries the catch-up while the layer does not answer.
+        self.retry: threading.Timer | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.removals or self.classes)
+        return bool(self.removals or self.classes or self.applying)
 
     def add(
         self,
@@ -62,9 +67,13 @@ class _Missed:
                 self.classes.update(dict.fromkeys(klass for klass, _ in self.removals))
                 self.removals.clear()
 
-    def take(self) -> tuple[list[Removal], list[type]]:
-        """Empty the backlog and return what it held."""
+    def take(self) -> tuple[list[Removal], list[type]] | None:
+        """Empty the backlog and return what it held; None while another thread is
+        applying what it took."""
         with self._lock:
+            if self.applying:
+                return None
+            self.applying = True
             removals = [(klass, dict(items)) for klass, items in self.removals]
             classes = list(self.classes)
             self.removals.clear()
@@ -102,24 +111,37 @@ class ChainedStore(BaseStore):
         stores: the layers, fastest first.
         lease_wait: seconds a reader waits for another reader that is filling the key it
             missed, before it reads the slower layers itself (and fills nothing).
+        catch_up_interval: seconds between attempts to make up for what a layer missed,
+            made by a background timer while the layer does not answer.
     """
 
-    def __init__(self, stores: Sequence[BaseStore], lease_wait: float = 0.05) -> None:
+    def __init__(
+        self,
+        stores: Sequence[BaseStore],
+        lease_wait: float = 0.05,
+        catch_up_interval: float = 0.5,
+    ) -> None:
         super().__init__()
         layers = list(stores)
         if not layers or not all(isinstance(store, BaseStore) for store in layers):
             raise ConfigurationError(
                 f"ChainedStore needs a non-empty list of stores, got {stores!r}"
             )
-        if (
-            isinstance(lease_wait, bool)
-            or not isinstance(lease_wait, (int, float))
-            or not (0 <= lease_wait <= 10)
+        for name, value, low in (
+            ("lease_wait", lease_wait, 0),
+            ("catch_up_interval", catch_up_interval, 0.001),
         ):
-            raise ConfigurationError(
-                f"ChainedStore lease_wait={lease_wait!r}; expected seconds from 0 to 10"
-            )
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (low <= value <= 10)
+            ):
+                raise ConfigurationError(
+                    f"ChainedStore {name}={value!r}; expected seconds from {low} to 10"
+                )
         self.lease_wait = float(lease_wait)
+        self.catch_up_interval = float(catch_up_interval)
+        self._closed = False
         self.stores = layers
         self.layer_stats = [Stats() for _ in layers]
         self._missed = [_Missed() for _ in layers]
@@ -139,21 +161,50 @@ class ChainedStore(BaseStore):
             self.layer_stats[index].add(klass, "errors")
         log.warning("sa_stockpyle: layer %s failed to %s: %s", self.layer_name(index), action, exc)
 
+    def _remember(
+        self,
+        index: int,
+        objs: Iterable[object] = (),
+        removals: Iterable[Removal] = (),
+        classes: Iterable[type] = (),
+    ) -> None:
+        """Add to what layer ``index`` missed, and make sure a catch-up is retried soon:
+        other processes must not read the layer's stale entries for long after it is
+        back, even if this process does not use it again."""
+        missed = self._missed[index]
+        missed.add(objs, removals, classes)
+        retry = missed.retry
+        if (retry is None or not retry.is_alive()) and not self._closed:
+            retry = threading.Timer(self.catch_up_interval, self._retry_catch_up, (index,))
+            retry.daemon = True
+            missed.retry = retry
+            retry.start()
+
+    def _retry_catch_up(self, index: int) -> None:
+        self._missed[index].retry = None
+        if not self._ready(index, ()) and not self._missed[index].retry:
+            self._remember(index)
+
     def _ready(self, index: int, classes: Iterable[type]) -> bool:
         """Make up for what layer ``index`` missed; False while it still does not answer."""
         missed = self._missed[index]
         if not missed:
             return True
-        removals, invalidated = missed.take()
+        taken = missed.take()
+        if taken is None:
+            return False  # another thread is catching up right now
+        removals, invalidated = taken
         store = self.stores[index]
         try:
             for klass in invalidated:
                 store.invalidate_class(klass)
             store.write_committed([], removals)
         except StoreUnavailable as exc:
-            missed.add(removals=removals, classes=invalidated)
+            missed.applying = False
+            self._remember(index, removals=removals, classes=invalidated)
             self._failed(index, classes, "catch up", exc)
             return False
+        missed.applying = False
         for klass, _ in removals:
             self.layer_stats[index].add(klass, "caught_up")
         for klass in invalidated:
@@ -371,7 +422,7 @@ class ChainedStore(BaseStore):
             store = self.stores[index]
             try:
                 if index != last and not self._ready(index, classes):
-                    self._missed[index].add(objs)
+                    self._remember(index, objs)
                     continue
                 if puts:
                     store.batch_put(puts)
@@ -380,7 +431,7 @@ class ChainedStore(BaseStore):
             except StoreUnavailable as exc:
                 if index == last:
                     raise
-                self._missed[index].add(objs)
+                self._remember(index, objs)
                 self._failed(index, classes, action, exc)
             # State a layer holds uncommitted must not reach the faster layers above it:
             # they drop the object instead (the ORM plugin writes it once committed).
@@ -416,7 +467,7 @@ class ChainedStore(BaseStore):
                     continue
             except StoreUnavailable as exc:
                 self._failed(index, classes, "write a commit", exc)
-            self._missed[index].add(puts, removals)
+            self._remember(index, puts, removals)
 
     def invalidate_class(self, klass: type) -> None:
         """Make every entry of ``klass`` unreachable in every layer; an unavailable layer
@@ -428,9 +479,13 @@ class ChainedStore(BaseStore):
                     continue
             except StoreUnavailable as exc:
                 self._failed(index, (klass,), "invalidate a class", exc)
-            self._missed[index].add(classes=(klass,))
+            self._remember(index, classes=(klass,))
 
     def close(self) -> None:
-        """Close every layer."""
+        """Stop retrying catch-ups and close every layer."""
+        self._closed = True
+        for missed in self._missed:
+            if missed.retry is not None:
+                missed.retry.cancel()
         for store in self.stores:
             store.close()

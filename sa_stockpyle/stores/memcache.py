@@ -212,10 +212,9 @@ class MemcacheStore(SharedPayloads, BaseKeyValueStore):
                 ours = marker is not None and lease is not None and marker.lease == lease.lease
                 return ours and bool(client.cas(key, raw, token, expire=expire, noreply=False))
             if kind == "N":
-                if marker is not None and marker.lease is None:
-                    return False
                 if marker is not None:
-                    # The lease holder may have read an older state: void its fill.
+                    # Not written over a marker (a removal there may be newer), but a
+                    # lease there is voided: its holder may have read an older state.
                     tomb, tomb_expires = self._tombstone()
                     raw, expire = tomb, _exptime(tomb_expires, clock_now) or 0
                 else:

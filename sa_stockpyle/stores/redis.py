@@ -62,8 +62,9 @@ for i, key in ipairs(KEYS) do
     done = head == 'SPKL' and string.match(current, '^SPKL:([^:]+):') == token
     if done and kind == 'R' then raw, px = tomb, tomb_ms end
   elseif kind == 'N' then
-    if head == 'SPKL' then
-      -- the lease holder may have read an older state: void its fill
+    if head == 'SPKL' or head == 'SPKT' then
+      -- not written over a marker (a removal there may be newer), but stamped now: a
+      -- lease holder may have read an older state, and so may a reader that adds
       redis.call('SET', key, tomb, 'PX', tomb_ms)
     elseif not current then
       done = true

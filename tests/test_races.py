@@ -1,0 +1,371 @@
+"""Race safety, with every window forced open by a hook, never by a sleep.
+
+(a) a reader misses and reads the row, a writer commits, the reader fills;
+(b) two writers commit in one order and their cache writes arrive in the other;
+(c) a layer does not answer while a commit writes, and then answers again;
+and many readers missing one hot key at once.  Each asserts on every caching layer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, Integer, String, create_engine, event
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from sa_stockpyle import attach
+from sa_stockpyle.stores import (
+    BaseStore,
+    ChainedStore,
+    MemcacheStore,
+    ProcessMemoryStore,
+    RedisStore,
+    SqlAlchemyStore,
+)
+from sa_stockpyle.stores.base import Removal
+from tests.helpers import freeze
+from tests.servers import RedisServer
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    """No version column: updates invalidate."""
+
+    __tablename__ = "race_items"
+    __stockpyle_keys__ = ["id", "code"]
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(20), unique=True)
+    value: Mapped[str] = mapped_column(String(20))
+
+
+class Doc(Base):
+    """A version column: updates are written through, the highest version wins."""
+
+    __tablename__ = "race_docs"
+    __stockpyle_keys__ = ["id", "code"]
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(20), unique=True)
+    value: Mapped[str] = mapped_column(String(20))
+    version: Mapped[int] = mapped_column(Integer)
+    __mapper_args__ = {"version_id_col": version}
+
+
+CLASSES = [Item, Doc]
+
+
+@pytest.fixture
+def engine(postgres_url: str) -> Iterator[Engine]:
+    engine = create_engine(postgres_url, pool_size=60, max_overflow=0)
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    yield engine
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.fixture(params=["redis", "memcached"])
+def shared(request: pytest.FixtureRequest) -> Iterator[BaseStore]:
+    if request.param == "redis":
+        store: BaseStore = RedisStore(url=request.getfixturevalue("redis_url"))
+    else:
+        store = MemcacheStore(servers=request.getfixturevalue("memcached_addresses"))
+    yield store
+    store.close()
+
+
+class Caches:
+    """A memory and a shared layer; every process-to-be gets its own chain over them."""
+
+    def __init__(self, engine: Engine, shared: BaseStore) -> None:
+        self.engine = engine
+        self.memory = ProcessMemoryStore()
+        self.shared = shared
+        self.writes = sessionmaker(engine)
+        self.handle = attach(self.writes, ChainedStore([self.memory, shared]))
+
+    def chain(self, session: Session, **hooks: Any) -> ChainedStore:
+        """A reader's chain over the caches and ``session``."""
+        return ChainedStore([self.memory, self.shared, HookedDatabase(session=session, **hooks)])
+
+    def held(self, klass: type, key: object) -> list[Any]:
+        """What each caching layer holds for ``key``."""
+        return [self.memory.get(klass, key), self.shared.get(klass, key)]
+
+    def assert_never_stale(self, klass: type, ident: int, code: str) -> None:
+        """Every layer misses or holds exactly the row the database holds."""
+        with Session(self.engine) as session:
+            row = session.get(klass, ident)
+            current = None if row is None else (row.id, row.code, row.value)
+        for key in (ident, {"code": code}):
+            for layer, got in zip(("memory", "shared"), self.held(klass, key), strict=True):
+                if got is not None:
+                    assert (got.id, got.code, got.value) == current, (layer, key)
+
+
+@pytest.fixture
+def caches(engine: Engine, shared: BaseStore) -> Iterator[Caches]:
+    caches = Caches(engine, shared)
+    yield caches
+    caches.handle.detach()
+
+
+class HookedDatabase(SqlAlchemyStore):
+    """The database layer, running ``after_read`` once right after its next read."""
+
+    def __init__(self, session: Session, after_read: Callable[[], None] | None = None) -> None:
+        super().__init__(session=session)
+        self.after_read = after_read
+
+    def batch_get(self, klass: type[Any], keys: Any) -> list[Any]:
+        found = super().batch_get(klass, keys)
+        hook, self.after_read = self.after_read, None
+        if hook is not None:
+            hook()
+        return found
+
+
+def _seed(caches: Caches, klass: type, ident: int = 1, value: str = "v1") -> None:
+    with caches.writes() as session:
+        session.add(klass(id=ident, code=f"c{ident}", value=value))
+        session.commit()
+
+
+def _update(caches: Caches, klass: type, ident: int, **values: Any) -> None:
+    with caches.writes() as session:
+        obj = session.get(klass, ident)
+        assert obj is not None
+        for name, value in values.items():
+            setattr(obj, name, value)
+        session.commit()
+
+
+def _delete(caches: Caches, klass: type, ident: int) -> None:
+    with caches.writes() as session:
+        session.delete(session.get(klass, ident))
+        session.commit()
+
+
+# -- (a) a fill that read the database before a commit ---------------------------------------
+
+
+@pytest.mark.parametrize("klass", CLASSES, ids=lambda k: k.__name__)
+@pytest.mark.parametrize("by", ["primary", "alternate"])
+def test_a_fill_never_undoes_a_commit_that_landed_after_its_read(
+    caches: Caches, klass: type, by: str
+) -> None:
+    _seed(caches, klass)
+    caches.memory.clear()
+    caches.shared.batch_delete([klass(id=1, code="c1", value="v1")])
+    key: object = 1 if by == "primary" else {"code": "c1"}
+    with Session(caches.engine) as session:
+        chain = caches.chain(session, after_read=lambda: _update(caches, klass, 1, value="v2"))
+        got = chain.get(klass, key)
+        assert got is not None
+        assert got.value == "v1"  # what the reader read, before the commit
+    for held in caches.held(klass, key):
+        assert held is None or held.value == "v2"
+    caches.assert_never_stale(klass, 1, "c1")
+
+
+@pytest.mark.parametrize("klass", CLASSES, ids=lambda k: k.__name__)
+def test_a_fill_never_brings_back_a_row_deleted_after_its_read(
+    caches: Caches, klass: type
+) -> None:
+    _seed(caches, klass)
+    caches.memory.clear()
+    caches.shared.batch_delete([klass(id=1, code="c1", value="v1")])
+    with Session(caches.engine) as session:
+        chain = caches.chain(session, after_read=lambda: _delete(caches, klass, 1))
+        assert chain.get(klass, {"code": "c1"}) is not None
+    assert caches.held(klass, 1) == [None, None]
+    assert caches.held(klass, {"code": "c1"}) == [None, None]
+
+
+@pytest.mark.parametrize("klass", CLASSES, ids=lambda k: k.__name__)
+def test_state_the_identity_map_held_from_before_a_commit_is_not_filled(
+    caches: Caches, klass: type
+) -> None:
+    _seed(caches, klass)
+    with Session(caches.engine) as session:
+        held = session.get(klass, 1)  # loaded before the commit below, and kept
+        assert held.value == "v1"
+        _update(caches, klass, 1, value="v2")
+        caches.memory.clear()
+        caches.shared.batch_delete([klass(id=1, code="c1", value="v1")])
+        chain = caches.chain(session)
+        assert chain.get(klass, 1).value == "v1"  # the session's own view, as Session.get
+    assert caches.held(klass, 1) == [None, None]
+    caches.assert_never_stale(klass, 1, "c1")
+
+
+@pytest.mark.parametrize("klass", CLASSES, ids=lambda k: k.__name__)
+def test_a_reader_after_the_commit_fills_again(caches: Caches, klass: type) -> None:
+    _seed(caches, klass)
+    _update(caches, klass, 1, value="v2")
+    with Session(caches.engine) as session:
+        assert caches.chain(session).get(klass, 1).value == "v2"
+    assert [held.value for held in caches.held(klass, 1)] == ["v2", "v2"]
+    assert [held.value for held in caches.held(klass, {"code": "c1"})] == ["v2", "v2"]
+
+
+# -- (b) commit-time writes that arrive out of order -----------------------------------------
+
+
+class Gate:
+    """Holds the commit-time write of one thread until released."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+
+
+class GatedChain(ChainedStore):
+    def __init__(self, stores: Sequence[BaseStore], gate: Gate) -> None:
+        super().__init__(stores)
+        self.gate = gate
+
+    def write_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> None:
+        if threading.current_thread() is self.gate.thread:
+            self.gate.arrived.set()
+            assert self.gate.release.wait(10)
+        super().write_committed(puts, removals)
+
+
+@pytest.mark.parametrize("klass", CLASSES, ids=lambda k: k.__name__)
+def test_an_older_commit_arriving_late_never_overwrites_a_newer_one(
+    engine: Engine, shared: BaseStore, klass: type
+) -> None:
+    memory = ProcessMemoryStore()
+    gate = Gate()
+    writes = sessionmaker(engine)
+    handle = attach(writes, GatedChain([memory, shared], gate))
+    try:
+        with writes() as session:
+            session.add(klass(id=1, code="c1", value="v1"))
+            session.commit()
+
+        def older() -> None:
+            with writes() as session:
+                session.get(klass, 1).value = "older"
+                session.commit()  # the database commits; the cache write waits at the gate
+
+        gate.thread = threading.Thread(target=older)
+        gate.thread.start()
+        assert gate.arrived.wait(10)
+        with writes() as session:
+            session.get(klass, 1).value = "newer"
+            session.commit()
+        gate.release.set()
+        gate.thread.join(10)
+        for layer in (memory, shared):
+            held = layer.get(klass, 1)
+            if klass is Doc:
+                assert held is not None  # the highest version
+                assert held.value == "newer"
+            else:
+                assert held is None  # invalidated by both, in either order
+    finally:
+        handle.detach()
+
+
+# -- (c) a layer that does not answer while a commit writes ----------------------------------
+
+
+def test_what_a_layer_missed_while_frozen_is_made_up_for_before_it_serves_again(
+    engine: Engine, private_redis_server: RedisServer
+) -> None:
+    redis_layer = RedisStore(url=private_redis_server.url, timeout=0.2, connect_timeout=0.2)
+    memory = ProcessMemoryStore()
+    writes = sessionmaker(engine)
+    writer_chain = ChainedStore([memory, redis_layer], catch_up_interval=0.05)
+    handle = attach(writes, writer_chain)
+    other = RedisStore(url=private_redis_server.url)  # another process's view of Redis
+    try:
+        with writes() as session:
+            session.add_all([Item(id=1, code="c1", value="v1"), Doc(id=1, code="c1", value="v1")])
+            session.commit()
+        assert other.get(Item, 1).value == "v1"
+        assert other.get(Doc, 1).value == "v1"
+        assert private_redis_server.pid is not None
+        freeze(private_redis_server.pid)
+        try:
+            with writes() as session:
+                session.get(Item, 1).value = "v2"
+                session.get(Doc, 1).value = "v2"
+                session.commit()  # Redis does not answer: logged, counted, remembered
+        finally:
+            os.kill(private_redis_server.pid, signal.SIGCONT)
+        assert writer_chain.layer_stats[1].count(None, "errors") >= 1
+        # The writer's chain makes up for it on its own, without being used again.
+        caught_up = threading.Event()
+        for _ in range(200):
+            if writer_chain.layer_stats[1].count(None, "caught_up") >= 2:
+                caught_up.set()
+                break
+            caught_up.wait(0.01)
+        assert caught_up.is_set()
+        assert other.get(Item, 1) is None
+        assert other.get(Doc, 1) is None
+        assert memory.get(Item, 1) is None
+        with Session(engine) as session:
+            chain = ChainedStore([memory, redis_layer, SqlAlchemyStore(session=session)])
+            assert chain.get(Item, 1).value == "v2"
+            assert chain.get(Doc, {"code": "c1"}).value == "v2"
+        assert other.get(Item, 1).value == "v2"
+    finally:
+        handle.detach()
+        writer_chain.close()
+        other.close()
+
+
+# -- many readers missing one hot key -------------------------------------------------------
+
+
+def test_fifty_readers_missing_one_hot_key_cost_a_handful_of_database_reads(
+    engine: Engine, redis_url: str
+) -> None:
+    with Session(engine) as session:
+        session.add(Item(id=1, code="c1", value="hot"))
+        session.commit()
+    shared = RedisStore(url=redis_url)
+    selects: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "race_items" in statement:
+            selects.append(statement)
+
+    readers = 50
+    start = threading.Barrier(readers)
+    results: list[str | None] = [None] * readers
+
+    def read(position: int) -> None:
+        with Session(engine) as session:
+            chain = ChainedStore([shared, SqlAlchemyStore(session=session)])
+            start.wait()
+            got = chain.get(Item, 1)
+            results[position] = None if got is None else got.value
+
+    try:
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(readers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+        shared.close()
+    assert results == ["hot"] * readers
+    print(f"50 readers missing one key: {len(selects)} database reads")
+    assert len(selects) <= 5
