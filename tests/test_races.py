@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Integer, String, create_engine, event
+from sqlalchemy import Engine, Integer, String, create_engine, event, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from sa_stockpyle import attach
@@ -369,3 +369,17 @@ def test_fifty_readers_missing_one_hot_key_cost_a_handful_of_database_reads(
     assert results == ["hot"] * readers
     print(f"50 readers missing one key: {len(selects)} database reads")
     assert len(selects) <= 5
+
+
+@pytest.mark.parametrize("klass", CLASSES, ids=lambda k: k.__name__)
+def test_a_snapshot_that_began_before_the_claim_is_not_filled(caches: Caches, klass: type) -> None:
+    _seed(caches, klass)
+    snapshot_engine = caches.engine.execution_options(isolation_level="REPEATABLE READ")
+    with Session(snapshot_engine) as session:
+        session.execute(select(klass.id)).all()  # the snapshot is taken here
+        _update(caches, klass, 1, value="v2")
+        caches.memory.clear()
+        caches.shared.batch_delete([klass(id=1, code="c1", value="v1")])
+        assert caches.chain(session).get(klass, 1).value == "v1"  # as of the snapshot
+    assert caches.held(klass, 1) == [None, None]
+    caches.assert_never_stale(klass, 1, "c1")

@@ -71,6 +71,13 @@ FLUSHED = "sa_stockpyle.flushed"
 #: last read from a row.
 LOADED = "sa_stockpyle.loaded"
 
+#: ``session.info`` key: ``time.monotonic()`` when the session's transaction began on a
+#: connection.
+BEGAN = "sa_stockpyle.began"
+
+#: Isolation levels under which a transaction reads one snapshot, taken at its start.
+SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE", "SNAPSHOT"})
+
 _COLUMN_KEYS: dict[Mapper[Any], frozenset[str]] = {}
 
 
@@ -108,17 +115,24 @@ def _record_flush(session: Session, flush_context: Any) -> None:
         written.add(state.mapper.identity_key_from_instance(obj))
 
 
+def _record_begin(session: Session, transaction: SessionTransaction, connection: Any) -> None:
+    session.info.setdefault(BEGAN, time.monotonic())
+
+
 def _forget_flushes(session: Session, transaction: SessionTransaction) -> None:
     # A savepoint's writes stay recorded until the whole transaction ends: its rollback
     # makes them uncacheable a little longer than needed, never the other way round.
     if transaction.parent is None:
         session.info.pop(FLUSHED, None)
+        session.info.pop(BEGAN, None)
 
 
 def _track_flushes(target: Session | scoped_session[Session]) -> None:
-    """Record, per session, what each flush writes until its transaction ends."""
+    """Record, per session, what each flush writes and when its database transaction
+    began, until its transaction ends."""
     for name, listener in (
         ("after_flush", _record_flush),
+        ("after_begin", _record_begin),
         ("after_transaction_end", _forget_flushes),
     ):
         if not event.contains(target, name, listener):
@@ -406,8 +420,9 @@ class SqlAlchemyStore(BaseStore):
         Uncommitted: pending, modified, marked for deletion or deleted, a row written by a
         flush of the session's open transaction (savepoints included), or with expired
         column attributes (its committed state is not known).  Read before ``since``: an
-        object the identity map already held, which a SELECT does not overwrite; a
-        commit may have changed its row since.
+        object the identity map already held, which a SELECT does not overwrite; or any
+        object of a transaction that reads one snapshot (REPEATABLE READ, SERIALIZABLE)
+        and began before ``since``.  A commit may have changed such rows since.
         """
         state = instance_state(obj)
         if state.pending or state.modified or state.deleted or state.was_deleted:
@@ -419,6 +434,13 @@ class SqlAlchemyStore(BaseStore):
         session = state.session
         if session is None:
             return True
+        if (
+            since is not None
+            and session.in_transaction()  # else a store-owned session, begun for this read
+            and session.info.get(BEGAN, -math.inf) < since  # unknown: began long ago
+            and _reads_a_snapshot(session, state.mapper)
+        ):
+            return False  # its rows are as of the transaction's start, before ``since``
         return state not in session._deleted and state.key not in session.info.get(FLUSHED, ())
 
     def reserve(self, klass: type, keys: Sequence[object]) -> Reservation:
@@ -442,6 +464,20 @@ class SqlAlchemyStore(BaseStore):
     def __repr__(self) -> str:
         bound = self.engine.url.render_as_string() if self.engine is not None else "session"
         return f"<SqlAlchemyStore {bound}>"
+
+
+def _reads_a_snapshot(session: Session, mapper: Mapper[Any]) -> bool:
+    """Whether ``session``'s transaction reads the snapshot of its start (SQLite's driver
+    begins a transaction only to write, so its reads see the latest commit)."""
+    bind = session.get_bind(mapper=mapper)
+    if bind.dialect.name == "sqlite":
+        return False
+    level = (
+        bind.get_execution_options().get("isolation_level")
+        or getattr(bind.dialect, "isolation_level", None)
+        or bind.dialect.default_isolation_level
+    )
+    return str(level).upper() in SNAPSHOT_LEVELS
 
 
 def _hashable(spec: KeySpec, index: int, values: tuple[Any, ...]) -> Lookup:
