@@ -6,7 +6,14 @@ Every store speaks the six-operation contract documented in
 
 from __future__ import annotations
 
-from sa_stockpyle.stores.base import BaseDictionaryStore, BaseKeyValueStore, BaseStore, Stats
+from sa_stockpyle.stores.base import (
+    BaseDictionaryStore,
+    BaseKeyValueStore,
+    BaseStore,
+    Op,
+    Reservation,
+    Stats,
+)
 from sa_stockpyle.stores.chained import ChainedStore
 from sa_stockpyle.stores.mapping import ShoveStore
 from sa_stockpyle.stores.memcache import MemcacheStore
@@ -20,8 +27,10 @@ __all__ = [
     "BaseStore",
     "ChainedStore",
     "MemcacheStore",
+    "Op",
     "ProcessMemoryStore",
     "RedisStore",
+    "Reservation",
     "ShoveStore",
     "SqlAlchemyStore",
     "Stats",

@@ -461,20 +461,30 @@ class BaseKeyValueStore(BaseStore):
 
     def _removal_keys(self, removals: Sequence[Removal]) -> list[str]:
         """The cache keys of ``(class, lookup)`` removals, in every storage class."""
-        keys: list[str] = []
-        classes = {c for klass, _ in removals for c in storage_classes(klass, self.polymorphic)}
-        self._learn_generations_of(classes)
+        by_class: dict[type, list[dict[str, Any]]] = {}
         for klass, lookup in removals:
+            by_class.setdefault(klass, []).append(lookup)
+        self._learn_generations_of(
+            {c for klass in by_class for c in storage_classes(klass, self.polymorphic)}
+        )
+        keys: list[str] = []
+        for klass, lookups in by_class.items():
             spec = key_spec(klass)
-            index, values = spec.lookup(lookup)
-            if is_null(values):
+            storages = storage_classes(klass, self.polymorphic)
+            if storages == (klass,):
+                # The usual case, a commit's batch of one class: keys built in one pass.
+                keys += [key for key in self.keymaker.keys(spec, lookups) if key is not None]
                 continue
-            attrs = frozenset(spec.items[index])
-            for storage in storage_classes(klass, self.polymorphic):
-                storage_spec = key_spec(storage)
-                storage_index = storage_spec.index_of(attrs)
-                if storage_index is not None:
-                    keys.append(self.keymaker.key(storage_spec, storage_index, values))
+            for lookup in lookups:
+                index, values = spec.lookup(lookup)
+                if is_null(values):
+                    continue
+                attrs = frozenset(spec.items[index])
+                for storage in storages:
+                    storage_spec = key_spec(storage)
+                    storage_index = storage_spec.index_of(attrs)
+                    if storage_index is not None:
+                        keys.append(self.keymaker.key(storage_spec, storage_index, values))
         return keys
 
     # -- namespace generations ----------------------------------------------------------

@@ -29,19 +29,26 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 #: The conditional writes of BaseKeyValueStore._apply, atomic per call.  ARGV: the
-#: tombstone TTL in ms, then per key: kind, value, TTL in ms (0: none), argument (the
-#: lease a fill expects, the version a newer write carries, the time an add compares
-#: tombstones with).  Tombstones and leases are stamped with the server's clock (TIME).
+#: tombstone TTL in ms and the number of keys that only get a tombstone (they come first),
+#: then per other key: kind, value, TTL in ms (0: none), argument (the lease a fill
+#: expects, the version a newer write carries, the time an add compares tombstones with).
+#: Tombstones and leases are stamped with the server's clock (TIME).
 _APPLY = """
-local tomb_ms = tonumber(ARGV[1])
+local tomb_ms, tombs = tonumber(ARGV[1]), tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = string.format('%d.%06d', t[1], t[2])
 local tomb = 'SPKT:' .. now .. ':0'
 local replies = {}
-for i, key in ipairs(KEYS) do
-  local at = 1 + (i - 1) * 4
+-- the first ``tombs`` keys only get a tombstone: no value, TTL or argument is passed
+for i = 1, tombs do
+  redis.call('SET', KEYS[i], tomb, 'PX', tomb_ms)
+  replies[i] = 1
+end
+for i = tombs + 1, #KEYS do
+  local key = KEYS[i]
+  local at = 2 + (i - tombs - 1) * 4
   local kind, raw, px, arg = ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4]
-  local current = redis.call('GET', key)
+  local current = kind ~= 'S' and redis.call('GET', key)
   local head = current and string.sub(current, 1, 4)
   local done = false
   if kind == 'S' then
@@ -240,8 +247,10 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
             groups[0] = list(range(len(ops)))
         with self._errors:
             for positions in groups.values():
-                args: list[Any] = [math.ceil(self.tombstone_ttl * 1000)]
-                for position in positions:
+                tombs = [p for p in positions if ops[p].kind == "T"]
+                others = [p for p in positions if ops[p].kind != "T"]
+                args: list[Any] = [math.ceil(self.tombstone_ttl * 1000), len(tombs)]
+                for position in others:
                     kind, _key, raw, expires_at, arg = ops[position]
                     millis = (
                         0
@@ -254,8 +263,9 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
                         millis,
                         b"" if arg is None else arg,
                     ]
-                replies = self._script(keys=[ops[p].key for p in positions], args=args)
-                for position, reply in zip(positions, replies, strict=True):
+                order = tombs + others
+                replies = self._script(keys=[ops[p].key for p in order], args=args)
+                for position, reply in zip(order, replies, strict=True):
                     if isinstance(reply, list) and len(reply) == 1:
                         results[position] = float(reply[0])  # a lease taken, at this time
                     elif isinstance(reply, list):
