@@ -51,20 +51,24 @@ from sqlalchemy.orm import Mapper, make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_state
 
 from sa_stockpyle.errors import InvalidLifetimeError, PayloadError
-from sa_stockpyle.keys import class_token
+from sa_stockpyle.keys import class_named, class_token
 
 __all__ = [
     "LEASE_MAGIC",
     "MAGIC",
+    "MESSAGE_MAGIC",
     "TOMBSTONE_MAGIC",
     "Entry",
+    "Invalidation",
     "Lifetime",
     "LifetimeCallback",
     "Marker",
     "Pointer",
     "Record",
+    "decode_invalidation",
     "decode_marker",
     "decode_record",
+    "encode_invalidation",
     "encode_marker",
     "encode_record",
     "entry_version",
@@ -568,3 +572,58 @@ def decode_record(data: bytes, klass: type) -> Record:
 def now() -> float:
     """The default clock of every store: Unix time in seconds."""
     return time.time()
+
+
+# --- invalidation messages -----------------------------------------------------------------
+
+#: The first bytes of an invalidation message between processes.
+MESSAGE_MAGIC = b"SPKI"
+
+
+@dataclass(frozen=True, slots=True)
+class Invalidation:
+    """What one commit removed, sent to the other processes' process-local layers.
+
+    ``removals`` name objects by a lookup (``(User, {"id": 5})``), because every process
+    builds its own cache keys; ``classes`` were invalidated whole.  ``sent_at`` is the
+    sender's Unix time, for the propagation delay.
+    """
+
+    origin: str
+    sent_at: float
+    removals: list[tuple[type, dict[str, Any]]]
+    classes: list[type]
+
+
+def encode_invalidation(message: Invalidation) -> bytes:
+    """Serialise an invalidation: ``SPKI`` followed by JSON, key values tagged as in state."""
+    body = {
+        "o": message.origin,
+        "t": message.sent_at,
+        "r": [
+            [class_token(klass), {name: _pack(value) for name, value in lookup.items()}]
+            for klass, lookup in message.removals
+        ],
+        "c": [class_token(klass) for klass in message.classes],
+    }
+    return MESSAGE_MAGIC + _ENCODER.encode(body).encode()
+
+
+def decode_invalidation(data: bytes) -> Invalidation:
+    """Decode an invalidation; classes this process never made a key for are left out
+    (it caches nothing of them).  Raises :class:`PayloadError` for anything else."""
+    if not isinstance(data, bytes) or not data.startswith(MESSAGE_MAGIC):
+        raise PayloadError(f"message does not start with {MESSAGE_MAGIC!r}: {data[:16]!r}")
+    try:
+        body = _DECODER.decode(data[len(MESSAGE_MAGIC) :].decode())
+        removals = []
+        for token, lookup in body["r"]:
+            klass = class_named(token)
+            if klass is not None:
+                removals.append((klass, {str(k): _unpack(v) for k, v in lookup.items()}))
+        classes = [klass for klass in map(class_named, body["c"]) if klass is not None]
+        return Invalidation(str(body["o"]), float(body["t"]), removals, classes)
+    except PayloadError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise PayloadError(f"message did not decode: {exc!r}") from exc

@@ -34,6 +34,7 @@ __all__ = [
     "KeyItem",
     "KeyMaker",
     "KeySpec",
+    "class_named",
     "class_token",
     "encode_value",
     "is_null",
@@ -323,6 +324,7 @@ def schema_fingerprint(klass: type) -> str | None:
 
 
 _TOKENS: dict[type, str] = {}
+_CLASSES: dict[str, type] = {}
 
 
 def class_token(klass: type) -> str:
@@ -334,7 +336,13 @@ def class_token(klass: type) -> str:
         if fingerprint is not None:
             token = f"{token}@{fingerprint}"
         _TOKENS[klass] = token
+        _CLASSES[token] = klass
     return token
+
+
+def class_named(token: str) -> type | None:
+    """The class whose :func:`class_token` is ``token``, if this process has made it."""
+    return _CLASSES.get(token)
 
 
 def _encode_values(spec: KeySpec, values: tuple[Any, ...]) -> str:

@@ -95,7 +95,11 @@ class Caches:
 
     def chain(self, session: Session, **hooks: Any) -> ChainedStore:
         """A reader's chain over the caches and ``session``."""
-        return ChainedStore([self.memory, self.shared, HookedDatabase(session=session, **hooks)])
+        # One process: the attached chain's broadcast serves its memory layer already.
+        return ChainedStore(
+            [self.memory, self.shared, HookedDatabase(session=session, **hooks)],
+            broadcast=False,
+        )
 
     def held(self, klass: type, key: object) -> list[Any]:
         """What each caching layer holds for ``key``."""
@@ -319,7 +323,9 @@ def test_what_a_layer_missed_while_frozen_is_made_up_for_before_it_serves_again(
         assert other.get(Doc, 1) is None
         assert memory.get(Item, 1) is None
         with Session(engine) as session:
-            chain = ChainedStore([memory, redis_layer, SqlAlchemyStore(session=session)])
+            chain = ChainedStore(
+                [memory, redis_layer, SqlAlchemyStore(session=session)], broadcast=False
+            )
             assert chain.get(Item, 1).value == "v2"
             assert chain.get(Doc, {"code": "c1"}).value == "v2"
         assert other.get(Item, 1).value == "v2"

@@ -65,12 +65,14 @@ __all__ = [
     "BaseDictionaryStore",
     "BaseKeyValueStore",
     "BaseStore",
+    "Channel",
     "ErrorTranslator",
     "Op",
     "Removal",
     "Reservation",
     "SharedPayloads",
     "Stats",
+    "Subscription",
 ]
 
 log = logging.getLogger("sa_stockpyle")
@@ -189,12 +191,45 @@ class Stats:
             self._retired: Counter[tuple[type, str]] = Counter()
 
 
+class Subscription(ABC):
+    """An open subscription to a :class:`Channel`."""
+
+    @abstractmethod
+    def receive(self, timeout: float) -> list[bytes]:
+        """The messages that arrive within ``timeout`` seconds (often none).
+
+        Raises :class:`~sa_stockpyle.errors.StoreUnavailable` once the subscription is
+        lost (the connection closed, or the server stopped answering its health checks):
+        messages may have been missed.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Unsubscribe and release the connection."""
+
+
+class Channel(ABC):
+    """A publish/subscribe channel between processes, offered by a shared store."""
+
+    @abstractmethod
+    def publish(self, messages: Sequence[bytes]) -> None:
+        """Send ``messages``, in order, with as few round trips as the backend allows."""
+
+    @abstractmethod
+    def subscribe(self) -> Subscription:
+        """Open a subscription; raises StoreUnavailable when the server does not answer."""
+
+
 class BaseStore(ABC):
     """Abstract base of every store: implement ``put``, ``get`` and ``delete``.
 
     The batch forms default to loops here, and only here; a store with a network behind
     it overrides them with real batches (one round trip per call).
     """
+
+    #: Whether the store lives in this process only (its entries are invisible to other
+    #: processes, and other processes' commits never reach them by themselves).
+    process_local = False
 
     def __init__(self) -> None:
         self.stats = Stats()
@@ -292,6 +327,15 @@ class BaseStore(ABC):
             f"{type(self).__name__} cannot invalidate a whole class; override "
             f"invalidate_class() to support bulk statements without RETURNING"
         )
+
+    def channel(self, name: str) -> Channel | None:
+        """A publish/subscribe channel called ``name`` on this store's backend, or None
+        when it has none (the default).  A chain sends invalidations through it."""
+        return None
+
+    def clear(self) -> None:
+        """Drop every entry; stores that can, override this."""
+        raise NotImplementedError(f"{type(self).__name__} cannot drop every entry")
 
     def close(self) -> None:  # noqa: B027 - closing is optional; most stores hold nothing
         """Release connections and threads; the store is unusable afterwards."""
@@ -822,8 +866,18 @@ class BaseDictionaryStore(BaseKeyValueStore):
         self._markers: deque[tuple[float, str]] = deque()
 
     def clear(self) -> None:
-        """Drop every record."""
-        self.dictionary.clear()
+        """Drop every record.
+
+        Every class also starts a new namespace generation, so that a reader that took a
+        claim before the clear cannot fill anything afterwards: the clear took its
+        tombstones too.
+        """
+        with self._lock:
+            if not self.shared_generations:
+                for klass in list(self.keymaker.generations):
+                    self.keymaker.set_generation(klass, secrets.token_hex(4))
+            self.dictionary.clear()
+            self._markers.clear()
 
     def invalidate_class(self, klass: type) -> None:
         """Start a new generation of ``klass``; an in-process store also drops the entries

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+import secrets
+import statistics
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
-from sa_stockpyle.errors import ConfigurationError, StoreUnavailable
+from sa_stockpyle.codec import Invalidation, decode_invalidation, encode_invalidation
+from sa_stockpyle.errors import ConfigurationError, PayloadError, StoreUnavailable
 from sa_stockpyle.keys import key_spec
-from sa_stockpyle.stores.base import BaseStore, Removal, Reservation, Stats
+from sa_stockpyle.stores.base import BaseStore, Channel, Removal, Reservation, Stats
 
-__all__ = ["MAX_MISSED", "ChainedStore"]
+__all__ = ["MAX_MISSED", "MAX_PENDING", "ChainedStore", "Coherence"]
 
 log = logging.getLogger("sa_stockpyle")
 
@@ -20,6 +24,24 @@ T = TypeVar("T")
 
 #: Beyond this many missed keys, a layer that answers again drops whole classes instead.
 MAX_MISSED = 10_000
+
+#: Invalidation messages waiting to be published beyond this many are dropped, oldest
+#: first, and counted: a flood of commits never grows memory without bound.
+MAX_PENDING = 10_000
+
+
+def _by_primary_key(objs: Iterable[object]) -> tuple[list[Removal], list[type]]:
+    """Removals of the primary key of each of ``objs``, and the classes of those that
+    have no complete primary key to be named by (the whole class must go)."""
+    removals: list[Removal] = []
+    classes: list[type] = []
+    for obj in objs:
+        values = {attr: getattr(obj, attr, None) for attr in key_spec(type(obj)).primary}
+        if any(value is None for value in values.values()):
+            classes.append(type(obj))
+        else:
+            removals.append((type(obj), values))
+    return removals, classes
 
 
 class _Missed:
@@ -52,17 +74,11 @@ class _Missed:
         classes: Iterable[type] = (),
     ) -> None:
         """Remember objects, removals and classes the layer missed."""
+        by_key, keyless = _by_primary_key(objs)
         with self._lock:
-            for obj in objs:
-                primary = key_spec(type(obj)).primary
-                values = tuple((attr, getattr(obj, attr, None)) for attr in primary)
-                if any(value is None for _, value in values):
-                    self.classes[type(obj)] = None  # no key to name it by: drop its class
-                else:
-                    self.removals[type(obj), values] = None
-            for klass, lookup in removals:
+            for klass, lookup in [*by_key, *removals]:
                 self.removals[klass, tuple(sorted(lookup.items()))] = None
-            self.classes.update(dict.fromkeys(classes))
+            self.classes.update(dict.fromkeys([*keyless, *classes]))
             if len(self.removals) > MAX_MISSED:
                 self.classes.update(dict.fromkeys(klass for klass, _ in self.removals))
                 self.removals.clear()
@@ -79,6 +95,190 @@ class _Missed:
             self.removals.clear()
             self.classes.clear()
         return removals, classes
+
+
+class Coherence:
+    """The invalidation broadcast of a chain with process-local layers.
+
+    Every write, commit and class invalidation of the chain is published on a channel of
+    a shared layer (one message per call, naming objects by primary key), by a
+    background thread so that a flood of commits never blocks the committing thread.
+    A second thread subscribes and removes what other processes' messages name from
+    this process's local layers.  When the subscription is lost, messages may have been
+    missed: the local layers are cleared, again every ``max_staleness`` seconds until the
+    subscription is back, and once more when it is.
+
+    ``counts()`` returns ``sent``, ``received``, ``evicted`` (removals applied to local
+    layers), ``flushes``, ``losses`` (subscriptions lost), ``dropped`` (messages never
+    sent), ``publish_errors`` and ``corrupt`` (messages that did not decode);
+    ``subscribed`` tells whether the subscription is up now, and ``delays()`` lists the
+    measured propagation delays in seconds (sender's clock to receiver's clock).
+    """
+
+    def __init__(self, channel: Channel, local: list[BaseStore], max_staleness: float) -> None:
+        self.channel = channel
+        self.local = local
+        self.max_staleness = max_staleness
+        self.origin = secrets.token_hex(8)
+        self.subscribed = False
+        self._counts: Counter[str] = Counter()
+        self._delays: deque[float] = deque(maxlen=10_000)
+        self._pending: deque[bytes] = deque()
+        self._wake = threading.Condition()
+        self._stop = threading.Event()
+        self._first_attempt = threading.Event()
+        self._last_flush = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._publishing, name="sa_stockpyle-publish", daemon=True),
+            threading.Thread(target=self._subscribing, name="sa_stockpyle-subscribe", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        # A chain that starts to serve before it listens could miss the first messages.
+        self._first_attempt.wait(5)
+
+    def counts(self) -> dict[str, int]:
+        """The event counters (see the class doc)."""
+        with self._wake:
+            return dict(self._counts)
+
+    def delays(self) -> list[float]:
+        """The propagation delays of the messages received lately, in seconds."""
+        with self._wake:
+            return list(self._delays)
+
+    def delay_quantiles(self) -> dict[str, float]:
+        """``{"p50": ..., "p99": ...}`` of :meth:`delays`, in seconds (empty: none yet)."""
+        delays = self.delays()
+        if len(delays) < 2:
+            return {}
+        cuts = statistics.quantiles(delays, n=100, method="inclusive")
+        return {"p50": cuts[49], "p99": cuts[98]}
+
+    def _count(self, event: str, amount: int = 1) -> None:
+        with self._wake:
+            self._counts[event] += amount
+
+    # -- publishing -------------------------------------------------------------------
+
+    def publish(self, removals: Sequence[Removal], classes: Sequence[type]) -> None:
+        """Queue one message naming ``removals`` and ``classes``; never blocks on I/O."""
+        if not (removals or classes):
+            return
+        message = encode_invalidation(
+            Invalidation(self.origin, time.time(), list(removals), list(classes))
+        )
+        with self._wake:
+            if len(self._pending) >= MAX_PENDING:
+                self._pending.popleft()
+                self._counts["dropped"] += 1
+            self._pending.append(message)
+            self._wake.notify()
+
+    def _publishing(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending and not self._stop.is_set():
+                    self._wake.wait()
+                batch = list(self._pending)
+                self._pending.clear()
+            if not batch:
+                return  # stopped, and everything is sent
+            try:
+                self.channel.publish(batch)
+            except StoreUnavailable as exc:
+                log.warning("sa_stockpyle: cannot publish %d invalidations: %s", len(batch), exc)
+                with self._wake:
+                    self._counts["publish_errors"] += 1
+                    # Sent again first, in order; the oldest go when the queue is full.
+                    self._pending.extendleft(reversed(batch))
+                    while len(self._pending) > MAX_PENDING:
+                        self._pending.popleft()
+                        self._counts["dropped"] += 1
+                if self._stop.wait(0.1):
+                    return
+            else:
+                self._count("sent", len(batch))
+
+    # -- subscribing ------------------------------------------------------------------
+
+    def _subscribing(self) -> None:
+        lost = False
+        while not self._stop.is_set():
+            try:
+                subscription = self.channel.subscribe()
+            except StoreUnavailable as exc:
+                if not lost:
+                    self._lose(exc)
+                    lost = True
+                self._first_attempt.set()
+                self._while_down()
+                continue
+            self.subscribed = True
+            if lost:
+                self._flush()  # messages sent while it was down were missed
+                lost = False
+            self._first_attempt.set()
+            try:
+                while not self._stop.is_set():
+                    for data in subscription.receive(0.2):
+                        self._apply(data)
+            except StoreUnavailable as exc:
+                self._lose(exc)
+                lost = True
+            except Exception as exc:  # a bug must not end the thread, or silence go unseen
+                log.exception("sa_stockpyle: invalidation subscriber failed")
+                self._lose(StoreUnavailable(f"subscriber failed: {exc!r}"))
+                lost = True
+                self._stop.wait(0.25)
+            finally:
+                self.subscribed = False
+                subscription.close()
+
+    def _lose(self, exc: StoreUnavailable) -> None:
+        log.warning("sa_stockpyle: invalidation subscription lost: %s", exc)
+        self._count("losses")
+        self._flush()
+        self._last_flush = time.monotonic()
+
+    def _while_down(self) -> None:
+        """Wait before the next attempt; keep the local layers younger than max_staleness."""
+        self._stop.wait(min(0.25, self.max_staleness))
+        if time.monotonic() - self._last_flush >= self.max_staleness:
+            self._flush()
+            self._last_flush = time.monotonic()
+
+    def _flush(self) -> None:
+        for store in self.local:
+            store.clear()
+        self._count("flushes")
+
+    def _apply(self, data: bytes) -> None:
+        try:
+            message = decode_invalidation(data)
+        except PayloadError as exc:
+            log.warning("sa_stockpyle: ignoring an invalidation message: %s", exc)
+            self._count("corrupt")
+            return
+        if message.origin == self.origin:
+            return  # this chain's own layers are written already
+        for store in self.local:
+            for klass in message.classes:
+                store.invalidate_class(klass)
+            if message.removals:
+                store.write_committed([], message.removals)
+        with self._wake:
+            self._counts["received"] += 1
+            self._counts["evicted"] += len(message.removals)
+            self._delays.append(time.time() - message.sent_at)
+
+    def close(self) -> None:
+        """Send what is queued, then stop both threads."""
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(5)
 
 
 class ChainedStore(BaseStore):
@@ -113,6 +313,13 @@ class ChainedStore(BaseStore):
             missed, before it reads the slower layers itself (and fills nothing).
         catch_up_interval: seconds between attempts to make up for what a layer missed,
             made by a background timer while the layer does not answer.
+        broadcast: publish every write and commit on a channel of a shared layer, and
+            remove what other processes publish from this chain's process-local layers
+            (see :class:`Coherence`).  None (the default): on when the chain has both a
+            process-local layer and a layer with a channel (a ``RedisStore``).
+        channel: the name of that channel.
+        max_staleness: while the subscription is down, process-local layers are cleared
+            this often (seconds), so they serve nothing older.
     """
 
     def __init__(
@@ -120,6 +327,9 @@ class ChainedStore(BaseStore):
         stores: Sequence[BaseStore],
         lease_wait: float = 0.05,
         catch_up_interval: float = 0.5,
+        broadcast: bool | None = None,
+        channel: str = "stockpyle:invalidations",
+        max_staleness: float = 2.0,
     ) -> None:
         super().__init__()
         layers = list(stores)
@@ -128,16 +338,17 @@ class ChainedStore(BaseStore):
                 f"ChainedStore needs a non-empty list of stores, got {stores!r}"
             )
         for name, value, low in (
-            ("lease_wait", lease_wait, 0),
+            ("lease_wait", lease_wait, 0.0),
             ("catch_up_interval", catch_up_interval, 0.001),
+            ("max_staleness", max_staleness, 0.001),
         ):
             if (
                 isinstance(value, bool)
                 or not isinstance(value, (int, float))
-                or not (low <= value <= 10)
+                or not (low <= value <= 3600)
             ):
                 raise ConfigurationError(
-                    f"ChainedStore {name}={value!r}; expected seconds from {low} to 10"
+                    f"ChainedStore {name}={value!r}; expected seconds from {low} to 3600"
                 )
         self.lease_wait = float(lease_wait)
         self.catch_up_interval = float(catch_up_interval)
@@ -145,6 +356,25 @@ class ChainedStore(BaseStore):
         self.stores = layers
         self.layer_stats = [Stats() for _ in layers]
         self._missed = [_Missed() for _ in layers]
+        self.coherence = self._coherence(broadcast, channel, float(max_staleness))
+
+    def _coherence(
+        self, broadcast: bool | None, name: str, max_staleness: float
+    ) -> Coherence | None:
+        local = [store for store in self.stores if store.process_local]
+        shared = (store.channel(name) for store in self.stores if not store.process_local)
+        channel = next((found for found in shared if found is not None), None)
+        if broadcast is None:
+            broadcast = bool(local) and channel is not None
+        if not broadcast:
+            return None
+        if not local or channel is None:
+            raise ConfigurationError(
+                "ChainedStore(broadcast=True) needs a process-local layer (a "
+                "ProcessMemoryStore) and a layer with a channel (a RedisStore); the layers "
+                f"are {[self.layer_name(i) for i in range(len(self.stores))]}"
+            )
+        return Coherence(channel, local, max_staleness)
 
     def layer_name(self, index: int) -> str:
         """A readable name for layer ``index``: ``"0:ProcessMemoryStore"``."""
@@ -439,6 +669,7 @@ class ChainedStore(BaseStore):
             if held_back:
                 puts = [obj for obj in puts if store.cacheable(obj)]
                 deletes = [*deletes, *held_back]
+        self._broadcast(objs)
 
     def put(self, obj: object) -> None:
         """Store ``obj`` in every layer, the last first."""
@@ -468,6 +699,7 @@ class ChainedStore(BaseStore):
             except StoreUnavailable as exc:
                 self._failed(index, classes, "write a commit", exc)
             self._remember(index, puts, removals)
+        self._broadcast(puts, removals)
 
     def invalidate_class(self, klass: type) -> None:
         """Make every entry of ``klass`` unreachable in every layer; an unavailable layer
@@ -480,9 +712,19 @@ class ChainedStore(BaseStore):
             except StoreUnavailable as exc:
                 self._failed(index, (klass,), "invalidate a class", exc)
             self._remember(index, classes=(klass,))
+        if self.coherence is not None:
+            self.coherence.publish([], [klass])
+
+    def _broadcast(self, objs: Sequence[object], removals: Sequence[Removal] = ()) -> None:
+        """Tell other processes' local layers to drop ``objs`` and ``removals``."""
+        if self.coherence is not None:
+            by_key, keyless = _by_primary_key(objs)
+            self.coherence.publish([*removals, *by_key], keyless)
 
     def close(self) -> None:
-        """Stop retrying catch-ups and close every layer."""
+        """Stop the broadcast and the catch-up retries, and close every layer."""
+        if self.coherence is not None:
+            self.coherence.close()
         self._closed = True
         for missed in self._missed:
             if missed.retry is not None:

@@ -83,6 +83,7 @@ class ProcessMemoryStore(BaseDictionaryStore):
     """
 
     shared_generations = False
+    process_local = True
 
     def __init__(
         self,

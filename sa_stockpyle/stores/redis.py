@@ -8,25 +8,34 @@ writes and one ``DEL`` (per slot, pipelined per node, on a cluster) for deletes.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sa_stockpyle.codec import LifetimeCallback, now
-from sa_stockpyle.errors import ConfigurationError
+from sa_stockpyle.errors import ConfigurationError, StoreTimeout
 from sa_stockpyle.stores.base import (
     BaseKeyValueStore,
+    Channel,
     Clock,
     ErrorTranslator,
     Op,
     SharedPayloads,
+    Subscription,
 )
 
 if TYPE_CHECKING:
     import redis
     import redis.cluster
 
-__all__ = ["RedisStore"]
+__all__ = ["HEALTH_CHECK_INTERVAL", "MAX_SILENCE", "RedisStore"]
+
+#: Seconds between the PINGs a subscription sends to find out that its server is gone.
+HEALTH_CHECK_INTERVAL = 1.0
+#: A subscription that heard nothing, not even a PONG, for this long counts as lost.
+MAX_SILENCE = 3.0
 
 #: The conditional writes of BaseKeyValueStore._apply, atomic per call.  ARGV: the
 #: tombstone TTL in ms and the number of keys that only get a tombstone (they come first),
@@ -274,6 +283,10 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
                         results[position] = reply == 1
         return results
 
+    def channel(self, name: str) -> Channel:
+        """The Redis pub/sub channel ``name`` (on a cluster, PUBLISH reaches every node)."""
+        return _RedisChannel(self, name)
+
     def close(self) -> None:
         """Close the client's connections if the store built the client."""
         if self._owns_client:
@@ -281,3 +294,64 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
 
     def __repr__(self) -> str:
         return f"<RedisStore {self.location} prefix={self.keymaker.prefix!r}>"
+
+
+class _RedisChannel(Channel):
+    def __init__(self, store: RedisStore, name: str) -> None:
+        self.store = store
+        self.name = name
+
+    def publish(self, messages: Sequence[bytes]) -> None:
+        store = self.store
+        with store._errors:
+            if store._cluster:
+                for message in messages:
+                    store.client.publish(self.name, message)
+                return
+            pipe = store.client.pipeline(transaction=False)
+            for message in messages:
+                pipe.publish(self.name, message)
+            pipe.execute()
+
+    def subscribe(self) -> Subscription:
+        store = self.store
+        with store._errors:
+            pubsub = store.client.pubsub()  # type: ignore[no-untyped-call]
+            pubsub.subscribe(self.name)
+            # Subscribed once the server confirms: only then is nothing published missed.
+            deadline = time.monotonic() + MAX_SILENCE
+            while time.monotonic() < deadline:
+                message = pubsub.get_message(timeout=0.1)
+                if message is not None and message["type"] in ("subscribe", "ssubscribe"):
+                    return _RedisSubscription(pubsub, store._errors)
+        pubsub.close()
+        raise StoreTimeout(f"{store._errors.backend}: SUBSCRIBE was not confirmed")
+
+
+class _RedisSubscription(Subscription):
+    def __init__(self, pubsub: Any, errors: ErrorTranslator) -> None:
+        self.pubsub = pubsub
+        self.errors = errors
+        self.pinged = self.heard = time.monotonic()
+
+    def receive(self, timeout: float) -> list[bytes]:
+        messages: list[bytes] = []
+        with self.errors:
+            if time.monotonic() - self.pinged >= HEALTH_CHECK_INTERVAL:
+                # A frozen or partitioned server closes nothing: only its silence tells.
+                self.pubsub.ping()
+                self.pinged = time.monotonic()
+            message = self.pubsub.get_message(timeout=timeout)
+            while message is not None:
+                self.heard = time.monotonic()
+                if message["type"] in ("message", "smessage"):
+                    messages.append(message["data"])
+                message = self.pubsub.get_message(timeout=0)
+        if time.monotonic() - self.heard > MAX_SILENCE:
+            raise StoreTimeout(f"{self.errors.backend}: no answer to PING in {MAX_SILENCE} s")
+        return messages
+
+    def close(self) -> None:
+        # Closing a connection that broke may fail in any way; it is gone either way.
+        with contextlib.suppress(Exception):
+            self.pubsub.close()
