@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import sqlalchemy
 from sqlalchemy.orm import Mapper, make_transient_to_detached
@@ -404,6 +405,11 @@ def _pack(value: Any) -> Any:
         cls = type(value)
         return _tag("enum", [cls.__module__, cls.__qualname__, _pack(value.value)])
     if isinstance(value, dt.datetime):
+        if isinstance(value.tzinfo, ZoneInfo):
+            # The zone itself, not only today's offset: a wall time in the hour a clock
+            # goes back is told apart by its fold, and compares unequal across zones.
+            wall = value.replace(tzinfo=None).isoformat()
+            return _tag("zoned", [wall, value.tzinfo.key, value.fold])
         return _tag("datetime", value.isoformat())
     if isinstance(value, dt.date):
         return _tag("date", value.isoformat())
@@ -461,6 +467,10 @@ def _unpack_tagged(name: str, raw: Any) -> Any:
     elif name == "enum":
         module, qualname, member = raw
         value = _enum_class(module, qualname)(_unpack(member))
+    elif name == "zoned":
+        wall, key, fold = raw
+        # ZoneInfo refuses keys that are not plain relative names of the zone database.
+        value = dt.datetime.fromisoformat(wall).replace(tzinfo=ZoneInfo(key), fold=fold)
     else:
         raise PayloadError(f"payload holds an unknown value tag {name!r}")
     return value

@@ -228,7 +228,11 @@ _EXACT_INT_LIMIT = 2**63
 
 
 def _enc_str(value: str) -> str:
-    return "s" + (value if _SAFE.issuperset(value) else quote(value, safe=""))
+    if _SAFE.issuperset(value):
+        return "s" + value
+    # surrogatepass: a lone surrogate is a str value like any other, and its bytes are
+    # never those of a valid string, so it cannot collide with one.
+    return "s" + quote(value.encode("utf-8", "surrogatepass"), safe="")
 
 
 def _enc_int(value: int) -> str:
