@@ -317,7 +317,8 @@ class ChainedStore(BaseStore):
             remove what other processes publish from this chain's process-local layers
             (see :class:`Coherence`).  None (the default): on when the chain has both a
             process-local layer and a layer with a channel (a ``RedisStore``).
-        channel: the name of that channel.
+        channel: the name of that channel (a ``RedisStore`` puts its key prefix and
+            database number in front).
         max_staleness: while the subscription is down, process-local layers are cleared
             this often (seconds), so they serve nothing older.
     """
@@ -328,7 +329,7 @@ class ChainedStore(BaseStore):
         lease_wait: float = 0.05,
         catch_up_interval: float = 0.5,
         broadcast: bool | None = None,
-        channel: str = "stockpyle:invalidations",
+        channel: str = "invalidations",
         max_staleness: float = 2.0,
     ) -> None:
         super().__init__()

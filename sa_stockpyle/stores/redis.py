@@ -284,8 +284,12 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         return results
 
     def channel(self, name: str) -> Channel:
-        """The Redis pub/sub channel ``name`` (on a cluster, PUBLISH reaches every node)."""
-        return _RedisChannel(self, name)
+        """The pub/sub channel ``name`` of this store: ``prefix:db:name`` (pub/sub spans
+        every database of a server, and other prefixes are other caches).  On a cluster,
+        a PUBLISH reaches the subscribers of every node."""
+        pool = getattr(self.client, "connection_pool", None)
+        db = pool.connection_kwargs.get("db", 0) if pool is not None else 0
+        return _RedisChannel(self, f"{self.keymaker.prefix}:{db}:{name}")
 
     def close(self) -> None:
         """Close the client's connections if the store built the client."""

@@ -1,0 +1,1 @@
+"""Stress runs against real servers: ``python -m stress.consistency --help``."""

@@ -1,0 +1,974 @@
+"""Multi-process consistency stress: real PostgreSQL, real Redis, many writers, one checker.
+
+``python -m stress.consistency --postgres-url URL --redis-url URL --processes 4 --seconds 20``
+
+Worker processes (started with the ``spawn`` method, each with its own engine, sessions,
+``RedisStore`` and :func:`~sa_stockpyle.attach`) read through
+``ChainedStore([RedisStore, SqlAlchemyStore])`` (``--memory-layer``: a
+``ProcessMemoryStore`` in front) and write with a skewed random mix: value updates,
+alternate-key moves, deletes, re-inserts, bulk updates, two-row transactions, and
+transactions that write and then roll back.  Every writer transaction inserts the token it
+wrote into ``stress_committed`` in the same transaction, so that table lists exactly the
+committed tokens.
+
+When every worker has stopped, the parent checks that:
+
+* every value a reader saw is a committed token, of the row it was read from;
+* whatever Redis holds for any primary key or alternate key ever used is either nothing
+  or equal (id, alternate key, value, version) to the row the database holds now.
+
+With ``--memory-layer``, each worker makes the second check against its own memory layer
+once every other worker has stopped and all their invalidation broadcasts have arrived
+(see ``_Worker.check_memory``).  The exit status is 1 when a check fails.
+
+Cache keys and the broadcast channel are named after a prefix of their own per run, so a
+shared Redis server may be used; the tables (``stress_*``) are dropped again after a run
+that passed, and kept, with the Redis keys, for inspection after one that did not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import queue
+import random
+import secrets
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
+from typing import Any, ClassVar, NamedTuple, cast
+
+from sqlalchemy import Engine, Integer, String, create_engine, select, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    scoped_session,
+    sessionmaker,
+)
+from sqlalchemy.orm.exc import StaleDataError
+
+from sa_stockpyle import attach
+from sa_stockpyle.stores import (
+    BaseKeyValueStore,
+    BaseStore,
+    ChainedStore,
+    ProcessMemoryStore,
+    RedisStore,
+    SqlAlchemyStore,
+)
+
+__all__ = ["Plain", "Report", "RowState", "Versioned", "WorkerReport", "main", "run"]
+
+#: Rows seeded per class; ids stay in 1..ROWS (deleted rows are re-inserted under them).
+ROWS = 50
+#: The hot rows, 1..HOT_ROWS, and the share of operations that go to them.
+HOT_ROWS = 5
+HOT_SHARE = 0.6
+#: Seconds a worker may take to start (imports, connections) or to wait for the others.
+SETUP_TIMEOUT = 120.0
+#: Seconds a worker waits for the other workers' last invalidations (--memory-layer).
+FENCE_TIMEOUT = 30.0
+#: Anomalies listed by :meth:`Report.format`, per kind; the counts are always complete.
+LISTED = 20
+
+#: Operation kinds and their weights in the random mix.
+MIX: dict[str, int] = {
+    "read_pk": 40,
+    "read_alt": 15,
+    "read_batch": 5,
+    "update": 14,
+    "move": 4,
+    "delete": 3,
+    "insert": 5,
+    "bulk_update": 3,
+    "pair_update": 3,
+    "rollback": 8,
+}
+
+
+# -- the schema -----------------------------------------------------------------------------
+
+
+class Base(DeclarativeBase):
+    """The stress schema: every table name starts with ``stress_``."""
+
+
+class RowState(NamedTuple):
+    """What a row or a cached object says, compared field by field."""
+
+    id: int
+    alternate: str
+    value: str
+    version: int | None
+
+
+class _Row(Base):
+    """Columns shared by the two cached classes."""
+
+    __abstract__ = True
+
+    #: The attribute of the alternate unique key.
+    alternate: ClassVar[str]
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    value: Mapped[str] = mapped_column(String(64))
+
+    def alt(self) -> str:
+        """The alternate key value."""
+        return cast("str", getattr(self, self.alternate))
+
+    def state(self) -> RowState:
+        """The fields the checker compares."""
+        return RowState(self.id, self.alt(), self.value, getattr(self, "version", None))
+
+
+class Versioned(_Row):
+    """Commits carry a version: written through, the highest version wins."""
+
+    __tablename__ = "stress_versioned"
+    __stockpyle_keys__ = ["id", "email"]
+    alternate = "email"
+
+    email: Mapped[str] = mapped_column(String(64), unique=True)
+    version: Mapped[int] = mapped_column(Integer)
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Plain(_Row):
+    """No version: updates invalidate."""
+
+    __tablename__ = "stress_plain"
+    __stockpyle_keys__ = ["id", "code"]
+    alternate = "code"
+
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Committed(Base):
+    """One row per token a transaction wrote, inserted in that same transaction."""
+
+    __tablename__ = "stress_committed"
+
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    klass: Mapped[str] = mapped_column(String(32))
+    row_id: Mapped[int] = mapped_column(Integer)
+
+
+CLASSES: tuple[type[_Row], ...] = (Versioned, Plain)
+_BY_NAME: dict[str, type[_Row]] = {klass.__name__: klass for klass in CLASSES}
+
+
+def _fence(index: int) -> type:
+    """The class whose invalidation worker ``index`` broadcasts after its last operation.
+
+    Never stored: invalidating it only sends a message, behind every earlier message of
+    that worker (one publishing thread, one Redis server).  A new class per call, under
+    the same name in every process, so each process resolves the others' messages.
+    """
+    name = f"Fence{index}"
+    return type(
+        name, (), {"__stockpyle_keys__": ["id"], "__module__": __name__, "__qualname__": name}
+    )
+
+
+def _seed_alternate(klass: type[_Row], row_id: int) -> str:
+    return f"v{row_id}@seed" if klass is Versioned else f"c-seed-{row_id}"
+
+
+def _new_alternate(klass: type[_Row], token: str) -> str:
+    return f"{token}@moved" if klass is Versioned else f"c-{token}"
+
+
+def _create_schema(engine: Engine) -> None:
+    """Drop and create the stress tables, then seed ROWS rows per class."""
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        for klass in CLASSES:
+            for row_id in range(1, ROWS + 1):
+                token = f"seed-{klass.__name__}-{row_id}"
+                row = klass(id=row_id, value=token)
+                setattr(row, klass.alternate, _seed_alternate(klass, row_id))
+                session.add(row)
+                # Seed values are committed values like any other.
+                session.add(Committed(token=token, klass=klass.__name__, row_id=row_id))
+        session.commit()
+
+
+# -- reports --------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerReport:
+    """What one worker process did and saw."""
+
+    pid: int
+    index: int
+    #: Seconds the operation loop ran.
+    seconds: float = 0.0
+    operations: Counter[str] = field(default_factory=Counter)
+    #: Operations the database refused (serialization, deadlock, unique violation, a row
+    #: changed or deleted meanwhile): rolled back and counted, not retried.
+    conflicts: Counter[str] = field(default_factory=Counter)
+    #: The same conflicts by cause (the exception class, the driver's for DBAPIError).
+    causes: Counter[str] = field(default_factory=Counter)
+    #: Write operations with nothing to do (the row was absent, or present for an insert).
+    skipped: Counter[str] = field(default_factory=Counter)
+    commits: int = 0
+    #: Transactions that wrote, then rolled back or closed on purpose.
+    rollbacks: int = 0
+    reads: int = 0
+    #: Reads that found a row.
+    found: int = 0
+    #: Per chain layer name, per event (hits, misses, fills, waits, errors), summed.
+    layer_events: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Hits of the caching layers (every layer but the database).
+    cache_hits: int = 0
+    #: Commit-time write-through failures counted by the attachment.
+    writethrough_errors: int = 0
+    #: (class name, row id, value) of every read result.
+    seen: set[tuple[str, int, str]] = field(default_factory=set)
+    #: Tokens written by transactions that then rolled back.
+    rolled_back: list[str] = field(default_factory=list)
+    #: (class name, alternate key value) this worker wrote or read.
+    alternates: set[tuple[str, str]] = field(default_factory=set)
+    #: Reads that answered another key than asked, or not a transaction's own write.
+    wrong: list[str] = field(default_factory=list)
+    #: Keys of the memory layer checked, and those found stale (--memory-layer).
+    memory_checked: int = 0
+    memory_stale: list[str] = field(default_factory=list)
+    #: The chain's invalidation broadcast counters (--memory-layer; see Coherence).
+    broadcast: dict[str, int] = field(default_factory=dict)
+    #: The traceback, when the worker failed.
+    error: str | None = None
+
+
+@dataclass
+class Report:
+    """The outcome of :func:`run`."""
+
+    processes: int
+    seconds: float
+    memory_layer: bool
+    seed: int
+    prefix: str
+    #: Wall-clock seconds of the whole run, process start-up and checks included.
+    elapsed: float
+    workers: list[WorkerReport]
+    #: Redis keys checked (primary and alternate keys of both classes).
+    keys_checked: int = 0
+    #: Redis entries that disagree with the database.
+    stale: list[str] = field(default_factory=list)
+    #: Memory-layer entries that disagree with the database (--memory-layer).
+    memory_stale: list[str] = field(default_factory=list)
+    #: Values read that no committed transaction wrote.
+    uncommitted: list[str] = field(default_factory=list)
+    #: Reads that answered another key or row than asked.
+    wrong: list[str] = field(default_factory=list)
+
+    @property
+    def operations(self) -> Counter[str]:
+        """Operations by kind, all workers."""
+        return sum((w.operations for w in self.workers), Counter())
+
+    @property
+    def conflicts(self) -> int:
+        """Operations the database refused, all workers."""
+        return sum(sum(w.conflicts.values()) for w in self.workers)
+
+    @property
+    def causes(self) -> Counter[str]:
+        """Conflicts by cause, all workers."""
+        return sum((w.causes for w in self.workers), Counter())
+
+    @property
+    def commits(self) -> int:
+        """Committed write transactions, all workers."""
+        return sum(w.commits for w in self.workers)
+
+    @property
+    def rollbacks(self) -> int:
+        """Transactions rolled back or closed on purpose after writing, all workers."""
+        return sum(w.rollbacks for w in self.workers)
+
+    @property
+    def reads(self) -> int:
+        """Lookups through the chain, all workers."""
+        return sum(w.reads for w in self.workers)
+
+    @property
+    def hits(self) -> int:
+        """Hits of the caching layers, all workers."""
+        return sum(w.cache_hits for w in self.workers)
+
+    @property
+    def writethrough_errors(self) -> int:
+        """Commit-time write-through failures, all workers."""
+        return sum(w.writethrough_errors for w in self.workers)
+
+    @property
+    def stale_entries(self) -> int:
+        """Stale entries found in Redis and in the memory layers."""
+        return len(self.stale) + len(self.memory_stale)
+
+    @property
+    def uncommitted_reads(self) -> int:
+        """Reads of values no committed transaction wrote."""
+        return len(self.uncommitted)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every check passed."""
+        return not (self.stale or self.memory_stale or self.uncommitted or self.wrong)
+
+    def format(self) -> str:
+        """A short human-readable report."""
+        layers = "ProcessMemoryStore, RedisStore" if self.memory_layer else "RedisStore"
+        lines = [
+            f"stress.consistency: {self.processes} processes x {self.seconds:g} s, "
+            f"layers {layers}, seed {self.seed}, cache prefix {self.prefix}, "
+            f"elapsed {self.elapsed:.1f} s"
+        ]
+        for w in self.workers:
+            ops = ", ".join(f"{kind} {n}" for kind, n in sorted(w.operations.items()))
+            conflicts = ", ".join(f"{kind} {n}" for kind, n in sorted(w.conflicts.items()))
+            layer_hits = ", ".join(
+                f"{name} {events.get('hits', 0)}" for name, events in w.layer_events.items()
+            )
+            lines += [
+                f"  process {w.pid} ({w.seconds:.1f} s): {sum(w.operations.values())} ops: {ops}",
+                f"    commits {w.commits}, rollbacks {w.rollbacks}, "
+                f"conflicts {sum(w.conflicts.values())} ({conflicts or 'none'}), "
+                f"skipped {sum(w.skipped.values())}, reads {w.reads} (found {w.found}), "
+                f"hits by layer: {layer_hits}, write-through errors {w.writethrough_errors}",
+            ]
+            if w.broadcast:
+                counts = ", ".join(f"{event} {n}" for event, n in sorted(w.broadcast.items()))
+                lines.append(f"    broadcast: {counts}")
+        lines += [
+            f"  total: {sum(self.operations.values())} ops, {self.commits} commits, "
+            f"{self.rollbacks} rollbacks, {self.conflicts} conflicts "
+            f"({', '.join(f'{c} {n}' for c, n in sorted(self.causes.items())) or 'none'}), "
+            f"{self.reads} reads, "
+            f"{self.hits} cache hits, {self.writethrough_errors} write-through errors",
+            f"  checked {self.keys_checked} Redis keys"
+            + (
+                f", {sum(w.memory_checked for w in self.workers)} memory-layer keys"
+                if self.memory_layer
+                else ""
+            )
+            + f": stale entries {len(self.stale)} in Redis"
+            + (f", {len(self.memory_stale)} in memory layers" if self.memory_layer else "")
+            + f"; uncommitted reads {len(self.uncommitted)}; wrong answers {len(self.wrong)}",
+        ]
+        for title, items in (
+            ("stale in Redis", self.stale),
+            ("stale in memory layers", self.memory_stale),
+            ("uncommitted reads", self.uncommitted),
+            ("wrong answers", self.wrong),
+        ):
+            if items:
+                lines.append(f"  {title} (first {min(len(items), LISTED)}):")
+                lines += [f"    {item}" for item in items[:LISTED]]
+        lines.append("OK" if self.ok else "FAILED")
+        return "\n".join(lines)
+
+
+# -- checks shared by the parent and the workers ----------------------------------------------
+
+
+def _database_rows(session: Session, klass: type[_Row]) -> dict[int, RowState]:
+    return {row.id: row.state() for row in session.scalars(select(klass))}
+
+
+def _stale_entries(
+    layer: BaseKeyValueStore,
+    label: str,
+    klass: type[_Row],
+    rows: dict[int, RowState],
+    alternates: Iterable[str],
+) -> tuple[int, list[str]]:
+    """Compare what ``layer`` holds for every id and for ``alternates`` with ``rows``.
+
+    Returns the number of keys checked and a description of each stale entry: one that
+    is held although the database has no such row, or that differs from the row.
+    """
+    stale: list[str] = []
+    by_alternate = {state.alternate: state for state in rows.values()}
+    ids = list(range(1, ROWS + 1))
+    for row_id, got in zip(ids, layer.batch_get(klass, ids), strict=True):
+        if got is not None and got.state() != rows.get(row_id):
+            stale.append(
+                f"{label} {klass.__name__} id={row_id}: holds {got.state()}, "
+                f"database {rows.get(row_id)}"
+            )
+    names = sorted(set(alternates))
+    lookups = [{klass.alternate: name} for name in names]
+    for name, got in zip(names, layer.batch_get(klass, lookups), strict=True):
+        if got is not None and got.state() != by_alternate.get(name):
+            stale.append(
+                f"{label} {klass.__name__} {klass.alternate}={name!r}: holds {got.state()}, "
+                f"database {by_alternate.get(name)}"
+            )
+    return len(ids) + len(names), stale
+
+
+# -- the worker process ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Config:
+    postgres_url: str
+    redis_url: str
+    prefix: str
+    seconds: float
+    memory_layer: bool
+    seed: int
+    index: int
+    processes: int
+
+
+_Written = list[tuple[str, int]]  # (token, row id) per row a transaction wrote
+
+
+class _Worker:
+    """One process's engine, sessions, cache layers, attachment and operation mix."""
+
+    def __init__(self, config: _Config) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed * 1_000_003 + config.index)
+        self.engine = create_engine(config.postgres_url, pool_size=2, max_overflow=2)
+        self.factory = sessionmaker(self.engine)
+        # One short-lived session per operation: scoped() opens it, remove() closes it.
+        self.scoped = scoped_session(self.factory)
+        self.redis = RedisStore(url=config.redis_url, prefix=config.prefix)
+        self.memory = ProcessMemoryStore(prefix=config.prefix) if config.memory_layer else None
+        caches: list[BaseStore] = (
+            [self.redis] if self.memory is None else [self.memory, self.redis]
+        )
+        # With a memory layer the chain broadcasts invalidations between the workers; on a
+        # channel of this run's own, so other users of the Redis server neither hear nor
+        # disturb it.
+        self.store = ChainedStore(
+            [*caches, SqlAlchemyStore(session=self.scoped)],
+            channel=f"{config.prefix}:invalidations",
+        )
+        self.fences = [_fence(index) for index in range(config.processes)]
+        if self.memory is not None:
+            for fence in self.fences:
+                self.memory.get(fence, 0)  # makes its key: the process now knows the class
+        # Taken before any worker can finish: a fast worker's fence may arrive while this
+        # one is still busy.
+        self.fenced_at = {} if self.memory is None else dict(self.memory.keymaker.generations)
+        self.handle = attach(self.factory, self.store)
+        self.report = WorkerReport(pid=os.getpid(), index=config.index)
+        self.counter = 0
+        # The alternate key last known per row, and every one known, per class name.
+        self.latest: dict[str, dict[int, str]] = {
+            k.__name__: {i: _seed_alternate(k, i) for i in range(1, ROWS + 1)} for k in CLASSES
+        }
+        self.known: dict[str, list[str]] = {k: list(v.values()) for k, v in self.latest.items()}
+        self.report.alternates = {(k, a) for k, known in self.known.items() for a in known}
+        self.operations: dict[str, Callable[[type[_Row]], None]] = {
+            "read_pk": self._read_pk,
+            "read_alt": self._read_alt,
+            "read_batch": self._read_batch,
+            "update": self._update,
+            "move": self._move,
+            "delete": self._delete,
+            "insert": self._insert,
+            "bulk_update": self._bulk_update,
+            "pair_update": self._pair_update,
+            "rollback": self._rollback,
+        }
+
+    def close(self) -> None:
+        """Detach, close the layers, dispose of the engine."""
+        self.handle.detach()
+        self.scoped.remove()
+        self.store.close()
+        self.engine.dispose()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def loop(self) -> None:
+        """Run random operations until ``config.seconds`` have passed."""
+        kinds, weights = list(MIX), list(MIX.values())
+        started = time.monotonic()
+        deadline = started + self.config.seconds
+        while time.monotonic() < deadline:
+            kind = self.rng.choices(kinds, weights)[0]
+            klass = self.rng.choice(CLASSES)
+            self.report.operations[kind] += 1
+            self.operations[kind](klass)
+        self.report.seconds = time.monotonic() - started
+
+    def finish(self) -> WorkerReport:
+        """The report, with the chain's and the attachment's counters."""
+        report = self.report
+        last = len(self.store.stores) - 1
+        for index, stats in enumerate(self.store.layer_stats):
+            events: Counter[str] = Counter()
+            for by_event in stats.as_dict().values():
+                events.update(by_event)
+            report.layer_events[self.store.layer_name(index)] = dict(events)
+            if index != last:
+                report.cache_hits += events["hits"]
+        report.writethrough_errors = self.handle.stats.count(None, "errors")
+        if self.store.coherence is not None:
+            report.broadcast = self.store.coherence.counts()
+        return report
+
+    def _row_id(self) -> int:
+        # Skewed: most operations fall on a few hot rows, where the races are.
+        if self.rng.random() < HOT_SHARE:
+            return self.rng.randint(1, HOT_ROWS)
+        return self.rng.randint(1, ROWS)
+
+    def _token(self) -> str:
+        self.counter += 1
+        return f"{self.report.pid}-{self.counter}"
+
+    def _learn(self, klass: type[_Row], row_id: int, alternate: str) -> None:
+        name = klass.__name__
+        self.latest[name][row_id] = alternate
+        if (name, alternate) not in self.report.alternates:
+            self.report.alternates.add((name, alternate))
+            self.known[name].append(alternate)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def _read_pk(self, klass: type[_Row]) -> None:
+        self._read(klass, [self._row_id()])
+
+    def _read_alt(self, klass: type[_Row]) -> None:
+        self._read(klass, [self._alternate_lookup(klass)])
+
+    def _read_batch(self, klass: type[_Row]) -> None:
+        lookups: list[int | dict[str, str]] = [
+            self._row_id() if self.rng.random() < 0.5 else self._alternate_lookup(klass)
+            for _ in range(5)
+        ]
+        self._read(klass, lookups)
+
+    def _alternate_lookup(self, klass: type[_Row]) -> dict[str, str]:
+        # Mostly the latest alternate key this process knows for a (skewed) row, which may
+        # have moved since; sometimes any it ever knew, most of which answer nothing now.
+        name = klass.__name__
+        if self.rng.random() < 0.8:
+            return {klass.alternate: self.latest[name][self._row_id()]}
+        return {klass.alternate: self.rng.choice(self.known[name])}
+
+    def _read(self, klass: type[_Row], lookups: Sequence[int | dict[str, str]]) -> None:
+        self.scoped()
+        try:
+            if len(lookups) == 1:
+                found = [self.store.get(klass, lookups[0])]
+            else:
+                found = self.store.batch_get(klass, lookups)
+            for lookup, obj in zip(lookups, found, strict=True):
+                self._saw(klass, lookup, obj)
+        finally:
+            self.scoped.remove()
+
+    def _saw(self, klass: type[_Row], lookup: int | dict[str, str], obj: _Row | None) -> None:
+        report = self.report
+        report.reads += 1
+        if obj is None:
+            return
+        report.found += 1
+        state = obj.state()
+        answers = (
+            state.id == lookup
+            if isinstance(lookup, int)
+            else state.alternate == next(iter(lookup.values()))
+        )
+        if not answers:
+            report.wrong.append(f"{klass.__name__} {lookup!r} answered {state}")
+        report.seen.add((klass.__name__, state.id, state.value))
+        self._learn(klass, state.id, state.alternate)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def _load(self, session: Session, klass: type[_Row], row_id: int) -> _Row | None:
+        # As an application would: half the time through the cache (the chain attaches a
+        # hit to the session), else from the database.  A stale cached copy of a versioned
+        # row then fails its UPDATE (StaleDataError), which is counted as a conflict.
+        if self.rng.random() < 0.5:
+            return self.store.get(klass, row_id)
+        return session.get(klass, row_id)
+
+    def _commit(self, kind: str, klass: type[_Row], change: Callable[[Session], _Written]) -> None:
+        """Run ``change`` in a new transaction; record its tokens in it and commit."""
+        session = self.scoped()
+        try:
+            written = change(session)
+            if not written:
+                self.report.skipped[kind] += 1
+                session.rollback()
+                return
+            session.add_all(
+                Committed(token=token, klass=klass.__name__, row_id=row_id)
+                for token, row_id in written
+            )
+            session.commit()
+            self.report.commits += 1
+        except (DBAPIError, StaleDataError) as exc:
+            # Lost a race in the database: a deadlock, a unique violation, a row changed
+            # (version) or deleted since it was read.  Counted and skipped, not retried.
+            session.rollback()
+            self._conflict(kind, exc)
+        finally:
+            self.scoped.remove()
+
+    def _conflict(self, kind: str, exc: DBAPIError | StaleDataError) -> None:
+        self.report.conflicts[kind] += 1
+        # The driver's error class names the cause: DeadlockDetected, UniqueViolation...
+        cause = exc.orig if isinstance(exc, DBAPIError) else exc
+        self.report.causes[type(cause).__name__] += 1
+
+    def _update(self, klass: type[_Row]) -> None:
+        def change(session: Session) -> _Written:
+            obj = self._load(session, klass, self._row_id())
+            if obj is None:
+                return []
+            token = self._token()
+            obj.value = token
+            return [(token, obj.id)]
+
+        self._commit("update", klass, change)
+
+    def _move(self, klass: type[_Row]) -> None:
+        def change(session: Session) -> _Written:
+            obj = self._load(session, klass, self._row_id())
+            if obj is None:
+                return []
+            token = self._token()
+            alternate = _new_alternate(klass, token)
+            self._learn(klass, obj.id, alternate)
+            setattr(obj, klass.alternate, alternate)
+            return [(token, obj.id)]
+
+        self._commit("move", klass, change)
+
+    def _delete(self, klass: type[_Row]) -> None:
+        def change(session: Session) -> _Written:
+            row_id = self._row_id()
+            # Locked, so a concurrent delete waits instead of matching no row.
+            obj = session.get(klass, row_id, with_for_update=True)
+            if obj is None:
+                return []
+            session.delete(obj)
+            return [(self._token(), row_id)]
+
+        self._commit("delete", klass, change)
+
+    def _insert(self, klass: type[_Row]) -> None:
+        def change(session: Session) -> _Written:
+            row_id = self._row_id()
+            if session.get(klass, row_id) is not None:
+                return []
+            token = self._token()
+            alternate = _new_alternate(klass, token)
+            self._learn(klass, row_id, alternate)
+            row = klass(id=row_id, value=token)
+            setattr(row, klass.alternate, alternate)
+            session.add(row)
+            return [(token, row_id)]
+
+        self._commit("insert", klass, change)
+
+    def _bulk_update(self, klass: type[_Row]) -> None:
+        def change(session: Session) -> _Written:
+            row_id = self._row_id()
+            token = self._token()
+            values: dict[str, Any] = {"value": token}
+            if klass is Versioned:
+                values["version"] = Versioned.version + 1  # as an application would
+            result = session.execute(update(klass).where(klass.id == row_id).values(values))
+            return [(token, row_id)] if cast("CursorResult[Any]", result).rowcount else []
+
+        self._commit("bulk_update", klass, change)
+
+    def _pair_update(self, klass: type[_Row]) -> None:
+        def change(session: Session) -> _Written:
+            written: _Written = []
+            for row_id in self.rng.sample(range(1, HOT_ROWS * 2 + 1), 2):
+                obj = self._load(session, klass, row_id)
+                if obj is None:
+                    continue
+                token = self._token()
+                obj.value = token
+                written.append((token, row_id))
+                # Row locks taken in a random order: two such transactions can deadlock.
+                session.flush()
+            return written
+
+        self._commit("pair_update", klass, change)
+
+    def _rollback(self, klass: type[_Row]) -> None:
+        """Write and flush a token, read it back through the chain, then roll back."""
+        session = self.scoped()
+        try:
+            row_id = self._row_id()
+            obj = self._load(session, klass, row_id)
+            if obj is None:
+                self.report.skipped["rollback"] += 1
+                return
+            token = self._token()
+            obj.value = token
+            self.report.rolled_back.append(token)
+            session.flush()
+            # This transaction reads its own write; the chain must fill no cache with it.
+            again = self.store.get(klass, row_id)
+            if again is None or again.value != token:
+                got = None if again is None else again.state()
+                self.report.wrong.append(
+                    f"{klass.__name__} id={row_id} read in its writing transaction: {got}, "
+                    f"not its own uncommitted {token!r}"
+                )
+            # Both ways a transaction ends without committing.
+            if self.rng.random() < 0.5:
+                session.rollback()
+            else:
+                session.close()
+            self.report.rollbacks += 1
+        except (DBAPIError, StaleDataError) as exc:
+            session.rollback()
+            self._conflict("rollback", exc)
+        finally:
+            self.scoped.remove()
+
+    # -- the memory layer check -----------------------------------------------------------
+
+    def check_memory(self) -> None:
+        """Once every other worker has stopped and its invalidations have arrived, compare
+        this process's memory layer with the database."""
+        memory = self.memory
+        if memory is None:
+            return
+        # Invalidations travel asynchronously.  Each worker broadcasts its fence after its
+        # last operation; once this process has applied the fence of every other worker,
+        # it has applied all their earlier messages, and nobody writes any more.
+        generations = memory.keymaker.generations
+        before = self.fenced_at
+        self.store.invalidate_class(self.fences[self.config.index])
+        others = [f for i, f in enumerate(self.fences) if i != self.config.index]
+        deadline = time.monotonic() + FENCE_TIMEOUT
+        waiting = others
+        while waiting and time.monotonic() < deadline:
+            time.sleep(0.001)  # polls for the fences' arrival; no race depends on it
+            waiting = [fence for fence in waiting if generations.get(fence) == before[fence]]
+        for fence in waiting:
+            self.report.memory_stale.append(
+                f"memory of {self.report.pid}: the last invalidation of worker "
+                f"{self.fences.index(fence)} did not arrive within {FENCE_TIMEOUT:g} s"
+            )
+        with Session(self.engine) as session:
+            for klass in CLASSES:
+                rows = _database_rows(session, klass)
+                checked, stale = _stale_entries(
+                    memory,
+                    f"memory of {self.report.pid}:",
+                    klass,
+                    rows,
+                    self.known[klass.__name__],
+                )
+                self.report.memory_checked += checked
+                self.report.memory_stale += stale
+
+
+def _work(config: _Config, start: Barrier, results: Queue[WorkerReport]) -> None:
+    """A worker process: set up, wait for the others, loop, check, report."""
+    try:
+        worker = _Worker(config)
+        try:
+            start.wait(SETUP_TIMEOUT)
+            worker.loop()
+            worker.check_memory()
+            report = worker.finish()
+        finally:
+            worker.close()
+    except BaseException:
+        # Release the others from the barrier, and tell the parent why.
+        start.abort()
+        report = WorkerReport(os.getpid(), config.index, error=traceback.format_exc())
+    results.put(report)
+
+
+# -- the parent -----------------------------------------------------------------------------
+
+
+def _run_workers(configs: list[_Config]) -> list[WorkerReport]:
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(len(configs))
+    results: Queue[WorkerReport] = context.Queue()
+    processes = [
+        context.Process(target=_work, args=(config, start, results), name=f"stress-{config.index}")
+        for config in configs
+    ]
+    for process in processes:
+        process.start()
+    reports: list[WorkerReport] = []
+    finished = False
+    try:
+        deadline = time.monotonic() + configs[0].seconds + 3 * SETUP_TIMEOUT
+        while len(reports) < len(processes):
+            try:
+                reports.append(results.get(timeout=1.0))
+                continue
+            except queue.Empty:
+                pass
+            # _work reports every failure it can catch and then exits with 0: a non-zero
+            # exit code is a process that died without a report (in start-up, or killed).
+            codes = [process.exitcode for process in processes]
+            if any(code not in (None, 0) for code in codes) or time.monotonic() > deadline:
+                raise RuntimeError(f"stress workers did not all report (exit codes {codes})")
+        finished = True
+    finally:
+        for process in processes:
+            # After a failure the others may be waiting at a barrier: do not wait for them.
+            process.join(timeout=30 if finished else 0)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+    errors = [report.error for report in reports if report.error is not None]
+    if errors:
+        raise RuntimeError("stress worker failed:\n" + "\n".join(errors))
+    return sorted(reports, key=lambda report: report.index)
+
+
+def _check(engine: Engine, redis: RedisStore, report: Report) -> None:
+    """Fill ``report``'s findings from the database and Redis, every worker stopped."""
+    with Session(engine) as session:
+        committed = {
+            row.token: (row.klass, row.row_id) for row in session.scalars(select(Committed))
+        }
+        rows = {klass: _database_rows(session, klass) for klass in CLASSES}
+    rolled_back = {token: w.pid for w in report.workers for token in w.rolled_back}
+    for worker in report.workers:
+        report.memory_stale += worker.memory_stale
+        report.wrong += [f"process {worker.pid}: {item}" for item in worker.wrong]
+        for name, row_id, value in sorted(worker.seen):
+            origin = committed.get(value)
+            if origin is None:
+                why = (
+                    f"rolled back by process {rolled_back[value]}"
+                    if value in rolled_back
+                    else "never committed"
+                )
+                report.uncommitted.append(
+                    f"process {worker.pid} read {name} id={row_id} value={value!r}: {why}"
+                )
+            elif origin != (name, row_id):
+                report.wrong.append(
+                    f"process {worker.pid} read {name} id={row_id} value={value!r}, "
+                    f"committed for {origin[0]} id={origin[1]}"
+                )
+    for klass in CLASSES:
+        alternates = {_seed_alternate(klass, i) for i in range(1, ROWS + 1)}
+        alternates |= {
+            alternate
+            for worker in report.workers
+            for name, alternate in worker.alternates
+            if name == klass.__name__
+        }
+        checked, stale = _stale_entries(redis, "Redis", klass, rows[klass], alternates)
+        report.keys_checked += checked
+        report.stale += stale
+
+
+def run(
+    postgres_url: str,
+    redis_url: str,
+    processes: int,
+    seconds: float,
+    memory_layer: bool = False,
+    seed: int = 0,
+) -> Report:
+    """Run the stress: ``processes`` workers for ``seconds``, then check; see the module doc.
+
+    Parameters:
+        postgres_url: a SQLAlchemy URL of a PostgreSQL database whose ``stress_*`` tables
+            may be dropped and created.
+        redis_url: a Redis URL; keys are written under a prefix of this run's own.
+        processes: worker processes.
+        seconds: how long each worker runs its operation loop.
+        memory_layer: put a ``ProcessMemoryStore`` in front of Redis in every worker, and
+            check it at the end.
+        seed: seeds each worker's choice of operations.
+
+    Raises RuntimeError when a worker fails (its traceback is in the message).
+    """
+    if processes < 1 or seconds <= 0:
+        raise ValueError(f"need processes >= 1 and seconds > 0, got {processes}, {seconds}")
+    started = time.monotonic()
+    prefix = f"stress{secrets.token_hex(4)}"
+    engine = create_engine(postgres_url)
+    redis = RedisStore(url=redis_url, prefix=prefix)
+    try:
+        _create_schema(engine)
+        configs = [
+            _Config(postgres_url, redis_url, prefix, seconds, memory_layer, seed, index, processes)
+            for index in range(processes)
+        ]
+        workers = _run_workers(configs)
+        report = Report(processes, seconds, memory_layer, seed, prefix, 0.0, workers)
+        _check(engine, redis, report)
+        if report.ok:
+            Base.metadata.drop_all(engine)
+            keys = list(redis.client.scan_iter(match=f"{prefix}:*", count=1000))
+            if keys:
+                redis.client.delete(*keys)
+    finally:
+        redis.close()
+        engine.dispose()
+    report.elapsed = time.monotonic() - started
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: run, print the report, return 1 when a check failed."""
+    parser = argparse.ArgumentParser(
+        prog="python -m stress.consistency",
+        description="Multi-process consistency stress of attach() and ChainedStore.",
+    )
+    parser.add_argument("--postgres-url", required=True, help="SQLAlchemy URL of PostgreSQL")
+    parser.add_argument("--redis-url", required=True, help="redis:// URL (any database)")
+    parser.add_argument("--processes", type=int, default=4, help="worker processes")
+    parser.add_argument("--seconds", type=float, default=20.0, help="seconds of operations")
+    parser.add_argument(
+        "--memory-layer",
+        action="store_true",
+        help="a ProcessMemoryStore in front of Redis in each worker, checked at the end",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seeds the operation choices")
+    args = parser.parse_args(argv)
+    report = run(
+        args.postgres_url,
+        args.redis_url,
+        args.processes,
+        args.seconds,
+        memory_layer=args.memory_layer,
+        seed=args.seed,
+    )
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    # Under ``python -m`` this file runs as ``__main__``, but cache keys name classes by
+    # module: run the copy imported as ``stress.consistency``, the one workers import.
+    from stress.consistency import main as _main
+
+    sys.exit(_main())
