@@ -127,7 +127,7 @@ def test_writes_go_through_every_layer() -> None:
 
 def test_a_failing_layer_is_a_counted_logged_miss(caplog: pytest.LogCaptureFixture) -> None:
     fast, broken, slow = Recording(), Recording(), Recording()
-    chain = ChainedStore([fast, broken, slow])
+    chain = ChainedStore([fast, broken, slow], cooldown=0)
     slow.batch_put(_foos(2))
     broken.down = True
     with caplog.at_level(logging.WARNING, logger="sa_stockpyle"):
@@ -233,7 +233,7 @@ def test_stats_count_every_thread_and_forget_ended_ones() -> None:
 
 def _outage() -> tuple[Recording, Recording, Recording, ChainedStore]:
     fast, middle, slow = Recording(), Recording(), Recording()
-    return fast, middle, slow, ChainedStore([fast, middle, slow])
+    return fast, middle, slow, ChainedStore([fast, middle, slow], cooldown=0)
 
 
 def test_a_write_missed_during_an_outage_never_serves_the_old_entry() -> None:

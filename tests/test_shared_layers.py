@@ -82,7 +82,7 @@ def test_a_redis_server_stopped_mid_run_is_a_counted_miss(
 ) -> None:
     memory = ProcessMemoryStore()
     redis_layer = RedisStore(url=private_redis_server.url)
-    chain = ChainedStore([memory, redis_layer, ShoveStore(shove={})])
+    chain = ChainedStore([memory, redis_layer, ShoveStore(shove={})], cooldown=0)
     foos = _foos(10)
     chain.batch_put(foos)
     memory.clear()
@@ -117,7 +117,7 @@ def test_a_redis_server_stopped_mid_run_is_a_counted_miss(
 
 def test_a_frozen_redis_costs_a_timeout_not_a_hang(private_redis_server: RedisServer) -> None:
     redis_layer = RedisStore(url=private_redis_server.url, timeout=0.2, connect_timeout=0.2)
-    chain = ChainedStore([redis_layer, ShoveStore(shove={})])
+    chain = ChainedStore([redis_layer, ShoveStore(shove={})], cooldown=0)
     foos = _foos(3)
     chain.batch_put(foos)
     assert private_redis_server.pid is not None
@@ -134,12 +134,40 @@ def test_a_frozen_redis_costs_a_timeout_not_a_hang(private_redis_server: RedisSe
     redis_layer.close()
 
 
+def test_a_dead_layer_rests_instead_of_costing_a_timeout_per_request(
+    private_redis_server: RedisServer,
+) -> None:
+    redis_layer = RedisStore(url=private_redis_server.url, timeout=0.2, connect_timeout=0.2)
+    chain = ChainedStore([redis_layer, ShoveStore(shove={})], cooldown=0.5)
+    foos = _foos(3)
+    chain.batch_put(foos)
+    assert private_redis_server.pid is not None
+    freeze(private_redis_server.pid)
+    try:
+        started = time.monotonic()
+        for _ in range(20):
+            assert chain.get(Foo, 1) == foos[1]
+        chain.put(Foo(key=2, zap=2, bar=2, note="while frozen"))
+        # One timeout for the first call; the others skip the resting layer.
+        assert time.monotonic() - started < 0.2 + 0.3
+    finally:
+        os.kill(private_redis_server.pid, signal.SIGCONT)
+    assert chain.layer_stats[0].count(Foo, "errors") == 1
+    assert chain.layer_stats[0].count(Foo, "skipped") >= 20
+    time.sleep(0.6)  # the cooldown passes; the next call tries the layer again
+    assert chain.get(Foo, 2).note == "while frozen"
+    assert redis_layer.get(Foo, 2) is None or redis_layer.get(Foo, 2).note == "while frozen"
+    assert chain.layer_stats[0].count(Foo, "errors") == 1
+    chain.close()
+
+
 def test_writes_redis_refused_are_made_up_for_when_it_accepts_again(
     private_redis_server: RedisServer,
 ) -> None:
     memory = ProcessMemoryStore()
     redis_layer = RedisStore(url=private_redis_server.url)
-    chain = ChainedStore([memory, redis_layer, ShoveStore(shove={})])
+    # cooldown=0: the next call tries the layer at once (the catch-up is what is tested).
+    chain = ChainedStore([memory, redis_layer, ShoveStore(shove={})], cooldown=0)
     chain.batch_put([Foo(key=1, zap=1, bar=1, v="old"), Pair(a="p", b=1, v="old")])
     admin = redis_layer.client
     admin.config_set("maxmemory-policy", "noeviction")

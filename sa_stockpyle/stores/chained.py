@@ -321,6 +321,8 @@ class ChainedStore(BaseStore):
             database number in front).
         max_staleness: while the subscription is down, process-local layers are cleared
             this often (seconds), so they serve nothing older.
+        cooldown: seconds a layer that failed is skipped (reads miss it, writes are
+            remembered for its catch-up) before a call tries it again; 0 tries every call.
     """
 
     def __init__(
@@ -331,6 +333,7 @@ class ChainedStore(BaseStore):
         broadcast: bool | None = None,
         channel: str = "invalidations",
         max_staleness: float = 2.0,
+        cooldown: float = 1.0,
     ) -> None:
         super().__init__()
         layers = list(stores)
@@ -342,6 +345,7 @@ class ChainedStore(BaseStore):
             ("lease_wait", lease_wait, 0.0),
             ("catch_up_interval", catch_up_interval, 0.001),
             ("max_staleness", max_staleness, 0.001),
+            ("cooldown", cooldown, 0.0),
         ):
             if (
                 isinstance(value, bool)
@@ -353,10 +357,12 @@ class ChainedStore(BaseStore):
                 )
         self.lease_wait = float(lease_wait)
         self.catch_up_interval = float(catch_up_interval)
+        self.cooldown = float(cooldown)
         self._closed = False
         self.stores = layers
         self.layer_stats = [Stats() for _ in layers]
         self._missed = [_Missed() for _ in layers]
+        self._resting = [0.0] * len(layers)
         self.coherence = self._coherence(broadcast, channel, float(max_staleness))
 
     def _coherence(
@@ -388,6 +394,9 @@ class ChainedStore(BaseStore):
     def _failed(
         self, index: int, classes: Iterable[type], action: str, exc: StoreUnavailable
     ) -> None:
+        # A circuit breaker: a layer that failed rests for ``cooldown`` seconds, so a dead
+        # server costs one timeout per cooldown, not one per request.
+        self._resting[index] = time.monotonic() + self.cooldown
         for klass in classes:
             self.layer_stats[index].add(klass, "errors")
         log.warning("sa_stockpyle: layer %s failed to %s: %s", self.layer_name(index), action, exc)
@@ -416,6 +425,16 @@ class ChainedStore(BaseStore):
         if not self._ready(index, ()) and not self._missed[index].retry:
             self._remember(index)
 
+    def _usable(self, index: int, classes: Iterable[type]) -> bool:
+        """Whether layer ``index`` may be used now: not resting after a failure, and
+        caught up with what it missed."""
+        until = self._resting[index]
+        if until and time.monotonic() < until:
+            for klass in classes:
+                self.layer_stats[index].add(klass, "skipped")
+            return False
+        return not self._missed[index] or self._ready(index, classes)
+
     def _ready(self, index: int, classes: Iterable[type]) -> bool:
         """Make up for what layer ``index`` missed; False while it still does not answer."""
         missed = self._missed[index]
@@ -436,6 +455,7 @@ class ChainedStore(BaseStore):
             self._failed(index, classes, "catch up", exc)
             return False
         missed.applying = False
+        self._resting[index] = 0.0
         for klass, _ in removals:
             self.layer_stats[index].add(klass, "caught_up")
         for klass in invalidated:
@@ -463,7 +483,7 @@ class ChainedStore(BaseStore):
         claims: list[tuple[int, Reservation, list[int]]] = []
         last = len(self.stores) - 1
         for index, store in enumerate(self.stores):
-            if self._missed[index] and not self._ready(index, (klass,)):
+            if not self._usable(index, (klass,)):
                 continue
             try:
                 obj = store.get(klass, key)
@@ -499,7 +519,7 @@ class ChainedStore(BaseStore):
         last = len(self.stores) - 1
         for index, store in enumerate(self.stores):
             stats = self.layer_stats[index]
-            if self._missed[index] and not self._ready(index, (klass,)):
+            if not self._usable(index, (klass,)):
                 continue
             try:
                 found = store.batch_get(klass, [keys[i] for i in missing])
@@ -601,7 +621,7 @@ class ChainedStore(BaseStore):
         claims: list[Reservation | None] = []
         for index, store in enumerate(self.stores):
             claim = None
-            if not self._missed[index] or self._ready(index, (klass,)):
+            if self._usable(index, (klass,)):
                 try:
                     claim = store.reserve(klass, keys)
                 except StoreUnavailable as exc:
@@ -652,7 +672,7 @@ class ChainedStore(BaseStore):
         for index in reversed(range(len(self.stores))):
             store = self.stores[index]
             try:
-                if index != last and not self._ready(index, classes):
+                if index != last and not self._usable(index, classes):
                     self._remember(index, objs)
                     continue
                 if puts:
@@ -694,7 +714,7 @@ class ChainedStore(BaseStore):
         classes = {type(obj) for obj in puts} | {klass for klass, _ in removals}
         for index in reversed(range(len(self.stores))):
             try:
-                if self._ready(index, classes):
+                if self._usable(index, classes):
                     self.stores[index].write_committed(puts, removals)
                     continue
             except StoreUnavailable as exc:
@@ -707,7 +727,7 @@ class ChainedStore(BaseStore):
         is logged and counted."""
         for index in reversed(range(len(self.stores))):
             try:
-                if self._ready(index, (klass,)):
+                if self._usable(index, (klass,)):
                     self.stores[index].invalidate_class(klass)
                     continue
             except StoreUnavailable as exc:
