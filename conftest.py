@@ -130,6 +130,15 @@ def memcached_addresses(memcached_servers: list[MemcachedServer]) -> list[str]:
 
 
 @pytest.fixture
+def private_memcached_server() -> Iterator[MemcachedServer]:
+    """A memcached of this test's own on a free port, for kill/restart fault injection."""
+    server = MemcachedServer(free_port())
+    _start(server)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def private_redis_server() -> Iterator[RedisServer]:
     """A Redis of this test's own on a free port, for kill/restart fault injection."""
     server = RedisServer(free_port())

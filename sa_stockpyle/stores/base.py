@@ -864,6 +864,9 @@ class BaseDictionaryStore(BaseKeyValueStore):
         self._lock = threading.Lock()
         # Markers in the order written, so that expired ones are swept from the mapping.
         self._markers: deque[tuple[float, str]] = deque()
+        #: Whether expired markers must be swept: not in a mapping bounded by itself
+        #: (an LRU evicts them in time, and tracking evicted ones would grow unbounded).
+        self.sweeps_markers = True
 
     def clear(self) -> None:
         """Drop every record.
@@ -896,12 +899,13 @@ class BaseDictionaryStore(BaseKeyValueStore):
         with self._lock:
             self._sweep()
             self._set_items({key: raw for key, raw, _expires_at in items})
-            marker_of = self._marker_of
-            self._markers.extend(
-                (expires_at, key)
-                for key, raw, expires_at in items
-                if expires_at is not None and marker_of(raw) is not None
-            )
+            if self.sweeps_markers:
+                marker_of = self._marker_of
+                self._markers.extend(
+                    (expires_at, key)
+                    for key, raw, expires_at in items
+                    if expires_at is not None and marker_of(raw) is not None
+                )
 
     def _set_items(self, values: dict[str, Any]) -> None:
         """Write ``values`` into the mapping; a mapping with a batch call overrides this."""
@@ -920,7 +924,11 @@ class BaseDictionaryStore(BaseKeyValueStore):
                 if write is not None:
                     raw, expires_at = write
                     mapping[op.key] = raw
-                    if expires_at is not None and self._marker_of(raw) is not None:
+                    if (
+                        self.sweeps_markers
+                        and expires_at is not None
+                        and self._marker_of(raw) is not None
+                    ):
                         self._markers.append((expires_at, op.key))
                 results.append(result)
         return results

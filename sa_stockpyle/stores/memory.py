@@ -43,10 +43,15 @@ class LRUDict(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_items:
-                self._data.popitem(last=False)
+            data = self._data
+            if key in data:
+                data.move_to_end(key)
+            else:
+                # Evict first: the mapping never holds more than max_items, not even for
+                # the moment between an insert and its eviction (len() takes no lock).
+                while len(data) >= self.max_items:
+                    data.popitem(last=False)
+            data[key] = value
 
     def __delitem__(self, key: str) -> None:
         with self._lock:
@@ -106,6 +111,7 @@ class ProcessMemoryStore(BaseDictionaryStore):
             mapping, polymorphic=polymorphic, lifetime_cb=lifetime_cb, prefix=prefix, clock=clock
         )
         self.max_items = max_items
+        self.sweeps_markers = max_items is None
 
 
 class ThreadLocalDict(MutableMapping[str, Any]):

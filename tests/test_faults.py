@@ -1,0 +1,277 @@
+"""Cache servers failing under use: killed, frozen, restarted empty, silent, a node down.
+
+Each test asserts that reads keep returning correct objects from lower layers without
+raising, that commits succeed, that the failures are counted, that a dead server costs
+one timeout per cooldown rather than one per request, and that once the server is back
+no entry from before or during the outage is stale.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from sa_stockpyle import attach
+from sa_stockpyle.stores import (
+    BaseStore,
+    ChainedStore,
+    MemcacheStore,
+    ProcessMemoryStore,
+    RedisStore,
+    ShoveStore,
+    SqlAlchemyStore,
+)
+from sa_stockpyle.testing import Foo
+from tests.helpers import freeze
+from tests.servers import MemcachedServer, RedisCluster, RedisServer
+from tests.test_races import Base, Item
+
+
+def _until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+@pytest.fixture
+def engine(postgres_url: str) -> Iterator[Engine]:
+    engine = create_engine(postgres_url)
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all([Item(id=i, code=f"c{i}", value="v1") for i in range(10)])
+        session.commit()
+    yield engine
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+
+
+def _never_stale(engine: Engine, layer: BaseStore) -> None:
+    """What ``layer`` holds for every row is nothing or the row as the database has it."""
+    with Session(engine) as session:
+        rows = {item.id: item.value for item in session.query(Item)}
+    for ident in range(10):
+        held = layer.get(Item, ident)
+        assert held is None or held.value == rows[ident], (ident, held.value, rows[ident])
+
+
+def _shared(kind: str, server: Any) -> BaseStore:
+    if kind == "redis":
+        return RedisStore(url=server.url, timeout=0.2, connect_timeout=0.2)
+    return MemcacheStore(servers=[server.address], timeout=0.2, connect_timeout=0.2)
+
+
+@pytest.fixture(params=["redis", "memcached"])
+def server(request: pytest.FixtureRequest) -> Any:
+    name = "private_redis_server" if request.param == "redis" else "private_memcached_server"
+    return request.getfixturevalue(name)
+
+
+def _kind(server: Any) -> str:
+    return "redis" if isinstance(server, RedisServer) else "memcached"
+
+
+def test_a_server_killed_mid_run_and_restarted_empty(
+    engine: Engine, server: RedisServer | MemcachedServer
+) -> None:
+    shared = _shared(_kind(server), server)
+    memory = ProcessMemoryStore()
+    writes = sessionmaker(engine)
+    writer = ChainedStore([memory, shared], cooldown=0.2, catch_up_interval=0.05)
+    handle = attach(writes, writer)
+    try:
+        with Session(engine) as session:
+            chain = ChainedStore(
+                [memory, shared, SqlAlchemyStore(session=session)], broadcast=False
+            )
+            assert [obj.value for obj in chain.batch_get(Item, range(10))] == ["v1"] * 10
+        server.kill()
+        memory.clear()
+        started = time.monotonic()
+        for ident in range(10):
+            with Session(engine) as session:
+                chain = ChainedStore(
+                    [memory, shared, SqlAlchemyStore(session=session)],
+                    broadcast=False,
+                    cooldown=0.2,
+                )
+                assert chain.get(Item, ident).value == "v1"  # from the database
+            with writes() as session:
+                session.get(Item, ident).value = "v2"
+                session.commit()  # succeeds; the write-through failure is counted
+        assert time.monotonic() - started < 5
+        assert writer.layer_stats[1].count(None, "errors") >= 1
+        server.restart()  # empty
+        assert _until(lambda: writer.layer_stats[1].count(None, "caught_up") >= 1)
+        with Session(engine) as session:
+            chain = ChainedStore(
+                [memory, shared, SqlAlchemyStore(session=session)], broadcast=False
+            )
+            assert [obj.value for obj in chain.batch_get(Item, range(10))] == ["v2"] * 10
+        _never_stale(engine, shared)
+        _never_stale(engine, memory)
+    finally:
+        handle.detach()
+        writer.close()
+
+
+def test_a_server_frozen_while_commits_write_is_caught_up_with(
+    engine: Engine, server: RedisServer | MemcachedServer
+) -> None:
+    shared = _shared(_kind(server), server)
+    writes = sessionmaker(engine)
+    writer = ChainedStore([shared], cooldown=0.2, catch_up_interval=0.05)
+    handle = attach(writes, writer)
+    try:
+        with Session(engine) as session:
+            ChainedStore([shared, SqlAlchemyStore(session=session)]).batch_get(Item, range(10))
+        assert [held.value for held in shared.batch_get(Item, range(10))] == ["v1"] * 10
+        assert server.pid is not None
+        freeze(server.pid)
+        try:
+            with writes() as session:
+                for ident in range(10):
+                    session.get(Item, ident).value = "v2"
+                session.commit()  # the server holds v1 and does not answer
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert writer.layer_stats[0].count(None, "errors") >= 1
+        # Made up for by the writer's timer, without the writer being used again.
+        assert _until(lambda: writer.layer_stats[0].count(None, "caught_up") >= 10)
+        assert shared.batch_get(Item, range(10)) == [None] * 10
+        _never_stale(engine, shared)
+    finally:
+        handle.detach()
+        writer.close()
+
+
+class BlackHole:
+    """A server that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "memcached"])
+def test_a_server_that_never_answers_costs_one_timeout_per_cooldown(kind: str) -> None:
+    hole = BlackHole()
+    if kind == "redis":
+        shared: BaseStore = RedisStore(
+            url=f"redis://127.0.0.1:{hole.port}/0", timeout=0.2, connect_timeout=0.2
+        )
+    else:
+        shared = MemcacheStore(
+            servers=[f"127.0.0.1:{hole.port}"], timeout=0.2, connect_timeout=0.2
+        )
+    backing = ShoveStore(shove={})
+    chain = ChainedStore([shared, backing], cooldown=5.0)
+    foos = [Foo(key=i, zap=i, bar=i) for i in range(50)]
+    backing.batch_put(foos)
+    try:
+        started = time.monotonic()
+        for foo in foos:
+            assert chain.get(Foo, foo.key) == foo
+        chain.put(Foo(key=99, zap=99, bar=99))
+        elapsed = time.monotonic() - started
+        # One timeout (0.2 s), then the layer rests: not 51 timeouts.
+        assert elapsed < 0.2 * 3, elapsed
+        assert chain.layer_stats[0].count(Foo, "errors") == 1
+        assert chain.layer_stats[0].count(Foo, "skipped") >= 50
+        assert chain.get(Foo, 99) == Foo(key=99, zap=99, bar=99)
+    finally:
+        chain.close()
+        hole.close()
+
+
+def test_a_redis_restarted_empty_starts_a_new_namespace_and_a_new_subscription(
+    engine: Engine, private_redis_server: RedisServer
+) -> None:
+    shared = RedisStore(url=private_redis_server.url, timeout=0.2, connect_timeout=0.2)
+    memory = ProcessMemoryStore()
+    writes = sessionmaker(engine)
+    writer = ChainedStore([memory, shared], cooldown=0.2, catch_up_interval=0.05)
+    handle = attach(writes, writer)
+    try:
+        assert writer.coherence is not None
+        with Session(engine) as session:
+            ChainedStore(
+                [memory, shared, SqlAlchemyStore(session=session)], broadcast=False
+            ).batch_get(Item, range(10))
+        before = shared.keymaker.generations[Item]
+        private_redis_server.kill()
+        private_redis_server.restart()
+        assert _until(lambda: writer.coherence.counts().get("losses", 0) >= 1)
+        assert _until(lambda: writer.coherence.subscribed)
+        assert memory.get(Item, 1) is None  # flushed: messages may have been missed
+        with writes() as session:
+            session.get(Item, 1).value = "v2"
+            session.commit()
+        with Session(engine) as session:
+            chain = ChainedStore(
+                [memory, shared, SqlAlchemyStore(session=session)], broadcast=False
+            )
+            assert chain.get(Item, 1).value == "v2"
+        assert shared.keymaker.generations[Item] != before  # the old token died with it
+        _never_stale(engine, shared)
+        _never_stale(engine, memory)
+    finally:
+        handle.detach()
+        writer.close()
+
+
+def test_a_cluster_node_stopped_mid_run(redis_cluster: RedisCluster) -> None:
+    from tests.helpers import cluster_client
+
+    redis_cluster.flushall()
+    client = cluster_client(redis_cluster.startup_nodes)
+    shared = RedisStore(client=client)
+    backing = ShoveStore(shove={})
+    chain = ChainedStore([shared, backing], cooldown=0.2, catch_up_interval=0.05)
+    foos = [Foo(key=i, zap=i, bar=i, v=1) for i in range(30)]
+    chain.batch_put(foos)
+    port = redis_cluster.startup_nodes[1][1]
+    redis_cluster.stop_node(port)
+    try:
+        started = time.monotonic()
+        assert chain.batch_get(Foo, range(30)) == foos  # from the backing layer
+        newer = [Foo(key=i, zap=i, bar=i, v=2) for i in range(30)]
+        chain.batch_put(newer)  # the cluster layer misses it: remembered
+        assert time.monotonic() - started < 10
+        assert chain.layer_stats[0].count(Foo, "errors") >= 1
+    finally:
+        redis_cluster.start_node(port)
+    assert _until(lambda: chain.layer_stats[0].count(Foo, "caught_up") >= 30, timeout=15)
+    for held in shared.batch_get(Foo, range(30)):
+        assert held is None or held.v == 2
+    assert _until(lambda: chain.batch_get(Foo, range(30)) == newer, timeout=5)
+    chain.close()
+    client.close()
