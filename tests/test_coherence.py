@@ -216,7 +216,8 @@ def test_broadcast_is_on_only_with_a_local_layer_and_a_channel(
     with ChainedStore([ProcessMemoryStore(), RedisStore(url=redis_url)]) as chain:
         assert chain.coherence is not None
     with ChainedStore([RedisStore(url=redis_url)]) as chain:
-        assert chain.coherence is None
+        assert chain.coherence is not None  # publishes for other processes' memory layers
+        assert not chain.coherence.subscribed  # and has nothing of its own to evict
     with ChainedStore([ProcessMemoryStore(), MemcacheStore(servers=memcached_addresses)]) as c:
         assert c.coherence is None
     with ChainedStore([ProcessMemoryStore(), RedisStore(url=redis_url)], broadcast=False) as c:
@@ -225,5 +226,19 @@ def test_broadcast_is_on_only_with_a_local_layer_and_a_channel(
         ChainedStore(
             [ProcessMemoryStore(), MemcacheStore(servers=memcached_addresses)], broadcast=True
         )
+
+
+def test_a_process_without_a_memory_layer_still_evicts_the_others(redis_url: str) -> None:
+    reader_memory = ProcessMemoryStore()
+    reader = ChainedStore([reader_memory, RedisStore(url=redis_url)])
+    writer = ChainedStore([RedisStore(url=redis_url)])  # a worker with no local layer
+    try:
+        reader.put(Foo(key=3, zap=3, bar=3))
+        assert _until(lambda: reader_memory.get(Foo, 3) is not None)
+        writer.write_committed([], [(Foo, {"key": 3})])
+        assert _until(lambda: reader_memory.get(Foo, 3) is None)
+    finally:
+        reader.close()
+        writer.close()
     with pytest.raises(ConfigurationError, match="max_staleness"):
         ChainedStore([ProcessMemoryStore()], max_staleness=0)

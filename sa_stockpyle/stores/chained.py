@@ -129,13 +129,19 @@ class Coherence:
         self._first_attempt = threading.Event()
         self._last_flush = time.monotonic()
         self._threads = [
-            threading.Thread(target=self._publishing, name="sa_stockpyle-publish", daemon=True),
-            threading.Thread(target=self._subscribing, name="sa_stockpyle-subscribe", daemon=True),
+            threading.Thread(target=self._publishing, name="sa_stockpyle-publish", daemon=True)
         ]
+        if local:  # without local layers there is nothing to evict: publish only
+            self._threads.append(
+                threading.Thread(
+                    target=self._subscribing, name="sa_stockpyle-subscribe", daemon=True
+                )
+            )
         for thread in self._threads:
             thread.start()
-        # A chain that starts to serve before it listens could miss the first messages.
-        self._first_attempt.wait(5)
+        if local:
+            # A chain that starts to serve before it listens could miss the first messages.
+            self._first_attempt.wait(5)
 
     def counts(self) -> dict[str, int]:
         """The event counters (see the class doc)."""
@@ -314,9 +320,9 @@ class ChainedStore(BaseStore):
         catch_up_interval: seconds between attempts to make up for what a layer missed,
             made by a background timer while the layer does not answer.
         broadcast: publish every write and commit on a channel of a shared layer, and
-            remove what other processes publish from this chain's process-local layers
-            (see :class:`Coherence`).  None (the default): on when the chain has both a
-            process-local layer and a layer with a channel (a ``RedisStore``).
+            remove what other processes publish from this chain's process-local layers,
+            if it has any (see :class:`Coherence`).  None (the default): on when a layer
+            has a channel (a ``RedisStore``), off otherwise.
         channel: the name of that channel (a ``RedisStore`` puts its key prefix and
             database number in front).
         max_staleness: while the subscription is down, process-local layers are cleared
@@ -372,14 +378,15 @@ class ChainedStore(BaseStore):
         shared = (store.channel(name) for store in self.stores if not store.process_local)
         channel = next((found for found in shared if found is not None), None)
         if broadcast is None:
-            broadcast = bool(local) and channel is not None
+            # Publishing matters even without a local layer here: other processes' local
+            # layers must hear this chain's commits.
+            broadcast = channel is not None
         if not broadcast:
             return None
-        if not local or channel is None:
+        if channel is None:
             raise ConfigurationError(
-                "ChainedStore(broadcast=True) needs a process-local layer (a "
-                "ProcessMemoryStore) and a layer with a channel (a RedisStore); the layers "
-                f"are {[self.layer_name(i) for i in range(len(self.stores))]}"
+                "ChainedStore(broadcast=True) needs a layer with a channel (a RedisStore); "
+                f"the layers are {[self.layer_name(i) for i in range(len(self.stores))]}"
             )
         return Coherence(channel, local, max_staleness)
 
