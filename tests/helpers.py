@@ -6,6 +6,7 @@ import os
 import pickle
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,20 @@ def cluster_client(nodes: list[tuple[str, int]]) -> RedisCluster:
         socket_connect_timeout=1,
         socket_timeout=2,
     )
+
+
+def until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; return its last value.
+
+    For what other threads or processes make true (a broadcast arriving, a catch-up):
+    the tests assert on the state reached, never on a sleep.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.001)
+    return condition()
 
 
 def freeze(pid: int, timeout: float = 5.0) -> None:

@@ -11,7 +11,7 @@ import os
 import signal
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -30,6 +30,7 @@ from sa_stockpyle.stores import (
     SqlAlchemyStore,
 )
 from sa_stockpyle.testing import Foo
+from tests.helpers import cluster_client, until
 from tests.servers import RedisServer
 from tests.test_races import Base, Item
 
@@ -47,15 +48,6 @@ def engine(postgres_url: str) -> Iterator[Engine]:
     yield engine
     Base.metadata.drop_all(engine)
     engine.dispose()
-
-
-def _until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.001)
-    return condition()
 
 
 def _watcher(postgres_url: str, redis_url: str, pipe: Connection) -> None:
@@ -137,14 +129,14 @@ def test_losing_the_subscription_flushes_and_counts(
         chain.put(Foo(key=1, zap=1, bar=1, v="old"))
         assert memory.get(Foo, 1) is not None
         assert admin.client_kill_filter(_type="pubsub") >= 2
-        assert _until(lambda: chain.coherence.counts().get("losses", 0) >= 1)
+        assert until(lambda: chain.coherence.counts().get("losses", 0) >= 1)
         assert chain.coherence.counts()["flushes"] >= 1
         assert memory.get(Foo, 1) is None  # anything could have been missed: flushed
-        assert _until(lambda: chain.coherence.subscribed)
-        assert _until(lambda: other.coherence.subscribed)
+        assert until(lambda: chain.coherence.subscribed)
+        assert until(lambda: other.coherence.subscribed)
         chain.put(Foo(key=1, zap=1, bar=1, v="old"))
         other.write_committed([Foo(key=1, zap=1, bar=1, v="new")], [(Foo, {"key": 1})])
-        assert _until(lambda: memory.get(Foo, 1) is None)
+        assert until(lambda: memory.get(Foo, 1) is None)
         assert chain.get(Foo, 1) is None  # removed in Redis too: nothing stale
     finally:
         chain.close()
@@ -162,13 +154,13 @@ def test_while_the_subscription_is_down_local_layers_stay_younger_than_the_bound
     try:
         assert chain.coherence is not None
         private_redis_server.kill()
-        assert _until(lambda: not chain.coherence.subscribed)
+        assert until(lambda: not chain.coherence.subscribed)
         memory.put(Foo(key=1, zap=1, bar=1))  # filled while other processes go unheard
         put_at = time.monotonic()
-        assert _until(lambda: memory.get(Foo, 1) is None, timeout=3)
+        assert until(lambda: memory.get(Foo, 1) is None, timeout=3)
         assert time.monotonic() - put_at < 0.3 + 0.5
         flushes = chain.coherence.counts()["flushes"]
-        assert _until(lambda: chain.coherence.counts()["flushes"] > flushes)  # and again
+        assert until(lambda: chain.coherence.counts()["flushes"] > flushes)  # and again
     finally:
         chain.close()
 
@@ -181,16 +173,15 @@ def test_a_frozen_server_is_noticed_by_its_silence(private_redis_server: RedisSe
         assert chain.coherence is not None
         os.kill(private_redis_server.pid, signal.SIGSTOP)
         try:
-            assert _until(lambda: chain.coherence.counts().get("losses", 0) >= 1, timeout=8)
+            assert until(lambda: chain.coherence.counts().get("losses", 0) >= 1, timeout=8)
         finally:
             os.kill(private_redis_server.pid, signal.SIGCONT)
-        assert _until(lambda: chain.coherence.subscribed, timeout=8)
+        assert until(lambda: chain.coherence.subscribed, timeout=8)
     finally:
         chain.close()
 
 
 def test_a_redis_cluster_carries_the_broadcast(redis_cluster_nodes: list[Any]) -> None:
-    from tests.helpers import cluster_client
 
     first = ChainedStore(
         [ProcessMemoryStore(), RedisStore(client=cluster_client(redis_cluster_nodes))]
@@ -201,9 +192,9 @@ def test_a_redis_cluster_carries_the_broadcast(redis_cluster_nodes: list[Any]) -
         assert first.coherence is not None
         assert second.coherence is not None
         second.put(Foo(key=7, zap=7, bar=7))
-        assert _until(lambda: second_memory.get(Foo, 7) is not None)
+        assert until(lambda: second_memory.get(Foo, 7) is not None)
         first.write_committed([], [(Foo, {"key": 7})])
-        assert _until(lambda: second_memory.get(Foo, 7) is None)
+        assert until(lambda: second_memory.get(Foo, 7) is None)
         assert second.coherence.counts()["received"] >= 1
     finally:
         first.close()
@@ -234,9 +225,9 @@ def test_a_process_without_a_memory_layer_still_evicts_the_others(redis_url: str
     writer = ChainedStore([RedisStore(url=redis_url)])  # a worker with no local layer
     try:
         reader.put(Foo(key=3, zap=3, bar=3))
-        assert _until(lambda: reader_memory.get(Foo, 3) is not None)
+        assert until(lambda: reader_memory.get(Foo, 3) is not None)
         writer.write_committed([], [(Foo, {"key": 3})])
-        assert _until(lambda: reader_memory.get(Foo, 3) is None)
+        assert until(lambda: reader_memory.get(Foo, 3) is None)
     finally:
         reader.close()
         writer.close()

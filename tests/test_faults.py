@@ -13,7 +13,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,18 +31,9 @@ from sa_stockpyle.stores import (
     SqlAlchemyStore,
 )
 from sa_stockpyle.testing import Foo
-from tests.helpers import freeze
+from tests.helpers import cluster_client, freeze, until
 from tests.servers import MemcachedServer, RedisCluster, RedisServer
 from tests.test_races import Base, Item
-
-
-def _until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 @pytest.fixture
@@ -114,7 +105,7 @@ def test_a_server_killed_mid_run_and_restarted_empty(
         assert time.monotonic() - started < 5
         assert writer.layer_stats[1].count(None, "errors") >= 1
         server.restart()  # empty
-        assert _until(lambda: writer.layer_stats[1].count(None, "caught_up") >= 1)
+        assert until(lambda: writer.layer_stats[1].count(None, "caught_up") >= 1)
         with Session(engine) as session:
             chain = ChainedStore(
                 [memory, shared, SqlAlchemyStore(session=session)], broadcast=False
@@ -149,7 +140,7 @@ def test_a_server_frozen_while_commits_write_is_caught_up_with(
             os.kill(server.pid, signal.SIGCONT)
         assert writer.layer_stats[0].count(None, "errors") >= 1
         # Made up for by the writer's timer, without the writer being used again.
-        assert _until(lambda: writer.layer_stats[0].count(None, "caught_up") >= 10)
+        assert until(lambda: writer.layer_stats[0].count(None, "caught_up") >= 10)
         assert shared.batch_get(Item, range(10)) == [None] * 10
         _never_stale(engine, shared)
     finally:
@@ -229,8 +220,8 @@ def test_a_redis_restarted_empty_starts_a_new_namespace_and_a_new_subscription(
         before = shared.keymaker.generations[Item]
         private_redis_server.kill()
         private_redis_server.restart()
-        assert _until(lambda: writer.coherence.counts().get("losses", 0) >= 1)
-        assert _until(lambda: writer.coherence.subscribed)
+        assert until(lambda: writer.coherence.counts().get("losses", 0) >= 1)
+        assert until(lambda: writer.coherence.subscribed)
         assert memory.get(Item, 1) is None  # flushed: messages may have been missed
         with writes() as session:
             session.get(Item, 1).value = "v2"
@@ -249,7 +240,6 @@ def test_a_redis_restarted_empty_starts_a_new_namespace_and_a_new_subscription(
 
 
 def test_a_cluster_node_stopped_mid_run(redis_cluster: RedisCluster) -> None:
-    from tests.helpers import cluster_client
 
     redis_cluster.flushall()
     client = cluster_client(redis_cluster.startup_nodes)
@@ -269,9 +259,9 @@ def test_a_cluster_node_stopped_mid_run(redis_cluster: RedisCluster) -> None:
         assert chain.layer_stats[0].count(Foo, "errors") >= 1
     finally:
         redis_cluster.start_node(port)
-    assert _until(lambda: chain.layer_stats[0].count(Foo, "caught_up") >= 30, timeout=15)
+    assert until(lambda: chain.layer_stats[0].count(Foo, "caught_up") >= 30, timeout=15)
     for held in shared.batch_get(Foo, range(30)):
         assert held is None or held.v == 2
-    assert _until(lambda: chain.batch_get(Foo, range(30)) == newer, timeout=5)
+    assert until(lambda: chain.batch_get(Foo, range(30)) == newer, timeout=5)
     chain.close()
     client.close()
