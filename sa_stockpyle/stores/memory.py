@@ -62,6 +62,11 @@ class LRUDict(MutableMapping[str, Any]):
         with self._lock:
             return self._data.pop(key, default)
 
+    def clear(self) -> None:
+        """Remove every key at once (MutableMapping's default pops them one by one)."""
+        with self._lock:
+            self._data.clear()
+
     def __iter__(self) -> Iterator[str]:
         with self._lock:
             return iter(list(self._data))
