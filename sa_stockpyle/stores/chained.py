@@ -182,6 +182,7 @@ class Coherence:
             self._wake.notify()
 
     def _publishing(self) -> None:
+        failing = False
         while True:
             with self._wake:
                 while not self._pending and not self._stop.is_set():
@@ -193,7 +194,9 @@ class Coherence:
             try:
                 self.channel.publish(batch)
             except StoreUnavailable as exc:
-                log.warning("sa_stockpyle: cannot publish %d invalidations: %s", len(batch), exc)
+                if not failing:  # once per outage, not once per retry
+                    log.warning("sa_stockpyle: cannot publish invalidations: %s", exc)
+                failing = True
                 with self._wake:
                     self._counts["publish_errors"] += 1
                     # Sent again first, in order; the oldest go when the queue is full.
@@ -204,6 +207,7 @@ class Coherence:
                 if self._stop.wait(0.1):
                     return
             else:
+                failing = False
                 self._count("sent", len(batch))
 
     # -- subscribing ------------------------------------------------------------------
