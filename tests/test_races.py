@@ -28,6 +28,7 @@ from sa_stockpyle.stores import (
     SqlAlchemyStore,
 )
 from sa_stockpyle.stores.base import Removal
+from sa_stockpyle.testing import Foo
 from tests.helpers import freeze
 from tests.servers import RedisServer
 
@@ -389,3 +390,26 @@ def test_a_snapshot_that_began_before_the_claim_is_not_filled(caches: Caches, kl
         assert caches.chain(session).get(klass, 1).value == "v1"  # as of the snapshot
     assert caches.held(klass, 1) == [None, None]
     caches.assert_never_stale(klass, 1, "c1")
+
+
+@pytest.mark.parametrize("kind", ["redis", "memcached"])
+def test_a_commit_is_written_under_a_generation_another_process_started_meanwhile(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    # The writer last read the class under generation g1; a reader (another process)
+    # invalidates the class and refills it under g2; the writer's commit must reach g2.
+    if kind == "redis":
+        url = request.getfixturevalue("redis_url")
+        writer_layer: BaseStore = RedisStore(url=url)
+        reader_layer: BaseStore = RedisStore(url=url)
+    else:
+        servers = request.getfixturevalue("memcached_addresses")
+        writer_layer, reader_layer = MemcacheStore(servers=servers), MemcacheStore(servers=servers)
+    foo = Foo(key=5, zap=5, bar=5, v=1)
+    writer_layer.put(foo)
+    assert writer_layer.get(Foo, 5) == foo  # the writer knows g1
+    reader_layer.invalidate_class(Foo)
+    reader_layer.put(foo)  # filled again under g2
+    writer_layer.write_committed([], [(Foo, {"key": 5})])  # the commit of v=2
+    assert reader_layer.get(Foo, 5) is None
+    assert writer_layer.get(Foo, 5) is None

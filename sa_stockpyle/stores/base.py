@@ -80,6 +80,10 @@ log = logging.getLogger("sa_stockpyle")
 T = TypeVar("T")
 Clock = Callable[[], float]
 
+#: How often a write is made again when another process keeps starting new namespace
+#: generations of its classes while it writes (each new generation starts empty).
+MAX_GENERATION_RETRIES = 3
+
 #: An object to remove by key: its class and a lookup (``{"id": 5}``).
 Removal = tuple[type, dict[str, Any]]
 
@@ -589,18 +593,51 @@ class BaseKeyValueStore(BaseStore):
         """Reflect a database commit in one conditional batch: tombstones for
         ``removals``; ``puts`` added where nothing is held, or, for a class with an integer
         ``version_id_col``, written over an entry of a lower version."""
-        keys = self._removal_keys(removals)
-        records = self._records(puts)
-        if not (keys or records):
+        classes = self._classes_of(puts)
+        classes |= {c for klass, _ in removals for c in storage_classes(klass, self.polymorphic)}
+
+        def write() -> None:
+            keys = self._removal_keys(removals)
+            records = self._records(puts)
+            ops = [Op("T", key, None, None) for key in keys]
+            encode = self._encode
+            for key, record in records:
+                # A pointer is written as it is: it answers only while its entry lists it.
+                version = record.version if type(record) is Entry else None
+                kind = "S" if type(record) is Pointer else "A" if version is None else "N"
+                ops.append(Op(kind, key, encode(record), record.expires_at, version))
+            if ops:
+                self._conditional(ops)
+
+        self._in_current_generations(classes, write)
+
+    def _in_current_generations(self, classes: set[type], write: Callable[[], None]) -> None:
+        """Run ``write`` until the namespace generations it wrote under are still current.
+
+        Writes build their keys from the generations this process last read.  Another
+        process may have started a new one meanwhile (``invalidate_class``, a server
+        restarted empty); a write under the old one would leave stale entries in the new
+        one.  So a shared store reads the generations right after writing, and writes
+        again under any that moved.  A generation that moves after that read was started
+        after this write, and its readers read the database after this commit.
+        """
+        if not classes:
             return
-        ops = [Op("T", key, None, None) for key in keys]
-        encode = self._encode
-        for key, record in records:
-            # A pointer is written as it is: it answers only while its entry lists it.
-            version = record.version if type(record) is Entry else None
-            kind = "S" if type(record) is Pointer else "A" if version is None else "N"
-            ops.append(Op(kind, key, encode(record), record.expires_at, version))
-        self._conditional(ops)
+        self._learn_generations_of(classes)
+        for _ in range(MAX_GENERATION_RETRIES):
+            used = {klass: self.keymaker.generations.get(klass) for klass in classes}
+            write()
+            if not self.shared_generations:
+                return
+            raws = self._read([self.keymaker.generation_key(klass) for klass in used])
+            moved = False
+            for (klass, generation), raw in zip(used.items(), raws, strict=True):
+                held = raw.decode("ascii", "replace") if isinstance(raw, bytes) and raw else None
+                if held != generation:
+                    self._adopt_generation(klass, raw)
+                    moved = True
+            if not moved:
+                return
 
     def reserve(self, klass: type, keys: Sequence[object]) -> Reservation:
         """Take a lease on the cache key of each lookup in ``keys`` (see the class doc)."""
@@ -704,11 +741,12 @@ class BaseKeyValueStore(BaseStore):
 
     def batch_put(self, objs: Iterable[object]) -> None:
         """Store every object of ``objs`` in one backend write."""
+        # Written under the generations known now: if one moved meanwhile, the object is
+        # only missing from the new one, which is never stale.
         records = self._records(objs)
         if records:
-            self._write(
-                [(key, self._encode(record), record.expires_at) for key, record in records]
-            )
+            encode = self._encode
+            self._write([(key, encode(record), record.expires_at) for key, record in records])
 
     def delete(self, obj: object) -> None:
         """Remove ``obj`` from under every key it is stored at."""
@@ -716,9 +754,18 @@ class BaseKeyValueStore(BaseStore):
 
     def batch_delete(self, objs: Iterable[object]) -> None:
         """Remove every object of ``objs`` in one backend call."""
-        keys = self._object_keys(objs)
-        if keys:
-            self._remove(keys)
+        objs = list(objs)
+
+        def write() -> None:
+            keys = self._object_keys(objs)
+            if keys:
+                self._remove(keys)
+
+        self._in_current_generations(self._classes_of(objs), write)
+
+    def _classes_of(self, objs: Sequence[object]) -> set[type]:
+        """Every class ``objs`` are stored under."""
+        return {c for obj in objs for c in storage_classes(type(obj), self.polymorphic)}
 
     def get(self, klass: type[T], key: object) -> T | None:
         """Return the ``klass`` object with ``key``, or None."""
