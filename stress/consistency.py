@@ -1,6 +1,7 @@
 """Multi-process consistency stress: real PostgreSQL, real Redis, many writers, one checker.
 
 ``python -m stress.consistency --postgres-url URL --redis-url URL --processes 4 --seconds 20``
+``python -m stress.consistency --postgres-url URL --chaos --memory-layer --seconds 120``
 
 Worker processes (started with the ``spawn`` method, each with its own engine, sessions,
 ``RedisStore`` and :func:`~sa_stockpyle.attach`) read through
@@ -8,33 +9,49 @@ Worker processes (started with the ``spawn`` method, each with its own engine, s
 ``ProcessMemoryStore`` in front) and write with a skewed random mix: value updates,
 alternate-key moves, deletes, re-inserts, bulk updates, two-row transactions, and
 transactions that write and then roll back.  Every writer transaction inserts the token it
-wrote into ``stress_committed`` in the same transaction, so that table lists exactly the
-committed tokens.
+wrote into ``stress_committed`` in the same transaction, after its row writes, with a
+sequence number drawn then: so that table lists exactly the committed tokens, and, for
+each row, in the order their transactions committed (see ``Committed``).
+
+With ``--chaos`` the parent starts a Redis server of its own (no persistence: it comes
+back empty), and while the workers run it kills it with SIGKILL and starts it again at
+random moments (every ``--fault-interval`` seconds, down for ``--downtime`` seconds; the
+last restart at least ``QUIET`` seconds before the workers stop).  The workers go on:
+reads fall through to PostgreSQL, commits succeed and their write-through failures are
+counted by the chain.
 
 When every worker has stopped, the parent checks that:
 
 * every value a reader saw is a committed token, of the row it was read from;
+* no committed write is lost: replaying the committed writes of each row in commit order
+  (value updates, alternate-key moves, deletes, inserts) gives exactly the row the
+  database holds, version included;
 * whatever Redis holds for any primary key or alternate key ever used is either nothing
   or equal (id, alternate key, value, version) to the row the database holds now.
 
-With ``--memory-layer``, each worker makes the second check against its own memory layer
+Before it stops, each worker waits until its chain uses Redis again, which it does only
+once it has made up for every write it missed during an outage (see ``_Worker.settle``).
+With ``--memory-layer``, each worker makes the last check against its own memory layer
 once every other worker has stopped and all their invalidation broadcasts have arrived
 (see ``_Worker.check_memory``).  The exit status is 1 when a check fails.
 
 Cache keys and the broadcast channel are named after a prefix of their own per run, so a
 shared Redis server may be used; the tables (``stress_*``) are dropped again after a run
-that passed, and kept, with the Redis keys, for inspection after one that did not.
+that passed, and kept, with the Redis keys, for inspection after one that did not (under
+``--chaos`` the private server stops with the run: the report lists what it held).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing
 import os
 import queue
 import random
 import secrets
 import sys
+import threading
 import time
 import traceback
 from collections import Counter
@@ -42,9 +59,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
-from typing import Any, ClassVar, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 
-from sqlalchemy import Engine, Integer, String, create_engine, select, update
+from sqlalchemy import (
+    BigInteger,
+    Engine,
+    Identity,
+    Integer,
+    String,
+    create_engine,
+    select,
+    update,
+)
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import (
@@ -67,7 +93,19 @@ from sa_stockpyle.stores import (
     SqlAlchemyStore,
 )
 
-__all__ = ["Plain", "Report", "RowState", "Versioned", "WorkerReport", "main", "run"]
+if TYPE_CHECKING:
+    from tests.servers import RedisServer
+
+__all__ = [
+    "Fault",
+    "Plain",
+    "Report",
+    "RowState",
+    "Versioned",
+    "WorkerReport",
+    "main",
+    "run",
+]
 
 #: Rows seeded per class; ids stay in 1..ROWS (deleted rows are re-inserted under them).
 ROWS = 50
@@ -76,8 +114,16 @@ HOT_ROWS = 5
 HOT_SHARE = 0.6
 #: Seconds a worker may take to start (imports, connections) or to wait for the others.
 SETUP_TIMEOUT = 120.0
-#: Seconds a worker waits for the other workers' last invalidations (--memory-layer).
+#: Seconds a worker waits for the other workers' last invalidations (--memory-layer), or
+#: for its chain to use Redis again after the last fault.
 FENCE_TIMEOUT = 30.0
+#: --chaos: seconds between faults, and seconds Redis stays down, drawn uniformly.
+FAULT_INTERVAL = (3.0, 10.0)
+DOWNTIME = (0.2, 3.0)
+#: --chaos: the last restart comes at least this many seconds before the workers stop,
+#: so that every chain has caught up (cooldown 1 s, retries every 0.5 s) and every
+#: broadcast subscription is back before the checks.
+QUIET = 3.0
 #: Anomalies listed by :meth:`Report.format`, per kind; the counts are always complete.
 LISTED = 20
 
@@ -155,13 +201,23 @@ class Plain(_Row):
 
 
 class Committed(Base):
-    """One row per token a transaction wrote, inserted in that same transaction."""
+    """One row per token a transaction wrote, inserted in that same transaction.
+
+    Inserted after the transaction's row writes were flushed, so ``seq`` is drawn while
+    it holds the lock of every row it wrote (an UPDATE's or DELETE's row lock, an
+    INSERT's unique index entry): another transaction writing one of those rows waits
+    for this one to commit before it can draw its own.  For one row, ``seq`` is the
+    commit order.
+    """
 
     __tablename__ = "stress_committed"
 
     token: Mapped[str] = mapped_column(String(64), primary_key=True)
     klass: Mapped[str] = mapped_column(String(32))
     row_id: Mapped[int] = mapped_column(Integer)
+    #: The operation: seed, insert, update, bulk_update, pair_update, move or delete.
+    kind: Mapped[str] = mapped_column(String(16))
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)
 
 
 CLASSES: tuple[type[_Row], ...] = (Versioned, Plain)
@@ -201,11 +257,49 @@ def _create_schema(engine: Engine) -> None:
                 setattr(row, klass.alternate, _seed_alternate(klass, row_id))
                 session.add(row)
                 # Seed values are committed values like any other.
-                session.add(Committed(token=token, klass=klass.__name__, row_id=row_id))
+                session.add(
+                    Committed(token=token, klass=klass.__name__, row_id=row_id, kind="seed")
+                )
         session.commit()
 
 
+def _replay(klass: type[_Row], row_id: int, writes: Sequence[Committed]) -> RowState | None:
+    """The row the committed ``writes`` of row ``row_id`` leave, applied in commit order
+    (None: no row).  Raises ValueError for a write that cannot apply: to a row absent by
+    then, or an insert over a row present."""
+    state: RowState | None = None
+    for write in writes:
+        token, kind = write.token, write.kind
+        if kind in ("seed", "insert"):
+            if state is not None:
+                raise ValueError(f"{kind} {token!r} (seq {write.seq}) over the row {state}")
+            alternate = (
+                _seed_alternate(klass, row_id) if kind == "seed" else _new_alternate(klass, token)
+            )
+            state = RowState(row_id, alternate, token, 1 if klass is Versioned else None)
+        elif state is None:
+            raise ValueError(f"{kind} {token!r} (seq {write.seq}) to an absent row")
+        elif kind == "delete":
+            state = None
+        else:
+            version = None if state.version is None else state.version + 1
+            if kind == "move":
+                state = state._replace(alternate=_new_alternate(klass, token), version=version)
+            else:
+                state = state._replace(value=token, version=version)
+    return state
+
+
 # -- reports --------------------------------------------------------------------------------
+
+
+class Fault(NamedTuple):
+    """One SIGKILL of Redis (--chaos)."""
+
+    #: Seconds after the workers started.
+    at: float
+    #: Seconds from the kill until the restarted server answered.
+    down: float
 
 
 @dataclass
@@ -236,6 +330,11 @@ class WorkerReport:
     cache_hits: int = 0
     #: Commit-time write-through failures counted by the attachment.
     writethrough_errors: int = 0
+    #: The Redis layer's events (errors, skipped, caught_up...), all classes.
+    redis: dict[str, int] = field(default_factory=dict)
+    #: Commits and reads during which the chain found Redis failing or resting.
+    commits_while_down: int = 0
+    reads_while_down: int = 0
     #: (class name, row id, value) of every read result.
     seen: set[tuple[str, int, str]] = field(default_factory=set)
     #: Tokens written by transactions that then rolled back.
@@ -244,11 +343,15 @@ class WorkerReport:
     alternates: set[tuple[str, str]] = field(default_factory=set)
     #: Reads that answered another key than asked, or not a transaction's own write.
     wrong: list[str] = field(default_factory=list)
-    #: Keys of the memory layer checked, and those found stale (--memory-layer).
+    #: Keys of the memory layer checked, those that held an entry, and those found stale
+    #: (--memory-layer).
     memory_checked: int = 0
+    memory_held: int = 0
     memory_stale: list[str] = field(default_factory=list)
     #: The chain's invalidation broadcast counters (--memory-layer; see Coherence).
     broadcast: dict[str, int] = field(default_factory=dict)
+    #: Why a check could not be made (the chain never used Redis again after a fault).
+    unsettled: list[str] = field(default_factory=list)
     #: The traceback, when the worker failed.
     error: str | None = None
 
@@ -265,8 +368,19 @@ class Report:
     #: Wall-clock seconds of the whole run, process start-up and checks included.
     elapsed: float
     workers: list[WorkerReport]
-    #: Redis keys checked (primary and alternate keys of both classes).
+    chaos: bool = False
+    #: The faults injected (--chaos).
+    faults: list[Fault] = field(default_factory=list)
+    #: Redis keys checked (primary and alternate keys of both classes), and how many of
+    #: them held an entry.
     keys_checked: int = 0
+    keys_held: int = 0
+    #: Rows whose committed writes were replayed (both classes, every id).
+    rows_checked: int = 0
+    #: Rows the database holds otherwise than their committed writes, replayed, leave.
+    lost: list[str] = field(default_factory=list)
+    #: Checks that could not be made (see WorkerReport.unsettled).
+    unsettled: list[str] = field(default_factory=list)
     #: Redis entries that disagree with the database.
     stale: list[str] = field(default_factory=list)
     #: Memory-layer entries that disagree with the database (--memory-layer).
@@ -317,6 +431,30 @@ class Report:
         return sum(w.writethrough_errors for w in self.workers)
 
     @property
+    def commits_while_down(self) -> int:
+        """Commits during which the chain found Redis failing or resting, all workers."""
+        return sum(w.commits_while_down for w in self.workers)
+
+    @property
+    def reads_while_down(self) -> int:
+        """Reads during which the chain found Redis failing or resting, all workers."""
+        return sum(w.reads_while_down for w in self.workers)
+
+    def redis_events(self, event: str) -> int:
+        """A Redis layer event (errors, skipped, caught_up...) summed over the workers."""
+        return sum(w.redis.get(event, 0) for w in self.workers)
+
+    @property
+    def faults_injected(self) -> int:
+        """Times Redis was killed (--chaos)."""
+        return len(self.faults)
+
+    @property
+    def lost_writes(self) -> int:
+        """Rows whose committed writes the database does not hold."""
+        return len(self.lost)
+
+    @property
     def stale_entries(self) -> int:
         """Stale entries found in Redis and in the memory layers."""
         return len(self.stale) + len(self.memory_stale)
@@ -329,7 +467,14 @@ class Report:
     @property
     def ok(self) -> bool:
         """Whether every check passed."""
-        return not (self.stale or self.memory_stale or self.uncommitted or self.wrong)
+        return not (
+            self.stale
+            or self.memory_stale
+            or self.uncommitted
+            or self.wrong
+            or self.lost
+            or self.unsettled
+        )
 
     def format(self) -> str:
         """A short human-readable report."""
@@ -337,7 +482,7 @@ class Report:
         lines = [
             f"stress.consistency: {self.processes} processes x {self.seconds:g} s, "
             f"layers {layers}, seed {self.seed}, cache prefix {self.prefix}, "
-            f"elapsed {self.elapsed:.1f} s"
+            f"elapsed {self.elapsed:.1f} s" + (", chaos" if self.chaos else "")
         ]
         for w in self.workers:
             ops = ", ".join(f"{kind} {n}" for kind, n in sorted(w.operations.items()))
@@ -352,6 +497,13 @@ class Report:
                 f"skipped {sum(w.skipped.values())}, reads {w.reads} (found {w.found}), "
                 f"hits by layer: {layer_hits}, write-through errors {w.writethrough_errors}",
             ]
+            if self.chaos:
+                lines.append(
+                    f"    Redis layer: errors {w.redis.get('errors', 0)}, "
+                    f"skipped {w.redis.get('skipped', 0)}, "
+                    f"caught up {w.redis.get('caught_up', 0)}; while it was down: "
+                    f"commits {w.commits_while_down}, reads {w.reads_while_down}"
+                )
             if w.broadcast:
                 counts = ", ".join(f"{event} {n}" for event, n in sorted(w.broadcast.items()))
                 lines.append(f"    broadcast: {counts}")
@@ -361,9 +513,25 @@ class Report:
             f"({', '.join(f'{c} {n}' for c, n in sorted(self.causes.items())) or 'none'}), "
             f"{self.reads} reads, "
             f"{self.hits} cache hits, {self.writethrough_errors} write-through errors",
-            f"  checked {self.keys_checked} Redis keys"
+        ]
+        if self.chaos:
+            faults = ", ".join(f"{f.at:.1f}+{f.down:.1f}" for f in self.faults)
+            calm = self.seconds - max((f.at + f.down for f in self.faults), default=0.0)
+            lines += [
+                f"  faults: Redis killed {len(self.faults)} times (at+down s: {faults or 'none'});"
+                f" up for the last {calm:.1f} s",
+                f"  Redis layer: errors {self.redis_events('errors')}, "
+                f"skipped {self.redis_events('skipped')}, "
+                f"caught up {self.redis_events('caught_up')}; while it was down: "
+                f"{self.commits_while_down} commits, {self.reads_while_down} reads",
+            ]
+        lines += [
+            f"  checked {self.rows_checked} rows against their committed writes: "
+            f"lost writes {len(self.lost)}",
+            f"  checked {self.keys_checked} Redis keys ({self.keys_held} held an entry)"
             + (
-                f", {sum(w.memory_checked for w in self.workers)} memory-layer keys"
+                f", {sum(w.memory_checked for w in self.workers)} memory-layer keys "
+                f"({sum(w.memory_held for w in self.workers)} held an entry)"
                 if self.memory_layer
                 else ""
             )
@@ -372,6 +540,8 @@ class Report:
             + f"; uncommitted reads {len(self.uncommitted)}; wrong answers {len(self.wrong)}",
         ]
         for title, items in (
+            ("could not check", self.unsettled),
+            ("lost writes", self.lost),
             ("stale in Redis", self.stale),
             ("stale in memory layers", self.memory_stale),
             ("uncommitted reads", self.uncommitted),
@@ -397,16 +567,19 @@ def _stale_entries(
     klass: type[_Row],
     rows: dict[int, RowState],
     alternates: Iterable[str],
-) -> tuple[int, list[str]]:
+) -> tuple[int, int, list[str]]:
     """Compare what ``layer`` holds for every id and for ``alternates`` with ``rows``.
 
-    Returns the number of keys checked and a description of each stale entry: one that
-    is held although the database has no such row, or that differs from the row.
+    Returns the number of keys checked, the number that held an entry, and a description
+    of each stale entry: one that is held although the database has no such row, or that
+    differs from the row.
     """
     stale: list[str] = []
+    held = 0
     by_alternate = {state.alternate: state for state in rows.values()}
     ids = list(range(1, ROWS + 1))
     for row_id, got in zip(ids, layer.batch_get(klass, ids), strict=True):
+        held += got is not None
         if got is not None and got.state() != rows.get(row_id):
             stale.append(
                 f"{label} {klass.__name__} id={row_id}: holds {got.state()}, "
@@ -415,12 +588,13 @@ def _stale_entries(
     names = sorted(set(alternates))
     lookups = [{klass.alternate: name} for name in names]
     for name, got in zip(names, layer.batch_get(klass, lookups), strict=True):
+        held += got is not None
         if got is not None and got.state() != by_alternate.get(name):
             stale.append(
                 f"{label} {klass.__name__} {klass.alternate}={name!r}: holds {got.state()}, "
                 f"database {by_alternate.get(name)}"
             )
-    return len(ids) + len(names), stale
+    return len(ids) + len(names), held, stale
 
 
 # -- the worker process ---------------------------------------------------------------------
@@ -436,9 +610,27 @@ class _Config:
     seed: int
     index: int
     processes: int
+    chaos: bool
 
 
 _Written = list[tuple[str, int]]  # (token, row id) per row a transaction wrote
+
+
+class _Memory(ProcessMemoryStore):
+    """A ProcessMemoryStore that notes each class it has invalidated (the fences).
+
+    A flush of the layer (the broadcast subscription was lost) starts new generations of
+    every class too, so generations cannot tell a fence's arrival from a flush.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix=prefix)
+        self.invalidated: set[type] = set()
+
+    def invalidate_class(self, klass: type) -> None:
+        """Invalidate, then note ``klass``."""
+        super().invalidate_class(klass)
+        self.invalidated.add(klass)
 
 
 class _Worker:
@@ -446,13 +638,17 @@ class _Worker:
 
     def __init__(self, config: _Config) -> None:
         self.config = config
+        if config.chaos:
+            # Each failure of Redis is logged as a warning: thousands, all expected, all
+            # counted in the report.  Errors (a traceback) still show.
+            logging.getLogger("sa_stockpyle").setLevel(logging.ERROR)
         self.rng = random.Random(config.seed * 1_000_003 + config.index)
         self.engine = create_engine(config.postgres_url, pool_size=2, max_overflow=2)
         self.factory = sessionmaker(self.engine)
         # One short-lived session per operation: scoped() opens it, remove() closes it.
         self.scoped = scoped_session(self.factory)
         self.redis = RedisStore(url=config.redis_url, prefix=config.prefix)
-        self.memory = ProcessMemoryStore(prefix=config.prefix) if config.memory_layer else None
+        self.memory = _Memory(config.prefix) if config.memory_layer else None
         caches: list[BaseStore] = (
             [self.redis] if self.memory is None else [self.memory, self.redis]
         )
@@ -467,9 +663,7 @@ class _Worker:
         if self.memory is not None:
             for fence in self.fences:
                 self.memory.get(fence, 0)  # makes its key: the process now knows the class
-        # Taken before any worker can finish: a fast worker's fence may arrive while this
-        # one is still busy.
-        self.fenced_at = {} if self.memory is None else dict(self.memory.keymaker.generations)
+        self.redis_stats = self.store.layer_stats[len(self.store.stores) - 2]
         self.handle = attach(self.factory, self.store)
         self.report = WorkerReport(pid=os.getpid(), index=config.index)
         self.counter = 0
@@ -524,10 +718,42 @@ class _Worker:
             report.layer_events[self.store.layer_name(index)] = dict(events)
             if index != last:
                 report.cache_hits += events["hits"]
+        report.redis = report.layer_events[self.store.layer_name(last - 1)]
         report.writethrough_errors = self.handle.stats.count(None, "errors")
         if self.store.coherence is not None:
             report.broadcast = self.store.coherence.counts()
         return report
+
+    def settle(self) -> None:
+        """Wait until the chain reads Redis again (after the last fault, --chaos).
+
+        The chain uses a layer only once it has made up for every write it missed while
+        the layer was down: from then on this process leaves nothing stale behind.
+        """
+        deadline = time.monotonic() + FENCE_TIMEOUT
+        while True:
+            asked = self._redis_reads()
+            self.scoped()
+            try:
+                self.store.get(Plain, ROWS + 1)  # no such row: every layer is asked
+            finally:
+                self.scoped.remove()
+            if self._redis_reads() > asked:
+                return
+            if time.monotonic() > deadline:
+                self.report.unsettled.append(
+                    f"process {self.report.pid}: the chain did not use Redis again within "
+                    f"{FENCE_TIMEOUT:g} s after the workers stopped"
+                )
+                return
+            time.sleep(0.05)  # the layer rests after a failure; no race depends on it
+
+    def _redis_reads(self) -> int:
+        return self.redis_stats.count(None, "hits") + self.redis_stats.count(None, "misses")
+
+    def _redis_trouble(self) -> int:
+        """Calls that found Redis failing, or skipped it while it rested."""
+        return self.redis_stats.count(None, "errors") + self.redis_stats.count(None, "skipped")
 
     def _row_id(self) -> int:
         # Skewed: most operations fall on a few hot rows, where the races are.
@@ -572,10 +798,13 @@ class _Worker:
     def _read(self, klass: type[_Row], lookups: Sequence[int | dict[str, str]]) -> None:
         self.scoped()
         try:
+            trouble = self._redis_trouble()
             if len(lookups) == 1:
                 found = [self.store.get(klass, lookups[0])]
             else:
                 found = self.store.batch_get(klass, lookups)
+            if self._redis_trouble() > trouble:
+                self.report.reads_while_down += 1
             for lookup, obj in zip(lookups, found, strict=True):
                 self._saw(klass, lookup, obj)
         finally:
@@ -617,12 +846,17 @@ class _Worker:
                 self.report.skipped[kind] += 1
                 session.rollback()
                 return
+            # The rows' writes first: their locks are held when seq is drawn (Committed).
+            session.flush()
             session.add_all(
-                Committed(token=token, klass=klass.__name__, row_id=row_id)
+                Committed(token=token, klass=klass.__name__, row_id=row_id, kind=kind)
                 for token, row_id in written
             )
+            trouble = self._redis_trouble()
             session.commit()
             self.report.commits += 1
+            if self._redis_trouble() > trouble:
+                self.report.commits_while_down += 1
         except (DBAPIError, StaleDataError) as exc:
             # Lost a race in the database: a deadlock, a unique violation, a row changed
             # (version) or deleted since it was read.  Counted and skipped, not retried.
@@ -760,15 +994,13 @@ class _Worker:
         # Invalidations travel asynchronously.  Each worker broadcasts its fence after its
         # last operation; once this process has applied the fence of every other worker,
         # it has applied all their earlier messages, and nobody writes any more.
-        generations = memory.keymaker.generations
-        before = self.fenced_at
         self.store.invalidate_class(self.fences[self.config.index])
         others = [f for i, f in enumerate(self.fences) if i != self.config.index]
         deadline = time.monotonic() + FENCE_TIMEOUT
         waiting = others
         while waiting and time.monotonic() < deadline:
             time.sleep(0.001)  # polls for the fences' arrival; no race depends on it
-            waiting = [fence for fence in waiting if generations.get(fence) == before[fence]]
+            waiting = [fence for fence in waiting if fence not in memory.invalidated]
         for fence in waiting:
             self.report.memory_stale.append(
                 f"memory of {self.report.pid}: the last invalidation of worker "
@@ -777,7 +1009,7 @@ class _Worker:
         with Session(self.engine) as session:
             for klass in CLASSES:
                 rows = _database_rows(session, klass)
-                checked, stale = _stale_entries(
+                checked, held, stale = _stale_entries(
                     memory,
                     f"memory of {self.report.pid}:",
                     klass,
@@ -785,6 +1017,7 @@ class _Worker:
                     self.known[klass.__name__],
                 )
                 self.report.memory_checked += checked
+                self.report.memory_held += held
                 self.report.memory_stale += stale
 
 
@@ -795,6 +1028,7 @@ def _work(config: _Config, start: Barrier, results: Queue[WorkerReport]) -> None
         try:
             start.wait(SETUP_TIMEOUT)
             worker.loop()
+            worker.settle()
             worker.check_memory()
             report = worker.finish()
         finally:
@@ -809,9 +1043,70 @@ def _work(config: _Config, start: Barrier, results: Queue[WorkerReport]) -> None
 # -- the parent -----------------------------------------------------------------------------
 
 
-def _run_workers(configs: list[_Config]) -> list[WorkerReport]:
+class _Chaos:
+    """Kills the run's own Redis server (SIGKILL) and starts it again, empty, at random
+    moments while the workers run; the last restart answers ``QUIET`` seconds before they
+    stop, or earlier."""
+
+    def __init__(
+        self,
+        server: RedisServer,
+        seconds: float,
+        seed: int,
+        interval: tuple[float, float],
+        downtime: tuple[float, float],
+    ) -> None:
+        self.server = server
+        self.seconds = seconds
+        self.rng = random.Random(seed)
+        self.interval = interval
+        self.downtime = downtime
+        self.faults: list[Fault] = []
+        #: The traceback, when killing or restarting failed.
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, barrier: Barrier) -> None:
+        """Wait with the workers at ``barrier`` in a thread, then inject faults."""
+        self._thread = threading.Thread(
+            target=self._run, args=(barrier,), name="stress-chaos", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop injecting faults, the server left running."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self, barrier: Barrier) -> None:
+        try:
+            barrier.wait(SETUP_TIMEOUT)
+        except threading.BrokenBarrierError:
+            return  # a worker failed to start: _run_workers reports why
+        began = time.monotonic()
+        calm = began + self.seconds - QUIET
+        try:
+            while True:
+                kill_at = time.monotonic() + self.rng.uniform(*self.interval)
+                down = self.rng.uniform(*self.downtime)
+                # Slack for the restart itself, which takes some 50 ms.
+                if kill_at + down + 0.5 > calm or self._stop.wait(kill_at - time.monotonic()):
+                    return
+                self.server.kill()
+                killed = time.monotonic()
+                self._stop.wait(down)
+                self.server.restart()  # even when stopping: the checks need the server
+                self.faults.append(Fault(killed - began, time.monotonic() - killed))
+        except Exception:
+            self.error = traceback.format_exc()
+
+
+def _run_workers(configs: list[_Config], chaos: _Chaos | None = None) -> list[WorkerReport]:
     context = multiprocessing.get_context("spawn")
-    start = context.Barrier(len(configs))
+    # With chaos the parent waits at the barrier too: the faults start with the workers.
+    start = context.Barrier(len(configs) + (chaos is not None))
     results: Queue[WorkerReport] = context.Queue()
     processes = [
         context.Process(target=_work, args=(config, start, results), name=f"stress-{config.index}")
@@ -819,6 +1114,8 @@ def _run_workers(configs: list[_Config]) -> list[WorkerReport]:
     ]
     for process in processes:
         process.start()
+    if chaos is not None:
+        chaos.start(start)
     reports: list[WorkerReport] = []
     finished = False
     try:
@@ -836,6 +1133,8 @@ def _run_workers(configs: list[_Config]) -> list[WorkerReport]:
                 raise RuntimeError(f"stress workers did not all report (exit codes {codes})")
         finished = True
     finally:
+        if chaos is not None:
+            chaos.stop()
         for process in processes:
             # After a failure the others may be waiting at a barrier: do not wait for them.
             process.join(timeout=30 if finished else 0)
@@ -843,6 +1142,8 @@ def _run_workers(configs: list[_Config]) -> list[WorkerReport]:
                 process.terminate()
                 process.join()
     errors = [report.error for report in reports if report.error is not None]
+    if chaos is not None and chaos.error is not None:
+        errors.append(f"fault injection failed:\n{chaos.error}")
     if errors:
         raise RuntimeError("stress worker failed:\n" + "\n".join(errors))
     return sorted(reports, key=lambda report: report.index)
@@ -851,13 +1152,13 @@ def _run_workers(configs: list[_Config]) -> list[WorkerReport]:
 def _check(engine: Engine, redis: RedisStore, report: Report) -> None:
     """Fill ``report``'s findings from the database and Redis, every worker stopped."""
     with Session(engine) as session:
-        committed = {
-            row.token: (row.klass, row.row_id) for row in session.scalars(select(Committed))
-        }
+        writes = list(session.scalars(select(Committed).order_by(Committed.seq)))
         rows = {klass: _database_rows(session, klass) for klass in CLASSES}
+    committed = {write.token: (write.klass, write.row_id) for write in writes}
     rolled_back = {token: w.pid for w in report.workers for token in w.rolled_back}
     for worker in report.workers:
         report.memory_stale += worker.memory_stale
+        report.unsettled += worker.unsettled
         report.wrong += [f"process {worker.pid}: {item}" for item in worker.wrong]
         for name, row_id, value in sorted(worker.seen):
             origin = committed.get(value)
@@ -875,6 +1176,35 @@ def _check(engine: Engine, redis: RedisStore, report: Report) -> None:
                     f"process {worker.pid} read {name} id={row_id} value={value!r}, "
                     f"committed for {origin[0]} id={origin[1]}"
                 )
+    history: dict[tuple[str, int], list[Committed]] = {}
+    for write in writes:
+        history.setdefault((write.klass, write.row_id), []).append(write)
+    for klass in CLASSES:
+        for row_id in range(1, ROWS + 1):
+            report.rows_checked += 1
+            done = history.get((klass.__name__, row_id), [])
+            try:
+                expected = _replay(klass, row_id, done)
+            except ValueError as exc:
+                report.lost.append(
+                    f"{klass.__name__} id={row_id}: a committed write does not apply in "
+                    f"commit order: {exc}"
+                )
+                continue
+            row = rows[klass].get(row_id)
+            if row != expected:
+                last = ", ".join(f"{w.kind} {w.token!r} (seq {w.seq})" for w in done[-3:])
+                report.lost.append(
+                    f"{klass.__name__} id={row_id}: database {row}, the committed writes "
+                    f"leave {expected} (the last: {last})"
+                )
+    for klass in CLASSES:
+        # Read first: a lookup would start a new (empty) generation where none is.
+        if not redis.client.get(redis.keymaker.generation_key(klass)):
+            report.unsettled.append(
+                f"Redis holds no generation of {klass.__name__}: what the workers cached "
+                "cannot be found"
+            )
     for klass in CLASSES:
         alternates = {_seed_alternate(klass, i) for i in range(1, ROWS + 1)}
         alternates |= {
@@ -883,47 +1213,85 @@ def _check(engine: Engine, redis: RedisStore, report: Report) -> None:
             for name, alternate in worker.alternates
             if name == klass.__name__
         }
-        checked, stale = _stale_entries(redis, "Redis", klass, rows[klass], alternates)
+        checked, held, stale = _stale_entries(redis, "Redis", klass, rows[klass], alternates)
         report.keys_checked += checked
+        report.keys_held += held
         report.stale += stale
 
 
 def run(
     postgres_url: str,
-    redis_url: str,
+    redis_url: str | None,
     processes: int,
     seconds: float,
     memory_layer: bool = False,
     seed: int = 0,
+    chaos: bool = False,
+    fault_interval: tuple[float, float] = FAULT_INTERVAL,
+    downtime: tuple[float, float] = DOWNTIME,
 ) -> Report:
     """Run the stress: ``processes`` workers for ``seconds``, then check; see the module doc.
 
     Parameters:
         postgres_url: a SQLAlchemy URL of a PostgreSQL database whose ``stress_*`` tables
             may be dropped and created.
-        redis_url: a Redis URL; keys are written under a prefix of this run's own.
+        redis_url: a Redis URL; keys are written under a prefix of this run's own.  Not
+            used with ``chaos`` (may be None then).
         processes: worker processes.
         seconds: how long each worker runs its operation loop.
         memory_layer: put a ``ProcessMemoryStore`` in front of Redis in every worker, and
             check it at the end.
-        seed: seeds each worker's choice of operations.
+        seed: seeds each worker's choice of operations, and the faults.
+        chaos: start a Redis server of the run's own (``redis-server`` on PATH) and kill
+            it and restart it, empty, while the workers run.
+        fault_interval: with ``chaos``, the range of seconds from one restart to the
+            next kill (the first: from the start).
+        downtime: with ``chaos``, the range of seconds Redis stays down.
 
     Raises RuntimeError when a worker fails (its traceback is in the message).
     """
     if processes < 1 or seconds <= 0:
         raise ValueError(f"need processes >= 1 and seconds > 0, got {processes}, {seconds}")
+    if chaos and seconds <= QUIET:
+        raise ValueError(f"chaos needs seconds > {QUIET:g} (the quiet end), got {seconds}")
+    for name, (low, high) in (("fault_interval", fault_interval), ("downtime", downtime)):
+        if not 0 < low <= high:
+            raise ValueError(f"need 0 < low <= high for {name}, got {(low, high)}")
     started = time.monotonic()
     prefix = f"stress{secrets.token_hex(4)}"
+    server: RedisServer | None = None
+    faults: _Chaos | None = None
+    if chaos:
+        from tests.servers import RedisServer, free_port  # noqa: PLC0415 - only for chaos
+
+        server = RedisServer(free_port())
+        server.start()
+        redis_url = server.url
+        faults = _Chaos(server, seconds, seed, fault_interval, downtime)
+    elif redis_url is None:
+        raise ValueError("need a redis_url, or chaos=True")
     engine = create_engine(postgres_url)
     redis = RedisStore(url=redis_url, prefix=prefix)
     try:
         _create_schema(engine)
         configs = [
-            _Config(postgres_url, redis_url, prefix, seconds, memory_layer, seed, index, processes)
+            _Config(
+                postgres_url,
+                redis_url,
+                prefix,
+                seconds,
+                memory_layer,
+                seed,
+                index,
+                processes,
+                chaos,
+            )
             for index in range(processes)
         ]
-        workers = _run_workers(configs)
-        report = Report(processes, seconds, memory_layer, seed, prefix, 0.0, workers)
+        workers = _run_workers(configs, faults)
+        report = Report(processes, seconds, memory_layer, seed, prefix, 0.0, workers, chaos)
+        if faults is not None:
+            report.faults = faults.faults
         _check(engine, redis, report)
         if report.ok:
             Base.metadata.drop_all(engine)
@@ -933,8 +1301,15 @@ def run(
     finally:
         redis.close()
         engine.dispose()
+        if server is not None:
+            server.stop()
     report.elapsed = time.monotonic() - started
     return report
+
+
+def _seconds_range(text: str) -> tuple[float, float]:
+    low, _, high = text.partition(",")
+    return float(low), float(high or low)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -944,7 +1319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Multi-process consistency stress of attach() and ChainedStore.",
     )
     parser.add_argument("--postgres-url", required=True, help="SQLAlchemy URL of PostgreSQL")
-    parser.add_argument("--redis-url", required=True, help="redis:// URL (any database)")
+    parser.add_argument(
+        "--redis-url", help="redis:// URL (any database); not used, and optional, with --chaos"
+    )
     parser.add_argument("--processes", type=int, default=4, help="worker processes")
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds of operations")
     parser.add_argument(
@@ -952,8 +1329,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="a ProcessMemoryStore in front of Redis in each worker, checked at the end",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seeds the operation choices")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the operation choices and the faults"
+    )
+    parser.add_argument(
+        "--chaos",
+        action="store_true",
+        help="run a private redis-server, and kill (SIGKILL) and restart it at random moments",
+    )
+    parser.add_argument(
+        "--fault-interval",
+        type=_seconds_range,
+        default=FAULT_INTERVAL,
+        metavar="LOW,HIGH",
+        help="--chaos: seconds from a restart to the next kill (default %(default)s)",
+    )
+    parser.add_argument(
+        "--downtime",
+        type=_seconds_range,
+        default=DOWNTIME,
+        metavar="LOW,HIGH",
+        help="--chaos: seconds Redis stays down (default %(default)s)",
+    )
     args = parser.parse_args(argv)
+    if args.redis_url is None and not args.chaos:
+        parser.error("--redis-url is required without --chaos")
     report = run(
         args.postgres_url,
         args.redis_url,
@@ -961,6 +1361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.seconds,
         memory_layer=args.memory_layer,
         seed=args.seed,
+        chaos=args.chaos,
+        fault_interval=args.fault_interval,
+        downtime=args.downtime,
     )
     print(report.format())
     return 0 if report.ok else 1
