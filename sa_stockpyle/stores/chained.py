@@ -247,9 +247,9 @@ class Coherence:
 
     def _lose(self, exc: StoreUnavailable) -> None:
         log.warning("sa_stockpyle: invalidation subscription lost: %s", exc)
-        self._count("losses")
-        self._flush()
+        self._flush()  # before the loss is counted: whoever sees the count sees it done
         self._last_flush = time.monotonic()
+        self._count("losses")
 
     def _while_down(self) -> None:
         """Wait before the next attempt; keep the local layers younger than max_staleness."""
