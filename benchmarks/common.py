@@ -6,12 +6,25 @@ The scripts run as ``python benchmarks/NAME.py``, which puts this folder on
 
 from __future__ import annotations
 
+import datetime as dt
+import gc
+import os
+import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+T = TypeVar("T")
 
 
 class User:
@@ -51,6 +64,187 @@ def compare(
                 each()
             sink.append((time.perf_counter() - start) / calls)
     return statistics.median(samples[0]), statistics.median(samples[1])
+
+
+@dataclass
+class Case:
+    """One thing to time: ``call`` is timed; ``before``, when given, runs untimed before
+    each call (to clear a cache layer, say)."""
+
+    call: Callable[[], object]
+    before: Callable[[], object] | None = None
+
+
+@dataclass
+class Timing:
+    """Seconds per call of one case, one sample per round."""
+
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        """The median seconds per call."""
+        return statistics.median(self.samples)
+
+    def ratio(self, other: Timing) -> float:
+        """How many times ``other`` takes as long as this: the median of the per-round
+        ratios, each from two cases timed in the same round, so drift between rounds
+        cancels out."""
+        return statistics.median(
+            theirs / ours for ours, theirs in zip(self.samples, other.samples, strict=True)
+        )
+
+
+class FreshSession:
+    """A new session for every call of a case: ``open`` runs before the clock starts,
+    the timed call takes it with ``use`` and closes it.  Closing is timed: a session
+    that read from the database gives its connection back then, with a ROLLBACK."""
+
+    def __init__(self, factory: Callable[[], Session]) -> None:
+        self.factory = factory
+        self.session: Session | None = None
+
+    def open(self) -> None:
+        """Open the session the next call uses."""
+        self.session = self.factory()
+
+    def use(self) -> Session:
+        """The session opened for this call."""
+        assert self.session is not None, "FreshSession.open() runs before each call"
+        return self.session
+
+
+def then(*steps: Callable[[], object]) -> Callable[[], None]:
+    """One ``before`` hook that runs ``steps`` in order."""
+
+    def before() -> None:
+        for step in steps:
+            step()
+
+    return before
+
+
+def _run(case: Case, calls: int) -> float:
+    """Seconds per call of ``calls`` calls of ``case``."""
+    call, before = case.call, case.before
+    if before is None:
+        start = time.perf_counter()
+        for _ in range(calls):
+            call()
+        return (time.perf_counter() - start) / calls
+    total = 0.0
+    for _ in range(calls):
+        before()
+        start = time.perf_counter()
+        call()
+        total += time.perf_counter() - start
+    return total / calls
+
+
+def interleaved(cases: dict[str, Case], rounds: int, budget: float = 0.04) -> dict[str, Timing]:
+    """Time every case in ``rounds`` rounds; each round times every case once, in turn.
+
+    Each case is first called a few times (connections opened, caches warm) and then
+    given as many calls per round as fill about ``budget`` seconds, so a fast case is
+    not timed on a handful of calls.  The order of the cases is reversed every other
+    round, so no case always runs right after the same neighbour, and the garbage
+    collector runs before each case's turn.
+    """
+    calls: dict[str, int] = {}
+    for name, case in cases.items():
+        _run(case, 1)
+        once = _run(case, 1)
+        if once < budget / 10:
+            once = _run(case, 5)  # a steadier estimate, where it costs little
+        calls[name] = max(1, min(50_000, round(budget / max(once, 1e-7))))
+    timings = {name: Timing() for name in cases}
+    names = list(cases)
+    for number in range(rounds):
+        for name in names if number % 2 == 0 else reversed(names):
+            # A full collection set off by what the previous case left behind (a memory
+            # layer it filled) would be charged to this one.
+            gc.collect()
+            timings[name].samples.append(_run(cases[name], calls[name]))
+    return timings
+
+
+def sql_statements(engine: Any, fn: Callable[[], T]) -> tuple[int, T]:
+    """How many SQL statements ``engine`` runs during ``fn()``, and what it returned."""
+    count = 0
+
+    def counted(*args: object) -> None:
+        nonlocal count
+        count += 1
+
+    event.listen(engine, "before_cursor_execute", counted)
+    try:
+        result = fn()
+    finally:
+        event.remove(engine, "before_cursor_execute", counted)
+    return count, result
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _revision() -> str:
+    """The git commit of the code measured, and whether the package has local changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "sa_stockpyle"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "outside git"
+    return f"commit {commit}" + (" with uncommitted changes" if changed else "")
+
+
+def environment() -> dict[str, str]:
+    """What the numbers were measured on: date, machine and software versions."""
+    return {
+        "revision": _revision(),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, {_cpu_model()}",
+        "os": f"{platform.system()} {platform.release()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "packages": ", ".join(
+            f"{name} {_version(name)}"
+            for name in (
+                "SQLAlchemy",
+                "psycopg",
+                "redis",
+                "hiredis",
+                "pymemcache",
+                "dogpile.cache",
+            )
+        ),
+    }
 
 
 @contextmanager

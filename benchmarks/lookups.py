@@ -1,0 +1,283 @@
+"""Parts 1 and 2 of the suite: single-key lookups and batches, each layer against the
+database and against the dogpile.cache setup, every lookup in a fresh session.
+
+Every case of one table is timed in the same rounds (see ``common.interleaved``) and its
+ratio is the median of per-round ratios against the table's first row.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from itertools import cycle
+from pathlib import Path
+from typing import Any
+
+from common import Case, FreshSession, Timing, interleaved, sql_statements, then
+from dogpile_caching import FromCache, ORMCache, redis_region
+from models import User, create, drop, fill, user_row
+from sqlalchemy import Engine, create_engine, select
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+from sa_stockpyle.codec import decode_record, restore
+from sa_stockpyle.keys import key_spec
+from sa_stockpyle.stores import (
+    BaseStore,
+    ChainedStore,
+    MemcacheStore,
+    ProcessMemoryStore,
+    RedisStore,
+    SqlAlchemyStore,
+)
+
+#: Rows in the users table; batches of up to 10,000 keys are drawn from them.
+ROWS = 20_000
+#: Distinct keys the single lookups cycle through.
+KEYS = 2_000
+BATCH_SIZES = (10, 100, 1_000, 10_000)
+
+# Row names, shared with the report.
+POSTGRES = "PostgreSQL, fresh session"
+SQLITE = "SQLite, fresh session"
+DOGPILE = "dogpile.cache on Redis (FromCache, merge_frozen_result)"
+FLOOR = "floor: redis-py GET + decode + restore + attach"
+MEMORY = "sa_stockpyle: memory layer of [memory, Redis, db]"
+REDIS = "sa_stockpyle: Redis layer of [memory, Redis, db]"
+REDIS_ONLY = "sa_stockpyle: Redis layer of [Redis, db]"
+MEMCACHED = "sa_stockpyle: memcached layer of [memory, memcached, db]"
+MEMCACHED_ONLY = "sa_stockpyle: memcached layer of [memcached, db]"
+MEMORY_STORE = "context: ProcessMemoryStore.get alone (detached, no session)"
+IN_QUERY = "PostgreSQL: SELECT ... IN, fresh session"
+BATCH_FLOOR = "floor: redis-py MGET + decode + restore + attach"
+
+
+@dataclass
+class Setup:
+    """The databases, sessions and chains both parts use."""
+
+    postgres: Engine
+    sqlite: Engine
+    scoped: scoped_session[Session]
+    sql: SqlAlchemyStore
+    memory: ProcessMemoryStore  # the warm memory layer
+    evicted: ProcessMemoryStore  # the memory layer emptied before each call
+    evicted_mc: ProcessMemoryStore  # the same, above memcached
+    chains: dict[str, ChainedStore]
+    redis: RedisStore
+    dogpile: sessionmaker[Session]
+
+
+@contextmanager
+def setup(postgres_url: str, redis_url: str, memcached: str) -> Iterator[Setup]:
+    """Fill PostgreSQL and SQLite with ``ROWS`` users and every cache with all of them."""
+    with ExitStack() as stack:
+        postgres = create_engine(postgres_url)
+        stack.callback(postgres.dispose)
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="stockpyle-bench-"))
+        sqlite = create_engine(f"sqlite:///{Path(folder) / 'bench.db'}")
+        stack.callback(sqlite.dispose)
+        for engine in (postgres, sqlite):
+            create(engine, [User])
+            stack.callback(drop, engine, [User])
+            fill(engine, User, map(user_row, range(ROWS)))
+
+        scoped = scoped_session(sessionmaker(postgres))
+        sql = SqlAlchemyStore(session=scoped)
+
+        def layer(store: BaseStore) -> BaseStore:
+            stack.callback(store.close)
+            return store
+
+        redis = RedisStore(url=redis_url)
+        memory, evicted, evicted_mc = (ProcessMemoryStore() for _ in range(3))
+
+        def chain(*layers: BaseStore) -> ChainedStore:
+            # No broadcast: lookups publish nothing, and no thread should run meanwhile.
+            return ChainedStore([*layers, sql], broadcast=False)
+
+        chains = {
+            MEMORY: chain(memory, layer(RedisStore(url=redis_url))),
+            REDIS: chain(evicted, layer(RedisStore(url=redis_url))),
+            REDIS_ONLY: chain(layer(redis)),
+            MEMCACHED: chain(evicted_mc, layer(MemcacheStore(servers=[memcached]))),
+            MEMCACHED_ONLY: chain(layer(MemcacheStore(servers=[memcached]))),
+        }
+        for lo in range(0, ROWS, 5000):
+            ids = list(range(lo, min(lo + 5000, ROWS)))
+            for name in (REDIS_ONLY, MEMCACHED_ONLY, MEMORY):  # the shared layers first
+                chains[name].batch_get(User, ids)
+                scoped.remove()
+
+        dogpile = sessionmaker(postgres)
+        ORMCache({"default": redis_region(redis_url)}).listen_on_session(dogpile)
+        yield Setup(
+            postgres, sqlite, scoped, sql, memory, evicted, evicted_mc, chains, redis, dogpile
+        )
+        scoped.remove()
+
+
+def _keys(alternate: bool, seed: int = 1) -> Callable[[], Any]:
+    """Next key of a fixed random sequence of ``KEYS`` users: ids, or emails."""
+    ids = random.Random(seed).sample(range(ROWS), KEYS)
+    keys = [f"user{i}@example.com" for i in ids] if alternate else ids
+    return cycle(keys).__next__
+
+
+def single_cases(s: Setup, alternate: bool) -> dict[str, Case]:
+    """The cases of one single-lookup table: by primary key, or by the email."""
+
+    def database(factory: sessionmaker[Session], *options: Any) -> Case:
+        fresh, key = FreshSession(factory), _keys(alternate)
+        column = User.email if alternate else User.id
+
+        def call() -> object:
+            session = fresh.use()
+            if alternate or options:
+                statement = select(User).where(column == key()).options(*options)
+                obj: object = session.scalars(statement).one()
+            else:
+                obj = session.get(User, key())
+            session.close()
+            return obj
+
+        return Case(call, before=fresh.open)
+
+    def cached(name: str, evict: Callable[[], object] | None = None) -> Case:
+        chain, key, scoped = s.chains[name], _keys(alternate), s.scoped
+
+        def call() -> object:
+            obj = chain.get(User, {"email": key()} if alternate else key())
+            scoped.remove()
+            return obj
+
+        return Case(call, before=scoped if evict is None else then(evict, scoped))
+
+    cases = {
+        POSTGRES: database(sessionmaker(s.postgres)),
+        SQLITE: database(sessionmaker(s.sqlite)),
+        DOGPILE: database(s.dogpile, FromCache("default")),
+    }
+    if not alternate:
+        cases[FLOOR] = _floor(s)
+    cases[MEMORY] = cached(MEMORY)
+    memory_key = _keys(alternate)
+    cases[MEMORY_STORE] = Case(
+        lambda: s.memory.get(User, {"email": memory_key()} if alternate else memory_key())
+    )
+    cases[REDIS] = cached(REDIS, s.evicted.dictionary.clear)
+    cases[REDIS_ONLY] = cached(REDIS_ONLY)
+    cases[MEMCACHED] = cached(MEMCACHED, s.evicted_mc.dictionary.clear)
+    cases[MEMCACHED_ONLY] = cached(MEMCACHED_ONLY)
+    return cases
+
+
+def _floor(s: Setup) -> Case:
+    """What any Redis layer under a session must do for one hit, and nothing else."""
+    client, spec, key = s.redis.client, key_spec(User), _keys(False)
+    cache_keys = {i: s.redis.keymaker.key(spec, 0, (i,)) for i in range(ROWS)}
+
+    def call() -> object:
+        entry: Any = decode_record(client.get(cache_keys[key()]), User)
+        obj = s.sql.adopt(User, [restore(entry.klass, entry.state)])[0]
+        s.scoped.remove()
+        return obj
+
+    return Case(call, before=s.scoped)
+
+
+def _batch_floor(s: Setup, ids: list[int]) -> Case:
+    """The same for a batch: one MGET of the very bytes the store wrote."""
+    client, spec = s.redis.client, key_spec(User)
+    cache_keys = [s.redis.keymaker.key(spec, 0, (i,)) for i in ids]
+
+    def call() -> object:
+        objs = []
+        for raw in client.mget(cache_keys):
+            entry: Any = decode_record(raw, User)
+            objs.append(restore(entry.klass, entry.state))
+        objs = s.sql.adopt(User, objs)
+        s.scoped.remove()
+        return objs
+
+    return Case(call, before=s.scoped)
+
+
+def batch_cases(s: Setup, size: int) -> dict[str, Case]:
+    """The cases of one batch size: the IN query and ``batch_get`` from each layer."""
+    ids = random.Random(size).sample(range(ROWS), size)
+    fresh = FreshSession(sessionmaker(s.postgres))
+
+    def in_query() -> object:
+        session = fresh.use()
+        objs = session.scalars(select(User).where(User.id.in_(ids))).all()
+        session.close()
+        return objs
+
+    def cached(name: str, evict: Callable[[], object] | None = None) -> Case:
+        chain, scoped = s.chains[name], s.scoped
+
+        def call() -> object:
+            objs = chain.batch_get(User, ids)
+            scoped.remove()
+            return objs
+
+        return Case(call, before=scoped if evict is None else then(evict, scoped))
+
+    return {
+        IN_QUERY: Case(in_query, before=fresh.open),
+        BATCH_FLOOR: _batch_floor(s, ids),
+        MEMORY: cached(MEMORY),
+        REDIS: cached(REDIS, s.evicted.dictionary.clear),
+        REDIS_ONLY: cached(REDIS_ONLY),
+        MEMCACHED: cached(MEMCACHED, s.evicted_mc.dictionary.clear),
+        MEMCACHED_ONLY: cached(MEMCACHED_ONLY),
+    }
+
+
+def _check(s: Setup, cases: dict[str, Case], database: tuple[str, ...]) -> None:
+    """Every case but the database ones answers without SQL (its cache is warm), and
+    every case answers."""
+    for name, case in cases.items():
+        if case.before is not None:
+            case.before()
+        statements, result = sql_statements(s.postgres, case.call)
+        if result is None or result == [] or (isinstance(result, list) and None in result):
+            raise AssertionError(f"{name} found nothing")
+        if name not in database and statements:
+            raise AssertionError(f"{name} ran {statements} SQL statements; its cache is cold")
+
+
+def run(postgres_url: str, redis_url: str, memcached: str, rounds: int) -> dict[str, Any]:
+    """Time both parts; return ``{"single": {...}, "batch": {...}}`` of medians (µs)
+    and ratios against each table's first row."""
+    results: dict[str, Any] = {"single": {}, "batch": {}}
+    with setup(postgres_url, redis_url, memcached) as s:
+        for kind, alternate in (("primary key", False), ("alternate key", True)):
+            cases = single_cases(s, alternate)
+            dogpile = cases[DOGPILE]
+            for _ in range(KEYS):  # fill the dogpile region with every key
+                dogpile.before()  # type: ignore[misc]
+                dogpile.call()
+            _check(s, cases, (POSTGRES, SQLITE))
+            print(f"  single lookups by {kind} ...", flush=True)
+            results["single"][kind] = _table(interleaved(cases, rounds), POSTGRES)
+        for size in BATCH_SIZES:
+            cases = batch_cases(s, size)
+            _check(s, cases, (IN_QUERY,))
+            print(f"  batches of {size:,} ...", flush=True)
+            results["batch"][str(size)] = _table(
+                interleaved(cases, rounds if size < 10_000 else max(3, rounds - 4), 0.2),
+                IN_QUERY,
+            )
+    return results
+
+
+def _table(timings: dict[str, Timing], baseline: str) -> dict[str, dict[str, float]]:
+    base = timings[baseline]
+    return {
+        name: {"us": timing.median * 1e6, "faster": timing.ratio(base)}
+        for name, timing in timings.items()
+    }
