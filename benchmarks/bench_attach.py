@@ -51,6 +51,18 @@ def timed_commit(factory: sessionmaker[Session], rows: int, round_number: int) -
         return time.perf_counter() - start
 
 
+def alternate(
+    first: sessionmaker[Session], second: sessionmaker[Session], rows: int, rounds: int
+) -> tuple[float, float]:
+    """Median commit seconds of ``first`` and of ``second``, their rounds alternating so
+    that both see the same machine."""
+    one, two = [], []
+    for number in range(rounds):
+        one.append(timed_commit(first, rows, 2 * number))
+        two.append(timed_commit(second, rows, 2 * number + 1))
+    return statistics.median(one), statistics.median(two)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--postgres-url", required=True)
@@ -88,11 +100,7 @@ def run(args: argparse.Namespace, redis_url: str) -> None:
     print(f"{'rows':>6} {'plain ms':>10} {'attached ms':>12} {'ratio':>7}")
     try:
         for rows in args.rows:
-            without, with_ = [], []
-            for number in range(args.rounds):
-                without.append(timed_commit(plain, rows, 2 * number))
-                with_.append(timed_commit(attached, rows, 2 * number + 1))
-            base, cached = statistics.median(without), statistics.median(with_)
+            base, cached = alternate(plain, attached, rows, args.rounds)
             print(f"{rows:>6} {base * 1e3:>10.2f} {cached * 1e3:>12.2f} {cached / base:>6.2f}x")
         assert chain.get(Account, 0).balance == 2 * args.rounds - 1
     finally:

@@ -20,7 +20,7 @@ import statistics
 from multiprocessing.connection import Connection
 
 import redis
-from bench_attach import Account, Base, timed_commit
+from bench_attach import Account, Base, alternate
 from common import servers
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -82,11 +82,7 @@ def run(args: argparse.Namespace, redis_url: str) -> None:
     print(f"{'rows':>6} {'no channel ms':>14} {'channel ms':>11} {'ratio':>7}")
     try:
         for rows in args.rows:
-            off, on = [], []
-            for number in range(args.rounds):
-                off.append(timed_commit(without, rows, 2 * number))
-                on.append(timed_commit(with_, rows, 2 * number + 1))
-            base, loaded = statistics.median(off), statistics.median(on)
+            base, loaded = alternate(without, with_, rows, args.rounds)
             print(f"{rows:>6} {base * 1e3:>14.2f} {loaded * 1e3:>11.2f} {loaded / base:>6.2f}x")
     finally:
         for handle in handles:
