@@ -19,7 +19,7 @@ import time
 
 import redis
 from common import servers
-from sqlalchemy import String, create_engine, select
+from sqlalchemy import Engine, String, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from sa_stockpyle import attach
@@ -63,29 +63,39 @@ def alternate(
     return statistics.median(one), statistics.median(two)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def arguments(description: str | None, rows: list[int], rounds: int) -> argparse.Namespace:
+    """The command line of a commit benchmark."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--postgres-url", required=True)
     parser.add_argument("--redis-url", help="use this Redis instead of starting one")
-    parser.add_argument("--rows", type=int, nargs="+", default=[100])
-    parser.add_argument("--rounds", type=int, default=31)
-    args = parser.parse_args()
+    parser.add_argument("--rows", type=int, nargs="+", default=rows)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    return parser.parse_args()
+
+
+def fresh_accounts(postgres_url: str, redis_url: str, rows: int) -> Engine:
+    """An engine on a new table of ``rows`` accounts, and an empty Redis database."""
+    engine = create_engine(postgres_url)
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all(
+            Account(id=i, email=f"a{i}@example.com", name=f"A {i}", balance=0) for i in range(rows)
+        )
+        session.commit()
+    redis.Redis.from_url(redis_url).flushdb()
+    return engine
+
+
+def main() -> None:
+    args = arguments(__doc__, [100], 31)
     with servers(args.redis_url) as (redis_url, _):
         run(args, redis_url)
 
 
 def run(args: argparse.Namespace, redis_url: str) -> None:
     """Fill the table, alternate plain and attached commits, print the table."""
-    engine = create_engine(args.postgres_url)
-    Base.metadata.drop_all(engine)
-    Base.metadata.create_all(engine)
-    most = max(args.rows)
-    with Session(engine) as session:
-        session.add_all(
-            Account(id=i, email=f"a{i}@example.com", name=f"A {i}", balance=0) for i in range(most)
-        )
-        session.commit()
-    redis.Redis.from_url(redis_url).flushdb()
+    engine = fresh_accounts(args.postgres_url, redis_url, max(args.rows))
 
     plain = sessionmaker(engine)
     attached = sessionmaker(engine)

@@ -19,11 +19,9 @@ import platform
 import statistics
 from multiprocessing.connection import Connection
 
-import redis
-from bench_attach import Account, Base, alternate
+from bench_attach import Base, alternate, arguments, fresh_accounts
 from common import servers
-from sqlalchemy import create_engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from sa_stockpyle import attach
 from sa_stockpyle.stores import ChainedStore, ProcessMemoryStore, RedisStore, SqlAlchemyStore
@@ -40,28 +38,14 @@ def subscriber(redis_url: str, pipe: Connection) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--postgres-url", required=True)
-    parser.add_argument("--redis-url", help="use this Redis instead of starting one")
-    parser.add_argument("--rows", type=int, nargs="+", default=[1, 100])
-    parser.add_argument("--rounds", type=int, default=101)
-    args = parser.parse_args()
+    args = arguments(__doc__, [1, 100], 101)
     with servers(args.redis_url) as (redis_url, _):
         run(args, redis_url)
 
 
 def run(args: argparse.Namespace, redis_url: str) -> None:
     """Time commits with and without the broadcast; collect the delays."""
-    engine = create_engine(args.postgres_url)
-    Base.metadata.drop_all(engine)
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:
-        session.add_all(
-            Account(id=i, email=f"a{i}@example.com", name=f"A {i}", balance=0)
-            for i in range(max(args.rows))
-        )
-        session.commit()
-    redis.Redis.from_url(redis_url).flushdb()
+    engine = fresh_accounts(args.postgres_url, redis_url, max(args.rows))
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
     listener = context.Process(target=subscriber, args=(redis_url, theirs))
