@@ -249,17 +249,20 @@ def snapshot(obj: object) -> dict[str, Any]:
     return state
 
 
-def restore(klass: type, state: dict[str, Any]) -> Any:
+def restore(klass: type, state: dict[str, Any], owned: bool = False) -> Any:
     """Build a new ``klass`` instance from a snapshot, without calling ``__init__``.
 
     A mapped class gets a detached instance holding the snapshot as committed state.
+    The instance shares nothing mutable with ``state``, unless ``owned``: then ``state``
+    is the caller's to give away (it was just decoded, and nothing else refers to it),
+    and its values become the instance's without a copy.
     """
     columns = _columns(klass)
     if columns is not None:
-        return _restore_entity(columns, state)
+        return _restore_entity(columns, state, owned)
     factory: Any = klass
     obj = factory.__new__(klass)
-    values = _detached(state)
+    values = state if owned else _detached(state)
     if _slot_names(klass):
         for name, value in values.items():
             object.__setattr__(obj, name, value)
@@ -359,19 +362,18 @@ def _snapshot_entity(obj: object, columns: _Columns) -> dict[str, Any]:
     return snap
 
 
-def _restore_entity(columns: _Columns, snap: dict[str, Any]) -> Any:
+def _restore_entity(columns: _Columns, snap: dict[str, Any], owned: bool) -> Any:
     obj = columns.mapper.class_manager.new_instance()
-    state = instance_state(obj)
-    values = state.dict
+    values = obj.__dict__  # what instance_state(obj).dict returns, one lookup cheaper
     if snap.keys() == columns.name_set:
         # Every column and nothing else (no identity token): the common case, in bulk.
-        values.update(_detached(snap))
+        values.update(snap if owned else _detached(snap))
         complete = True
     else:
         present = {name: snap[name] for name in columns.names if name in snap}
-        values.update(_detached(present))
+        values.update(present if owned else _detached(present))
         complete = len(present) == len(columns.names)
-    primary_key = tuple([values.get(name) for name in columns.primary_key])
+    primary_key = tuple(map(values.get, columns.primary_key))
     # What a cache holds is the database's state, so a restored object has the identity
     # of its primary key; only an object cached without one stays transient.
     if None in primary_key:
@@ -379,7 +381,9 @@ def _restore_entity(columns: _Columns, snap: dict[str, Any]) -> Any:
     if complete:
         # Setting the identity key is all make_transient_to_detached() does for a
         # complete state, at a third of its cost: restore() is on every cache hit.
-        state.key = columns.mapper.identity_key_from_primary_key(primary_key, snap.get(_IDENTITY))
+        instance_state(obj).key = columns.mapper.identity_key_from_primary_key(
+            primary_key, snap.get(_IDENTITY)
+        )
     else:
         make_transient_to_detached(obj)
     return obj
@@ -534,22 +538,28 @@ def _subclass_named(klass: type, token: str) -> type:
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
+def _loads(data: bytes) -> Any:
+    """The JSON body of a payload that starts with the magic bytes."""
+    # Our payloads are ASCII JSON without surrounding whitespace; json.loads would sniff
+    # the encoding and skip whitespace first, which costs as much as parsing a small
+    # payload.  Invalid UTF-8 raises UnicodeDecodeError, a ValueError.
+    text = data[len(MAGIC) :].decode()
+    body, end = _DECODER.raw_decode(text)
+    if end != len(text):
+        raise PayloadError(f"payload has {len(text) - end} bytes after its JSON")
+    return body
+
+
 def decode_record(data: bytes, klass: type) -> Record:
     """Decode bytes written by :func:`encode_record` for a lookup of ``klass``.
 
     Raises :class:`PayloadError` for anything else: foreign bytes, a pickle, truncated
     JSON, an unknown tag, or a class outside ``klass`` and its subclasses.
     """
-    if not isinstance(data, bytes) or not data.startswith(MAGIC):
+    if type(data) is not bytes or data[:4] != MAGIC:
         raise PayloadError(f"payload does not start with {MAGIC!r}: {bytes(data[:16])!r}")
     try:
-        # Our payloads are ASCII JSON without surrounding whitespace; json.loads would
-        # sniff the encoding and skip whitespace first, which costs as much as parsing a
-        # small payload.  Invalid UTF-8 raises UnicodeDecodeError, a ValueError.
-        text = data[len(MAGIC) :].decode()
-        body, end = _DECODER.raw_decode(text)
-        if end != len(text):
-            raise PayloadError(f"payload has {len(text) - end} bytes after its JSON")
+        body = _loads(data)
         expires_at = body["x"]
         if expires_at is not None and type(expires_at) not in (int, float):
             raise PayloadError(f"payload expiry {expires_at!r} is not a number")
@@ -566,8 +576,9 @@ def decode_record(data: bytes, klass: type) -> Record:
         version = body.get("v")
         if version is not None and type(version) is not int:
             raise PayloadError(f"payload version {version!r} is not an int")
+        token = body["c"]
         return Entry(
-            _subclass_named(klass, body["c"]),
+            klass if class_token(klass) == token else _subclass_named(klass, token),
             state,
             tuple(map(str, keys)),
             expires_at,

@@ -316,6 +316,18 @@ class StoreConformance:
         assert second is not first
         assert second == Foo(key=1, zap=1, bar=1, items=[1, 2], doc={"a": 1})
 
+    def test_one_object_asked_twice_in_a_batch_comes_back_twice_unshared(self) -> None:
+        store = self.store()
+        store.put(Foo(key=1, zap=2, bar=3, items=[1], doc={"a": 1}))
+        by_key, again, by_alternate = store.batch_get(Foo, [1, 1, {"zap": 2, "bar": 3}])
+        assert by_key is not None
+        assert again is not None
+        assert by_alternate is not None
+        assert len({id(by_key), id(again), id(by_alternate)}) == 3
+        by_key.items.append(2)
+        by_key.note = "mutated"
+        assert again == by_alternate == Foo(key=1, zap=2, bar=3, items=[1], doc={"a": 1})
+
     def test_values_round_trip_exactly(self) -> None:
         store = self.store()
         values = rich_values()

@@ -554,6 +554,49 @@ def test_the_identity_map_instance_wins_over_the_cached_one(
     assert held.name == "user 1"
 
 
+def test_attaching_begins_no_transaction_and_fires_loaded_as_persistent(
+    engine: Engine, statements: Statements
+) -> None:
+    _users(engine, 2)
+    memory = ProcessMemoryStore()
+    with Session(engine) as session:
+        ChainedStore([memory, SqlAlchemyStore(session=session)]).batch_get(User, [1, 2])
+    with Session(engine) as session:
+        loaded: list[object] = []
+        attached: list[object] = []
+        event.listen(session, "loaded_as_persistent", lambda s, obj: loaded.append(obj))
+        event.listen(session, "after_attach", lambda s, obj: attached.append(obj))
+        chain = ChainedStore([memory, SqlAlchemyStore(session=session)])
+        with statements.exactly(0):
+            users = chain.batch_get(User, [2, 1])
+        # As the ORM's loader attaches a row: persistent, no transaction begun yet.
+        assert loaded == users
+        assert not attached
+        assert not session.in_transaction()
+        assert all(inspect(user).persistent and not inspect(user).modified for user in users)
+        users[0].name = "changed"
+        assert list(session.dirty) == [users[0]]
+        session.commit()  # begins the transaction it needs, writes the change
+    with Session(engine) as session:
+        assert session.get(User, 2).name == "changed"  # type: ignore[union-attr]
+
+
+def test_a_detached_modified_object_is_attached_with_its_change(engine: Engine) -> None:
+    _users(engine, 1)
+    with Session(engine) as first:
+        theirs = first.get(User, 1)
+    assert theirs is not None
+    assert inspect(theirs).detached
+    theirs.name = "changed while detached"
+    with Session(engine) as second:
+        [mine] = SqlAlchemyStore(session=second).adopt(User, [theirs])
+        assert mine is theirs
+        assert mine in second.dirty
+        second.commit()
+    with Session(engine) as session:
+        assert session.get(User, 1).name == "changed while detached"  # type: ignore[union-attr]
+
+
 def test_adopting_an_object_of_another_session_merges_it(engine: Engine) -> None:
     _users(engine, 1)
     with Session(engine) as first, Session(engine) as second:

@@ -434,6 +434,11 @@ class BaseKeyValueStore(BaseStore):
         backend's own clock, so that "written before" compares times of one clock.
         """
 
+    #: Whether :meth:`_decode` builds a new record each time (bytes decoded), rather than
+    #: returning the one the backend keeps (in-process stores): then an object restored
+    #: from it may take its state over instead of copying it.
+    decodes_copies = False
+
     def _encode(self, record: Record) -> Any:
         """Turn a record into the raw value the backend holds."""
         return record
@@ -809,10 +814,17 @@ class BaseKeyValueStore(BaseStore):
                 # Left behind when the alternate key moved: it answers nothing, reclaim it.
                 self._remove(dangling)
         results: list[T | None] = []
+        # A record decoded for this call is this call's: the first object restored from
+        # it takes its state over; another key answered by the same entry gets a copy.
+        given: set[int] = set()
+        copies = self.decodes_copies
         for key in wanted:
             entry = None if key is None else _answering(found, pointers.get(key, key), key)
             if entry is not None and (entry.klass is klass or issubclass(entry.klass, klass)):
-                results.append(restore(entry.klass, entry.state))
+                owned = copies and id(entry) not in given
+                if owned:
+                    given.add(id(entry))
+                results.append(restore(entry.klass, entry.state, owned))
             else:
                 results.append(None)
         return results
@@ -840,13 +852,14 @@ class BaseKeyValueStore(BaseStore):
         dead: list[str] = []
         clock_now = self.clock()
         decode = self._decode
-        marker_of = self._marker_of
         for key, raw in zip(keys, raws, strict=True):
-            if raw is None or marker_of(raw) is not None:
-                continue  # nothing, a tombstone or a lease: a miss
+            if raw is None:
+                continue
             try:
                 record = decode(raw, klass)
             except PayloadError as exc:
+                if self._marker_of(raw) is not None:
+                    continue  # a tombstone or a lease: a miss
                 log.warning("sa_stockpyle: %s: deleting corrupt entry %r: %s", self, key, exc)
                 self.stats.add(klass, "corrupt")
                 dead.append(key)
@@ -1049,6 +1062,9 @@ class SharedPayloads:
     BaseKeyValueStore)``); decoding goes through the codec's allow-list, so whatever
     another process wrote under a key can at worst be a counted miss.
     """
+
+    #: Every decoded record is new: restoring an object may take its state over.
+    decodes_copies = True
 
     def _encode(self, record: Record) -> bytes:
         return encode_record(record)

@@ -381,15 +381,19 @@ class SqlAlchemyStore(BaseStore):
         """Attach objects a faster layer found to the session, without SQL.
 
         An identity the identity map already holds answers with that instance, which the
-        cached state does not overwrite.  A detached instance (what caching layers
-        restore) is attached as if the session had loaded it; an instance of another
-        session goes through ``Session.merge(load=False)``; one without a primary key is
-        returned as it is.  The cached state of a row this session's open transaction
-        has written is refused (None), so the chain reads that row from the database.
+        cached state does not overwrite.  An unmodified detached instance (what caching
+        layers restore) is attached as the ORM's own loader attaches a row it read: it
+        enters the identity map as persistent and ``loaded_as_persistent`` fires, without
+        beginning a transaction (the first SQL it needs, a lazy load, begins one).  Any
+        other detached instance goes through ``Session.add``, an instance of another
+        session through ``Session.merge(load=False)``; one without a primary key is
+        returned as it is.  The cached state of a row this session's open transaction has
+        written is refused (None), so the chain reads that row from the database.
         """
         session = self._current()
         identity_map = session.identity_map
         written = session.info.get(FLUSHED, ())
+        loaded = session.dispatch.loaded_as_persistent
         adopted: list[Any] = []
         for obj in objs:
             state = instance_state(obj)
@@ -402,12 +406,17 @@ class SqlAlchemyStore(BaseStore):
                 adopted.append(present)
             elif key in written:
                 adopted.append(None)
+            elif state.detached and not state.modified and not state.was_deleted:
+                # What loading._instance does with a new row; Session.add() would also
+                # begin a transaction and walk the save-update cascade (relationships are
+                # never cached), which cost more than the rest of a memory-layer hit.
+                state.session_id = session.hash_key
+                identity_map._add_unpresent(state, key)
+                if loaded:
+                    loaded(session, state)
+                adopted.append(obj)
             elif state.detached:
-                # Session.add() would also walk the save-update cascade, which finds
-                # nothing on a restored object (relationships are never cached) and is
-                # half the cost of attaching it.  _update_impl is the attach step of
-                # add() itself: events, autobegin and the identity-map check included.
-                session._update_impl(state)
+                session.add(obj)
                 adopted.append(obj)
             else:
                 adopted.append(session.merge(obj, load=False))
