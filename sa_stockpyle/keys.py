@@ -85,7 +85,9 @@ class KeySpec:
                     f"lookup {dict(key)!r} matches no declared key: {self.describe()}; "
                     f"a lookup names exactly the attributes of one declared key"
                 )
-            values = tuple(key[attr] for attr in self.items[index])
+            item = self.items[index]
+            # One attribute is the usual item; a generator would cost more than the read.
+            values = (key[item[0]],) if len(item) == 1 else tuple([key[a] for a in item])
         elif len(self.primary) == 1:
             values = (key,)
             index = 0

@@ -238,16 +238,18 @@ class Attachment:
     def _after_flush(self, session: Session, context: Any) -> None:
         # Pre-flush view: new/dirty/deleted and attribute history are still intact.
         flushing = self._session_state(session).flushing
-        for obj in [*session.new, *session.dirty, *session.deleted]:
+        # Each of these properties builds a new set: once per flush, not once per object.
+        new, deleted_objs = session.new, session.deleted
+        for obj in [*new, *session.dirty, *deleted_objs]:
             info = self._info(type(obj))
             if info is None or not self._covers(session, info.mapper):
                 continue
             state = instance_state(obj)
-            deleted = obj in session.deleted
+            deleted = obj in deleted_objs
             # A column whose value changed, or one the UPDATE left expired (a SQL expression
             # value): otherwise the object is dirty through a relationship only.
             changed = state.committed_state.keys() | state.expired_attributes
-            if not deleted and obj not in session.new and not info.columns & changed:
+            if not deleted and obj not in new and not info.columns & changed:
                 continue
             old_keys = _known_keys(info, state) if deleted else _old_keys(info, state)
             flushing.append(_Flushed(obj, state, deleted, state.key, old_keys))

@@ -6,6 +6,7 @@ bound is asserted (the real figures are printed and reported in the docs).
 
 from __future__ import annotations
 
+import enum
 import multiprocessing
 import os
 import signal
@@ -233,3 +234,30 @@ def test_a_process_without_a_memory_layer_still_evicts_the_others(redis_url: str
         writer.close()
     with pytest.raises(ConfigurationError, match="max_staleness"):
         ChainedStore([ProcessMemoryStore()], max_staleness=0)
+
+
+class _Opaque(enum.Enum):
+    """A key value the keys accept (by member name) but a message cannot carry."""
+
+    ONLY = object()
+
+
+def test_a_message_that_does_not_encode_is_dropped_and_the_publisher_goes_on(
+    redis_url: str,
+) -> None:
+    reader_memory = ProcessMemoryStore()
+    reader = ChainedStore([reader_memory, RedisStore(url=redis_url)])
+    writer = ChainedStore([RedisStore(url=redis_url)])
+    try:
+        assert writer.coherence is not None
+        reader.put(Foo(key=4, zap=4, bar=4))
+        assert until(lambda: reader_memory.get(Foo, 4) is not None)
+        writer.write_committed([], [(Foo, {"key": _Opaque.ONLY})])
+        writer.write_committed([], [(Foo, {"key": 4})])
+        assert until(lambda: reader_memory.get(Foo, 4) is None)
+        counts = writer.coherence.counts()
+        assert counts["dropped"] == 1
+        assert counts["sent"] == 1
+    finally:
+        reader.close()
+        writer.close()

@@ -434,6 +434,13 @@ class BaseKeyValueStore(BaseStore):
         backend's own clock, so that "written before" compares times of one clock.
         """
 
+    def _apply_then_read(
+        self, ops: Sequence[Op], keys: Sequence[str]
+    ) -> tuple[list[Any], list[Any]]:
+        """:meth:`_apply` ``ops``, then :meth:`_read` ``keys``: their raw values as they
+        are after the writes.  A backend that can do both in one round trip overrides it."""
+        return (self._apply(ops) if ops else []), self._read(keys)
+
     #: Whether :meth:`_decode` builds a new record each time (bytes decoded), rather than
     #: returning the one the backend keeps (in-process stores): then an object restored
     #: from it may take its state over instead of copying it.
@@ -470,6 +477,12 @@ class BaseKeyValueStore(BaseStore):
 
     def _conditional(self, ops: Sequence[Op]) -> list[Any]:
         """:meth:`_apply`, after turning writes that have expired already into removals."""
+        ready = self._unexpired(ops)
+        return self._apply(ready) if ready else []
+
+    def _unexpired(self, ops: Sequence[Op]) -> list[Op]:
+        """``ops`` without the writes that have expired already: a set becomes a
+        tombstone, a fill a release, and an add or a newer write nothing at all."""
         clock_now = self.clock()
         ready: list[Op] = []
         for op in ops:
@@ -480,7 +493,7 @@ class BaseKeyValueStore(BaseStore):
                     ready.append(op._replace(kind="R"))
                 continue  # nothing to add or order: it expired
             ready.append(op)
-        return self._apply(ready) if ready else []
+        return ready
 
     # -- the contract -----------------------------------------------------------------
 
@@ -601,7 +614,7 @@ class BaseKeyValueStore(BaseStore):
         classes = self._classes_of(puts)
         classes |= {c for klass, _ in removals for c in storage_classes(klass, self.polymorphic)}
 
-        def write() -> None:
+        def write() -> list[Op]:
             keys = self._removal_keys(removals)
             records = self._records(puts)
             ops = [Op("T", key, None, None) for key in keys]
@@ -611,30 +624,35 @@ class BaseKeyValueStore(BaseStore):
                 version = record.version if type(record) is Entry else None
                 kind = "S" if type(record) is Pointer else "A" if version is None else "N"
                 ops.append(Op(kind, key, encode(record), record.expires_at, version))
-            if ops:
-                self._conditional(ops)
+            return ops
 
         self._in_current_generations(classes, write)
 
-    def _in_current_generations(self, classes: set[type], write: Callable[[], None]) -> None:
-        """Run ``write`` until the namespace generations it wrote under are still current.
+    def _in_current_generations(self, classes: set[type], write: Callable[[], list[Op]]) -> None:
+        """Apply the ops ``write`` builds until the namespace generations their keys were
+        made in are still current.
 
         Writes build their keys from the generations this process last read.  Another
         process may have started a new one meanwhile (``invalidate_class``, a server
         restarted empty); a write under the old one would leave stale entries in the new
-        one.  So a shared store reads the generations right after writing, and writes
-        again under any that moved.  A generation that moves after that read was started
-        after this write, and its readers read the database after this commit.
+        one.  So a shared store reads the generations right after writing (in the same
+        round trip where the backend allows), and writes again under any that moved.  A
+        generation that moves after that read was started after this write, and its
+        readers read the database after this commit.
         """
         if not classes:
             return
         self._learn_generations_of(classes)
         for _ in range(MAX_GENERATION_RETRIES):
             used = {klass: self.keymaker.generations.get(klass) for klass in classes}
-            write()
+            ops = self._unexpired(write())
             if not self.shared_generations:
+                if ops:
+                    self._apply(ops)
                 return
-            raws = self._read([self.keymaker.generation_key(klass) for klass in used])
+            _, raws = self._apply_then_read(
+                ops, [self.keymaker.generation_key(klass) for klass in used]
+            )
             moved = False
             for (klass, generation), raw in zip(used.items(), raws, strict=True):
                 held = raw.decode("ascii", "replace") if isinstance(raw, bytes) and raw else None
@@ -761,10 +779,8 @@ class BaseKeyValueStore(BaseStore):
         """Remove every object of ``objs`` in one backend call."""
         objs = list(objs)
 
-        def write() -> None:
-            keys = self._object_keys(objs)
-            if keys:
-                self._remove(keys)
+        def write() -> list[Op]:
+            return [Op("T", key, None, None) for key in self._object_keys(objs)]
 
         self._in_current_generations(self._classes_of(objs), write)
 
@@ -977,10 +993,19 @@ class BaseDictionaryStore(BaseKeyValueStore):
         mapping = self.dictionary
         clock_now = self.clock()
         results: list[Any] = []
+        tomb: tuple[Any, float] | None = None
+        write: tuple[Any, float | None] | None
         with self._lock:
             self._sweep()
             for op in ops:
-                result, write = self._decide(op, mapping.get(op.key), clock_now)
+                if op.kind == "T":
+                    # Whatever the key holds; one tombstone, stamped once per call (as in
+                    # Redis), serves every key: commits leave many.
+                    if tomb is None:
+                        tomb = self._tombstone()
+                    result, write = True, tomb
+                else:
+                    result, write = self._decide(op, mapping.get(op.key), clock_now)
                 if write is not None:
                     raw, expires_at = write
                     mapping[op.key] = raw
@@ -996,7 +1021,8 @@ class BaseDictionaryStore(BaseKeyValueStore):
     def _decide(
         self, op: Op, current: Any, clock_now: float
     ) -> tuple[Any, tuple[Any, float | None] | None]:
-        """The result of ``op`` on a key holding ``current``, and what to write there."""
+        """The result of ``op`` (any kind but ``"T"``) on a key holding ``current``, and
+        what to write there."""
         kind, _key, raw, expires_at, arg = op
         marker = None if current is None else self._marker_of(current)
         if marker is not None and marker.expires_at <= clock_now:
@@ -1004,8 +1030,6 @@ class BaseDictionaryStore(BaseKeyValueStore):
         write = (raw, expires_at)
         if kind == "S":
             return True, write
-        if kind == "T":
-            return True, self._tombstone()
         if kind == "A":
             tombstone = marker is not None and marker.lease is None
             older = tombstone and arg is not None and marker is not None and marker.taken < arg

@@ -123,7 +123,7 @@ class Coherence:
         self.subscribed = False
         self._counts: Counter[str] = Counter()
         self._delays: deque[float] = deque(maxlen=10_000)
-        self._pending: deque[bytes] = deque()
+        self._pending: deque[Invalidation] = deque()
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._first_attempt = threading.Event()
@@ -168,12 +168,13 @@ class Coherence:
     # -- publishing -------------------------------------------------------------------
 
     def publish(self, removals: Sequence[Removal], classes: Sequence[type]) -> None:
-        """Queue one message naming ``removals`` and ``classes``; never blocks on I/O."""
+        """Queue one message naming ``removals`` and ``classes``; never blocks on I/O.
+
+        The publisher thread encodes it, mostly while the committing thread waits for I/O.
+        """
         if not (removals or classes):
             return
-        message = encode_invalidation(
-            Invalidation(self.origin, time.time(), list(removals), list(classes))
-        )
+        message = Invalidation(self.origin, time.time(), list(removals), list(classes))
         with self._wake:
             if len(self._pending) >= MAX_PENDING:
                 self._pending.popleft()
@@ -191,8 +192,9 @@ class Coherence:
                 self._pending.clear()
             if not batch:
                 return  # stopped, and everything is sent
+            messages = self._encoded(batch)
             try:
-                self.channel.publish(batch)
+                self.channel.publish(messages)
             except StoreUnavailable as exc:
                 if not failing:  # once per outage, not once per retry
                     log.warning("sa_stockpyle: cannot publish invalidations: %s", exc)
@@ -208,7 +210,19 @@ class Coherence:
                     return
             else:
                 failing = False
-                self._count("sent", len(batch))
+                self._count("sent", len(messages))
+
+    def _encoded(self, batch: list[Invalidation]) -> list[bytes]:
+        """The messages of ``batch`` that encode; one that does not is logged and dropped
+        (it names a key value the codec cannot carry), never the thread's end."""
+        encoded = []
+        for message in batch:
+            try:
+                encoded.append(encode_invalidation(message))
+            except PayloadError as exc:
+                log.error("sa_stockpyle: cannot send an invalidation: %s", exc)
+                self._count("dropped")
+        return encoded
 
     # -- subscribing ------------------------------------------------------------------
 

@@ -38,12 +38,13 @@ HEALTH_CHECK_INTERVAL = 1.0
 MAX_SILENCE = 3.0
 
 #: The conditional writes of BaseKeyValueStore._apply, atomic per call.  ARGV: the
-#: tombstone TTL in ms and the number of keys that only get a tombstone (they come first),
+#: tombstone TTL in ms, the number of keys that only get a tombstone (they come first) and
+#: the number of keys that are only read once everything is written (they come last),
 #: then per other key: kind, value, TTL in ms (0: none), argument (the lease a fill
 #: expects, the version a newer write carries, the time an add compares tombstones with).
 #: Tombstones and leases are stamped with the server's clock (TIME).
 _APPLY = """
-local tomb_ms, tombs = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tomb_ms, tombs, reads = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = string.format('%d.%06d', t[1], t[2])
 local tomb = 'SPKT:' .. now .. ':0'
@@ -53,9 +54,9 @@ for i = 1, tombs do
   redis.call('SET', KEYS[i], tomb, 'PX', tomb_ms)
   replies[i] = 1
 end
-for i = tombs + 1, #KEYS do
+for i = tombs + 1, #KEYS - reads do
   local key = KEYS[i]
-  local at = 2 + (i - tombs - 1) * 4
+  local at = 3 + (i - tombs - 1) * 4
   local kind, raw, px, arg = ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4]
   local current = kind ~= 'S' and redis.call('GET', key)
   local head = current and string.sub(current, 1, 4)
@@ -105,6 +106,9 @@ for i = tombs + 1, #KEYS do
   else
     replies[i] = 0
   end
+end
+for i = #KEYS - reads + 1, #KEYS do
+  replies[i] = redis.call('GET', KEYS[i])
 end
 return replies
 """
@@ -235,11 +239,25 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
             pipe.execute()
 
     def _apply(self, ops: Sequence[Op]) -> list[Any]:
-        # One script call checks and writes every key atomically.  On a cluster, one call
-        # per hash slot (a script may not span slots; a cluster pipeline refuses EVALSHA),
-        # and tombstones go out in one pipeline: their times are never compared there.
+        return self._run(ops, ())[0]
+
+    def _apply_then_read(
+        self, ops: Sequence[Op], keys: Sequence[str]
+    ) -> tuple[list[Any], list[Any]]:
+        # In the same script call, after the writes: one round trip instead of two.  Not
+        # on a cluster, where the writes take one call per hash slot.
+        if self._cluster:
+            return super()._apply_then_read(ops, keys)
+        return self._run(ops, keys)
+
+    def _run(self, ops: Sequence[Op], reads: Sequence[str]) -> tuple[list[Any], list[Any]]:
+        # One script call checks and writes every key atomically, then reads ``reads``.  On
+        # a cluster (never with reads), one call per hash slot (a script may not span
+        # slots; a cluster pipeline refuses EVALSHA), and tombstones go out in one
+        # pipeline: their times are never compared there.
         clock_now = self.clock()
         results: list[Any] = [None] * len(ops)
+        read: list[Any] = []
         groups: dict[int, list[int]] = {}
         if self._cluster:
             tombs = [p for p, op in enumerate(ops) if op.kind == "T"]
@@ -258,7 +276,7 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
             for positions in groups.values():
                 tombs = [p for p in positions if ops[p].kind == "T"]
                 others = [p for p in positions if ops[p].kind != "T"]
-                args: list[Any] = [math.ceil(self.tombstone_ttl * 1000), len(tombs)]
+                args: list[Any] = [math.ceil(self.tombstone_ttl * 1000), len(tombs), len(reads)]
                 for position in others:
                     kind, _key, raw, expires_at, arg = ops[position]
                     millis = (
@@ -273,15 +291,16 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
                         b"" if arg is None else arg,
                     ]
                 order = tombs + others
-                replies = self._script(keys=[ops[p].key for p in order], args=args)
-                for position, reply in zip(order, replies, strict=True):
+                replies = self._script(keys=[*(ops[p].key for p in order), *reads], args=args)
+                read = replies[len(order) :]
+                for position, reply in zip(order, replies[: len(order)], strict=True):
                     if isinstance(reply, list) and len(reply) == 1:
                         results[position] = float(reply[0])  # a lease taken, at this time
                     elif isinstance(reply, list):
                         results[position] = (reply[0], float(reply[1]))  # held, and when
                     else:
                         results[position] = reply == 1
-        return results
+        return results, read
 
     def channel(self, name: str) -> Channel:
         """The pub/sub channel ``name`` of this store: ``prefix:db:name`` (pub/sub spans
