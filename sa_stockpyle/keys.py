@@ -416,7 +416,10 @@ class KeyMaker:
         heads: dict[int, str] = {}
         keys: list[str | None] = []
         shorthand = len(spec.primary) == 1
+        primary = spec.primary[0]
         for lookup in lookups:
+            if shorthand and type(lookup) is dict and len(lookup) == 1 and primary in lookup:
+                lookup = lookup[primary]  # {"id": 5} (how commits name rows) is id 5
             # The usual batch is ints or strs for a one-attribute primary key: encode them
             # straight away, without the tuples a normalised lookup costs.
             if shorthand and type(lookup) in (int, str):

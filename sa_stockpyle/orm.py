@@ -240,9 +240,17 @@ class Attachment:
         flushing = self._session_state(session).flushing
         # Each of these properties builds a new set: once per flush, not once per object.
         new, deleted_objs = session.new, session.deleted
+        covered: dict[type, _ClassInfo | None] = {}  # per class: its bind is looked up once
         for obj in [*new, *session.dirty, *deleted_objs]:
-            info = self._info(type(obj))
-            if info is None or not self._covers(session, info.mapper):
+            klass = type(obj)
+            if klass in covered:
+                info = covered[klass]
+            else:
+                info = self._info(klass)
+                if info is not None and not self._covers(session, info.mapper):
+                    info = None
+                covered[klass] = info
+            if info is None:
                 continue
             state = instance_state(obj)
             deleted = obj in deleted_objs
