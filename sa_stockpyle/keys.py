@@ -418,12 +418,13 @@ class KeyMaker:
         shorthand = len(spec.primary) == 1
         primary = spec.primary[0]
         for lookup in lookups:
-            if shorthand and type(lookup) is dict and len(lookup) == 1 and primary in lookup:
-                lookup = lookup[primary]  # {"id": 5} (how commits name rows) is id 5
+            value = lookup
+            if shorthand and type(lookup) is dict and len(lookup) == 1:
+                value = lookup.get(primary, lookup)  # {"id": 5}, how commits name rows
             # The usual batch is ints or strs for a one-attribute primary key: encode them
             # straight away, without the tuples a normalised lookup costs.
-            if shorthand and type(lookup) in (int, str):
-                index, encoded = 0, encode_value(lookup)
+            if shorthand and type(value) in (int, str):
+                index, encoded = 0, encode_value(value)
             else:
                 index, values = spec.lookup(lookup)
                 if is_null(values):
