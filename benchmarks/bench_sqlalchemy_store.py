@@ -171,6 +171,7 @@ def run(args: argparse.Namespace, redis_url: str) -> None:
         "Session.merge(load=False)": per_call(merge, 5, rounds) / len(snapshots),
         "SqlAlchemyStore.adopt": per_call(attach, 5, rounds) / len(snapshots),
     }
+    chain.close()  # stops its invalidation broadcast before the server goes away
     session.close()
     Base.metadata.drop_all(engine)
 
