@@ -38,6 +38,7 @@ import datetime as dt
 import enum
 import json
 import math
+import operator
 import re
 import time
 from collections.abc import Callable
@@ -290,6 +291,16 @@ class _Columns:
     #: (the default generator or a custom one); None without one or when the database
     #: assigns it (``version_id_generator=False``).
     version: str | None
+    #: The primary key values of a complete state, as a tuple (restore's hot path).
+    primary_key_of: Callable[[dict[str, Any]], tuple[Any, ...]]
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A function reading ``names`` out of a dict, always as a tuple."""
+    if len(names) == 1:
+        name = names[0]
+        return lambda values: (values[name],)
+    return operator.itemgetter(*names)
 
 
 # A plain dict, as in keys.py: it is read on every snapshot and restore.
@@ -306,14 +317,18 @@ def _columns(klass: type) -> _Columns | None:
     columns = None
     if isinstance(mapper, Mapper):
         names = tuple(prop.key for prop in mapper.column_attrs)
+        primary_key = tuple(
+            mapper.get_property_by_column(column).key for column in mapper.primary_key
+        )
         columns = _Columns(
             mapper,
             names,
             frozenset(names),
-            tuple(mapper.get_property_by_column(column).key for column in mapper.primary_key),
+            primary_key,
             None
             if mapper.version_id_col is None or mapper.version_id_generator is False
             else mapper.get_property_by_column(mapper.version_id_col).key,
+            _getter(primary_key),
         )
     _COLUMNS[klass] = columns
     return columns
@@ -363,29 +378,31 @@ def _snapshot_entity(obj: object, columns: _Columns) -> dict[str, Any]:
 
 
 def _restore_entity(columns: _Columns, snap: dict[str, Any], owned: bool) -> Any:
-    obj = columns.mapper.class_manager.new_instance()
+    mapper = columns.mapper
+    obj = mapper.class_manager.new_instance()
     values = obj.__dict__  # what instance_state(obj).dict returns, one lookup cheaper
     if snap.keys() == columns.name_set:
         # Every column and nothing else (no identity token): the common case, in bulk.
+        # What a cache holds is the database's state, so the restored object has the
+        # identity of its primary key (setting it is all make_transient_to_detached()
+        # does for a complete state, at a third of its cost).
         values.update(snap if owned else _detached(snap))
-        complete = True
-    else:
-        present = {name: snap[name] for name in columns.names if name in snap}
-        values.update(present if owned else _detached(present))
-        complete = len(present) == len(columns.names)
+        primary_key = columns.primary_key_of(values)
+        if None not in primary_key:  # only an object cached without one stays transient
+            instance_state(obj).key = mapper.identity_key_from_primary_key(primary_key)
+        return obj
+    # Some columns were never loaded, or the state carries an identity token.
+    present = {name: snap[name] for name in columns.names if name in snap}
+    values.update(present if owned else _detached(present))
     primary_key = tuple(map(values.get, columns.primary_key))
-    # What a cache holds is the database's state, so a restored object has the identity
-    # of its primary key; only an object cached without one stays transient.
     if None in primary_key:
         return obj
-    if complete:
-        # Setting the identity key is all make_transient_to_detached() does for a
-        # complete state, at a third of its cost: restore() is on every cache hit.
-        instance_state(obj).key = columns.mapper.identity_key_from_primary_key(
+    if len(present) == len(columns.names):
+        instance_state(obj).key = mapper.identity_key_from_primary_key(
             primary_key, snap.get(_IDENTITY)
         )
     else:
-        make_transient_to_detached(obj)
+        make_transient_to_detached(obj)  # and the missing columns load on first access
     return obj
 
 
@@ -538,28 +555,22 @@ def _subclass_named(klass: type, token: str) -> type:
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
-def _loads(data: bytes) -> Any:
-    """The JSON body of a payload that starts with the magic bytes."""
-    # Our payloads are ASCII JSON without surrounding whitespace; json.loads would sniff
-    # the encoding and skip whitespace first, which costs as much as parsing a small
-    # payload.  Invalid UTF-8 raises UnicodeDecodeError, a ValueError.
-    text = data[len(MAGIC) :].decode()
-    body, end = _DECODER.raw_decode(text)
-    if end != len(text):
-        raise PayloadError(f"payload has {len(text) - end} bytes after its JSON")
-    return body
-
-
 def decode_record(data: bytes, klass: type) -> Record:
     """Decode bytes written by :func:`encode_record` for a lookup of ``klass``.
 
     Raises :class:`PayloadError` for anything else: foreign bytes, a pickle, truncated
     JSON, an unknown tag, or a class outside ``klass`` and its subclasses.
     """
-    if type(data) is not bytes or data[:4] != MAGIC:
+    if type(data) is not bytes or data[: len(MAGIC)] != MAGIC:
         raise PayloadError(f"payload does not start with {MAGIC!r}: {bytes(data[:16])!r}")
     try:
-        body = _loads(data)
+        # Our payloads are ASCII JSON without surrounding whitespace; json.loads would
+        # sniff the encoding and skip whitespace first, which costs as much as parsing a
+        # small payload.  Invalid UTF-8 raises UnicodeDecodeError, a ValueError.
+        text = data[len(MAGIC) :].decode()
+        body, end = _DECODER.raw_decode(text)
+        if end != len(text):
+            raise PayloadError(f"payload has {len(text) - end} bytes after its JSON")
         expires_at = body["x"]
         if expires_at is not None and type(expires_at) not in (int, float):
             raise PayloadError(f"payload expiry {expires_at!r} is not a number")

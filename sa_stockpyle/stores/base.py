@@ -832,17 +832,19 @@ class BaseKeyValueStore(BaseStore):
         results: list[T | None] = []
         # A record decoded for this call is this call's: the first object restored from
         # it takes its state over; another key answered by the same entry gets a copy.
-        given: set[int] = set()
+        # Without pointers and repeated keys (the usual batch), each entry answers once.
         copies = self.decodes_copies
+        once = copies and not pointers and len(asked) == len(wanted)
+        given: set[int] = set()
         for key in wanted:
             entry = None if key is None else _answering(found, pointers.get(key, key), key)
-            if entry is not None and (entry.klass is klass or issubclass(entry.klass, klass)):
-                owned = copies and id(entry) not in given
-                if owned:
-                    given.add(id(entry))
-                results.append(restore(entry.klass, entry.state, owned))
-            else:
+            if entry is None or not (entry.klass is klass or issubclass(entry.klass, klass)):
                 results.append(None)
+                continue
+            owned = once or (copies and id(entry) not in given)
+            if owned and not once:
+                given.add(id(entry))
+            results.append(restore(entry.klass, entry.state, owned))
         return results
 
     def _read_generation(

@@ -535,8 +535,13 @@ class ChainedStore(BaseStore):
         """Look ``keys`` up layer by layer, filling faster layers with what is found."""
         keys = list(keys)
         spec = key_spec(klass)
-        for key in keys:  # bad input raises here, before any layer is asked or filled
-            spec.lookup(key)
+        # Bad input raises here, before any layer is asked or filled (an int or str is
+        # always a lookup of a one-attribute primary key; its value is checked by the
+        # layers, as every value is).
+        shorthand = len(spec.primary) == 1
+        for key in keys:
+            if not (shorthand and type(key) in (int, str)):
+                spec.lookup(key)
         results: list[T | None] = [None] * len(keys)
         found_in: dict[int, tuple[int, object]] = {}
         claims: list[tuple[int, Reservation, list[int]]] = []
@@ -560,7 +565,10 @@ class ChainedStore(BaseStore):
             if hits:
                 positions = [i for i in missing if i in hits]
                 objs = [hits[i] for i in positions]
-                found_in.update((i, (index, obj)) for i, obj in zip(positions, objs, strict=True))
+                if claims:  # what faster layers claimed is filled from here
+                    found_in.update(
+                        (i, (index, obj)) for i, obj in zip(positions, objs, strict=True)
+                    )
                 adopted = self._adopt(index, klass, objs)
                 for position, obj in zip(positions, adopted, strict=True):
                     results[position] = obj

@@ -392,6 +392,8 @@ class SqlAlchemyStore(BaseStore):
         """
         session = self._current()
         identity_map = session.identity_map
+        held, attach = identity_map.get, identity_map._add_unpresent
+        session_id = session.hash_key
         written = session.info.get(FLUSHED, ())
         loaded = session.dispatch.loaded_as_persistent
         adopted: list[Any] = []
@@ -401,7 +403,7 @@ class SqlAlchemyStore(BaseStore):
             if key is None:  # no database identity: nothing to attach it to
                 adopted.append(obj)
                 continue
-            present = identity_map.get(key)
+            present = held(key)
             if present is not None:
                 adopted.append(present)
             elif key in written:
@@ -410,8 +412,8 @@ class SqlAlchemyStore(BaseStore):
                 # What loading._instance does with a new row; Session.add() would also
                 # begin a transaction and walk the save-update cascade (relationships are
                 # never cached), which cost more than the rest of a memory-layer hit.
-                state.session_id = session.hash_key
-                identity_map._add_unpresent(state, key)
+                state.session_id = session_id
+                attach(state, key)
                 if loaded:
                     loaded(session, state)
                 adopted.append(obj)
