@@ -380,7 +380,8 @@ class KeyMaker:
         self.prefix = prefix
         self._namespace = f"{prefix}:{FORMAT_VERSION}"
         self.generations: dict[type, str] = {}
-        self._heads: dict[tuple[type, int, str | None], str] = {}
+        # Per class: the generation its heads were made for, and one head per item.
+        self._heads: dict[type, tuple[str | None, tuple[str, ...]]] = {}
         self._generation_keys: dict[type, str] = {}
 
     def set_generation(self, klass: type, generation: str) -> None:
@@ -408,12 +409,23 @@ class KeyMaker:
         Raises :class:`InvalidKeyValueError`, naming the class and its keys, when a value
         cannot be part of a key.
         """
-        return self._checked(self._head(spec, index) + _encode_values(spec, values))
+        return self._checked(self._heads_of(spec)[index] + _encode_values(spec, values))
+
+    def keys_of(self, spec: KeySpec, obj: object) -> tuple[str, ...]:
+        """The cache keys of ``obj`` as a ``spec.klass``, one per declared item that holds
+        no None, the primary key first (see :meth:`KeySpec.identities`)."""
+        heads = self._heads_of(spec)
+        return tuple(
+            [
+                self._checked(heads[index] + _encode_values(spec, values))
+                for index, values in spec.identities(obj)
+            ]
+        )
 
     def keys(self, spec: KeySpec, lookups: Iterable[object]) -> list[str | None]:
         """The cache key of each lookup as a caller wrote it (see :meth:`KeySpec.lookup`);
         None for a lookup holding None, which identifies nothing."""
-        heads: dict[int, str] = {}
+        heads = self._heads_of(spec)
         keys: list[str | None] = []
         shorthand = len(spec.primary) == 1
         primary = spec.primary[0]
@@ -431,19 +443,19 @@ class KeyMaker:
                     keys.append(None)
                     continue
                 encoded = _encode_values(spec, values)
-            head = heads.get(index)
-            if head is None:
-                head = heads[index] = self._head(spec, index)
-            keys.append(self._checked(head + encoded))
+            keys.append(self._checked(heads[index] + encoded))
         return keys
 
-    def _head(self, spec: KeySpec, index: int) -> str:
+    def _heads_of(self, spec: KeySpec) -> tuple[str, ...]:
+        """The start of the keys of each declared item of ``spec.klass``, in its current
+        generation (one cache entry per class: a new generation replaces the old)."""
         generation = self.generations.get(spec.klass)
-        head = self._heads.get((spec.klass, index, generation))
-        if head is None:
-            head = f"{self.class_prefix(spec.klass)}{'+'.join(spec.items[index])}:"
-            self._heads[spec.klass, index, generation] = head
-        return head
+        cached = self._heads.get(spec.klass)
+        if cached is None or cached[0] != generation:
+            prefix = self.class_prefix(spec.klass)
+            cached = (generation, tuple(f"{prefix}{'+'.join(item)}:" for item in spec.items))
+            self._heads[spec.klass] = cached
+        return cached[1]
 
     def _checked(self, key: str) -> str:
         if _acceptable(key):

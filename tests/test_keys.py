@@ -117,3 +117,20 @@ def test_bad_prefixes_are_refused(prefix: str) -> None:
 def test_not_a_class() -> None:
     with pytest.raises(NotStorableError, match="expected a class"):
         key_spec(Foo(key=1))
+
+
+def test_a_new_generation_replaces_the_cached_key_heads_of_its_class() -> None:
+    # A process that invalidates a class often (bulk updates) starts a generation each
+    # time: the cached key heads must not pile up with them.
+    keymaker = KeyMaker()
+    spec = key_spec(Foo)
+    before = keymaker.key(spec, 0, (1,))
+    for generation in range(1000):
+        keymaker.set_generation(Foo, f"g{generation}")
+        assert keymaker.key(spec, 1, (2, 3)).split(":")[2].endswith(f"~g{generation}")
+    assert len(keymaker._heads) == 1
+    assert keymaker.key(spec, 0, (1,)) != before
+    assert keymaker.keys_of(spec, Foo(key=1, zap=2, bar=3)) == (
+        keymaker.key(spec, 0, (1,)),
+        keymaker.key(spec, 1, (2, 3)),
+    )

@@ -499,10 +499,9 @@ class BaseKeyValueStore(BaseStore):
 
     def _stored_keys(self, obj: object) -> Iterator[tuple[str, ...]]:
         """For each class ``obj`` is stored under, its cache keys, the primary key first."""
-        make = self.keymaker.key
+        keys_of = self.keymaker.keys_of
         for klass in storage_classes(type(obj), self.polymorphic):
-            spec = key_spec(klass)
-            yield tuple([make(spec, index, values) for index, values in spec.identities(obj)])
+            yield keys_of(key_spec(klass), obj)
 
     def _records(self, objs: Iterable[object]) -> list[tuple[str, Record]]:
         # Everything that can fail on bad input happens here, before any write.
@@ -1006,6 +1005,8 @@ class BaseDictionaryStore(BaseKeyValueStore):
                     if tomb is None:
                         tomb = self._tombstone()
                     result, write = True, tomb
+                elif op.kind == "S":
+                    result, write = True, (op.raw, op.expires_at)  # whatever the key holds
                 else:
                     result, write = self._decide(op, mapping.get(op.key), clock_now)
                 if write is not None:
@@ -1023,15 +1024,13 @@ class BaseDictionaryStore(BaseKeyValueStore):
     def _decide(
         self, op: Op, current: Any, clock_now: float
     ) -> tuple[Any, tuple[Any, float | None] | None]:
-        """The result of ``op`` (any kind but ``"T"``) on a key holding ``current``, and
-        what to write there."""
+        """The result of ``op`` (any kind but ``"S"`` and ``"T"``, which always write) on a
+        key holding ``current``, and what to write there."""
         kind, _key, raw, expires_at, arg = op
         marker = None if current is None else self._marker_of(current)
         if marker is not None and marker.expires_at <= clock_now:
             current = marker = None
         write = (raw, expires_at)
-        if kind == "S":
-            return True, write
         if kind == "A":
             tombstone = marker is not None and marker.lease is None
             older = tombstone and arg is not None and marker is not None and marker.taken < arg
