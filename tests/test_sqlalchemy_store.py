@@ -523,11 +523,18 @@ def test_a_relationship_lazy_loads_on_an_object_from_redis(
 # -- attaching cached objects ---------------------------------------------------------------
 
 
-def test_cached_objects_attach_without_sql(engine: Engine, statements: Statements) -> None:
-    _users(engine, 3)
+def _cached_users(engine: Engine, count: int) -> ProcessMemoryStore:
+    """A memory layer holding users 1 to ``count``, read once through a chain."""
+    _users(engine, count)
     memory = ProcessMemoryStore()
     with Session(engine) as session:
-        ChainedStore([memory, SqlAlchemyStore(session=session)]).batch_get(User, [1, 2, 3])
+        chain = ChainedStore([memory, SqlAlchemyStore(session=session)])
+        chain.batch_get(User, range(1, count + 1))
+    return memory
+
+
+def test_cached_objects_attach_without_sql(engine: Engine, statements: Statements) -> None:
+    memory = _cached_users(engine, 3)
     with Session(engine) as session:
         chain = ChainedStore([memory, SqlAlchemyStore(session=session)])
         with statements.exactly(0):
@@ -557,10 +564,7 @@ def test_the_identity_map_instance_wins_over_the_cached_one(
 def test_attaching_begins_no_transaction_and_fires_loaded_as_persistent(
     engine: Engine, statements: Statements
 ) -> None:
-    _users(engine, 2)
-    memory = ProcessMemoryStore()
-    with Session(engine) as session:
-        ChainedStore([memory, SqlAlchemyStore(session=session)]).batch_get(User, [1, 2])
+    memory = _cached_users(engine, 2)
     with Session(engine) as session:
         loaded: list[object] = []
         attached: list[object] = []
