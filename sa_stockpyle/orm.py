@@ -97,7 +97,9 @@ class _Buffer:
         """Remove a key; when it is an object's identity, drop that object's pending put."""
         if identity is not None:
             self.puts.pop(identity, None)
-        self.removals[klass, tuple(sorted(lookup.items()))] = identity
+        # Order-free, so one key named twice is one removal (a one-item lookup is sorted).
+        items = tuple(lookup.items()) if len(lookup) == 1 else tuple(sorted(lookup.items()))
+        self.removals[klass, items] = identity
 
     def invalidate(self, classes: list[type]) -> None:
         """Invalidate whole classes, dropping their pending puts."""
@@ -276,10 +278,11 @@ class Attachment:
             assert info is not None
             for old in item.old_keys:
                 buffer.remove(klass, old, None)
-            if item.old_identity is not None:
+            if item.old_identity is not None and (
+                item.deleted or item.state.key != item.old_identity
+            ):
                 old_primary = dict(zip(info.primary_attrs, item.old_identity[1], strict=True))
-                if item.deleted or item.state.key != item.old_identity:
-                    buffer.remove(klass, old_primary, item.old_identity)
+                buffer.remove(klass, old_primary, item.old_identity)
             if item.deleted:
                 continue
             identity = item.state.key
