@@ -205,21 +205,14 @@ def _cpu_model() -> str:
 def _revision() -> str:
     """The git commit of the code measured, and whether the package has local changes."""
     root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "sa_stockpyle"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "sa_stockpyle")
     except (OSError, subprocess.CalledProcessError):
         return "outside git"
     return f"commit {commit}" + (" with uncommitted changes" if changed else "")

@@ -78,6 +78,8 @@ class KeySpec:
         the shorthand for the primary item: a scalar for a one-attribute primary key, a
         tuple of the same length for a composite one.
         """
+        if len(self.primary) == 1 and type(key) in (int, str):
+            return 0, (key,)  # the usual lookup, before the costlier checks below
         if type(key) is dict or isinstance(key, Mapping):
             index = self._index.get(frozenset(key))
             if index is None:

@@ -33,22 +33,15 @@ from sa_stockpyle.stores import (
 from sa_stockpyle.testing import Foo
 from tests.helpers import cluster_client, until
 from tests.servers import RedisServer
-from tests.test_races import Base, Item
+from tests.test_races import Item, item_tables
 
 ROUNDS = 100
 
 
 @pytest.fixture
 def engine(postgres_url: str) -> Iterator[Engine]:
-    engine = create_engine(postgres_url)
-    Base.metadata.drop_all(engine)
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:
-        session.add_all([Item(id=i, code=f"c{i}", value="v0") for i in range(ROUNDS)])
-        session.commit()
-    yield engine
-    Base.metadata.drop_all(engine)
-    engine.dispose()
+    with item_tables(postgres_url, ROUNDS, "v0") as engine:
+        yield engine
 
 
 def _watcher(postgres_url: str, redis_url: str, pipe: Connection) -> None:

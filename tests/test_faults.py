@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from sa_stockpyle import attach
@@ -33,20 +33,13 @@ from sa_stockpyle.stores import (
 from sa_stockpyle.testing import Foo
 from tests.helpers import cluster_client, freeze, until
 from tests.servers import MemcachedServer, RedisCluster, RedisServer
-from tests.test_races import Base, Item
+from tests.test_races import Item, item_tables
 
 
 @pytest.fixture
 def engine(postgres_url: str) -> Iterator[Engine]:
-    engine = create_engine(postgres_url)
-    Base.metadata.drop_all(engine)
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:
-        session.add_all([Item(id=i, code=f"c{i}", value="v1") for i in range(10)])
-        session.commit()
-    yield engine
-    Base.metadata.drop_all(engine)
-    engine.dispose()
+    with item_tables(postgres_url, 10, "v1") as engine:
+        yield engine
 
 
 def _never_stale(engine: Engine, layer: BaseStore) -> None:

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -64,14 +65,28 @@ class Doc(Base):
 CLASSES = [Item, Doc]
 
 
-@pytest.fixture
-def engine(postgres_url: str) -> Iterator[Engine]:
-    engine = create_engine(postgres_url, pool_size=60, max_overflow=0)
+@contextmanager
+def item_tables(
+    postgres_url: str, items: int = 0, value: str = "", **options: Any
+) -> Iterator[Engine]:
+    """An engine (``options`` for ``create_engine``) over fresh race tables holding items
+    0 to ``items - 1`` with ``value``; the tables are dropped afterwards."""
+    engine = create_engine(postgres_url, **options)
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
+    if items:
+        with Session(engine) as session:
+            session.add_all([Item(id=i, code=f"c{i}", value=value) for i in range(items)])
+            session.commit()
     yield engine
     Base.metadata.drop_all(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def engine(postgres_url: str) -> Iterator[Engine]:
+    with item_tables(postgres_url, pool_size=60, max_overflow=0) as engine:
+        yield engine
 
 
 @pytest.fixture(params=["redis", "memcached"])

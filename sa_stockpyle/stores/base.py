@@ -519,19 +519,12 @@ class BaseKeyValueStore(BaseStore):
                     records.append((key, Pointer(keys[0], expires_at)))
         return records
 
-    def _object_keys(self, objs: Iterable[object]) -> list[str]:
-        objs = list(objs)
-        self._learn_generations(objs)
-        return [key for obj in objs for keys in self._stored_keys(obj) for key in keys]
-
     def _removal_keys(self, removals: Sequence[Removal]) -> list[str]:
-        """The cache keys of ``(class, lookup)`` removals, in every storage class."""
+        """The cache keys of ``(class, lookup)`` removals, in every storage class (whose
+        generations the caller has learned)."""
         by_class: dict[type, list[dict[str, Any]]] = {}
         for klass, lookup in removals:
             by_class.setdefault(klass, []).append(lookup)
-        self._learn_generations_of(
-            {c for klass in by_class for c in storage_classes(klass, self.polymorphic)}
-        )
         keys: list[str] = []
         for klass, lookups in by_class.items():
             spec = key_spec(klass)
@@ -779,7 +772,8 @@ class BaseKeyValueStore(BaseStore):
         objs = list(objs)
 
         def write() -> list[Op]:
-            return [Op("T", key, None, None) for key in self._object_keys(objs)]
+            stored = (keys for obj in objs for keys in self._stored_keys(obj))
+            return [Op("T", key, None, None) for keys in stored for key in keys]
 
         self._in_current_generations(self._classes_of(objs), write)
 

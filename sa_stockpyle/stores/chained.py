@@ -262,7 +262,6 @@ class Coherence:
     def _lose(self, exc: StoreUnavailable) -> None:
         log.warning("sa_stockpyle: invalidation subscription lost: %s", exc)
         self._flush()  # before the loss is counted: whoever sees the count sees it done
-        self._last_flush = time.monotonic()
         self._count("losses")
 
     def _while_down(self) -> None:
@@ -270,11 +269,11 @@ class Coherence:
         self._stop.wait(min(0.25, self.max_staleness))
         if time.monotonic() - self._last_flush >= self.max_staleness:
             self._flush()
-            self._last_flush = time.monotonic()
 
     def _flush(self) -> None:
         for store in self.local:
             store.clear()
+        self._last_flush = time.monotonic()
         self._count("flushes")
 
     def _apply(self, data: bytes) -> None:
@@ -535,13 +534,8 @@ class ChainedStore(BaseStore):
         """Look ``keys`` up layer by layer, filling faster layers with what is found."""
         keys = list(keys)
         spec = key_spec(klass)
-        # Bad input raises here, before any layer is asked or filled (an int or str is
-        # always a lookup of a one-attribute primary key; its value is checked by the
-        # layers, as every value is).
-        shorthand = len(spec.primary) == 1
-        for key in keys:
-            if not (shorthand and type(key) in (int, str)):
-                spec.lookup(key)
+        for key in keys:  # bad input raises here, before any layer is asked or filled
+            spec.lookup(key)
         results: list[T | None] = [None] * len(keys)
         found_in: dict[int, tuple[int, object]] = {}
         claims: list[tuple[int, Reservation, list[int]]] = []
