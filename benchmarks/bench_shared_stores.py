@@ -4,8 +4,9 @@ Run: ``.venv/bin/python benchmarks/bench_shared_stores.py`` (starts its own redi
 memcached on free loopback ports with ``tests/servers.py``), or point it at running servers
 with ``--redis-url redis://host:port/db`` and ``--memcached host:port``.
 
-The floor is what any cache of these objects must do: the raw client's GET / MGET (Redis)
-or get / get_many (pymemcache) of the very bytes the store wrote, then
+The floor is what any cache of these objects must do: a GET / MGET on a redis-py connection
+(Redis; what the store sends on the client it built) or the client's get / get_many
+(pymemcache) of the very bytes the store wrote, then
 ``codec.decode_record`` and ``codec.restore`` of each.  The store adds key building, the
 record checks (expiry, pointers, class) and error translation.  Each figure is the median
 of several rounds of many calls, store and floor measured alternately in one process, so
@@ -19,7 +20,7 @@ import platform
 from collections.abc import Callable
 from typing import Any
 
-from common import User, compare, servers
+from common import RawRedis, User, compare, servers
 
 from sa_stockpyle.codec import decode_record, restore
 from sa_stockpyle.keys import key_spec
@@ -80,11 +81,13 @@ def main() -> None:
     with servers(args.redis_url, args.memcached) as (redis_url, memcached):
         redis_store = RedisStore(url=redis_url)
         memcache_store = MemcacheStore(servers=[memcached])
-        redis_client = redis_store.client
+        redis_raw_client = RawRedis(redis_store.client)
         memcache_client = memcache_store.client
 
         def redis_raw(keys: str | list[str]) -> Any:
-            return redis_client.get(keys) if isinstance(keys, str) else redis_client.mget(keys)
+            if isinstance(keys, str):
+                return redis_raw_client.get(keys)
+            return redis_raw_client.mget(keys)
 
         def memcache_raw(keys: str | list[str]) -> Any:
             if isinstance(keys, str):
@@ -96,6 +99,7 @@ def main() -> None:
             *bench("RedisStore", redis_store, redis_raw, args),
             *bench("MemcacheStore", memcache_store, memcache_raw, args),
         ]
+        redis_raw_client.close()
         redis_store.close()
         memcache_store.close()
 

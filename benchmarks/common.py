@@ -95,6 +95,31 @@ class Timing:
         )
 
 
+class RawRedis:
+    """``GET`` and ``MGET`` on one redis-py connection, without the client's per-command
+    path (pool checkout, retry wrapper, metrics hooks): the floor of a Redis hit, sent the
+    way a ``RedisStore`` sends on the client it built."""
+
+    def __init__(self, client: Any) -> None:
+        pool = client.connection_pool
+        self.connection = pool.connection_class(**pool.connection_kwargs)
+
+    def get(self, key: str) -> Any:
+        """The value at ``key``, or None."""
+        self.connection.send_command("GET", key)
+        return self.connection.read_response()
+
+    def mget(self, keys: list[str]) -> list[Any]:
+        """The values at ``keys``, None where there is none."""
+        self.connection.send_command("MGET", *keys)
+        values: list[Any] = self.connection.read_response()
+        return values
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.connection.disconnect()
+
+
 class FreshSession:
     """A new session for every call of a case: ``open`` runs before the clock starts,
     the timed call takes it with ``use`` and closes it.  Closing is timed: a session

@@ -16,7 +16,7 @@ from itertools import cycle
 from pathlib import Path
 from typing import Any
 
-from common import Case, FreshSession, Timing, interleaved, sql_statements, then
+from common import Case, FreshSession, RawRedis, Timing, interleaved, sql_statements, then
 from dogpile_caching import FromCache, ORMCache, redis_region
 from models import User, create, drop, fill, user_row
 from sqlalchemy import Engine, create_engine, select
@@ -49,7 +49,7 @@ BATCH_BUDGETS = {1_000: 1.0}
 POSTGRES = "PostgreSQL, fresh session"
 SQLITE = "SQLite, fresh session"
 DOGPILE = "dogpile.cache on Redis (FromCache, merge_frozen_result)"
-FLOOR = "floor: redis-py GET + decode + restore + attach"
+FLOOR = "floor: GET on a redis-py connection + decode + restore + attach"
 MEMORY = "sa_stockpyle: memory layer of [memory, Redis, db]"
 REDIS = "sa_stockpyle: Redis layer of [memory, Redis, db]"
 REDIS_ONLY = "sa_stockpyle: Redis layer of [Redis, db]"
@@ -57,7 +57,7 @@ MEMCACHED = "sa_stockpyle: memcached layer of [memory, memcached, db]"
 MEMCACHED_ONLY = "sa_stockpyle: memcached layer of [memcached, db]"
 MEMORY_STORE = "context: ProcessMemoryStore.get alone (detached, no session)"
 IN_QUERY = "PostgreSQL: SELECT ... IN, fresh session"
-BATCH_FLOOR = "floor: redis-py MGET + decode + restore + attach"
+BATCH_FLOOR = "floor: MGET on a redis-py connection + decode + restore + attach"
 
 
 @dataclass
@@ -73,6 +73,7 @@ class Setup:
     evicted_mc: ProcessMemoryStore  # the same, above memcached
     chains: dict[str, ChainedStore]
     redis: RedisStore
+    raw: RawRedis  # the floors' connection to the same Redis
     dogpile: sessionmaker[Session]
 
 
@@ -119,8 +120,10 @@ def setup(postgres_url: str, redis_url: str, memcached: str) -> Iterator[Setup]:
 
         dogpile = sessionmaker(postgres)
         ORMCache({"default": redis_region(redis_url)}).listen_on_session(dogpile)
+        raw = RawRedis(redis.client)
+        stack.callback(raw.close)
         yield Setup(
-            postgres, sqlite, scoped, sql, memory, evicted, evicted_mc, chains, redis, dogpile
+            postgres, sqlite, scoped, sql, memory, evicted, evicted_mc, chains, redis, raw, dogpile
         )
         scoped.remove()
 
@@ -182,7 +185,7 @@ def single_cases(s: Setup, alternate: bool) -> dict[str, Case]:
 
 def _floor(s: Setup) -> Case:
     """What any Redis layer under a session must do for one hit, and nothing else."""
-    client, spec, key = s.redis.client, key_spec(User), _keys(False)
+    client, spec, key = s.raw, key_spec(User), _keys(False)
     cache_keys = {i: s.redis.keymaker.key(spec, 0, (i,)) for i in range(ROWS)}
 
     def call() -> object:
@@ -196,7 +199,7 @@ def _floor(s: Setup) -> Case:
 
 def _batch_floor(s: Setup, ids: list[int]) -> Case:
     """The same for a batch: one MGET of the very bytes the store wrote."""
-    client, spec = s.redis.client, key_spec(User)
+    client, spec = s.raw, key_spec(User)
     cache_keys = [s.redis.keymaker.key(spec, 0, (i,)) for i in ids]
 
     def call() -> object:

@@ -531,13 +531,20 @@ def encode_record(record: Record) -> bytes:
     else:
         # The version comes first, where a Redis script ordering writes can read it.
         body = {} if record.version is None else {"v": record.version}
+        state = record.state
+        if not _AS_IS.issuperset(map(type, state.values())):
+            state = {name: _pack(value) for name, value in state.items()}
         body |= {
             "c": class_token(record.klass),
-            "s": {name: _pack(value) for name, value in record.state.items()},
+            "s": state,
             "k": list(record.keys),
             "x": record.expires_at,
         }
     return MAGIC + _ENCODER.encode(body).encode()
+
+
+#: State values of these types are written as they are (a float may need a tag: inf, nan).
+_AS_IS = frozenset({str, int, bool, type(None)})
 
 
 def _subclass_named(klass: type, token: str) -> type:

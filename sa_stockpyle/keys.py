@@ -17,7 +17,7 @@ import datetime as dt
 import enum
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -121,13 +121,14 @@ class KeySpec:
                 f"{self.describe()}"
             ) from exc
 
-    def identities(self, obj: object) -> Iterator[tuple[int, tuple[Any, ...]]]:
-        """Yield ``(index, values)`` for every declared item of ``obj``.
+    def identities(self, obj: object) -> list[tuple[int, tuple[Any, ...]]]:
+        """``(index, values)`` for every declared item of ``obj``.
 
-        Items with a ``None`` value are skipped (see :func:`is_null`): like a SQL unique
+        Items with a ``None`` value are left out (see :func:`is_null`): like a SQL unique
         constraint, a missing value identifies nothing.  A ``None`` primary key is an
         error because it would make the object unreachable.
         """
+        found = []
         for index in range(len(self.items)):
             values = self.values_of(obj, index)
             if is_null(values):
@@ -137,7 +138,8 @@ class KeySpec:
                         f"{self.primary!r}: {self.describe()}"
                     )
                 continue
-            yield index, values
+            found.append((index, values))
+        return found
 
 
 # Plain dicts, not WeakKeyDictionary: these lookups sit on every get, and a weak lookup
@@ -297,7 +299,8 @@ SUPPORTED_KEY_TYPES = (
 
 
 def encode_value(value: object) -> str:
-    """Encode one key value as a type-tagged string; raise for values that are not keys."""
+    """Encode one key value as a type-tagged string of printable ASCII without spaces;
+    raise for values that are not keys."""
     encoder = _ENCODERS.get(type(value))
     if encoder is not None:
         return encoder(value)
@@ -356,7 +359,14 @@ def class_named(token: str) -> type | None:
 def _encode_values(spec: KeySpec, values: tuple[Any, ...]) -> str:
     try:
         if len(values) == 1:
-            return encode_value(values[0])
+            value = values[0]
+            # The usual key: an int or a str, encoded without the lookup of its encoder.
+            kind = type(value)
+            if kind is int:
+                return _enc_int(value)
+            if kind is str:
+                return _enc_str(value)
+            return encode_value(value)
         return ",".join([encode_value(value) for value in values])
     except InvalidKeyValueError as exc:
         raise InvalidKeyValueError(f"{exc} (in a key of {spec.describe()})") from None
@@ -383,7 +393,7 @@ class KeyMaker:
         self._namespace = f"{prefix}:{FORMAT_VERSION}"
         self.generations: dict[type, str] = {}
         # Per class: the generation its heads were made for, and one head per item.
-        self._heads: dict[type, tuple[str | None, tuple[str, ...]]] = {}
+        self._heads: dict[type, tuple[str | None, tuple[str, ...], bool]] = {}
         self._generation_keys: dict[type, str] = {}
 
     def set_generation(self, klass: type, generation: str) -> None:
@@ -411,23 +421,24 @@ class KeyMaker:
         Raises :class:`InvalidKeyValueError`, naming the class and its keys, when a value
         cannot be part of a key.
         """
-        return self._checked(self._heads_of(spec)[index] + _encode_values(spec, values))
+        heads, plain = self._heads_of(spec)
+        key = heads[index] + _encode_values(spec, values)
+        return key if plain and len(key) <= MAX_KEY_LENGTH else self._checked(key)
 
     def keys_of(self, spec: KeySpec, obj: object) -> tuple[str, ...]:
         """The cache keys of ``obj`` as a ``spec.klass``, one per declared item that holds
         no None, the primary key first (see :meth:`KeySpec.identities`)."""
-        heads = self._heads_of(spec)
-        return tuple(
-            [
-                self._checked(heads[index] + _encode_values(spec, values))
-                for index, values in spec.identities(obj)
-            ]
-        )
+        heads, plain = self._heads_of(spec)
+        keys = []
+        for index, values in spec.identities(obj):
+            key = heads[index] + _encode_values(spec, values)
+            keys.append(key if plain and len(key) <= MAX_KEY_LENGTH else self._checked(key))
+        return tuple(keys)
 
     def keys(self, spec: KeySpec, lookups: Iterable[object]) -> list[str | None]:
         """The cache key of each lookup as a caller wrote it (see :meth:`KeySpec.lookup`);
         None for a lookup holding None, which identifies nothing."""
-        heads = self._heads_of(spec)
+        heads, plain = self._heads_of(spec)
         keys: list[str | None] = []
         shorthand = len(spec.primary) == 1
         primary = spec.primary[0]
@@ -437,27 +448,36 @@ class KeyMaker:
                 value = lookup.get(primary, lookup)  # {"id": 5}, how commits name rows
             # The usual batch is ints or strs for a one-attribute primary key: encode them
             # straight away, without the tuples a normalised lookup costs.
-            if shorthand and type(value) in (int, str):
-                index, encoded = 0, encode_value(value)
+            if shorthand and type(value) is int:
+                index, encoded = 0, _enc_int(value)
+            elif shorthand and type(value) is str:
+                index, encoded = 0, _enc_str(value)
             else:
                 index, values = spec.lookup(lookup)
                 if is_null(values):
                     keys.append(None)
                     continue
                 encoded = _encode_values(spec, values)
-            keys.append(self._checked(heads[index] + encoded))
+            key = heads[index] + encoded
+            keys.append(key if plain and len(key) <= MAX_KEY_LENGTH else self._checked(key))
         return keys
 
-    def _heads_of(self, spec: KeySpec) -> tuple[str, ...]:
+    def _heads_of(self, spec: KeySpec) -> tuple[tuple[str, ...], bool]:
         """The start of the keys of each declared item of ``spec.klass``, in its current
-        generation (one cache entry per class: a new generation replaces the old)."""
+        generation (one cache entry per class: a new generation replaces the old), and
+        whether they are all usable in keys.
+
+        Every encoded value is printable ASCII without spaces (see :func:`encode_value`),
+        so a key that starts with such a head needs only its length checked.
+        """
         generation = self.generations.get(spec.klass)
         cached = self._heads.get(spec.klass)
         if cached is None or cached[0] != generation:
             prefix = self.class_prefix(spec.klass)
-            cached = (generation, tuple(f"{prefix}{'+'.join(item)}:" for item in spec.items))
+            heads = tuple(f"{prefix}{'+'.join(item)}:" for item in spec.items)
+            cached = (generation, heads, all(map(_acceptable, heads)))
             self._heads[spec.klass] = cached
-        return cached[1]
+        return cached[1], cached[2]
 
     def _checked(self, key: str) -> str:
         if _acceptable(key):

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -86,10 +87,11 @@ class _Buffer:
 
     #: identity key -> detached object holding the committed state to store
     puts: dict[_Identity, object] = field(default_factory=dict)
-    #: (class, lookup items) -> the identity whose entry it removes, if it is one
-    removals: dict[tuple[type, tuple[tuple[str, Any], ...]], _Identity | None] = field(
-        default_factory=dict
-    )
+    #: (class, lookup items) -> the identity whose entry it removes, if it is one, and the
+    #: lookup itself
+    removals: dict[
+        tuple[type, tuple[tuple[str, Any], ...]], tuple[_Identity | None, dict[str, Any]]
+    ] = field(default_factory=dict)
     #: classes whose every cached entry must become unreachable
     classes: dict[type, None] = field(default_factory=dict)
 
@@ -99,7 +101,7 @@ class _Buffer:
             self.puts.pop(identity, None)
         # Order-free, so one key named twice is one removal (a one-item lookup is sorted).
         items = tuple(lookup.items()) if len(lookup) == 1 else tuple(sorted(lookup.items()))
-        self.removals[klass, items] = identity
+        self.removals[klass, items] = (identity, lookup)
 
     def invalidate(self, classes: list[type]) -> None:
         """Invalidate whole classes, dropping their pending puts."""
@@ -108,8 +110,8 @@ class _Buffer:
 
     def merge(self, child: _Buffer) -> None:
         """Take over a released savepoint's buffer: its changes come after ours."""
-        for (klass, items), identity in child.removals.items():
-            self.remove(klass, dict(items), identity)
+        for (klass, _), (identity, lookup) in child.removals.items():
+            self.remove(klass, lookup, identity)
         if child.classes:
             self.invalidate(list(child.classes))
         self.puts.update(child.puts)
@@ -137,6 +139,8 @@ class _SessionState:
 
     buffers: dict[SessionTransaction, _Buffer] = field(default_factory=dict)
     committed: set[SessionTransaction] = field(default_factory=set)
+    #: committed root transactions whose write-through was started: what finishes it
+    writing: dict[SessionTransaction, Callable[[], None]] = field(default_factory=dict)
     flushing: list[_Flushed] = field(default_factory=list)
 
 
@@ -240,29 +244,36 @@ class Attachment:
     def _after_flush(self, session: Session, context: Any) -> None:
         # Pre-flush view: new/dirty/deleted and attribute history are still intact.
         flushing = self._session_state(session).flushing
-        # Each of these properties builds a new set: once per flush, not once per object.
-        new, deleted_objs = session.new, session.deleted
         covered: dict[type, _ClassInfo | None] = {}  # per class: its bind is looked up once
-        for obj in [*new, *session.dirty, *deleted_objs]:
-            klass = type(obj)
-            if klass in covered:
-                info = covered[klass]
-            else:
-                info = self._info(klass)
-                if info is not None and not self._covers(session, info.mapper):
-                    info = None
-                covered[klass] = info
-            if info is None:
-                continue
-            state = instance_state(obj)
-            deleted = obj in deleted_objs
-            # A column whose value changed, or one the UPDATE left expired (a SQL expression
-            # value): otherwise the object is dirty through a relationship only.
-            changed = state.committed_state.keys() | state.expired_attributes
-            if not deleted and obj not in new and not info.columns & changed:
-                continue
-            old_keys = _known_keys(info, state) if deleted else _old_keys(info, state)
-            flushing.append(_Flushed(obj, state, deleted, state.key, old_keys))
+        # The three sets are disjoint (dirty leaves out new and deleted objects), so each
+        # object's group says whether it is new or deleted.
+        for objs, is_new, deleted in (
+            (session.new, True, False),
+            (session.dirty, False, False),
+            (session.deleted, False, True),
+        ):
+            for obj in objs:
+                klass = type(obj)
+                if klass in covered:
+                    info = covered[klass]
+                else:
+                    info = self._info(klass)
+                    if info is not None and not self._covers(session, info.mapper):
+                        info = None
+                    covered[klass] = info
+                if info is None:
+                    continue
+                state = instance_state(obj)
+                # A column whose value changed, or one the UPDATE left expired (a SQL
+                # expression value): otherwise the object is dirty through a relationship.
+                if (
+                    not (is_new or deleted)
+                    and info.columns.isdisjoint(state.committed_state)
+                    and info.columns.isdisjoint(state.expired_attributes)
+                ):
+                    continue
+                old_keys = _known_keys(info, state) if deleted else _old_keys(info, state)
+                flushing.append(_Flushed(obj, state, deleted, state.key, old_keys))
 
     def _after_flush_postexec(self, session: Session, context: Any) -> None:
         # Post-flush view: identities are assigned and server-generated values expired.
@@ -272,23 +283,21 @@ class Attachment:
             return
         buffer = self._buffer(session)
         for item in flushed:
-            obj = item.obj
-            klass = item.state.class_
+            obj, state, old_identity = item.obj, item.state, item.old_identity
+            klass = state.class_
             info = self._info(klass)
             assert info is not None
             for old in item.old_keys:
                 buffer.remove(klass, old, None)
-            if item.old_identity is not None and (
-                item.deleted or item.state.key != item.old_identity
-            ):
-                old_primary = dict(zip(info.primary_attrs, item.old_identity[1], strict=True))
-                buffer.remove(klass, old_primary, item.old_identity)
+            identity = state.key
+            if old_identity is not None and (item.deleted or identity != old_identity):
+                old_primary = dict(zip(info.primary_attrs, old_identity[1], strict=True))
+                buffer.remove(klass, old_primary, old_identity)
             if item.deleted:
                 continue
-            identity = item.state.key
             assert identity is not None
-            ordered = item.old_identity is None or version_of(obj) is not None
-            if ordered and _fully_loaded(info, item.state):
+            ordered = old_identity is None or version_of(obj) is not None
+            if ordered and _fully_loaded(info, state):
                 buffer.puts[identity] = restore(klass, snapshot(obj))
             else:
                 # An update without a version to order it by: a cache cannot tell an older
@@ -359,8 +368,16 @@ class Attachment:
         # Fires for a released savepoint as well as for the real COMMIT, before the
         # transaction's after_transaction_end; the one committing is the innermost.
         transaction = session.get_nested_transaction() or session.get_transaction()
-        if transaction is not None:
-            self._session_state(session).committed.add(transaction)
+        if transaction is None:
+            return
+        session_state = self._session_state(session)
+        session_state.committed.add(transaction)
+        if not transaction.nested:
+            # The database has committed: the write starts now and is finished when the
+            # transaction ends, so its round trip overlaps SQLAlchemy's work in between.
+            buffer = session_state.buffers.pop(transaction, None)
+            if buffer:
+                session_state.writing[transaction] = self._start_write(buffer)
 
     def _after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
         session_state: _SessionState | None = session.info.get(self._info_key)
@@ -368,33 +385,56 @@ class Attachment:
             return
         committed = transaction in session_state.committed
         session_state.committed.discard(transaction)
+        writing = session_state.writing.pop(transaction, None)
+        if writing is not None:
+            writing()
+            return
         buffer = session_state.buffers.pop(transaction, None)
         if buffer is None or not committed:
             return  # rolled back, closed or failed: nothing it did reaches any store
         parent = transaction.parent
         if transaction.nested and parent is not None:
             session_state.buffers.setdefault(parent, _Buffer()).merge(buffer)
-        elif buffer:
-            self._write(buffer)
 
-    def _write(self, buffer: _Buffer) -> None:
-        removals: list[Removal] = [(klass, dict(items)) for klass, items in buffer.removals]
+    def _start_write(self, buffer: _Buffer) -> Callable[[], None]:
+        """Start writing a committed transaction's buffer through (see
+        :meth:`BaseStore.start_committed`); the call returned finishes it.  Neither
+        raises: the database has committed, and raising would tell the caller otherwise."""
+        removals: list[Removal] = [
+            (klass, lookup) for (klass, _), (_, lookup) in buffer.removals.items()
+        ]
         puts = list(buffer.puts.values())
         try:
             for klass in buffer.classes:
                 self.store.invalidate_class(klass)
                 self.stats.add(klass, "class_invalidations")
-            self.store.write_committed(puts, removals)
+            started = self.store.start_committed(puts, removals)
         except Exception:
-            # The database has committed; raising now would tell the caller otherwise.
-            log.exception("sa_stockpyle: write-through after commit failed in %r", self)
-            for klass in {type(obj) for obj in puts} | {k for k, _ in removals}:
-                self.stats.add(klass, "errors")
-            return
-        for obj in puts:
-            self.stats.add(type(obj), "written")
-        for klass, _ in removals:
-            self.stats.add(klass, "removed")
+            self._write_failed(puts, removals)
+            return _nothing
+
+        def finish() -> None:
+            try:
+                if started is not None:
+                    started()
+            except Exception:
+                self._write_failed(puts, removals)
+                return
+            for klass, count in Counter(type(obj) for obj in puts).items():
+                self.stats.add(klass, "written", count)
+            for klass, count in Counter(klass for klass, _ in removals).items():
+                self.stats.add(klass, "removed", count)
+
+        return finish
+
+    def _write_failed(self, puts: list[object], removals: list[Removal]) -> None:
+        log.exception("sa_stockpyle: write-through after commit failed in %r", self)
+        for klass in {type(obj) for obj in puts} | {k for k, _ in removals}:
+            self.stats.add(klass, "errors")
+
+
+def _nothing() -> None:
+    """What finishes a write that failed to start."""
 
 
 def _mapper_of(klass: type) -> Mapper[Any]:
@@ -410,6 +450,8 @@ def _old_keys(info: _ClassInfo, state: InstanceState[Any]) -> list[dict[str, Any
     # committed_state holds the value each changed attribute had when loaded (NO_VALUE
     # when it never was): cheaper than attribute history, which this runs for every row.
     committed = state.committed_state
+    if info.key_attrs.isdisjoint(committed):
+        return []  # the usual update: no key attribute changed
     current = state.dict
     changed = {
         attr: committed[attr]

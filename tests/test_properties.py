@@ -26,7 +26,7 @@ from sa_stockpyle.codec import (
     encode_record,
 )
 from sa_stockpyle.errors import InvalidKeyValueError, PayloadError
-from sa_stockpyle.keys import MAX_KEY_LENGTH, KeyMaker, key_spec
+from sa_stockpyle.keys import MAX_KEY_LENGTH, KeyMaker, encode_value, key_spec
 from sa_stockpyle.stores import BaseKeyValueStore, MemcacheStore, RedisStore, ShoveStore
 from sa_stockpyle.testing import Color, Foo
 
@@ -84,6 +84,16 @@ def test_keys_are_equal_exactly_when_values_are(a: Any, b: Any) -> None:
         assert " " not in key
     assert (first == second) == (_typed(a) == _typed(b))
     assert _key(a) == first  # deterministic
+
+
+@settings(max_examples=400)
+@given(key_values)
+def test_every_encoded_value_is_printable_ascii_without_spaces(value: Any) -> None:
+    # What lets KeyMaker check only the length of a key whose head it checked once.
+    encoded = encode_value(value)
+    assert encoded.isascii()
+    assert encoded.isprintable()
+    assert " " not in encoded
 
 
 unkeyable = st.one_of(

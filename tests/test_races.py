@@ -28,7 +28,7 @@ from sa_stockpyle.stores import (
     RedisStore,
     SqlAlchemyStore,
 )
-from sa_stockpyle.stores.base import Removal
+from sa_stockpyle.stores.base import Finish, Removal
 from sa_stockpyle.testing import Foo
 from tests.helpers import freeze
 from tests.servers import RedisServer
@@ -255,11 +255,11 @@ class GatedChain(ChainedStore):
         super().__init__(stores)
         self.gate = gate
 
-    def write_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> None:
+    def start_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> Finish:
         if threading.current_thread() is self.gate.thread:
             self.gate.arrived.set()
             assert self.gate.release.wait(10)
-        super().write_committed(puts, removals)
+        return super().start_committed(puts, removals)
 
 
 @pytest.mark.parametrize("klass", CLASSES, ids=lambda k: k.__name__)

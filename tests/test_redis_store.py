@@ -6,12 +6,14 @@ The conformance suite, payload safety, native expiry, the error policy and round
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
 import pickle
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -39,6 +41,23 @@ class TestRedisStore(StoreConformance):
 
     def make_store(self, **options: Any) -> RedisStore:
         return RedisStore(url=self.url, **options)
+
+
+class TestRedisStoreOnAGivenClient(StoreConformance):
+    """The same contract through a caller's client, used through its own API."""
+
+    @pytest.fixture(autouse=True)
+    def _server(self, redis_url: str) -> Iterator[None]:
+        self.url = redis_url
+        self.clients: list[redis.Redis] = []
+        yield
+        for client in self.clients:
+            client.close()
+
+    def make_store(self, **options: Any) -> RedisStore:
+        client = redis.Redis.from_url(self.url)
+        self.clients.append(client)
+        return RedisStore(client=client, **options)
 
 
 class TestRedisClusterStore(StoreConformance):
@@ -280,8 +299,93 @@ def test_a_frozen_server_times_out_within_the_timeout(
         assert isinstance(info.value, TimeoutError)
     finally:
         os.kill(private_redis_server.pid, signal.SIGCONT)
+    # The timed-out GET's reply arrives late; it must not answer these.
+    store.put(Foo(key=2, zap=2, bar=2))
+    assert store.get(Foo, 2) == Foo(key=2, zap=2, bar=2)
     assert store.get(Foo, 1) == Foo(key=1, zap=1, bar=1)
     store.close()
+
+
+def _connections(server: RedisServer) -> int:
+    """Clients connected to ``server``, not counting the one asking."""
+    return server.execute("CLIENT", "LIST").count("\n") - 1
+
+
+def _await_connections(server: RedisServer, expected: int) -> None:
+    # The server sees a closed connection when it next polls its sockets.
+    deadline = time.monotonic() + 5
+    while _connections(server) != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _connections(server) == expected
+
+
+def test_each_thread_sends_on_its_own_connection_closed_with_the_thread_or_the_store(
+    private_redis_server: RedisServer,
+) -> None:
+    store = RedisStore(url=private_redis_server.url)
+    store.put(Foo(key=1, zap=1, bar=1))
+    _await_connections(private_redis_server, 1)
+    arrived, leave = threading.Barrier(5), threading.Event()
+    found: list[object] = []
+
+    def work(key: int) -> None:
+        store.put(Foo(key=key, zap=key, bar=key))
+        found.append(store.get(Foo, key))
+        arrived.wait()
+        leave.wait()
+
+    threads = [threading.Thread(target=work, args=(key,)) for key in range(2, 6)]
+    for thread in threads:
+        thread.start()
+    arrived.wait()
+    assert _connections(private_redis_server) == 5  # the main thread's and four more
+    assert sorted(found, key=lambda foo: foo.key) == [  # type: ignore[attr-defined]
+        Foo(key=key, zap=key, bar=key) for key in range(2, 6)
+    ]
+    leave.set()
+    for thread in threads:
+        thread.join()
+    del thread, threads
+    gc.collect()
+    _await_connections(private_redis_server, 1)  # a finished thread's closes with it
+    store.close()
+    _await_connections(private_redis_server, 0)
+
+
+def test_a_connection_the_server_closed_is_replaced_before_use(redis_url: str) -> None:
+    with RedisStore(url=redis_url) as store:
+        store.put(Foo(key=1, zap=1, bar=1))
+        killer = redis.Redis.from_url(redis_url)
+        killer.client_kill_filter(_type="normal", skipme=True)
+        killer.close()
+        assert store.get(Foo, 1) == Foo(key=1, zap=1, bar=1)
+
+
+def test_a_flushed_script_cache_is_loaded_again(redis_url: str) -> None:
+    with RedisStore(url=redis_url) as store:
+        store.put(Foo(key=1, zap=1, bar=1))
+        store.client.script_flush()
+        store.delete(Foo(key=1, zap=1, bar=1))  # a tombstone: written by the script
+        assert store.get(Foo, 1) is None
+        store.client.script_flush()
+        store.write_committed([Foo(key=3, zap=3, bar=3)], [])  # an add: by the script too
+        assert store.get(Foo, 3) == Foo(key=3, zap=3, bar=3)
+
+
+def test_a_forked_child_opens_its_own_connection(redis_url: str) -> None:
+    with RedisStore(url=redis_url) as store:
+        store.put(Foo(key=1, zap=1, bar=1))
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's socket must not carry its commands
+            try:
+                store.put(Foo(key=2, zap=2, bar=2))
+                ok = store.get(Foo, 1) == Foo(key=1, zap=1, bar=1)
+                store.close()
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.batch_get(Foo, [1, 2]) == [Foo(key=1, zap=1, bar=1), Foo(key=2, zap=2, bar=2)]
 
 
 def test_a_client_it_was_given_stays_open(redis_url: str) -> None:
@@ -305,6 +409,26 @@ def test_without_redis_py_the_error_names_the_extra() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert 'pip install "sa_stockpyle[redis]"' in result.stdout
+
+
+def test_without_hiredis_redis_py_packs_and_parses(redis_url: str) -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['hiredis'] = None\n"
+        "from sa_stockpyle.stores import RedisStore\n"
+        "from sa_stockpyle.testing import Foo\n"
+        f"store = RedisStore(url={redis_url!r})\n"
+        "store.batch_put([Foo(key=1, zap=1, bar=1), Foo(key=2, zap=2, bar=2)])\n"
+        "store.write_committed([Foo(key=3, zap=3, bar=3)], [(Foo, {'key': 2})])\n"
+        "print(store.batch_get(Foo, [1, 2, 3]), store._pack_command)\n"
+        "store.close()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == (
+        "[Foo({'key': 1, 'zap': 1, 'bar': 1}), None, Foo({'key': 3, 'zap': 3, 'bar': 3})] None"
+    )
 
 
 def test_a_full_server_refuses_writes_as_unavailable(private_redis_server: RedisServer) -> None:

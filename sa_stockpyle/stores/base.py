@@ -67,6 +67,7 @@ __all__ = [
     "BaseStore",
     "Channel",
     "ErrorTranslator",
+    "Finish",
     "Op",
     "Removal",
     "Reservation",
@@ -83,6 +84,17 @@ Clock = Callable[[], float]
 #: How often a write is made again when another process keeps starting new namespace
 #: generations of its classes while it writes (each new generation starts empty).
 MAX_GENERATION_RETRIES = 3
+
+#: The call that finishes a write started ahead of reading its reply (see
+#: :meth:`BaseStore.start_committed`).
+Finish = Callable[[], None]
+
+
+def _finish(finish: Finish | None) -> None:
+    """Finish a write that may have been left in flight."""
+    if finish is not None:
+        finish()
+
 
 #: An object to remove by key: its class and a lookup (``{"id": 5}``).
 Removal = tuple[type, dict[str, Any]]
@@ -324,6 +336,21 @@ class BaseStore(ABC):
                 self.delete(found)
         self.batch_put(puts)
 
+    def start_committed(
+        self, puts: Sequence[object], removals: Sequence[Removal]
+    ) -> Finish | None:
+        """Begin :meth:`write_committed`: None when it is done, or the call that finishes
+        it while the backend's reply is still on its way.
+
+        The ORM plugin starts a commit's write as soon as the database has committed and
+        finishes it once SQLAlchemy has closed the transaction, so that the round trip
+        overlaps SQLAlchemy's own work in between (expiring the committed objects and
+        returning the connection).  The finishing call must be made, on the same thread,
+        before this store's effects are relied on.  This default writes at once.
+        """
+        self.write_committed(puts, removals)
+        return None
+
     def invalidate_class(self, klass: type) -> None:
         """Make every cached entry of ``klass`` unreachable (a bulk statement changed rows
         that cannot be named).  The system of record does nothing."""
@@ -434,12 +461,15 @@ class BaseKeyValueStore(BaseStore):
         backend's own clock, so that "written before" compares times of one clock.
         """
 
-    def _apply_then_read(
+    def _start_apply_then_read(
         self, ops: Sequence[Op], keys: Sequence[str]
-    ) -> tuple[list[Any], list[Any]]:
-        """:meth:`_apply` ``ops``, then :meth:`_read` ``keys``: their raw values as they
-        are after the writes.  A backend that can do both in one round trip overrides it."""
-        return (self._apply(ops) if ops else []), self._read(keys)
+    ) -> Callable[[], tuple[list[Any], list[Any]]]:
+        """:meth:`_apply` ``ops``, then :meth:`_read` ``keys`` (their raw values as they
+        are after the writes); the call returned gives both results.  A backend that can
+        do both in one round trip, and read its reply later, overrides it; this default
+        does both at once."""
+        done = (self._apply(ops) if ops else []), self._read(keys)
+        return lambda: done
 
     #: Whether :meth:`_decode` builds a new record each time (bytes decoded), rather than
     #: returning the one the backend keeps (in-process stores): then an object restored
@@ -603,8 +633,16 @@ class BaseKeyValueStore(BaseStore):
         """Reflect a database commit in one conditional batch: tombstones for
         ``removals``; ``puts`` added where nothing is held, or, for a class with an integer
         ``version_id_col``, written over an entry of a lower version."""
+        _finish(self.start_committed(puts, removals))
+
+    def start_committed(
+        self, puts: Sequence[object], removals: Sequence[Removal]
+    ) -> Finish | None:
+        """Begin :meth:`write_committed` (see :meth:`BaseStore.start_committed`): the
+        batch is sent, and its reply read by the call returned, where the backend allows."""
         classes = self._classes_of(puts)
-        classes |= {c for klass, _ in removals for c in storage_classes(klass, self.polymorphic)}
+        for klass in {klass for klass, _ in removals}:
+            classes.update(storage_classes(klass, self.polymorphic))
 
         def write() -> list[Op]:
             keys = self._removal_keys(removals)
@@ -618,11 +656,18 @@ class BaseKeyValueStore(BaseStore):
                 ops.append(Op(kind, key, encode(record), record.expires_at, version))
             return ops
 
-        self._in_current_generations(classes, write)
+        return self._in_current_generations(classes, write)
 
-    def _in_current_generations(self, classes: set[type], write: Callable[[], list[Op]]) -> None:
+    def _in_current_generations(
+        self,
+        classes: set[type],
+        write: Callable[[], list[Op]],
+        attempts: int = MAX_GENERATION_RETRIES,
+    ) -> Finish | None:
         """Apply the ops ``write`` builds until the namespace generations their keys were
-        made in are still current.
+        made in are still current (at most ``attempts`` times).  Returns None when done,
+        or the call that finishes once the backend's reply is read (see
+        :meth:`_start_apply_then_read`).
 
         Writes build their keys from the generations this process last read.  Another
         process may have started a new one meanwhile (``invalidate_class``, a server
@@ -633,26 +678,30 @@ class BaseKeyValueStore(BaseStore):
         readers read the database after this commit.
         """
         if not classes:
-            return
+            return None
         self._learn_generations_of(classes)
-        for _ in range(MAX_GENERATION_RETRIES):
-            used = {klass: self.keymaker.generations.get(klass) for klass in classes}
-            ops = self._unexpired(write())
-            if not self.shared_generations:
-                if ops:
-                    self._apply(ops)
-                return
-            _, raws = self._apply_then_read(
-                ops, [self.keymaker.generation_key(klass) for klass in used]
-            )
+        used = {klass: self.keymaker.generations.get(klass) for klass in classes}
+        ops = self._unexpired(write())
+        if not self.shared_generations:
+            if ops:
+                self._apply(ops)
+            return None
+        receive = self._start_apply_then_read(
+            ops, [self.keymaker.generation_key(klass) for klass in used]
+        )
+
+        def finish() -> None:
+            _, raws = receive()
             moved = False
             for (klass, generation), raw in zip(used.items(), raws, strict=True):
                 held = raw.decode("ascii", "replace") if isinstance(raw, bytes) and raw else None
                 if held != generation:
                     self._adopt_generation(klass, raw)
                     moved = True
-            if not moved:
-                return
+            if moved and attempts > 1:
+                _finish(self._in_current_generations(classes, write, attempts - 1))
+
+        return finish
 
     def reserve(self, klass: type, keys: Sequence[object]) -> Reservation:
         """Take a lease on the cache key of each lookup in ``keys`` (see the class doc)."""
@@ -775,11 +824,15 @@ class BaseKeyValueStore(BaseStore):
             stored = (keys for obj in objs for keys in self._stored_keys(obj))
             return [Op("T", key, None, None) for keys in stored for key in keys]
 
-        self._in_current_generations(self._classes_of(objs), write)
+        _finish(self._in_current_generations(self._classes_of(objs), write))
 
     def _classes_of(self, objs: Sequence[object]) -> set[type]:
         """Every class ``objs`` are stored under."""
-        return {c for obj in objs for c in storage_classes(type(obj), self.polymorphic)}
+        return {
+            c
+            for klass in {type(o) for o in objs}
+            for c in storage_classes(klass, self.polymorphic)
+        }
 
     def get(self, klass: type[T], key: object) -> T | None:
         """Return the ``klass`` object with ``key``, or None."""
@@ -990,27 +1043,29 @@ class BaseDictionaryStore(BaseKeyValueStore):
         results: list[Any] = []
         tomb: tuple[Any, float] | None = None
         write: tuple[Any, float | None] | None
+        sweeps = self.sweeps_markers
         with self._lock:
             self._sweep()
             for op in ops:
-                if op.kind == "T":
+                kind = op.kind
+                if kind == "T":
                     # Whatever the key holds; one tombstone, stamped once per call (as in
                     # Redis), serves every key: commits leave many.
                     if tomb is None:
                         tomb = self._tombstone()
-                    result, write = True, tomb
-                elif op.kind == "S":
+                    mapping[op.key] = tomb[0]
+                    if sweeps:
+                        self._markers.append((tomb[1], op.key))
+                    results.append(True)
+                    continue
+                if kind == "S":
                     result, write = True, (op.raw, op.expires_at)  # whatever the key holds
                 else:
                     result, write = self._decide(op, mapping.get(op.key), clock_now)
                 if write is not None:
                     raw, expires_at = write
                     mapping[op.key] = raw
-                    if (
-                        self.sweeps_markers
-                        and expires_at is not None
-                        and self._marker_of(raw) is not None
-                    ):
+                    if sweeps and expires_at is not None and self._marker_of(raw) is not None:
                         self._markers.append((expires_at, op.key))
                 results.append(result)
         return results

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from sa_stockpyle.codec import Invalidation, decode_invalidation, encode_invalidation
 from sa_stockpyle.errors import ConfigurationError, PayloadError, StoreUnavailable
 from sa_stockpyle.keys import key_spec
-from sa_stockpyle.stores.base import BaseStore, Channel, Removal, Reservation, Stats
+from sa_stockpyle.stores.base import BaseStore, Channel, Finish, Removal, Reservation, Stats
 
 __all__ = ["MAX_MISSED", "MAX_PENDING", "ChainedStore", "Coherence"]
 
@@ -738,16 +738,58 @@ class ChainedStore(BaseStore):
     def write_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> None:
         """Reflect a database commit in every layer, the last first; never raises for a
         layer that is unavailable (it is logged and counted)."""
+        self.start_committed(puts, removals)()
+
+    def start_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> Finish:
+        """Begin :meth:`write_committed`: the first layer written (the slowest) starts at
+        once; the call returned waits for it, then writes the faster layers, one after
+        the other, and tells other processes (see :meth:`BaseStore.start_committed`)."""
         classes = {type(obj) for obj in puts} | {klass for klass, _ in removals}
-        for index in reversed(range(len(self.stores))):
-            try:
-                if self._usable(index, classes):
-                    self.stores[index].write_committed(puts, removals)
-                    continue
-            except StoreUnavailable as exc:
-                self._failed(index, classes, "write a commit", exc)
+        waiting = list(reversed(range(len(self.stores))))
+        started = None
+        while waiting and started is None:
+            started = self._start_layer(waiting.pop(0), classes, puts, removals)
+
+        def finish() -> None:
+            if started is not None:
+                started()
+            for index in waiting:
+                rest = self._start_layer(index, classes, puts, removals)
+                if rest is not None:
+                    rest()
+            self._broadcast(puts, removals)
+
+        return finish
+
+    def _start_layer(
+        self, index: int, classes: set[type], puts: Sequence[object], removals: Sequence[Removal]
+    ) -> Finish | None:
+        """Start writing a commit to layer ``index``: None when done, else the call that
+        finishes it.  Neither raises for an unavailable layer: it is logged, counted and
+        remembered for its catch-up."""
+
+        def failed(exc: StoreUnavailable) -> None:
+            self._failed(index, classes, "write a commit", exc)
             self._remember(index, puts, removals)
-        self._broadcast(puts, removals)
+
+        try:
+            if not self._usable(index, classes):
+                self._remember(index, puts, removals)
+                return None
+            finish = self.stores[index].start_committed(puts, removals)
+        except StoreUnavailable as exc:
+            failed(exc)
+            return None
+        if finish is None:
+            return None
+
+        def guarded() -> None:
+            try:
+                finish()
+            except StoreUnavailable as exc:
+                failed(exc)
+
+        return guarded
 
     def invalidate_class(self, klass: type) -> None:
         """Make every entry of ``klass`` unreachable in every layer; an unavailable layer

@@ -3,15 +3,25 @@
 redis-py is imported when a store is constructed, never when this module is.  Every call
 is one round trip per server: ``GET`` or ``MGET`` for reads (one ``MGET`` per hash slot,
 pipelined per node, on a cluster), one non-transactional pipeline of ``SET ... PX`` for
-writes and one ``DEL`` (per slot, pipelined per node, on a cluster) for deletes.
+writes and one script call for conditional writes (per slot, pipelined per node, on a
+cluster).
+
+A store that builds its client from a URL sends its commands on a connection of each
+thread's own, with redis-py's ``Connection`` calls: the client's per-command path (the
+pool's checkout and release, the retry wrapper, metrics hooks) takes about as long as a
+loopback round trip itself.  A client given by the caller is used through its own API,
+with its own pool, retries and hooks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
+import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sa_stockpyle.codec import LifetimeCallback, now
@@ -38,8 +48,9 @@ HEALTH_CHECK_INTERVAL = 1.0
 MAX_SILENCE = 3.0
 
 #: The conditional writes of BaseKeyValueStore._apply, atomic per call.  ARGV: the
-#: tombstone TTL in ms, the number of keys that only get a tombstone (they come first) and
-#: the number of keys that are only read once everything is written (they come last),
+#: tombstone TTL in ms, the number of keys that only get a tombstone (they come first, and
+#: have no reply) and the number of keys that are only read once everything is written
+#: (they come last; a GET reads a missing key as false, which Redis returns as nil),
 #: then per other key: kind, value, TTL in ms (0: none), argument (the lease a fill
 #: expects, the version a newer write carries, the time an add compares tombstones with).
 #: Tombstones and leases are stamped with the server's clock (TIME).
@@ -49,10 +60,10 @@ local t = redis.call('TIME')
 local now = string.format('%d.%06d', t[1], t[2])
 local tomb = 'SPKT:' .. now .. ':0'
 local replies = {}
--- the first ``tombs`` keys only get a tombstone: no value, TTL or argument is passed
+-- the first ``tombs`` keys only get a tombstone: no value, TTL or argument is passed, and
+-- no reply (PSETEX: fewer arguments to parse than SET PX, for the commonest write)
 for i = 1, tombs do
-  redis.call('SET', KEYS[i], tomb, 'PX', tomb_ms)
-  replies[i] = 1
+  redis.call('PSETEX', KEYS[i], tomb_ms, tomb)
 end
 for i = tombs + 1, #KEYS - reads do
   local key = KEYS[i]
@@ -100,15 +111,15 @@ for i = tombs + 1, #KEYS - reads do
   end
   if done then
     if px > 0 then redis.call('SET', key, raw, 'PX', px) else redis.call('SET', key, raw) end
-    replies[i] = kind == 'L' and {now} or 1
+    replies[i - tombs] = kind == 'L' and {now} or 1
   elseif kind == 'L' then
-    replies[i] = {current, now}
+    replies[i - tombs] = {current, now}
   else
-    replies[i] = 0
+    replies[i - tombs] = 0
   end
 end
 for i = #KEYS - reads + 1, #KEYS do
-  replies[i] = redis.call('GET', KEYS[i])
+  replies[i - tombs] = redis.call('GET', KEYS[i])
 end
 return replies
 """
@@ -165,27 +176,41 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
             raise ImportError(
                 'RedisStore needs redis-py: pip install "sa_stockpyle[redis]"'
             ) from exc
+        # A client the store built is its own: each thread sends on a connection of its own
+        # made by the client's pool's recipe (see _execute); close() closes them all.
+        self._pool: Any = None
         if client is None:
             # redis-py retries 10 times with backoff by default: a dead server would hold
-            # every request for seconds.  The pool already reconnects stale connections
-            # before use, so no retry is needed to survive a server restart.
+            # every request for seconds.  A connection is checked before each use and
+            # reconnected when stale, so no retry is needed to survive a server restart.
             client = redis.Redis.from_url(
                 str(url),
                 socket_connect_timeout=connect_timeout,
                 socket_timeout=timeout,
                 retry=Retry(NoBackoff(), 0),
             )
-            self._owns_client = True
-        else:
-            self._owns_client = False
+            self._pool = client.connection_pool
+        self._owns_client = self._pool is not None
         self.client = client
         self._script = client.register_script(_APPLY)
+        self._threads = threading.local()
+        # The arguments are str, bytes and int: hiredis packs them as they are, without
+        # the per-argument conversions of redis-py's packer (a tenth of a millisecond for
+        # a commit of 100 rows).  hiredis comes with the redis extra; without it, redis-py
+        # packs.
+        self._pack_command: Callable[[tuple[Any, ...]], bytes] | None = None
+        with contextlib.suppress(ImportError):
+            from hiredis import pack_command  # noqa: PLC0415 - optional, with redis-py
+
+            self._pack_command = pack_command
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.location = url if url is not None else repr(client)
         self._cluster = isinstance(client, redis.cluster.RedisCluster)
         # Nodes of a cluster have clocks of their own: tombstones and leases at keys on
         # different nodes cannot be compared.
         self.compares_tombstone_times = not self._cluster
         exceptions = redis.exceptions
+        self._no_script = exceptions.NoScriptError
         self._errors = ErrorTranslator(
             f"Redis at {self.location}",
             timeouts=(exceptions.TimeoutError, TimeoutError),
@@ -203,61 +228,127 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
             ),
         )
 
+    def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one round trip and return their replies, in order; the
+        first error reply raises."""
+        return self._send(commands).receive()
+
+    def _send(self, commands: Sequence[tuple[Any, ...]]) -> _Replies:
+        """Send ``commands`` in one packet; their replies are read by ``receive()``."""
+        pool = self._pool
+        if pool is None:
+            # The caller's client (or a cluster): through its API, with its retries, and
+            # at once.
+            if len(commands) == 1:
+                return _Replies.read([self.client.execute_command(*commands[0])])  # type: ignore[no-untyped-call]
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return _Replies.read(pipe.execute())
+        threads = self._threads
+        owed: _Replies | None = getattr(threads, "owed", None)
+        if owed is not None:
+            owed.collect()  # replies to commands this thread sent ahead come first
+        connection = getattr(threads, "connection", None)
+        if connection is None or connection.pid != os.getpid():
+            # The first call of this thread, or of a forked child (the parent's socket is
+            # the parent's; redis-py only closes it here, without a shutdown).
+            connection = threads.connection = pool.connection_class(**pool.connection_kwargs)
+            self._connections.add(connection)
+        try:
+            # What the pool checks before lending a connection: nothing is left unread,
+            # and the server has not closed it (a restart).  Either way, start afresh.
+            stale = connection.can_read()
+        except (*self._errors.timeouts, *self._errors.failures):
+            stale = True
+        if stale:
+            connection.disconnect()
+        pack = self._pack_command
+        packed = (
+            connection.pack_commands(commands)
+            if pack is None
+            else [b"".join([pack(command) for command in commands])]
+        )
+        try:
+            connection.send_packed_command(packed)
+        except BaseException:
+            connection.disconnect()  # a command sent in part would garble the next
+            raise
+        owed = threads.owed = _Replies(connection, len(commands), threads)
+        return owed
+
+    def _start_eval(self, keys: Sequence[str], args: Sequence[Any]) -> Callable[[], Any]:
+        """Send the ``_APPLY`` script by its digest; the call returned reads its reply,
+        loading the script when the server lacks it."""
+        if self._cluster:
+            reply = self._script(keys=keys, args=args)
+            return lambda: reply
+        sent = self._send([("EVALSHA", self._script.sha, len(keys), *keys, *args)])
+
+        def receive() -> Any:
+            try:
+                return sent.receive()[0]
+            except self._no_script:
+                # A restarted or flushed server: EVAL runs the script and caches it there.
+                return self._execute([("EVAL", _APPLY, len(keys), *keys, *args)])[0]
+
+        return receive
+
     def _read(self, keys: Sequence[str]) -> list[Any]:
         with self._errors:
             if len(keys) == 1:
-                # A lone GET: redis-py handles a one-key MGET (an array reply) ~20% slower.
-                return [self.client.get(keys[0])]
+                # A lone GET: a one-key MGET is an array reply, ~20% slower through redis-py.
+                return self._execute([("GET", keys[0])])
             if self._cluster:
                 # One MGET per hash slot, pipelined: one round trip per node.
                 return self.client.mget_nonatomic(keys)  # type: ignore[union-attr]
-            return self.client.mget(keys)
+            return self._execute([("MGET", *keys)])[0]  # type: ignore[no-any-return]
 
     def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
-        # One pipeline, one round trip: one MSET for the values that never expire (a
-        # single command, packed once) and a SET PX for each that does.
+        # One round trip: one MSET for the values that never expire (a single command,
+        # packed once; SETs on a cluster, where MSET may not span hash slots) and a
+        # SET PX for each that does.
         clock_now = self.clock()
-        with self._errors:
-            pipe = self.client.pipeline(transaction=False)
-            forever: dict[str, Any] = {}
-            for key, raw, expires_at in items:
-                if expires_at is None:
-                    forever[key] = raw
-                    continue
-                # Native TTL relative to the store's clock, rounded up: the record's own
-                # expiry (checked on decode) is exact, the server only reclaims memory.
-                millis = math.ceil((expires_at - clock_now) * 1000)
-                if millis > 0:
-                    pipe.set(key, raw, px=millis)
-                else:
-                    pipe.delete(key)
-            if forever and self._cluster:
-                for key, raw in forever.items():  # MSET may not span hash slots
-                    pipe.set(key, raw)
-            elif forever:
-                pipe.mset(forever)
-            pipe.execute()
+        commands: list[tuple[Any, ...]] = []
+        forever: list[tuple[str, Any]] = []
+        for key, raw, expires_at in items:
+            if expires_at is None:
+                forever.append((key, raw))
+                continue
+            # Native TTL relative to the store's clock, rounded up: the record's own expiry
+            # (checked on decode) is exact, the server only reclaims memory.
+            millis = math.ceil((expires_at - clock_now) * 1000)
+            commands.append(("SET", key, raw, "PX", millis) if millis > 0 else ("DEL", key))
+        if forever and self._cluster:
+            commands += [("SET", key, raw) for key, raw in forever]
+        elif forever:
+            commands.append(("MSET", *(part for pair in forever for part in pair)))
+        if commands:
+            with self._errors:
+                self._execute(commands)
 
     def _apply(self, ops: Sequence[Op]) -> list[Any]:
-        return self._run(ops, ())[0]
+        return self._start_run(ops, ())()[0]
 
-    def _apply_then_read(
+    def _start_apply_then_read(
         self, ops: Sequence[Op], keys: Sequence[str]
-    ) -> tuple[list[Any], list[Any]]:
+    ) -> Callable[[], tuple[list[Any], list[Any]]]:
         # In the same script call, after the writes: one round trip instead of two.  Not
         # on a cluster, where the writes take one call per hash slot.
         if self._cluster:
-            return super()._apply_then_read(ops, keys)
-        return self._run(ops, keys)
+            return super()._start_apply_then_read(ops, keys)
+        return self._start_run(ops, keys)
 
-    def _run(self, ops: Sequence[Op], reads: Sequence[str]) -> tuple[list[Any], list[Any]]:
+    def _start_run(
+        self, ops: Sequence[Op], reads: Sequence[str]
+    ) -> Callable[[], tuple[list[Any], list[Any]]]:
         # One script call checks and writes every key atomically, then reads ``reads``.  On
         # a cluster (never with reads), one call per hash slot (a script may not span
         # slots; a cluster pipeline refuses EVALSHA), and tombstones go out in one
-        # pipeline: their times are never compared there.
+        # pipeline: their times are never compared there.  The call returned reads the
+        # replies: the results of ``ops``, and the values of ``reads``.
         clock_now = self.clock()
         results: list[Any] = [None] * len(ops)
-        read: list[Any] = []
         groups: dict[int, list[int]] = {}
         if self._cluster:
             tombs = [p for p, op in enumerate(ops) if op.kind == "T"]
@@ -272,6 +363,7 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
                     groups.setdefault(keyslot(op.key), []).append(position)
         else:
             groups[0] = list(range(len(ops)))
+        sent: list[tuple[list[int], Callable[[], Any]]] = []
         with self._errors:
             for positions in groups.values():
                 tombs = [p for p in positions if ops[p].kind == "T"]
@@ -290,17 +382,27 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
                         millis,
                         b"" if arg is None else arg,
                     ]
-                order = tombs + others
-                replies = self._script(keys=[*(ops[p].key for p in order), *reads], args=args)
-                read = replies[len(order) :]
-                for position, reply in zip(order, replies[: len(order)], strict=True):
-                    if isinstance(reply, list) and len(reply) == 1:
-                        results[position] = float(reply[0])  # a lease taken, at this time
-                    elif isinstance(reply, list):
-                        results[position] = (reply[0], float(reply[1]))  # held, and when
-                    else:
-                        results[position] = reply == 1
-        return results, read
+                for position in tombs:
+                    results[position] = True  # unconditional: the script has no reply for it
+                keys = [*(ops[p].key for p in tombs + others), *reads]
+                sent.append((others, self._start_eval(keys, args)))
+
+        def receive() -> tuple[list[Any], list[Any]]:
+            read: list[Any] = []
+            with self._errors:
+                for others, reply in sent:
+                    replies = reply()
+                    read = replies[len(others) :]
+                    for position, result in zip(others, replies[: len(others)], strict=True):
+                        if isinstance(result, list) and len(result) == 1:
+                            results[position] = float(result[0])  # a lease taken, at this time
+                        elif isinstance(result, list):
+                            results[position] = (result[0], float(result[1]))  # held, and when
+                        else:
+                            results[position] = result == 1
+            return results, read
+
+        return receive
 
     def channel(self, name: str) -> Channel:
         """The pub/sub channel ``name`` of this store: ``prefix:db:name`` (pub/sub spans
@@ -311,12 +413,64 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         return _RedisChannel(self, f"{self.keymaker.prefix}:{db}:{name}")
 
     def close(self) -> None:
-        """Close the client's connections if the store built the client."""
+        """Close the client's connections, and every thread's, if the store built the
+        client."""
         if self._owns_client:
+            for connection in list(self._connections):
+                connection.disconnect()
             self.client.close()
 
     def __repr__(self) -> str:
         return f"<RedisStore {self.location} prefix={self.keymaker.prefix!r}>"
+
+
+class _Replies:
+    """The replies owed to commands sent on one thread's connection, read by
+    :meth:`receive`.
+
+    Until they are read they come first on that connection: a later command of the same
+    thread :meth:`collect` s them before it is sent, and they wait here for
+    :meth:`receive`.
+    """
+
+    def __init__(self, connection: Any, count: int, threads: threading.local | None) -> None:
+        self._connection = connection
+        self._count = count
+        self._threads = threads
+        self._replies: list[Any] | None = None
+        self._error: Exception | None = None
+
+    @classmethod
+    def read(cls, replies: list[Any]) -> _Replies:
+        """Replies read already (through a client's own API)."""
+        done = cls(None, len(replies), None)
+        done._replies = replies
+        return done
+
+    def collect(self) -> None:
+        """Read the replies off the connection, once; an error is kept for receive()."""
+        threads = self._threads
+        if threads is not None and getattr(threads, "owed", None) is self:
+            threads.owed = None
+        if self._replies is not None or self._error is not None:
+            return
+        try:
+            self._replies = [self._connection.read_response() for _ in range(self._count)]
+        except Exception as exc:
+            # A reply left unread would answer the next command: never reuse it.
+            self._connection.disconnect()
+            self._error = exc
+        except BaseException:
+            self._connection.disconnect()
+            raise
+
+    def receive(self) -> list[Any]:
+        """The replies, in order; the first error reply (or a failure) raises."""
+        self.collect()
+        if self._error is not None:
+            raise self._error
+        assert self._replies is not None
+        return self._replies
 
 
 class _RedisChannel(Channel):
