@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from sa_stockpyle import attach
@@ -135,6 +135,85 @@ def test_a_server_frozen_while_commits_write_is_caught_up_with(
         # Made up for by the writer's timer, without the writer being used again.
         assert until(lambda: writer.layer_stats[0].count(None, "caught_up") >= 10)
         assert shared.batch_get(Item, range(10)) == [None] * 10
+        _never_stale(engine, shared)
+    finally:
+        handle.detach()
+        writer.close()
+
+
+def test_a_server_frozen_between_the_commits_send_and_its_reply(
+    engine: Engine, private_redis_server: RedisServer
+) -> None:
+    # The write-through is sent in after_commit and its reply read in
+    # after_transaction_end: a listener that runs in between freezes the server, so the
+    # reply never comes.  The commit still succeeds, the failure is counted, the memory
+    # layer is written all the same, and the removals are made up for.
+    shared = _shared("redis", private_redis_server)
+    memory = ProcessMemoryStore()
+    writes = sessionmaker(engine)
+    writer = ChainedStore([memory, shared], cooldown=0.2, catch_up_interval=0.05)
+    handle = attach(writes, writer)
+    pid = private_redis_server.pid
+    assert pid is not None
+
+    def freeze_now(session: Session) -> None:
+        freeze(pid)
+
+    try:
+        with Session(engine) as session:
+            ChainedStore([memory, shared, SqlAlchemyStore(session=session)]).batch_get(
+                Item, range(10)
+            )
+        assert [held.value for held in shared.batch_get(Item, range(10))] == ["v1"] * 10
+        event.listen(writes, "after_commit", freeze_now)  # runs after the plugin's
+        try:
+            with writes() as session:
+                for ident in range(10):
+                    session.get(Item, ident).value = "v2"
+                session.commit()
+        finally:
+            event.remove(writes, "after_commit", freeze_now)
+            os.kill(pid, signal.SIGCONT)
+        assert writer.layer_stats[1].count(Item, "errors") == 1
+        assert memory.batch_get(Item, range(10)) == [None] * 10
+        assert until(lambda: writer.layer_stats[1].count(None, "caught_up") >= 10)
+        assert shared.batch_get(Item, range(10)) == [None] * 10
+        _never_stale(engine, shared)
+    finally:
+        handle.detach()
+        writer.close()
+
+
+def test_a_read_between_the_commits_send_and_its_reply_gets_its_own_reply(
+    engine: Engine, redis_url: str
+) -> None:
+    # A listener of the same thread reads the same store while the commit's reply is
+    # still owed on the thread's connection: each gets its own reply.
+    shared = RedisStore(url=redis_url)
+    memory = ProcessMemoryStore()
+    writes = sessionmaker(engine)
+    writer = ChainedStore([memory, shared])
+    handle = attach(writes, writer)
+    seen: list[object] = []
+
+    def read_meanwhile(session: Session) -> None:
+        seen.append(shared.batch_get(Item, [5, 6]))
+
+    try:
+        with Session(engine) as session:
+            ChainedStore([shared, SqlAlchemyStore(session=session)]).batch_get(Item, range(10))
+        event.listen(writes, "after_commit", read_meanwhile)
+        try:
+            with writes() as session:
+                session.get(Item, 1).value = "v2"
+                session.commit()
+        finally:
+            event.remove(writes, "after_commit", read_meanwhile)
+        [found] = seen
+        assert [held.value for held in found] == ["v1", "v1"]  # type: ignore[attr-defined]
+        assert shared.get(Item, 1) is None  # the commit's tombstone
+        assert shared.get(Item, 2).value == "v1"  # type: ignore[union-attr]
+        assert writer.layer_stats[1].count(None, "errors") == 0
         _never_stale(engine, shared)
     finally:
         handle.detach()
