@@ -298,7 +298,7 @@ class Attachment:
             assert identity is not None
             ordered = old_identity is None or version_of(obj) is not None
             if ordered and _fully_loaded(info, state):
-                buffer.puts[identity] = restore(klass, snapshot(obj))
+                buffer.puts[identity] = restore(klass, snapshot(obj), owned=True)
             else:
                 # An update without a version to order it by: a cache cannot tell an older
                 # commit's write arriving late from a newer one's, so the entry goes and
