@@ -527,11 +527,20 @@ class BaseKeyValueStore(BaseStore):
 
     # -- the contract -----------------------------------------------------------------
 
-    def _stored_keys(self, obj: object) -> Iterator[tuple[str, ...]]:
-        """For each class ``obj`` is stored under, its cache keys, the primary key first."""
+    def _stored_keys(self, objs: Iterable[object]) -> Iterator[tuple[object, tuple[str, ...]]]:
+        """For each object and each class it is stored under, its cache keys, the primary
+        key first."""
+        specs: dict[type, list[KeySpec]] = {}  # per class: the specs it is stored under
         keys_of = self.keymaker.keys_of
-        for klass in storage_classes(type(obj), self.polymorphic):
-            yield keys_of(key_spec(klass), obj)
+        for obj in objs:
+            klass = type(obj)
+            stored = specs.get(klass)
+            if stored is None:
+                stored = specs[klass] = [
+                    key_spec(c) for c in storage_classes(klass, self.polymorphic)
+                ]
+            for spec in stored:
+                yield obj, keys_of(spec, obj)
 
     def _records(self, objs: Iterable[object]) -> list[tuple[str, Record]]:
         # Everything that can fail on bad input happens here, before any write.
@@ -539,14 +548,17 @@ class BaseKeyValueStore(BaseStore):
         self._learn_generations(objs)
         records: list[tuple[str, Record]] = []
         clock_now = self.clock()
-        for obj in objs:
-            expires_at = expiry(self.lifetime_cb(obj), clock_now) if self.lifetime_cb else None
-            state = snapshot(obj)
-            version = version_of(obj)
-            for keys in self._stored_keys(obj):
-                records.append((keys[0], Entry(type(obj), state, keys, expires_at, version)))
-                for key in keys[1:]:
-                    records.append((key, Pointer(keys[0], expires_at)))
+        lifetime_cb = self.lifetime_cb
+        previous: object = object()  # no object yet
+        for obj, keys in self._stored_keys(objs):
+            if obj is not previous:
+                # The first class it is stored under: one snapshot serves them all.
+                previous = obj
+                expires_at = expiry(lifetime_cb(obj), clock_now) if lifetime_cb else None
+                state, version = snapshot(obj), version_of(obj)
+            records.append((keys[0], Entry(type(obj), state, keys, expires_at, version)))
+            for key in keys[1:]:
+                records.append((key, Pointer(keys[0], expires_at)))
         return records
 
     def _removal_keys(self, removals: Sequence[Removal]) -> list[str]:
@@ -821,8 +833,9 @@ class BaseKeyValueStore(BaseStore):
         objs = list(objs)
 
         def write() -> list[Op]:
-            stored = (keys for obj in objs for keys in self._stored_keys(obj))
-            return [Op("T", key, None, None) for keys in stored for key in keys]
+            return [
+                Op("T", key, None, None) for _, keys in self._stored_keys(objs) for key in keys
+            ]
 
         _finish(self._in_current_generations(self._classes_of(objs), write))
 
