@@ -527,11 +527,10 @@ class BaseKeyValueStore(BaseStore):
 
     # -- the contract -----------------------------------------------------------------
 
-    def _stored_keys(self, objs: Iterable[object]) -> Iterator[tuple[object, tuple[str, ...]]]:
-        """For each object and each class it is stored under, its cache keys, the primary
-        key first."""
-        specs: dict[type, list[KeySpec]] = {}  # per class: the specs it is stored under
-        keys_of = self.keymaker.keys_of
+    def _stored_specs(self, objs: Iterable[object]) -> Iterator[tuple[object, list[KeySpec]]]:
+        """Each object with the key specs of the classes it is stored under (its own
+        first), looked up once per class."""
+        specs: dict[type, list[KeySpec]] = {}
         for obj in objs:
             klass = type(obj)
             stored = specs.get(klass)
@@ -539,8 +538,7 @@ class BaseKeyValueStore(BaseStore):
                 stored = specs[klass] = [
                     key_spec(c) for c in storage_classes(klass, self.polymorphic)
                 ]
-            for spec in stored:
-                yield obj, keys_of(spec, obj)
+            yield obj, stored
 
     def _records(self, objs: Iterable[object]) -> list[tuple[str, Record]]:
         # Everything that can fail on bad input happens here, before any write.
@@ -549,16 +547,17 @@ class BaseKeyValueStore(BaseStore):
         records: list[tuple[str, Record]] = []
         clock_now = self.clock()
         lifetime_cb = self.lifetime_cb
-        previous: object = object()  # no object yet
-        for obj, keys in self._stored_keys(objs):
-            if obj is not previous:
-                # The first class it is stored under: one snapshot serves them all.
-                previous = obj
-                expires_at = expiry(lifetime_cb(obj), clock_now) if lifetime_cb else None
-                state, version = snapshot(obj), version_of(obj)
-            records.append((keys[0], Entry(type(obj), state, keys, expires_at, version)))
-            for key in keys[1:]:
-                records.append((key, Pointer(keys[0], expires_at)))
+        keys_of = self.keymaker.keys_of
+        for obj, specs in self._stored_specs(objs):
+            # The snapshot comes first: reading a key attribute that was never loaded
+            # loads it, and the entry holds what the caller had loaded.
+            expires_at = expiry(lifetime_cb(obj), clock_now) if lifetime_cb else None
+            state, version = snapshot(obj), version_of(obj)
+            for spec in specs:
+                keys = keys_of(spec, obj)
+                records.append((keys[0], Entry(type(obj), state, keys, expires_at, version)))
+                for key in keys[1:]:
+                    records.append((key, Pointer(keys[0], expires_at)))
         return records
 
     def _removal_keys(self, removals: Sequence[Removal]) -> list[str]:
@@ -833,8 +832,12 @@ class BaseKeyValueStore(BaseStore):
         objs = list(objs)
 
         def write() -> list[Op]:
+            keys_of = self.keymaker.keys_of
             return [
-                Op("T", key, None, None) for _, keys in self._stored_keys(objs) for key in keys
+                Op("T", key, None, None)
+                for obj, specs in self._stored_specs(objs)
+                for spec in specs
+                for key in keys_of(spec, obj)
             ]
 
         _finish(self._in_current_generations(self._classes_of(objs), write))
