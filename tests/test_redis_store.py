@@ -361,6 +361,28 @@ def test_a_connection_the_server_closed_is_replaced_before_use(redis_url: str) -
         assert store.get(Foo, 1) == Foo(key=1, zap=1, bar=1)
 
 
+def test_a_write_started_on_one_thread_is_finished_on_that_thread_only(redis_url: str) -> None:
+    with RedisStore(url=redis_url) as store:
+        store.put(Foo(key=1, zap=1, bar=1))
+        finish = store.start_committed([], [(Foo, {"key": 1})])
+        assert finish is not None
+        raised: list[BaseException] = []
+
+        def elsewhere() -> None:
+            try:
+                finish()
+            except RuntimeError as exc:
+                raised.append(exc)
+
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join()
+        [error] = raised
+        assert "finish it on the thread that started it" in str(error)
+        finish()  # where it belongs: the reply is read, and nothing else was disturbed
+        assert store.get(Foo, 1) is None
+
+
 def test_a_flushed_script_cache_is_loaded_again(redis_url: str) -> None:
     with RedisStore(url=redis_url) as store:
         store.put(Foo(key=1, zap=1, bar=1))

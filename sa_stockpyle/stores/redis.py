@@ -437,6 +437,7 @@ class _Replies:
         self._connection = connection
         self._count = count
         self._threads = threads
+        self._sender = threading.get_ident()
         self._replies: list[Any] | None = None
         self._error: Exception | None = None
 
@@ -454,6 +455,12 @@ class _Replies:
             threads.owed = None
         if self._replies is not None or self._error is not None:
             return
+        if threading.get_ident() != self._sender:
+            # The sender's thread may be using its connection right now.
+            raise RuntimeError(
+                "a Redis write started on one thread is being finished on another; finish "
+                "it on the thread that started it (see BaseStore.start_committed)"
+            )
         try:
             self._replies = [self._connection.read_response() for _ in range(self._count)]
         except Exception as exc:
