@@ -19,7 +19,10 @@ How it works:
   buffer to its parent; a rolled-back one discards it.  When the session's transaction
   commits, the buffer is written through with one call,
   :meth:`~sa_stockpyle.stores.BaseStore.write_committed`, which a
-  :class:`~sa_stockpyle.stores.ChainedStore` turns into one batched write per layer.
+  :class:`~sa_stockpyle.stores.ChainedStore` turns into one batched write per layer.  It
+  is made in two halves (:meth:`~sa_stockpyle.stores.BaseStore.start_committed`): started
+  in ``after_commit``, right after the COMMIT, and finished in ``after_transaction_end``,
+  so that the slowest layer's round trip overlaps SQLAlchemy's own work in between.
   A transaction that ends any other way (rollback, ``close()``, a failed COMMIT, garbage
   collection) discards its buffer: the decision is taken when the transaction ends, not
   only in ``after_rollback``, which some endings never fire.

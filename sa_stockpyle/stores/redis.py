@@ -177,7 +177,7 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
                 'RedisStore needs redis-py: pip install "sa_stockpyle[redis]"'
             ) from exc
         # A client the store built is its own: each thread sends on a connection of its own
-        # made by the client's pool's recipe (see _execute); close() closes them all.
+        # made by the client's pool's recipe (see _send); close() closes them all.
         self._pool: Any = None
         if client is None:
             # redis-py retries 10 times with backoff by default: a dead server would hold
