@@ -379,8 +379,9 @@ class Attachment:
             # The database has committed: the write starts now and is finished when the
             # transaction ends, so its round trip overlaps SQLAlchemy's work in between.
             buffer = session_state.buffers.pop(transaction, None)
-            if buffer:
-                session_state.writing[transaction] = self._start_write(buffer)
+            finish = self._start_write(buffer) if buffer else None
+            if finish is not None:
+                session_state.writing[transaction] = finish
 
     def _after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
         session_state: _SessionState | None = session.info.get(self._info_key)
@@ -399,10 +400,11 @@ class Attachment:
         if transaction.nested and parent is not None:
             session_state.buffers.setdefault(parent, _Buffer()).merge(buffer)
 
-    def _start_write(self, buffer: _Buffer) -> Callable[[], None]:
+    def _start_write(self, buffer: _Buffer) -> Callable[[], None] | None:
         """Start writing a committed transaction's buffer through (see
-        :meth:`BaseStore.start_committed`); the call returned finishes it.  Neither
-        raises: the database has committed, and raising would tell the caller otherwise."""
+        :meth:`BaseStore.start_committed`); the call returned finishes it, None when it
+        failed to start.  Neither raises: the database has committed, and raising would
+        tell the caller otherwise."""
         removals: list[Removal] = [
             (klass, lookup) for (klass, _), (_, lookup) in buffer.removals.items()
         ]
@@ -414,7 +416,7 @@ class Attachment:
             started = self.store.start_committed(puts, removals)
         except Exception:
             self._write_failed(puts, removals)
-            return _nothing
+            return None
 
         def finish() -> None:
             try:
@@ -434,10 +436,6 @@ class Attachment:
         log.exception("sa_stockpyle: write-through after commit failed in %r", self)
         for klass in {type(obj) for obj in puts} | {k for k, _ in removals}:
             self.stats.add(klass, "errors")
-
-
-def _nothing() -> None:
-    """What finishes a write that failed to start."""
 
 
 def _mapper_of(klass: type) -> Mapper[Any]:

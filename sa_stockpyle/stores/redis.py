@@ -190,7 +190,6 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
                 retry=Retry(NoBackoff(), 0),
             )
             self._pool = client.connection_pool
-        self._owns_client = self._pool is not None
         self.client = client
         self._script = client.register_script(_APPLY)
         self._threads = threading.local()
@@ -415,7 +414,7 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
     def close(self) -> None:
         """Close the client's connections, and every thread's, if the store built the
         client."""
-        if self._owns_client:
+        if self._pool is not None:  # the store built the client
             for connection in list(self._connections):
                 connection.disconnect()
             self.client.close()
