@@ -145,9 +145,11 @@ def test_a_server_frozen_between_the_commits_send_and_its_reply(
     engine: Engine, private_redis_server: RedisServer
 ) -> None:
     # The write-through is sent in after_commit and its reply read in
-    # after_transaction_end: a listener that runs in between freezes the server, so the
-    # reply never comes.  The commit still succeeds, the failure is counted, the memory
-    # layer is written all the same, and the removals are made up for.
+    # after_transaction_end.  A listener that runs just before the plugin's freezes the
+    # server: the send is still taken by the kernel's socket buffer, but the reply never
+    # comes.  (Freezing after the send would race with a server that answers at once.)
+    # The commit still succeeds, the failure is counted, the memory layer is written all
+    # the same, and the removals are made up for.
     shared = _shared("redis", private_redis_server)
     memory = ProcessMemoryStore()
     writes = sessionmaker(engine)
@@ -165,7 +167,7 @@ def test_a_server_frozen_between_the_commits_send_and_its_reply(
                 Item, range(10)
             )
         assert [held.value for held in shared.batch_get(Item, range(10))] == ["v1"] * 10
-        event.listen(writes, "after_commit", freeze_now)  # runs after the plugin's
+        event.listen(writes, "after_commit", freeze_now, insert=True)  # before the plugin's
         try:
             with writes() as session:
                 for ident in range(10):
