@@ -14,7 +14,15 @@ from typing import Any, TypeVar
 from sa_stockpyle.codec import Invalidation, decode_invalidation, encode_invalidation
 from sa_stockpyle.errors import ConfigurationError, PayloadError, StoreUnavailable
 from sa_stockpyle.keys import key_spec
-from sa_stockpyle.stores.base import BaseStore, Channel, Finish, Removal, Reservation, Stats
+from sa_stockpyle.stores.base import (
+    BaseStore,
+    Channel,
+    Finish,
+    Removal,
+    Reservation,
+    Stats,
+    _finish,
+)
 
 __all__ = ["MAX_MISSED", "MAX_PENDING", "ChainedStore", "Coherence"]
 
@@ -751,12 +759,9 @@ class ChainedStore(BaseStore):
             started = self._start_layer(waiting.pop(0), classes, puts, removals)
 
         def finish() -> None:
-            if started is not None:
-                started()
+            _finish(started)
             for index in waiting:
-                rest = self._start_layer(index, classes, puts, removals)
-                if rest is not None:
-                    rest()
+                _finish(self._start_layer(index, classes, puts, removals))
             self._broadcast(puts, removals)
 
         return finish
