@@ -499,7 +499,8 @@ class _RedisChannel(Channel):
     def subscribe(self) -> Subscription:
         store = self.store
         with store._errors:
-            pubsub = store.client.pubsub()  # type: ignore[no-untyped-call]
+            # redis-py annotates pubsub() from 8.2 on; the ignore serves older releases.
+            pubsub = store.client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
             pubsub.subscribe(self.name)
             # Subscribed once the server confirms: only then is nothing published missed.
             deadline = time.monotonic() + MAX_SILENCE
