@@ -262,13 +262,12 @@ def test_a_server_that_never_answers_costs_one_timeout_per_cooldown(kind: str) -
     foos = [Foo(key=i, zap=i, bar=i) for i in range(50)]
     backing.batch_put(foos)
     try:
-        started = time.monotonic()
         for foo in foos:
             assert chain.get(Foo, foo.key) == foo
         chain.put(Foo(key=99, zap=99, bar=99))
-        elapsed = time.monotonic() - started
-        # One timeout (0.2 s), then the layer rests: not 51 timeouts.
-        assert elapsed < 0.2 * 3, elapsed
+        # One request waited for its timeout, on one connection; then the layer rests for
+        # the cooldown: 50 reads and a write cost no second wait.
+        assert until(lambda: len(hole.connections) == 1)
         assert chain.layer_stats[0].count(Foo, "errors") == 1
         assert chain.layer_stats[0].count(Foo, "skipped") >= 50
         assert chain.get(Foo, 99) == Foo(key=99, zap=99, bar=99)

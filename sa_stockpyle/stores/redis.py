@@ -258,7 +258,11 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
             # What the pool checks before lending a connection: nothing is left unread,
             # and the server has not closed it (a restart).  Either way, start afresh.
             stale = connection.can_read()
-        except (*self._errors.timeouts, *self._errors.failures):
+        except self._errors.timeouts:
+            # can_read() connects a new connection, and only that handshake can wait: a
+            # server that did not answer it would not answer a second one either.
+            raise
+        except self._errors.failures:
             stale = True
         if stale:
             connection.disconnect()
