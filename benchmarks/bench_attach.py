@@ -1,6 +1,6 @@
 """The cost of attach(): committing updated rows with and without write-through.
 
-Run: ``.venv/bin/python benchmarks/bench_attach.py --postgres-url
+Run: ``.venv-bench/bin/python benchmarks/bench_attach.py --postgres-url
 postgresql+psycopg://postgres@127.0.0.1:5432/test`` (it starts a throwaway redis-server
 unless given ``--redis-url``).
 It creates and drops a table ``bench_attach_accounts``.  Each round loads the same rows,

@@ -1,6 +1,6 @@
 """The invalidation broadcast: what publishing costs a commit, and how fast it arrives.
 
-Run: ``.venv/bin/python benchmarks/bench_coherence.py --postgres-url
+Run: ``.venv-bench/bin/python benchmarks/bench_coherence.py --postgres-url
 postgresql+psycopg://postgres@127.0.0.1:5432/test`` (it starts a throwaway redis-server
 unless given ``--redis-url``).
 

@@ -1,6 +1,6 @@
 """ProcessMemoryStore hits against the floor: a plain dict lookup plus the same snapshot copy.
 
-Run: ``.venv/bin/python benchmarks/bench_memory.py``.  Each figure is the median of
+Run: ``.venv-bench/bin/python benchmarks/bench_memory.py``.  Each figure is the median of
 several rounds of many calls, in one process and one run, so the ratios compare like with
 like even on a shared machine whose absolute speed drifts.
 """

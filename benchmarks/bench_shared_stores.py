@@ -1,6 +1,6 @@
 """RedisStore and MemcacheStore hits against the raw client doing the same work.
 
-Run: ``.venv/bin/python benchmarks/bench_shared_stores.py`` (starts its own redis-server and
+Run: ``.venv-bench/bin/python benchmarks/bench_shared_stores.py`` (starts its own redis-server and
 memcached on free loopback ports with ``tests/servers.py``), or point it at running servers
 with ``--redis-url redis://host:port/db`` and ``--memcached host:port``.
 

@@ -1,6 +1,6 @@
 """SqlAlchemyStore under a chain, against plain SQLAlchemy, on PostgreSQL and Redis.
 
-Run: ``.venv/bin/python benchmarks/bench_sqlalchemy_store.py --postgres-url
+Run: ``.venv-bench/bin/python benchmarks/bench_sqlalchemy_store.py --postgres-url
 postgresql+psycopg://postgres@127.0.0.1:5432/test`` (PostgreSQL must be up; a throwaway
 redis-server is started on a free loopback port with ``tests/servers.py``, or pass
 ``--redis-url redis://host:port/db``).  It creates and drops a table ``bench_sa_users``.

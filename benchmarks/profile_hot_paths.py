@@ -1,6 +1,6 @@
 """Profiles of the hot paths behind the suite's targets, with pyinstrument.
 
-Run: ``.venv/bin/python benchmarks/profile_hot_paths.py [--postgres-url URL] [--out DIR]``
+Run: ``.venv-bench/bin/python benchmarks/profile_hot_paths.py [--postgres-url URL] [--out DIR]``
 (PostgreSQL must be up; Redis and memcached are throwaway servers, as in the suite).  It
 sets up the suite's data, runs each case below many times under pyinstrument (only the
 calls of the case; the untimed part of a case shows as a subtree of its own) and

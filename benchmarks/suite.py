@@ -3,7 +3,7 @@
 Run everything with ``bash scripts/bench`` (it creates ``.venv``, installs the servers
 and the ``bench`` extra), or, in that virtualenv::
 
-    .venv/bin/python benchmarks/suite.py [--postgres-url URL] [--quick] [--no-docs]
+    .venv-bench/bin/python benchmarks/suite.py [--postgres-url URL] [--quick] [--no-docs]
 
 Five parts, each measured side by side in this one process (part 4 in worker
 processes) and reported as ratios, because absolute times drift on shared machines:
