@@ -15,13 +15,22 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from hypothesis import settings
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import make_url
 
 from tests.servers import MemcachedServer, RedisCluster, RedisServer, ServerError, free_port
+from tests.threads import no_thread_outlives_its_test  # noqa: F401 - an autouse fixture
+
+pytest_plugins = ["pytester"]
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+# Hypothesis fails an example slower than 200 ms by default: a wall-clock bound that a
+# loaded machine breaks. Property tests check values, never time.
+settings.register_profile("sa_stockpyle", deadline=None)
+settings.load_profile("sa_stockpyle")
 
 
 def _ports(name: str, default: str) -> list[int]:

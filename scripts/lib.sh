@@ -40,11 +40,15 @@ ensure_uv() {
         echo "scripts: uv.lock pins no uv version" >&2
         return 1
     fi
-    if [ "$("$UV" --version 2>/dev/null)" != "uv $version" ]; then
-        rm -rf .venv-uv
-        python3 -m venv .venv-uv
-        .venv-uv/bin/pip install -q --disable-pip-version-check "uv==$version"
-    fi
+    # `uv --version` prints "uv 0.13.9 (x86_64-unknown-linux-gnu)" or "uv 0.13.9".
+    case "$("$UV" --version 2>/dev/null)" in
+        "uv $version" | "uv $version "*) ;;
+        *)
+            rm -rf .venv-uv
+            python3 -m venv .venv-uv
+            .venv-uv/bin/pip install -q --disable-pip-version-check "uv==$version"
+            ;;
+    esac
 }
 
 # `locked_env DIR uv-sync-options...`: DIR holds exactly what uv.lock pins for the options,

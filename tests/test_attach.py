@@ -656,6 +656,7 @@ def test_a_failing_layer_never_fails_the_commit(engine: Engine, layers: Layers) 
         assert layers.memory.get(Account, 1) is not None
     finally:
         handle.detach()
+        chain.close()  # and its catch-up retries, which would fail on for good
 
 
 def test_the_seed_session_extension_example(

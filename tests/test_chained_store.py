@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shelve
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -138,6 +138,7 @@ def test_a_failing_layer_is_a_counted_logged_miss(caplog: pytest.LogCaptureFixtu
     assert chain.layer_stats[1].count(Foo, "errors") == 3
     assert fast.get(Foo, 0) == _foos(1)[0]
     assert "1:Recording failed to read" in caplog.text
+    chain.close()
 
 
 def test_a_failing_last_layer_raises_and_writes_nothing_above() -> None:
@@ -231,13 +232,21 @@ def test_stats_count_every_thread_and_forget_ended_ones() -> None:
 # -- making up for what a layer missed ------------------------------------------------------
 
 
-def _outage() -> tuple[Recording, Recording, Recording, ChainedStore]:
+Outage = tuple[Recording, Recording, Recording, ChainedStore]
+
+
+@pytest.fixture
+def outage() -> Iterator[Outage]:
+    """Three recording layers and their chain, closed afterwards: a layer left failing
+    would have the chain retry its catch-up for good."""
     fast, middle, slow = Recording(), Recording(), Recording()
-    return fast, middle, slow, ChainedStore([fast, middle, slow], cooldown=0)
+    chain = ChainedStore([fast, middle, slow], cooldown=0)
+    yield fast, middle, slow, chain
+    chain.close()
 
 
-def test_a_write_missed_during_an_outage_never_serves_the_old_entry() -> None:
-    fast, middle, _, chain = _outage()
+def test_a_write_missed_during_an_outage_never_serves_the_old_entry(outage: Outage) -> None:
+    fast, middle, _, chain = outage
     chain.put(Foo(key=1, zap=1, bar=1, version="old"))
     middle.down = True
     chain.put(Foo(key=1, zap=1, bar=1, version="new"))
@@ -250,8 +259,8 @@ def test_a_write_missed_during_an_outage_never_serves_the_old_entry() -> None:
     assert chain.layer_stats[1].count(Foo, "caught_up") == 1
 
 
-def test_missed_deletes_commits_and_invalidations_are_made_up_for() -> None:
-    fast, middle, _, chain = _outage()
+def test_missed_deletes_commits_and_invalidations_are_made_up_for(outage: Outage) -> None:
+    fast, middle, _, chain = outage
     chain.batch_put([Foo(key=i, zap=i, bar=i) for i in range(4)])
     middle.down = True
     chain.delete(Foo(key=0, zap=0, bar=0))
@@ -264,8 +273,8 @@ def test_missed_deletes_commits_and_invalidations_are_made_up_for() -> None:
     assert chain.get(Foo, 5) == Foo(key=5, zap=5, bar=5)
 
 
-def test_a_layer_that_cannot_catch_up_stays_skipped() -> None:
-    fast, middle, _, chain = _outage()
+def test_a_layer_that_cannot_catch_up_stays_skipped(outage: Outage) -> None:
+    fast, middle, _, chain = outage
     chain.put(Foo(key=1, zap=1, bar=1, version="old"))
     middle.down = True
     chain.put(Foo(key=1, zap=1, bar=1, version="new"))
@@ -278,9 +287,11 @@ def test_a_layer_that_cannot_catch_up_stays_skipped() -> None:
     assert chain.layer_stats[1].count(Foo, "errors") >= 3
 
 
-def test_a_long_outage_drops_whole_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_long_outage_drops_whole_classes(
+    monkeypatch: pytest.MonkeyPatch, outage: Outage
+) -> None:
     monkeypatch.setattr(chained, "MAX_MISSED", 3)
-    fast, middle, _, chain = _outage()
+    fast, middle, _, chain = outage
     chain.batch_put([Foo(key=i, zap=i, bar=i) for i in range(10)])
     middle.down = True
     for i in range(5):

@@ -10,7 +10,6 @@ import enum
 import multiprocessing
 import os
 import signal
-import statistics
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -103,14 +102,9 @@ def test_a_commit_in_one_process_evicts_the_memory_layer_of_another(
     assert watcher.exitcode == 0
     assert fresh == ["v1"] * ROUNDS  # and nothing stale is served afterwards
     assert counts["received"] >= ROUNDS
-    cuts = statistics.quantiles(delays, n=100, method="inclusive")
-    print(
-        f"propagation to another process's memory layer over {ROUNDS} commits: "
-        f"p50 {cuts[49] * 1000:.2f} ms, p99 {cuts[98] * 1000:.2f} ms, "
-        f"max {max(delays) * 1000:.2f} ms"
-    )
-    assert cuts[49] < 0.05  # the target; typically about a millisecond here
-    assert max(delays) < 1.0  # a generous bound: a loaded CI machine can stall
+    # Every commit's eviction arrived (the watcher waits for each); how fast is measured by
+    # benchmarks/bench_coherence.py, not asserted here.
+    assert len(delays) == ROUNDS
 
 
 def test_losing_the_subscription_flushes_and_counts(
@@ -153,9 +147,9 @@ def test_while_the_subscription_is_down_local_layers_stay_younger_than_the_bound
         private_redis_server.kill()
         assert until(lambda: not chain.coherence.subscribed)
         memory.put(Foo(key=1, zap=1, bar=1))  # filled while other processes go unheard
-        put_at = time.monotonic()
-        assert until(lambda: memory.get(Foo, 1) is None, timeout=3)
-        assert time.monotonic() - put_at < 0.3 + 0.5
+        # Gone by the next flush, due within max_staleness (0.3 s); ten times that only
+        # catches a subscriber that stopped flushing.
+        assert until(lambda: memory.get(Foo, 1) is None, timeout=10 * 0.3)
         flushes = chain.coherence.counts()["flushes"]
         assert until(lambda: chain.coherence.counts()["flushes"] > flushes)  # and again
     finally:

@@ -120,7 +120,9 @@ def test_a_server_frozen_while_commits_write_is_caught_up_with(
     handle = attach(writes, writer)
     try:
         with Session(engine) as session:
-            ChainedStore([shared, SqlAlchemyStore(session=session)]).batch_get(Item, range(10))
+            ChainedStore([shared, SqlAlchemyStore(session=session)], broadcast=False).batch_get(
+                Item, range(10)
+            )
         assert [held.value for held in shared.batch_get(Item, range(10))] == ["v1"] * 10
         assert server.pid is not None
         freeze(server.pid)
@@ -163,9 +165,9 @@ def test_a_server_frozen_between_the_commits_send_and_its_reply(
 
     try:
         with Session(engine) as session:
-            ChainedStore([memory, shared, SqlAlchemyStore(session=session)]).batch_get(
-                Item, range(10)
-            )
+            ChainedStore(
+                [memory, shared, SqlAlchemyStore(session=session)], broadcast=False
+            ).batch_get(Item, range(10))
         assert [held.value for held in shared.batch_get(Item, range(10))] == ["v1"] * 10
         event.listen(writes, "after_commit", freeze_now, insert=True)  # before the plugin's
         try:
@@ -203,7 +205,9 @@ def test_a_read_between_the_commits_send_and_its_reply_gets_its_own_reply(
 
     try:
         with Session(engine) as session:
-            ChainedStore([shared, SqlAlchemyStore(session=session)]).batch_get(Item, range(10))
+            ChainedStore([shared, SqlAlchemyStore(session=session)], broadcast=False).batch_get(
+                Item, range(10)
+            )
         event.listen(writes, "after_commit", read_meanwhile)
         try:
             with writes() as session:
@@ -241,7 +245,10 @@ class BlackHole:
             self.connections.append(connection)
 
     def close(self) -> None:
+        # A blocked accept() wakes on shutdown(), not on close() from another thread.
+        self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
+        self.thread.join()
         for connection in self.connections:
             connection.close()
 
@@ -328,7 +335,9 @@ def test_a_cluster_node_stopped_mid_run(redis_cluster: RedisCluster) -> None:
         assert chain.batch_get(Foo, range(30)) == foos  # from the backing layer
         newer = [Foo(key=i, zap=i, bar=i, v=2) for i in range(30)]
         chain.batch_put(newer)  # the cluster layer misses it: remembered
-        assert time.monotonic() - started < 10
+        # Only a hang fails: the caller's cluster client spends 3-4 s here on its own
+        # retries and timeouts (connect 1 s, read 2 s), and ten times that is allowed.
+        assert time.monotonic() - started < 60
         assert chain.layer_stats[0].count(Foo, "errors") >= 1
     finally:
         redis_cluster.start_node(port)

@@ -107,7 +107,8 @@ class Caches:
         self.memory = ProcessMemoryStore()
         self.shared = shared
         self.writes = sessionmaker(engine)
-        self.handle = attach(self.writes, ChainedStore([self.memory, shared]))
+        self.writer = ChainedStore([self.memory, shared])
+        self.handle = attach(self.writes, self.writer)
 
     def chain(self, session: Session, **hooks: Any) -> ChainedStore:
         """A reader's chain over the caches and ``session``."""
@@ -137,6 +138,7 @@ def caches(engine: Engine, shared: BaseStore) -> Iterator[Caches]:
     caches = Caches(engine, shared)
     yield caches
     caches.handle.detach()
+    caches.writer.close()
 
 
 class HookedDatabase(SqlAlchemyStore):
@@ -269,7 +271,8 @@ def test_an_older_commit_arriving_late_never_overwrites_a_newer_one(
     memory = ProcessMemoryStore()
     gate = Gate()
     writes = sessionmaker(engine)
-    handle = attach(writes, GatedChain([memory, shared], gate))
+    chain = GatedChain([memory, shared], gate)
+    handle = attach(writes, chain)
     try:
         with writes() as session:
             session.add(klass(id=1, code="c1", value="v1"))
@@ -297,6 +300,7 @@ def test_an_older_commit_arriving_late_never_overwrites_a_newer_one(
                 assert held is None  # invalidated by both, in either order
     finally:
         handle.detach()
+        chain.close()
 
 
 # -- (c) a layer that does not answer while a commit writes ----------------------------------
@@ -378,7 +382,10 @@ def test_fifty_readers_missing_one_hot_key_cost_a_handful_of_database_reads(
             # threads on 2 cores each opening its first Redis connection, was 33-87 ms
             # without coverage's tracing: more than the default 50 ms (docs/consistency.md,
             # Stampedes).  What is tested is that they wait for it, so they are given time.
-            chain = ChainedStore([shared, SqlAlchemyStore(session=session)], lease_wait=2.0)
+            # No broadcast: one process, and a publisher thread per reader's chain.
+            chain = ChainedStore(
+                [shared, SqlAlchemyStore(session=session)], lease_wait=2.0, broadcast=False
+            )
             start.wait()
             got = chain.get(Item, 1)
             results[position] = None if got is None else got.value

@@ -112,7 +112,7 @@ def test_a_redis_server_stopped_mid_run_is_a_counted_miss(
     assert chain.get(Foo, 4) == foos[4]
     assert chain.layer_stats[1].count(Foo, "errors") == errors
     assert redis_layer.get(Foo, 4) == foos[4]
-    redis_layer.close()
+    chain.close()
 
 
 def test_a_frozen_redis_costs_a_timeout_not_a_hang(private_redis_server: RedisServer) -> None:
@@ -131,7 +131,7 @@ def test_a_frozen_redis_costs_a_timeout_not_a_hang(private_redis_server: RedisSe
         os.kill(private_redis_server.pid, signal.SIGCONT)
     assert chain.layer_stats[0].count(Foo, "errors") == 3  # the read; no claim, no fill
     assert chain.layer_stats[1].count(Foo, "hits") == 3
-    redis_layer.close()
+    chain.close()
 
 
 def test_a_dead_layer_rests_instead_of_costing_a_timeout_per_request(
@@ -144,14 +144,12 @@ def test_a_dead_layer_rests_instead_of_costing_a_timeout_per_request(
     assert private_redis_server.pid is not None
     freeze(private_redis_server.pid)
     try:
-        started = time.monotonic()
         for _ in range(20):
             assert chain.get(Foo, 1) == foos[1]
         chain.put(Foo(key=2, zap=2, bar=2, note="while frozen"))
-        # One timeout for the first call; the others skip the resting layer.
-        assert time.monotonic() - started < 0.2 + 0.3
     finally:
         os.kill(private_redis_server.pid, signal.SIGCONT)
+    # One timeout for the first call; the others skip the resting layer.
     assert chain.layer_stats[0].count(Foo, "errors") == 1
     assert chain.layer_stats[0].count(Foo, "skipped") >= 20
     time.sleep(0.6)  # the cooldown passes; the next call tries the layer again
@@ -189,4 +187,4 @@ def test_writes_redis_refused_are_made_up_for_when_it_accepts_again(
     assert chain.layer_stats[1].count(Foo, "caught_up") == 1
     assert chain.layer_stats[1].count(Pair, "caught_up") == 1
     other_process.close()
-    redis_layer.close()
+    chain.close()

@@ -437,6 +437,12 @@ CACHES: dict[str, Callable[[pytest.FixtureRequest], BaseStore]] = {
 }
 
 
+def _reader(cache: BaseStore, session: Session) -> ChainedStore:
+    """A chain of ``cache`` over ``session``, without the broadcast: these tests are about
+    one process's layers, and a chain per session would start a publisher per session."""
+    return ChainedStore([cache, SqlAlchemyStore(session=session)], broadcast=False)
+
+
 @pytest.fixture(params=list(CACHES))
 def cache(request: pytest.FixtureRequest) -> Iterator[BaseStore]:
     """A polymorphic caching layer of every kind."""
@@ -452,11 +458,11 @@ def test_every_column_type_round_trips(
         session.add(_typed())
         session.commit()
     with Session(engine) as session:
-        chain = ChainedStore([cache, SqlAlchemyStore(session=session)])
+        chain = _reader(cache, session)
         loaded = chain.get(Typed, _typed().uid)  # from the database, filling the cache
     assert loaded is not None
     with Session(engine) as session, statements.exactly(0):
-        chain = ChainedStore([cache, SqlAlchemyStore(session=session)])
+        chain = _reader(cache, session)
         cached = chain.get(Typed, {"id": 1})
         assert cached is not None
         assert inspect(cached).persistent
@@ -478,11 +484,11 @@ def test_inheritance_through_polymorphic_caches(
         session.add_all([Car(id=1, plate="CAR", doors=2), Manager(id=1, name="m", budget=1)])
         session.commit()
     with Session(engine) as session:
-        chain = ChainedStore([cache, SqlAlchemyStore(session=session)])
+        chain = _reader(cache, session)
         chain.get(Vehicle, 1)
         chain.get(Employee, 1)
     with Session(engine) as session, statements.exactly(0):
-        chain = ChainedStore([cache, SqlAlchemyStore(session=session)])
+        chain = _reader(cache, session)
         car = chain.get(Vehicle, {"plate": "CAR"})
         assert type(car) is Car
         assert car.doors == 2
@@ -503,9 +509,9 @@ def test_a_relationship_lazy_loads_on_an_object_from_redis(
         session.add_all([user, Address(id=1, user=user, street="Main St")])
         session.commit()
     with Session(engine) as session:
-        ChainedStore([redis_store, SqlAlchemyStore(session=session)]).get(User, 1)
+        _reader(redis_store, session).get(User, 1)
     with Session(engine) as session:
-        chain = ChainedStore([redis_store, SqlAlchemyStore(session=session)])
+        chain = _reader(redis_store, session)
         with statements.exactly(0):
             cached = chain.get(User, 1)
         assert chain.layer_stats[0].count(User, "hits") == 1

@@ -448,6 +448,7 @@ class ChainedStore(BaseStore):
         retry = missed.retry
         if (retry is None or not retry.is_alive()) and not self._closed:
             retry = threading.Timer(self.catch_up_interval, self._retry_catch_up, (index,))
+            retry.name = "sa_stockpyle-catch-up"
             retry.daemon = True
             missed.retry = retry
             retry.start()
@@ -818,9 +819,9 @@ class ChainedStore(BaseStore):
 
     def close(self) -> None:
         """Stop the broadcast and the catch-up retries, and close every layer."""
+        self._closed = True  # first: a catch-up running now schedules no further retry
         if self.coherence is not None:
             self.coherence.close()
-        self._closed = True
         for missed in self._missed:
             if missed.retry is not None:
                 missed.retry.cancel()
