@@ -131,6 +131,7 @@ class _Flushed:
     # leave the session's weak identity map before we read its state.
     obj: object
     state: InstanceState[Any]
+    info: _ClassInfo
     deleted: bool
     old_identity: _Identity | None
     old_keys: list[dict[str, Any]]
@@ -144,7 +145,10 @@ class _SessionState:
     committed: set[SessionTransaction] = field(default_factory=set)
     #: committed root transactions whose write-through was started: what finishes it
     writing: dict[SessionTransaction, Callable[[], None]] = field(default_factory=dict)
-    flushing: list[_Flushed] = field(default_factory=list)
+    #: the flush under way (its unit of work) and what it changes, from ``after_flush``
+    #: to ``after_flush_postexec``; a flush that fails in between (another listener
+    #: raised) never reaches the second, and its record is dropped with it
+    flushing: tuple[object, list[_Flushed]] | None = None
 
 
 @dataclass(frozen=True)
@@ -239,14 +243,16 @@ class Attachment:
 
     def _buffer(self, session: Session) -> _Buffer:
         transaction = session.get_nested_transaction() or session.get_transaction()
-        assert transaction is not None, "flushes and ORM statements run in a transaction"
+        if transaction is None:  # a flush or an executed statement always has one
+            raise RuntimeError(f"{self!r}: a change was recorded outside any transaction")
         return self._session_state(session).buffers.setdefault(transaction, _Buffer())
 
     # -- flush ------------------------------------------------------------------------
 
     def _after_flush(self, session: Session, context: Any) -> None:
         # Pre-flush view: new/dirty/deleted and attribute history are still intact.
-        flushing = self._session_state(session).flushing
+        flushing: list[_Flushed] = []
+        self._session_state(session).flushing = (context, flushing)
         covered: dict[type, _ClassInfo | None] = {}  # per class: its bind is looked up once
         # The three sets are disjoint (dirty leaves out new and deleted objects), so each
         # object's group says whether it is new or deleted.
@@ -276,29 +282,26 @@ class Attachment:
                 ):
                     continue
                 old_keys = _known_keys(info, state) if deleted else _old_keys(info, state)
-                flushing.append(_Flushed(obj, state, deleted, state.key, old_keys))
+                flushing.append(_Flushed(obj, state, info, deleted, state.key, old_keys))
 
     def _after_flush_postexec(self, session: Session, context: Any) -> None:
         # Post-flush view: identities are assigned and server-generated values expired.
         session_state = self._session_state(session)
-        flushed, session_state.flushing = session_state.flushing, []
-        if not flushed:
-            return
+        flushing, session_state.flushing = session_state.flushing, None
+        if flushing is None or flushing[0] is not context or not flushing[1]:
+            return  # not this flush's record: that flush failed before it got here
         buffer = self._buffer(session)
-        for item in flushed:
-            obj, state, old_identity = item.obj, item.state, item.old_identity
+        for item in flushing[1]:
+            obj, state, info, old_identity = item.obj, item.state, item.info, item.old_identity
             klass = state.class_
-            info = self._info(klass)
-            assert info is not None
             for old in item.old_keys:
                 buffer.remove(klass, old, None)
             identity = state.key
             if old_identity is not None and (item.deleted or identity != old_identity):
                 old_primary = dict(zip(info.primary_attrs, old_identity[1], strict=True))
                 buffer.remove(klass, old_primary, old_identity)
-            if item.deleted:
-                continue
-            assert identity is not None
+            if item.deleted or identity is None:
+                continue  # deleted, or never persisted (nothing of it can be cached)
             ordered = old_identity is None or version_of(obj) is not None
             if ordered and _fully_loaded(info, state):
                 buffer.puts[identity] = restore(klass, snapshot(obj), owned=True)
@@ -387,6 +390,8 @@ class Attachment:
         session_state: _SessionState | None = session.info.get(self._info_key)
         if session_state is None:
             return
+        if transaction.parent is None:
+            session_state.flushing = None  # a failed flush's record, if one is left
         committed = transaction in session_state.committed
         session_state.committed.discard(transaction)
         writing = session_state.writing.pop(transaction, None)

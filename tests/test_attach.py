@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     create_engine,
     delete,
+    event,
     func,
     insert,
     update,
@@ -766,3 +767,49 @@ def test_a_class_invalidation_drops_earlier_puts(engine: Engine, layers: Layers)
         assert layers.chain.get(Account, 1).balance == 0
     finally:
         handle.detach()
+
+
+# -- other listeners that fail ----------------------------------------------------------------
+
+
+class _Refuse:
+    """An application's flush listener that raises once when armed."""
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    def __call__(self, session: Session, *args: Any) -> None:
+        if self.armed:
+            self.armed = False
+            raise RuntimeError("the application refuses this flush")
+
+
+@pytest.mark.parametrize("event_name", ["after_flush", "after_flush_postexec"])
+def test_a_flush_another_listener_fails_leaves_no_trace(
+    factory: sessionmaker[Session], layers: Layers, event_name: str
+) -> None:
+    refuse = _Refuse()
+    event.listen(factory, event_name, refuse)
+    try:
+        with factory() as session:
+            session.add(_account(1, balance=1))
+            session.commit()
+            session.get(Account, 1).balance = 99  # never committed
+            session.add(_account(2, balance=2))  # nor this
+            refuse.armed = True
+            with pytest.raises(RuntimeError, match="refuses"):
+                session.flush()
+            session.rollback()
+            # The same session goes on: its next commit is written through as usual.
+            session.add(_account(3, balance=3))
+            session.commit()
+    finally:
+        event.remove(factory, event_name, refuse)
+    with Session(layers.database.engine) as check:
+        assert check.get(Account, 2) is None
+        assert check.get(Account, 3).balance == 3
+        assert check.get(Account, 1).balance == 1
+    assert layers.cached(Account, 2) == [None, None]
+    assert layers.cached(Account, {"email": "a2@example.com"}) == [None, None]
+    _assert_holds(layers, id=1, balance=1)
+    _assert_holds(layers, id=3, balance=3)

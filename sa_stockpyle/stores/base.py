@@ -1120,7 +1120,8 @@ class BaseDictionaryStore(BaseKeyValueStore):
         if (marker is None and current is not None) or (marker is not None and marker.lease):
             return (current, float(clock_now)), None  # a record, or another reader's lease
         lease = self._marker_of(raw)
-        assert lease is not None
+        if lease is None:  # the store encodes a claim's lease itself
+            raise TypeError(f"a lease claim carries no lease marker: {raw!r}")
         # Never shorten a tombstone: it outlives readers that missed before it.
         until = max(lease.expires_at, marker.expires_at if marker is not None else 0.0)
         stamped = Marker(lease.lease, clock_now, until)

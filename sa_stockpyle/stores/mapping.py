@@ -55,13 +55,15 @@ class ShoveStore(SharedPayloads, BaseDictionaryStore):
         prefix: str = "stockpyle",
         clock: Clock = now,
     ) -> None:
-        if (shove is None) == (shoveuri is None):
+        if shove is not None and shoveuri is None:
+            mapping = shove
+        elif shoveuri is not None and shove is None:
+            mapping = open_mapping(shoveuri)
+        else:
             raise ConfigurationError(
                 "ShoveStore takes exactly one of shove= (a mutable mapping) or shoveuri= "
                 f"(a URI such as 'memory://cache'); got shove={shove!r}, shoveuri={shoveuri!r}"
             )
-        mapping = open_mapping(shoveuri) if shoveuri is not None else shove
-        assert mapping is not None
         super().__init__(
             mapping, polymorphic=polymorphic, lifetime_cb=lifetime_cb, prefix=prefix, clock=clock
         )

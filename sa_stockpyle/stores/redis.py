@@ -479,7 +479,8 @@ class _Replies:
         self.collect()
         if self._error is not None:
             raise self._error
-        assert self._replies is not None
+        if self._replies is None:  # collect() sets one of the two
+            raise RuntimeError("Redis replies were neither read nor failed")
         return self._replies
 
 
