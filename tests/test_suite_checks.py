@@ -42,6 +42,6 @@ def test_a_thread_that_outlives_its_test_fails_that_test(
     result.stdout.fnmatch_lines(
         [
             "*test_forgets_a_worker left 1 thread(s) running: forgotten*",
-            "*_starts_another_as_it_ends left 1 thread(s) running: relay*",
+            "*_starts_another_as_it_ends left * running: relay*",  # one, or two mid-relay
         ]
     )

@@ -1008,6 +1008,13 @@ class BaseDictionaryStore(BaseKeyValueStore):
         #: (an LRU evicts them in time, and tracking evicted ones would grow unbounded).
         self.sweeps_markers = True
 
+    def _start_afresh(self, dictionary: MutableMapping[str, Any]) -> None:
+        """Hold nothing, in ``dictionary``, with new locks: for a forked child, where the
+        parent's entries are as old as the fork and another thread may have held a lock."""
+        self._lock = threading.Lock()
+        self.dictionary = dictionary
+        self._markers = deque()
+
     def clear(self) -> None:
         """Drop every record.
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import statistics
 import threading
 import time
+import weakref
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
@@ -32,6 +34,17 @@ T = TypeVar("T")
 
 #: Beyond this many missed keys, a layer that answers again drops whole classes instead.
 MAX_MISSED = 10_000
+
+# Every chain of this process, told when it is forked (see ChainedStore._forked).
+_CHAINS: weakref.WeakSet[ChainedStore] = weakref.WeakSet()
+
+
+def _fork_chains() -> None:
+    for chain in list(_CHAINS):
+        chain._forked()
+
+
+os.register_at_fork(after_in_child=_fork_chains)
 
 #: Invalidation messages waiting to be published beyond this many are dropped, oldest
 #: first, and counted: a flood of commits never grows memory without bound.
@@ -395,6 +408,11 @@ class ChainedStore(BaseStore):
         self._missed = [_Missed() for _ in layers]
         self._resting = [0.0] * len(layers)
         self.coherence = self._coherence(broadcast, channel, float(max_staleness))
+        self._restart_lock = threading.Lock()
+        #: Set in a forked child: the broadcast's threads stayed in the parent, and a new
+        #: one starts at the child's first use of the chain.
+        self._restarting = False
+        _CHAINS.add(self)
 
     def _coherence(
         self, broadcast: bool | None, name: str, max_staleness: float
@@ -414,6 +432,27 @@ class ChainedStore(BaseStore):
                 f"the layers are {[self.layer_name(i) for i in range(len(self.stores))]}"
             )
         return Coherence(channel, local, max_staleness)
+
+    def _forked(self) -> None:
+        """Start afresh in a forked child (``os.register_at_fork``): its own statistics
+        and catch-up backlog (the parent catches up with what it missed), new locks, and a
+        new broadcast at first use.  The process-local layers are emptied by their own
+        fork hook, so nothing served here is older than the fork."""
+        self._restart_lock = threading.Lock()
+        self.layer_stats = [Stats() for _ in self.stores]
+        self._missed = [_Missed() for _ in self.stores]
+        self._resting = [0.0] * len(self.stores)
+        if self.coherence is not None and not self._closed:
+            self.coherence.subscribed = False  # its threads did not come along
+            self._restarting = True
+
+    def _restart(self) -> None:
+        """Replace the broadcast a fork left without threads (see :meth:`_forked`)."""
+        with self._restart_lock:
+            old = self.coherence
+            if self._restarting and old is not None:
+                self.coherence = Coherence(old.channel, old.local, old.max_staleness)
+                self._restarting = False
 
     def layer_name(self, index: int) -> str:
         """A readable name for layer ``index``: ``"0:ProcessMemoryStore"``."""
@@ -461,6 +500,8 @@ class ChainedStore(BaseStore):
     def _usable(self, index: int, classes: Iterable[type]) -> bool:
         """Whether layer ``index`` may be used now: not resting after a failure, and
         caught up with what it missed."""
+        if self._restarting:
+            self._restart()
         until = self._resting[index]
         if until and time.monotonic() < until:
             for klass in classes:
@@ -808,11 +849,15 @@ class ChainedStore(BaseStore):
             except StoreUnavailable as exc:
                 self._failed(index, (klass,), "invalidate a class", exc)
             self._remember(index, classes=(klass,))
+        if self._restarting:
+            self._restart()
         if self.coherence is not None:
             self.coherence.publish([], [klass])
 
     def _broadcast(self, objs: Sequence[object], removals: Sequence[Removal] = ()) -> None:
         """Tell other processes' local layers to drop ``objs`` and ``removals``."""
+        if self._restarting:
+            self._restart()
         if self.coherence is not None:
             by_key, keyless = _by_primary_key(objs)
             self.coherence.publish([*removals, *by_key], keyless)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
 from typing import Any
@@ -75,6 +77,21 @@ class LRUDict(MutableMapping[str, Any]):
         return len(self._data)
 
 
+# The in-process stores of this process, emptied in a forked child (gunicorn --preload,
+# Celery's prefork pool, multiprocessing's fork context): what the parent cached is as old
+# as the fork and no longer hears of other processes' commits, and a lock another thread
+# of the parent held would never be released.
+_IN_PROCESS: weakref.WeakSet[ProcessMemoryStore | ThreadLocalStore] = weakref.WeakSet()
+
+
+def _empty_in_child() -> None:
+    for store in list(_IN_PROCESS):
+        store._start_afresh(store._new_mapping())
+
+
+os.register_at_fork(after_in_child=_empty_in_child)
+
+
 class ProcessMemoryStore(BaseDictionaryStore):
     """Objects in this process's memory, shared by its threads.
 
@@ -109,14 +126,21 @@ class ProcessMemoryStore(BaseDictionaryStore):
             raise ConfigurationError(
                 f"ProcessMemoryStore max_items={max_items!r}; expected a positive int or None"
             )
+        self.max_items = max_items
+        super().__init__(
+            self._new_mapping(),
+            polymorphic=polymorphic,
+            lifetime_cb=lifetime_cb,
+            prefix=prefix,
+            clock=clock,
+        )
+        self.sweeps_markers = max_items is None
+        _IN_PROCESS.add(self)
+
+    def _new_mapping(self) -> MutableMapping[str, Any]:
         # A plain dict is thread-safe for the single-key operations used here; the LRU
         # needs its own lock because a read also reorders.
-        mapping: MutableMapping[str, Any] = {} if max_items is None else LRUDict(max_items)
-        super().__init__(
-            mapping, polymorphic=polymorphic, lifetime_cb=lifetime_cb, prefix=prefix, clock=clock
-        )
-        self.max_items = max_items
-        self.sweeps_markers = max_items is None
+        return {} if self.max_items is None else LRUDict(self.max_items)
 
 
 class ThreadLocalDict(MutableMapping[str, Any]):
@@ -165,9 +189,13 @@ class ThreadLocalStore(BaseDictionaryStore):
         clock: Clock = now,
     ) -> None:
         super().__init__(
-            ThreadLocalDict(),
+            self._new_mapping(),
             polymorphic=polymorphic,
             lifetime_cb=lifetime_cb,
             prefix=prefix,
             clock=clock,
         )
+        _IN_PROCESS.add(self)
+
+    def _new_mapping(self) -> MutableMapping[str, Any]:
+        return ThreadLocalDict()
