@@ -139,6 +139,7 @@ def show_write_through(
 
 def report_write_through(written: int, removed: int) -> None:
     """What attach() did at the commit, and why."""
+    assert (written, removed) == (0, 2), (written, removed)  # what the lines below explain
     print("\nWhat attach() did at the commit:")
     print(f"  entries written through: {written}")
     print(f"  cached keys removed:     {removed}  (account 1 by id, and its old email)")

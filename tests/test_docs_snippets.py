@@ -2,8 +2,9 @@
 
 The README's blocks run as a user would run them: in a virtualenv built from uv.lock that
 holds the package and only the extras a block names on its first line
-(``# needs: pip install "sa_stockpyle[shove]"``); a block that names none runs with the
-package alone. The guide's pages run here, in the test environment.
+(``# needs: sa_stockpyle[shove]``); a block that names none runs with the package alone.
+Under ``scripts/test-newest`` (``STOCKPYLE_NEWEST=1``) those virtualenvs take the newest
+releases instead. The guide's pages run here, in the test environment.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from uv import find_uv_bin
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 FENCE = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
-NEEDS = re.compile(r'\A# needs: pip install "sa_stockpyle\[([a-z,]+)\]"\n')
+NEEDS = re.compile(r"\A# needs: sa_stockpyle\[([a-z,]+)\]\n")
 GUIDE = sorted((ROOT / "docs").glob("**/*.md"))
 # What each extra brings that the package alone lacks: a README environment must hold
 # exactly the extras its blocks name, so a block that forgets to name one fails.
@@ -44,23 +45,41 @@ def readme_blocks() -> list[str]:
     return FENCE.findall(README.read_text())
 
 
-def locked_env(path: Path, extras: frozenset[str]) -> Path:
-    """A virtualenv at ``path`` with the package and ``extras``, as uv.lock pins them."""
-    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
-    env.update(UV_PROJECT_ENVIRONMENT=str(path), UV_PYTHON_DOWNLOADS="never")
-    extra_options = [f"--extra={extra}" for extra in sorted(extras)]
-    command = [find_uv_bin(), "sync", "--quiet", "--locked", "--python", sys.executable]
+def _uv(*arguments: str, **env: str) -> None:
+    environment = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    environment.update(UV_PYTHON_DOWNLOADS="never", **env)
     result = subprocess.run(
-        [*command, *extra_options],
+        [find_uv_bin(), *arguments],
         cwd=ROOT,
-        env=env,
+        env=environment,
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    return path / "bin" / "python"
+
+
+def user_env(path: Path, extras: frozenset[str]) -> Path:
+    """A virtualenv at ``path`` with the package and ``extras``: as uv.lock pins them (as
+    scripts/lib.sh's locked_env builds them), or the newest releases under test-newest."""
+    python = path / "bin" / "python"
+    if os.environ.get("STOCKPYLE_NEWEST"):
+        _uv("venv", "--quiet", "--python", sys.executable, str(path))
+        package = f"{ROOT}[{','.join(sorted(extras))}]" if extras else str(ROOT)
+        _uv("pip", "install", "--quiet", "--python", str(python), "--upgrade", "-e", package)
+    else:
+        extra_options = [f"--extra={extra}" for extra in sorted(extras)]
+        _uv(
+            "sync",
+            "--quiet",
+            "--locked",
+            "--python",
+            sys.executable,
+            *extra_options,
+            UV_PROJECT_ENVIRONMENT=str(path),
+        )
+    return python
 
 
 @pytest.mark.parametrize(
@@ -73,7 +92,7 @@ def test_readme_blocks_run_with_only_the_extras_they_name(
 ) -> None:
     """The README's blocks whose extras are among ``extras``, in order, in such an env."""
     assert extras <= EXTRA_MODULES.keys(), f"the README names an unknown extra: {extras}"
-    python = locked_env(tmp_path / "venv", extras)
+    python = user_env(tmp_path / "venv", extras)
     probe = "import importlib.util as u, sys; print(*[m for m in sys.argv[1:] if u.find_spec(m)])"
     found = subprocess.run(
         [python, "-c", probe, *EXTRA_MODULES.values()],
