@@ -76,6 +76,7 @@ __all__ = [
     "entry_version",
     "expired_columns",
     "expiry",
+    "packed",
     "restore",
     "snapshot",
     "version_of",
@@ -531,12 +532,9 @@ def encode_record(record: Record) -> bytes:
     else:
         # The version comes first, where a Redis script ordering writes can read it.
         body = {} if record.version is None else {"v": record.version}
-        state = record.state
-        if not _AS_IS.issuperset(map(type, state.values())):
-            state = {name: _pack(value) for name, value in state.items()}
         body |= {
             "c": class_token(record.klass),
-            "s": state,
+            "s": packed(record.state),
             "k": list(record.keys),
             "x": record.expires_at,
         }
@@ -545,6 +543,15 @@ def encode_record(record: Record) -> bytes:
 
 #: State values of these types are written as they are (a float may need a tag: inf, nan).
 _AS_IS = frozenset({str, int, bool, type(None)})
+
+
+def packed(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` as a shared layer's payload carries it; PayloadError names a value that
+    cannot be carried.  The ORM plugin asks before it writes a commit through, so that
+    every layer is given the same objects."""
+    if _AS_IS.issuperset(map(type, state.values())):
+        return state
+    return {name: _pack(value) for name, value in state.items()}
 
 
 def _subclass_named(klass: type, token: str) -> type:

@@ -64,8 +64,8 @@ from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.state import InstanceState
 
-from sa_stockpyle.codec import restore, snapshot, version_of
-from sa_stockpyle.errors import ConfigurationError
+from sa_stockpyle.codec import packed, restore, snapshot, version_of
+from sa_stockpyle.errors import ConfigurationError, PayloadError
 from sa_stockpyle.keys import KeySpec, key_spec
 from sa_stockpyle.stores.base import BaseStore, Removal, Stats
 
@@ -166,7 +166,8 @@ class Attachment:
     """A store attached to sessions by :func:`attach`; ``detach()`` undoes it.
 
     ``stats`` counts, per class, the objects ``written`` and ``removed`` at commits, the
-    ``class_invalidations`` of bulk statements, and commit-time ``errors``.
+    ``class_invalidations`` of bulk statements, commit-time ``errors``, and the objects
+    ``refused`` at flush (removed instead of written: a value no shared layer can carry).
     """
 
     def __init__(self, target: object, store: BaseStore, use_returning: bool = True) -> None:
@@ -303,15 +304,35 @@ class Attachment:
             if item.deleted or identity is None:
                 continue  # deleted, or never persisted (nothing of it can be cached)
             ordered = old_identity is None or version_of(obj) is not None
-            if ordered and _fully_loaded(info, state):
-                buffer.puts[identity] = restore(klass, snapshot(obj), owned=True)
+            put = self._put_of(obj) if ordered and _fully_loaded(info, state) else None
+            if put is not None:
+                buffer.puts[identity] = put
             else:
                 # An update without a version to order it by: a cache cannot tell an older
                 # commit's write arriving late from a newer one's, so the entry goes and
                 # the next read fills it.  Likewise when the state the database committed
-                # is not known here (server defaults, SQL onupdate, expired columns).
+                # is not known here (server defaults, SQL onupdate, expired columns), or
+                # when no cache layer could carry it.
                 primary = dict(zip(info.primary_attrs, identity[1], strict=True))
                 buffer.remove(klass, primary, identity)
+
+    def _put_of(self, obj: object) -> object | None:
+        """The detached copy of ``obj`` to write through at commit; None when a shared
+        layer could not carry one of its values (logged, counted as ``refused``): every
+        layer then removes it instead, and the rest of the commit is written as usual."""
+        state = snapshot(obj)
+        try:
+            packed(state)
+        except PayloadError as exc:
+            log.warning(
+                "sa_stockpyle: a %s will be removed from the caches at commit, not written: %s",
+                type(obj).__qualname__,
+                exc,
+            )
+            self.stats.add(type(obj), "refused")
+            return None
+        put: object = restore(type(obj), state, owned=True)
+        return put
 
     # -- bulk statements --------------------------------------------------------------
 

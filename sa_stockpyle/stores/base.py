@@ -540,6 +540,33 @@ class BaseKeyValueStore(BaseStore):
                 ]
             yield obj, stored
 
+    def _encoded(
+        self, records: list[tuple[str, Record]], removed: list[Op]
+    ) -> Iterator[tuple[str, Record, Any]]:
+        """``records`` with their payloads, but for objects with a value this store cannot
+        carry: those are logged, and their keys tombstoned into ``removed`` (a commit's
+        other objects are still written, and the refused one is not served stale)."""
+        encode = self._encode
+        refused: set[str] = set()
+        for key, record in records:
+            if isinstance(record, Pointer):
+                if record.primary not in refused:
+                    yield key, record, encode(record)
+                continue
+            try:
+                payload = encode(record)
+            except PayloadError as exc:
+                log.warning(
+                    "sa_stockpyle: %r cannot carry a %s, and removes it instead: %s",
+                    self,
+                    record.klass.__qualname__,
+                    exc,
+                )
+                refused.add(key)
+                removed.extend(Op("T", k, None, None) for k in record.keys)
+                continue
+            yield key, record, payload
+
     def _records(self, objs: Iterable[object]) -> list[tuple[str, Record]]:
         # Everything that can fail on bad input happens here, before any write.
         objs = list(objs)
@@ -657,14 +684,12 @@ class BaseKeyValueStore(BaseStore):
 
         def write() -> list[Op]:
             keys = self._removal_keys(removals)
-            records = self._records(puts)
             ops = [Op("T", key, None, None) for key in keys]
-            encode = self._encode
-            for key, record in records:
+            for key, record, payload in self._encoded(self._records(puts), ops):
                 # A pointer is written as it is: it answers only while its entry lists it.
                 version = record.version if type(record) is Entry else None
                 kind = "S" if type(record) is Pointer else "A" if version is None else "N"
-                ops.append(Op(kind, key, encode(record), record.expires_at, version))
+                ops.append(Op(kind, key, payload, record.expires_at, version))
             return ops
 
         return self._in_current_generations(classes, write)
@@ -796,16 +821,17 @@ class BaseKeyValueStore(BaseStore):
             )
         ]
         may_add = time.monotonic() - reservation.started < self.tombstone_ttl / 2
-        encode = self._encode
         ops: list[Op] = []
-        for key, record in self._records(found):
+        # An object this store cannot carry is not filled (the reader has it already):
+        # no tombstones for it either, only releases of the leases on its keys.
+        for key, record, payload in self._encoded(self._records(found), []):
             if leased.pop(key, False):
-                ops.append(Op("F", key, encode(record), record.expires_at, claim.lease))
+                ops.append(Op("F", key, payload, record.expires_at, claim.lease))
             elif type(record) is Pointer:
-                ops.append(Op("S", key, encode(record), record.expires_at))
+                ops.append(Op("S", key, payload, record.expires_at))
             elif may_add:
                 since = claim.since if self.compares_tombstone_times else None
-                ops.append(Op("A", key, encode(record), record.expires_at, since))
+                ops.append(Op("A", key, payload, record.expires_at, since))
         ops += [Op("R", key, None, None, claim.lease) for key in leased]
         if ops:
             self._conditional(ops)

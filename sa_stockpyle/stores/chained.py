@@ -753,7 +753,11 @@ class ChainedStore(BaseStore):
                     self._remember(index, objs)
                     continue
                 if puts:
-                    store.batch_put(puts)
+                    refused = self._put_what_fits(index, puts)
+                    if refused:
+                        # Removed here and above, as the last layer may hold a newer state.
+                        puts = [obj for obj in puts if not any(obj is r for r in refused)]
+                        deletes = [*deletes, *refused]
                 if deletes:
                     store.batch_delete(deletes)
             except StoreUnavailable as exc:
@@ -768,6 +772,33 @@ class ChainedStore(BaseStore):
                 puts = [obj for obj in puts if store.cacheable(obj)]
                 deletes = [*deletes, *held_back]
         self._broadcast(objs)
+
+    def _put_what_fits(self, index: int, objs: list[object]) -> list[object]:
+        """Put ``objs`` into layer ``index``; return those it cannot carry (a value its
+        payloads cannot hold), logged and counted as ``refused``.  The last layer's
+        refusal raises instead: nothing has changed yet."""
+        store = self.stores[index]
+        try:
+            store.batch_put(objs)
+        except PayloadError:
+            if index == len(self.stores) - 1:
+                raise
+        else:
+            return []
+        refused = []
+        for obj in objs:  # one call each, only when a batch was refused
+            try:
+                store.put(obj)
+            except PayloadError as exc:
+                refused.append(obj)
+                self.layer_stats[index].add(type(obj), "refused")
+                log.warning(
+                    "sa_stockpyle: layer %s cannot carry a %s; removed there instead: %s",
+                    self.layer_name(index),
+                    type(obj).__qualname__,
+                    exc,
+                )
+        return refused
 
     def put(self, obj: object) -> None:
         """Store ``obj`` in every layer, the last first."""
