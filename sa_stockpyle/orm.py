@@ -65,6 +65,7 @@ from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.state import InstanceState
 
 from sa_stockpyle.codec import packed, restore, snapshot, version_of
+from sa_stockpyle.column_values import Check, value_checks
 from sa_stockpyle.errors import ConfigurationError, PayloadError
 from sa_stockpyle.keys import KeySpec, key_spec
 from sa_stockpyle.stores.base import BaseStore, Removal, Stats
@@ -167,7 +168,8 @@ class Attachment:
 
     ``stats`` counts, per class, the objects ``written`` and ``removed`` at commits, the
     ``class_invalidations`` of bulk statements, commit-time ``errors``, and the objects
-    ``refused`` at flush (removed instead of written: a value no shared layer can carry).
+    removed instead of written: ``inexact`` (a value that may differ from what the
+    database stored) and ``refused`` (a value no shared layer can carry).
     """
 
     def __init__(self, target: object, store: BaseStore, use_returning: bool = True) -> None:
@@ -179,6 +181,7 @@ class Attachment:
         self._event_target: Any = Session if self._engine is not None else target
         self._info_key = f"{INFO_KEY}:{id(self)}"
         self._classes: dict[type, _ClassInfo | None] = {}
+        self._checks: dict[tuple[type, str], dict[str, Check]] = {}
         self._listeners: list[tuple[str, Callable[..., Any]]] = [
             ("after_flush", self._after_flush),
             ("after_flush_postexec", self._after_flush_postexec),
@@ -304,7 +307,11 @@ class Attachment:
             if item.deleted or identity is None:
                 continue  # deleted, or never persisted (nothing of it can be cached)
             ordered = old_identity is None or version_of(obj) is not None
-            put = self._put_of(obj) if ordered and _fully_loaded(info, state) else None
+            put = (
+                self._put_of(obj, self._value_checks(session, info))
+                if ordered and _fully_loaded(info, state)
+                else None
+            )
             if put is not None:
                 buffer.puts[identity] = put
             else:
@@ -316,11 +323,28 @@ class Attachment:
                 primary = dict(zip(info.primary_attrs, identity[1], strict=True))
                 buffer.remove(klass, primary, identity)
 
-    def _put_of(self, obj: object) -> object | None:
-        """The detached copy of ``obj`` to write through at commit; None when a shared
-        layer could not carry one of its values (logged, counted as ``refused``): every
-        layer then removes it instead, and the rest of the commit is written as usual."""
+    def _value_checks(self, session: Session, info: _ClassInfo) -> dict[str, Check]:
+        dialect = session.get_bind(mapper=info.mapper).dialect
+        checks = self._checks.get((info.mapper.class_, dialect.name))
+        if checks is None:
+            checks = self._checks[info.mapper.class_, dialect.name] = value_checks(
+                info.mapper, dialect
+            )
+        return checks
+
+    def _put_of(self, obj: object, checks: dict[str, Check]) -> object | None:
+        """The detached copy of ``obj`` to write through at commit, or None, and every
+        layer removes it instead (the rest of the commit is written as usual): when one of
+        its values may differ from what the database stored (see
+        :mod:`sa_stockpyle.column_values`; counted as ``inexact``), or when a shared layer
+        could not carry one (logged, counted as ``refused``)."""
         state = snapshot(obj)
+        for name, value in state.items():
+            check = checks.get(name)
+            if check is not None and not check(value):
+                log.debug("sa_stockpyle: %s.%s is removed at commit", type(obj).__qualname__, name)
+                self.stats.add(type(obj), "inexact")
+                return None
         try:
             packed(state)
         except PayloadError as exc:

@@ -1,0 +1,161 @@
+"""Only values the database stored as they are written through; others are removed.
+
+Each case commits a value a column type changes on the way in (a Numeric rounds, a CHAR
+pads, a naive DateTime drops an offset, a String turns an int into text) and one it keeps.
+After every commit, each cached entry, in memory and in Redis, equals a fresh read from
+the database column by column, with the same types; the kept values are written through.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    CHAR,
+    JSON,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    Numeric,
+    String,
+    Uuid,
+    create_engine,
+    inspect,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from sa_stockpyle import attach
+from sa_stockpyle.column_values import value_checks
+from sa_stockpyle.stores import ChainedStore, ProcessMemoryStore, RedisStore, SqlAlchemyStore
+
+TOKYO = dt.timezone(dt.timedelta(hours=9))
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Reading(Base):
+    """Versioned, so that inserts and updates alike are written through when exact."""
+
+    __tablename__ = "column_value_readings"
+    __stockpyle_keys__ = ["id"]
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
+    code: Mapped[str | None] = mapped_column(CHAR(5))
+    taken: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    label: Mapped[str | None] = mapped_column(String(20))
+    extra: Mapped[Any] = mapped_column(JSON)
+    version: Mapped[int] = mapped_column(Integer)
+    __mapper_args__ = {"version_id_col": version}
+
+
+CHANGED = {  # what each column type changes on the way in
+    "amount": Decimal("1.005"),
+    "code": "ab",
+    "taken": dt.datetime(2026, 12, 6, 12, 0, tzinfo=TOKYO),
+    "label": 5,
+    "extra": {"pair": (1, 2)},
+}
+KEPT = {
+    "amount": Decimal("1.01"),
+    "code": "abcde",
+    "taken": dt.datetime(2026, 12, 6, 3, 0),
+    "label": "5",
+    "extra": {"pair": [1, 2]},
+}
+
+
+class Layers:
+    def __init__(self, engine: Engine, redis_url: str) -> None:
+        self.engine = engine
+        self.memory = ProcessMemoryStore()
+        self.shared = RedisStore(url=redis_url)
+        self.chain = ChainedStore([self.memory, self.shared, SqlAlchemyStore(engine=engine)])
+        self.factory = sessionmaker(engine)
+        self.handle = attach(self.factory, self.chain)
+
+    def held(self, ident: int) -> list[Any]:
+        return [layer.get(Reading, ident) for layer in (self.memory, self.shared)]
+
+    def assert_never_stale(self) -> None:
+        with Session(self.engine) as session:
+            rows = {row.id: _typed_columns(row) for row in session.query(Reading)}
+        for ident in range(1, 10):
+            for held in self.held(ident):
+                if held is not None:
+                    assert _typed_columns(held) == rows.get(ident), ident
+
+
+def _typed_columns(obj: object) -> dict[str, tuple[type, Any]]:
+    return {attr.key: (type(attr.value), attr.value) for attr in inspect(obj).attrs}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def layers(request: pytest.FixtureRequest, tmp_path: Any, redis_url: str) -> Iterator[Layers]:
+    if request.param == "sqlite":
+        engine = create_engine(f"sqlite:///{tmp_path}/values.db")
+    else:
+        engine = create_engine(request.getfixturevalue("postgres_url"))
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    layers = Layers(engine, redis_url)
+    yield layers
+    layers.handle.detach()
+    layers.chain.close()
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("column", sorted(CHANGED))
+def test_a_value_the_database_changes_is_removed_not_written(layers: Layers, column: str) -> None:
+    with layers.factory() as session:
+        session.add(Reading(id=1, **KEPT))
+        session.add(Reading(id=2, **{**KEPT, column: CHANGED[column]}))
+        session.commit()
+    assert all(held is not None for held in layers.held(1))  # exact: written through
+    assert layers.held(2) == [None, None]
+    assert layers.handle.stats.count(Reading, "inexact") == 1
+    layers.assert_never_stale()
+    with layers.factory() as session:  # the same on an update
+        session.get(Reading, 1).__setattr__(column, CHANGED[column])
+        session.commit()
+    assert layers.held(1) == [None, None]
+    layers.assert_never_stale()
+    assert layers.chain.get(Reading, 1) is not None  # refilled with what the database holds
+    layers.assert_never_stale()
+
+
+def test_the_checks_follow_the_dialect() -> None:
+    class Sample(Base):
+        __tablename__ = "column_value_samples"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True)
+        stamp: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+        real: Mapped[float] = mapped_column(Float(precision=24))
+        ident: Mapped[str] = mapped_column(Uuid(as_uuid=False))
+        scores: Mapped[list[int]] = mapped_column(postgresql.ARRAY(Integer))
+
+    mapper = inspect(Sample)
+    on_postgresql = value_checks(mapper, postgresql.dialect())
+    on_sqlite = value_checks(mapper, create_engine("sqlite://").dialect)
+    aware = dt.datetime(2026, 12, 6, tzinfo=dt.timezone.utc)
+    assert on_postgresql["stamp"](aware)
+    assert not on_postgresql["stamp"](aware.replace(tzinfo=None))
+    assert not on_sqlite["stamp"](aware)  # SQLite keeps no time zone
+    assert not on_postgresql["real"](0.1)  # a 4-byte REAL rounds
+    assert on_sqlite["real"](0.1)
+    canonical = str(uuid.uuid4())
+    assert on_postgresql["ident"](canonical)
+    assert not on_postgresql["ident"](canonical.upper())
+    assert on_postgresql["scores"]([1, 2])
+    assert not on_postgresql["scores"]((1, 2))
+    assert not on_postgresql["scores"]([1, True])
+    assert all(check(None) for check in on_postgresql.values())
