@@ -12,6 +12,7 @@ import datetime as dt
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,6 @@ from sqlalchemy import (
     CHAR,
     JSON,
     DateTime,
-    Engine,
     Float,
     Integer,
     Numeric,
@@ -29,11 +29,10 @@ from sqlalchemy import (
     inspect,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from sa_stockpyle import attach
 from sa_stockpyle.column_values import value_checks
-from sa_stockpyle.stores import ChainedStore, ProcessMemoryStore, RedisStore, SqlAlchemyStore
+from tests.attached import Attached, attached
 
 TOKYO = dt.timezone(dt.timedelta(hours=9))
 
@@ -74,64 +73,35 @@ KEPT = {
 }
 
 
-class Layers:
-    def __init__(self, engine: Engine, redis_url: str) -> None:
-        self.engine = engine
-        self.memory = ProcessMemoryStore()
-        self.shared = RedisStore(url=redis_url)
-        self.chain = ChainedStore([self.memory, self.shared, SqlAlchemyStore(engine=engine)])
-        self.factory = sessionmaker(engine)
-        self.handle = attach(self.factory, self.chain)
-
-    def held(self, ident: int) -> list[Any]:
-        return [layer.get(Reading, ident) for layer in (self.memory, self.shared)]
-
-    def assert_never_stale(self) -> None:
-        with Session(self.engine) as session:
-            rows = {row.id: _typed_columns(row) for row in session.query(Reading)}
-        for ident in range(1, 10):
-            for held in self.held(ident):
-                if held is not None:
-                    assert _typed_columns(held) == rows.get(ident), ident
-
-
-def _typed_columns(obj: object) -> dict[str, tuple[type, Any]]:
-    return {attr.key: (type(attr.value), attr.value) for attr in inspect(obj).attrs}
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
-def layers(request: pytest.FixtureRequest, tmp_path: Any, redis_url: str) -> Iterator[Layers]:
-    if request.param == "sqlite":
-        engine = create_engine(f"sqlite:///{tmp_path}/values.db")
-    else:
-        engine = create_engine(request.getfixturevalue("postgres_url"))
-    Base.metadata.drop_all(engine)
-    Base.metadata.create_all(engine)
-    layers = Layers(engine, redis_url)
-    yield layers
-    layers.handle.detach()
-    layers.chain.close()
-    Base.metadata.drop_all(engine)
-    engine.dispose()
+def layers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Attached]:
+    with attached(request, tmp_path, Base.metadata) as layers:
+        yield layers
+
+
+def _assert_never_stale(layers: Attached) -> None:
+    layers.assert_never_stale([Reading], range(1, 10))
 
 
 @pytest.mark.parametrize("column", sorted(CHANGED))
-def test_a_value_the_database_changes_is_removed_not_written(layers: Layers, column: str) -> None:
+def test_a_value_the_database_changes_is_removed_not_written(
+    layers: Attached, column: str
+) -> None:
     with layers.factory() as session:
         session.add(Reading(id=1, **KEPT))
         session.add(Reading(id=2, **{**KEPT, column: CHANGED[column]}))
         session.commit()
-    assert all(held is not None for held in layers.held(1))  # exact: written through
-    assert layers.held(2) == [None, None]
+    assert all(held is not None for held in layers.held(Reading, 1))  # exact: written through
+    assert layers.held(Reading, 2) == [None, None]
     assert layers.handle.stats.count(Reading, "inexact") == 1
-    layers.assert_never_stale()
+    _assert_never_stale(layers)
     with layers.factory() as session:  # the same on an update
         session.get(Reading, 1).__setattr__(column, CHANGED[column])
         session.commit()
-    assert layers.held(1) == [None, None]
-    layers.assert_never_stale()
+    assert layers.held(Reading, 1) == [None, None]
+    _assert_never_stale(layers)
     assert layers.chain.get(Reading, 1) is not None  # refilled with what the database holds
-    layers.assert_never_stale()
+    _assert_never_stale(layers)
 
 
 def test_the_checks_follow_the_dialect() -> None:

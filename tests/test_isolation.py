@@ -10,15 +10,16 @@ After each step every cached entry equals a fresh read from the database, column
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Integer, PickleType, create_engine, inspect
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import Integer, PickleType
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from sa_stockpyle import attach
 from sa_stockpyle.errors import PayloadError
-from sa_stockpyle.stores import ChainedStore, ProcessMemoryStore, RedisStore, SqlAlchemyStore
+from sa_stockpyle.stores import RedisStore
+from tests.attached import Attached, attached
 
 
 class Opaque:
@@ -57,57 +58,17 @@ class Parcel(Base):
     __mapper_args__ = {"version_id_col": version}
 
 
-class Layers:
-    def __init__(self, engine: Engine, redis_url: str) -> None:
-        self.engine = engine
-        self.memory = ProcessMemoryStore()
-        self.shared = RedisStore(url=redis_url)
-        self.chain = ChainedStore([self.memory, self.shared, SqlAlchemyStore(engine=engine)])
-        self.factory = sessionmaker(engine)
-        self.handle = attach(self.factory, self.chain)
-
-    def read(self, klass: type, ident: int) -> Any:
-        """A reader's lookup through the caches, filling them."""
-        with Session(self.engine) as session:
-            chain = ChainedStore(
-                [self.memory, self.shared, SqlAlchemyStore(session=session)], broadcast=False
-            )
-            found = chain.get(klass, ident)
-            return None if found is None else _columns(found)
-
-    def assert_never_stale(self) -> None:
-        """Every cached entry equals the database's row, column by column."""
-        with Session(self.engine) as session:
-            for klass in (Wallet, Parcel):
-                rows = {row.id: _columns(row) for row in session.query(klass)}
-                for ident in range(1, 6):
-                    for layer in (self.memory, self.shared):
-                        held = layer.get(klass, ident)
-                        if held is not None:
-                            assert _columns(held) == rows.get(ident), (layer, klass, ident)
-
-
-def _columns(obj: object) -> dict[str, Any]:
-    return {attr.key: attr.value for attr in inspect(obj).attrs}
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
-def layers(request: pytest.FixtureRequest, tmp_path: Any, redis_url: str) -> Iterator[Layers]:
-    if request.param == "sqlite":
-        engine = create_engine(f"sqlite:///{tmp_path}/isolation.db")
-    else:
-        engine = create_engine(request.getfixturevalue("postgres_url"))
-    Base.metadata.drop_all(engine)
-    Base.metadata.create_all(engine)
-    layers = Layers(engine, redis_url)
-    yield layers
-    layers.handle.detach()
-    layers.chain.close()
-    Base.metadata.drop_all(engine)
-    engine.dispose()
+def layers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Attached]:
+    with attached(request, tmp_path, Base.metadata) as layers:
+        yield layers
 
 
-def test_a_value_no_cache_carries_costs_nothing_else_of_its_commit(layers: Layers) -> None:
+def _assert_never_stale(layers: Attached) -> None:
+    layers.assert_never_stale([Wallet, Parcel], range(1, 6))
+
+
+def test_a_value_no_cache_carries_costs_nothing_else_of_its_commit(layers: Attached) -> None:
     with layers.factory() as session:
         session.add(Wallet(id=1, balance=1))
         session.commit()
@@ -119,19 +80,18 @@ def test_a_value_no_cache_carries_costs_nothing_else_of_its_commit(layers: Layer
         session.commit()
     assert layers.handle.stats.count(Parcel, "refused") == 1
     assert layers.handle.stats.count(Parcel, "errors") == 0
-    for layer in (layers.memory, layers.shared):
-        assert layer.get(Wallet, 1) is None
-        assert layer.get(Parcel, 1) is None
-        assert _columns(layer.get(Wallet, 2)) == {"id": 2, "balance": 20}
-    layers.assert_never_stale()
+    assert layers.held(Wallet, 1) == layers.held(Parcel, 1) == [None, None]
+    for held in layers.held(Wallet, 2):
+        assert (held.id, held.balance) == (2, 20)
+    _assert_never_stale(layers)
     # A read returns the refused row from the database and fills nothing with it.
     assert layers.read(Parcel, 1) == {"id": 1, "content": Opaque("secret"), "version": 1}
     assert layers.shared.get(Parcel, 1) is None
     assert layers.read(Wallet, 1) == {"id": 1, "balance": 2}
-    layers.assert_never_stale()
+    _assert_never_stale(layers)
 
 
-def test_an_update_to_a_value_no_cache_carries_removes_the_old_entry(layers: Layers) -> None:
+def test_an_update_to_a_value_no_cache_carries_removes_the_old_entry(layers: Attached) -> None:
     with layers.factory() as session:
         session.add(Parcel(id=3, content="plain text"))
         session.commit()
@@ -140,18 +100,18 @@ def test_an_update_to_a_value_no_cache_carries_removes_the_old_entry(layers: Lay
     with layers.factory() as session:
         session.get(Parcel, 3).content = Opaque("now opaque")
         session.commit()
-    assert [layer.get(Parcel, 3) for layer in (layers.memory, layers.shared)] == [None, None]
-    layers.assert_never_stale()
+    assert layers.held(Parcel, 3) == [None, None]
+    _assert_never_stale(layers)
 
 
-def test_a_chain_write_the_database_took_leaves_the_cache_removed(layers: Layers) -> None:
+def test_a_chain_write_the_database_took_leaves_the_cache_removed(layers: Attached) -> None:
     layers.shared.put(Parcel(id=4, content="stale", version=1))  # an entry left by a race
     layers.chain.batch_put([Parcel(id=4, content=Opaque("new")), Wallet(id=5, balance=5)])
     assert layers.chain.layer_stats[1].count(Parcel, "refused") == 1
-    for layer in (layers.memory, layers.shared):
-        assert layer.get(Parcel, 4) is None
-        assert _columns(layer.get(Wallet, 5)) == {"id": 5, "balance": 5}
-    layers.assert_never_stale()
+    assert layers.held(Parcel, 4) == [None, None]
+    for held in layers.held(Wallet, 5):
+        assert (held.id, held.balance) == (5, 5)
+    _assert_never_stale(layers)
 
 
 def test_a_store_alone_refuses_with_a_typed_error_and_changes_nothing(redis_url: str) -> None:
