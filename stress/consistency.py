@@ -8,10 +8,15 @@ Worker processes (started with the ``spawn`` method, each with its own engine, s
 ``ChainedStore([RedisStore, SqlAlchemyStore])`` (``--memory-layer``: a
 ``ProcessMemoryStore`` in front) and write with a skewed random mix: value updates,
 alternate-key moves, deletes, re-inserts, bulk updates, two-row transactions, and
-transactions that write and then roll back.  Every writer transaction inserts the token it
-wrote into ``stress_committed`` in the same transaction, after its row writes, with a
-sequence number drawn then: so that table lists exactly the committed tokens, and, for
-each row, in the order their transactions committed (see ``Committed``).
+transactions that write and then roll back.  Writes give the ``Numeric``, ``CHAR`` and
+``DateTime`` columns values the database keeps or changes, and now and then an object no
+cache payload carries (a ``PickleType``); an application ``after_flush`` listener refuses
+a share of the flushes.  With ``--forked N``, N workers build and use their chain, then
+fork, and the child works with the chain it inherited (a preloading server's workers).
+Every writer transaction inserts the token it wrote into ``stress_committed`` in the same
+transaction, after its row writes, with a sequence number drawn then: so that table lists
+exactly the committed tokens, and, for each row, in the order their transactions
+committed (see ``Committed``).
 
 With ``--chaos`` the parent starts a Redis server of its own (no persistence: it comes
 back empty), and while the workers run it kills it with SIGKILL and starts it again at
@@ -27,7 +32,7 @@ When every worker has stopped, the parent checks that:
   (value updates, alternate-key moves, deletes, inserts) gives exactly the row the
   database holds, version included;
 * whatever Redis holds for any primary key or alternate key ever used is either nothing
-  or equal (id, alternate key, value, version) to the row the database holds now.
+  or equal (every column, with its type) to the row the database holds now.
 
 Before it stops, each worker waits until its chain uses Redis again, which it does only
 once it has made up for every write it missed during an outage (see ``_Worker.settle``).
@@ -44,6 +49,7 @@ that passed, and kept, with the Redis keys, for inspection after one that did no
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import multiprocessing
 import os
@@ -57,17 +63,23 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 
 from sqlalchemy import (
+    CHAR,
     BigInteger,
+    DateTime,
     Engine,
     Identity,
     Integer,
+    Numeric,
+    PickleType,
     String,
     create_engine,
+    event,
     select,
     update,
 )
@@ -126,6 +138,15 @@ DOWNTIME = (0.2, 3.0)
 QUIET = 3.0
 #: Anomalies listed by :meth:`Report.format`, per kind; the counts are always complete.
 LISTED = 20
+#: The share of flushes an application listener refuses (it raises; the worker rolls back).
+REFUSED_FLUSHES = 0.03
+#: Values a write gives the columns whose types change some values on the way in: each
+#: list has ones the database stores as they are, and ones it changes (rounds, pads,
+#: drops an offset); the ORM plugin must write through only the first.
+TOKYO = dt.timezone(dt.timedelta(hours=9))
+AMOUNTS = [Decimal("1.01"), Decimal("1.005"), Decimal("250"), Decimal("0.125"), None]
+TAGS = ["abcde", "ab", "xyz12", None]
+TIMES = [dt.datetime(2026, 12, 6, 3, 0), dt.datetime(2026, 12, 6, 12, 0, tzinfo=TOKYO), None]
 
 #: Operation kinds and their weights in the random mix.
 MIX: dict[str, int] = {
@@ -156,6 +177,28 @@ class RowState(NamedTuple):
     alternate: str
     value: str
     version: int | None
+    #: The other columns, each as (type name, value); None where a replay cannot know them.
+    extras: tuple[tuple[str, Any], ...] | None = None
+
+
+class Opaque:
+    """An application object in a ``PickleType`` column: no cache payload carries it."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Opaque) and other.token == self.token
+
+    def __hash__(self) -> int:
+        return hash(self.token)
+
+    def __repr__(self) -> str:
+        return f"Opaque({self.token!r})"
+
+
+class _AppRefusal(Exception):
+    """What the application's flush listener raises now and then."""
 
 
 class _Row(Base):
@@ -168,6 +211,11 @@ class _Row(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     value: Mapped[str] = mapped_column(String(64))
+    # Types that change some values on the way in, and one no cache payload can carry.
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
+    tag: Mapped[str | None] = mapped_column(CHAR(5))
+    taken: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    blob: Mapped[Any] = mapped_column(PickleType, nullable=True)
 
     def alt(self) -> str:
         """The alternate key value."""
@@ -175,7 +223,11 @@ class _Row(Base):
 
     def state(self) -> RowState:
         """The fields the checker compares."""
-        return RowState(self.id, self.alt(), self.value, getattr(self, "version", None))
+        extras = tuple(
+            (type(value).__name__, value)
+            for value in (self.amount, self.tag, self.taken, self.blob)
+        )
+        return RowState(self.id, self.alt(), self.value, getattr(self, "version", None), extras)
 
 
 class Versioned(_Row):
@@ -321,6 +373,14 @@ class WorkerReport:
     commits: int = 0
     #: Transactions that wrote, then rolled back or closed on purpose.
     rollbacks: int = 0
+    #: Flushes the application's listener refused (rolled back).
+    refused_flushes: int = 0
+    #: Whether this worker ran in a process forked after its chain was used.
+    forked: bool = False
+    #: Objects the attachment removed instead of writing: a value the database changes
+    #: on the way in (inexact), or that no cache payload carries (refused).
+    inexact: int = 0
+    refused: int = 0
     reads: int = 0
     #: Reads that found a row.
     found: int = 0
@@ -426,6 +486,15 @@ class Report:
         return sum(w.cache_hits for w in self.workers)
 
     @property
+    def refused_flushes(self) -> int:
+        """Flushes the application's listener refused, all workers."""
+        return sum(w.refused_flushes for w in self.workers)
+
+    def removed_instead(self, why: str) -> int:
+        """Objects removed instead of written, ``"inexact"`` or ``"refused"``, all workers."""
+        return sum(getattr(w, why) for w in self.workers)
+
+    @property
     def writethrough_errors(self) -> int:
         """Commit-time write-through failures, all workers."""
         return sum(w.writethrough_errors for w in self.workers)
@@ -490,12 +559,16 @@ class Report:
             layer_hits = ", ".join(
                 f"{name} {events.get('hits', 0)}" for name, events in w.layer_events.items()
             )
+            forked = ", forked after its chain was used" if w.forked else ""
             lines += [
-                f"  process {w.pid} ({w.seconds:.1f} s): {sum(w.operations.values())} ops: {ops}",
+                f"  process {w.pid}{forked} ({w.seconds:.1f} s): "
+                f"{sum(w.operations.values())} ops: {ops}",
                 f"    commits {w.commits}, rollbacks {w.rollbacks}, "
                 f"conflicts {sum(w.conflicts.values())} ({conflicts or 'none'}), "
                 f"skipped {sum(w.skipped.values())}, reads {w.reads} (found {w.found}), "
                 f"hits by layer: {layer_hits}, write-through errors {w.writethrough_errors}",
+                f"    flushes the application refused {w.refused_flushes}; removed instead "
+                f"of written: {w.inexact} inexact, {w.refused} refused",
             ]
             if self.chaos:
                 lines.append(
@@ -611,6 +684,9 @@ class _Config:
     index: int
     processes: int
     chaos: bool
+    #: Build and use the chain, then fork: the child works with the inherited chain, as
+    #: a worker of a preloading server or a prefork pool does.
+    fork: bool = False
 
 
 _Written = list[tuple[str, int]]  # (token, row id) per row a transaction wrote
@@ -665,6 +741,8 @@ class _Worker:
                 self.memory.get(fence, 0)  # makes its key: the process now knows the class
         self.redis_stats = self.store.layer_stats[len(self.store.stores) - 2]
         self.handle = attach(self.factory, self.store)
+        # The application's own flush listener, after the plugin's: now and then it raises.
+        event.listen(self.factory, "after_flush", self._refuse_now_and_then)
         self.report = WorkerReport(pid=os.getpid(), index=config.index)
         self.counter = 0
         # The alternate key last known per row, and every one known, per class name.
@@ -685,6 +763,27 @@ class _Worker:
             "pair_update": self._pair_update,
             "rollback": self._rollback,
         }
+
+    def _refuse_now_and_then(self, session: Session, context: Any) -> None:
+        if self.rng.random() < REFUSED_FLUSHES:
+            raise _AppRefusal("the application refuses this flush")
+
+    def _vary(self, obj: _Row, token: str) -> None:
+        """Give the other columns values the database keeps, or changes, or that no cache
+        can carry (an application object, now and then)."""
+        obj.amount = self.rng.choice(AMOUNTS)
+        obj.tag = self.rng.choice(TAGS)
+        obj.taken = self.rng.choice(TIMES)
+        obj.blob = Opaque(token) if self.rng.random() < 0.1 else self.rng.choice([None, [1, 2]])
+
+    def warm_up(self) -> None:
+        """Read every row through the chain, filling its layers (before a fork)."""
+        self.scoped()
+        try:
+            for klass in CLASSES:
+                self.store.batch_get(klass, range(1, ROWS + 1))
+        finally:
+            self.scoped.remove()
 
     def close(self) -> None:
         """Detach, close the layers, dispose of the engine."""
@@ -720,6 +819,8 @@ class _Worker:
                 report.cache_hits += events["hits"]
         report.redis = report.layer_events[self.store.layer_name(last - 1)]
         report.writethrough_errors = self.handle.stats.count(None, "errors")
+        report.inexact = self.handle.stats.count(None, "inexact")
+        report.refused = self.handle.stats.count(None, "refused")
         if self.store.coherence is not None:
             report.broadcast = self.store.coherence.counts()
         return report
@@ -862,6 +963,9 @@ class _Worker:
             # (version) or deleted since it was read.  Counted and skipped, not retried.
             session.rollback()
             self._conflict(kind, exc)
+        except _AppRefusal:
+            session.rollback()
+            self.report.refused_flushes += 1
         finally:
             self.scoped.remove()
 
@@ -878,6 +982,7 @@ class _Worker:
                 return []
             token = self._token()
             obj.value = token
+            self._vary(obj, token)
             return [(token, obj.id)]
 
         self._commit("update", klass, change)
@@ -917,6 +1022,7 @@ class _Worker:
             self._learn(klass, row_id, alternate)
             row = klass(id=row_id, value=token)
             setattr(row, klass.alternate, alternate)
+            self._vary(row, token)
             session.add(row)
             return [(token, row_id)]
 
@@ -980,6 +1086,9 @@ class _Worker:
         except (DBAPIError, StaleDataError) as exc:
             session.rollback()
             self._conflict("rollback", exc)
+        except _AppRefusal:
+            session.rollback()
+            self.report.refused_flushes += 1
         finally:
             self.scoped.remove()
 
@@ -1022,9 +1131,22 @@ class _Worker:
 
 
 def _work(config: _Config, start: Barrier, results: Queue[WorkerReport]) -> None:
-    """A worker process: set up, wait for the others, loop, check, report."""
+    """A worker process: set up, wait for the others, loop, check, report.
+
+    With ``config.fork`` it sets up and uses its chain, then forks: the child does the
+    rest and reports, and this process waits for it."""
     try:
         worker = _Worker(config)
+        if config.fork:
+            worker.warm_up()
+            child = os.fork()
+            if child:
+                try:
+                    os.waitpid(child, 0)
+                finally:
+                    worker.close()
+                return
+            _in_forked_child(worker, start, results)
         try:
             start.wait(SETUP_TIMEOUT)
             worker.loop()
@@ -1038,6 +1160,32 @@ def _work(config: _Config, start: Barrier, results: Queue[WorkerReport]) -> None
         start.abort()
         report = WorkerReport(os.getpid(), config.index, error=traceback.format_exc())
     results.put(report)
+
+
+def _in_forked_child(worker: _Worker, start: Barrier, results: Queue[WorkerReport]) -> None:
+    """The forked worker: its own database connections (as SQLAlchemy documents for
+    forks), the inherited chain, the usual run; it never returns."""
+    code = 0
+    try:
+        worker.engine.dispose(close=False)
+        worker.report.pid = os.getpid()
+        worker.report.forked = True
+        try:
+            start.wait(SETUP_TIMEOUT)
+            worker.loop()
+            worker.settle()
+            worker.check_memory()
+            report = worker.finish()
+        finally:
+            worker.close()
+    except BaseException:
+        start.abort()
+        report = WorkerReport(os.getpid(), worker.config.index, error=traceback.format_exc())
+        code = 1
+    results.put(report)
+    results.close()
+    results.join_thread()  # the report is sent before the process ends
+    os._exit(code)
 
 
 # -- the parent -----------------------------------------------------------------------------
@@ -1192,6 +1340,8 @@ def _check(engine: Engine, redis: RedisStore, report: Report) -> None:
                 )
                 continue
             row = rows[klass].get(row_id)
+            if row is not None:
+                row = row._replace(extras=None)  # the committed tokens do not name them
             if row != expected:
                 last = ", ".join(f"{w.kind} {w.token!r} (seq {w.seq})" for w in done[-3:])
                 report.lost.append(
@@ -1229,6 +1379,7 @@ def run(
     chaos: bool = False,
     fault_interval: tuple[float, float] = FAULT_INTERVAL,
     downtime: tuple[float, float] = DOWNTIME,
+    forked: int = 0,
 ) -> Report:
     """Run the stress: ``processes`` workers for ``seconds``, then check; see the module doc.
 
@@ -1247,6 +1398,8 @@ def run(
         fault_interval: with ``chaos``, the range of seconds from one restart to the
             next kill (the first: from the start).
         downtime: with ``chaos``, the range of seconds Redis stays down.
+        forked: how many of the workers fork after using their chain, and work in the
+            child with the chain it inherited.
 
     Raises RuntimeError when a worker fails (its traceback is in the message).
     """
@@ -1285,6 +1438,7 @@ def run(
                 index,
                 processes,
                 chaos,
+                fork=index < forked,
             )
             for index in range(processes)
         ]
@@ -1333,6 +1487,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--seed", type=int, default=0, help="seeds the operation choices and the faults"
     )
     parser.add_argument(
+        "--forked",
+        type=int,
+        default=0,
+        help="workers that fork after using their chain, and work in the child",
+    )
+    parser.add_argument(
         "--chaos",
         action="store_true",
         help="run a private redis-server, and kill (SIGKILL) and restart it at random moments",
@@ -1364,6 +1524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chaos=args.chaos,
         fault_interval=args.fault_interval,
         downtime=args.downtime,
+        forked=args.forked,
     )
     print(report.format())
     return 0 if report.ok else 1

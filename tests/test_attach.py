@@ -43,6 +43,7 @@ from sa_stockpyle.stores import (
     RedisStore,
     SqlAlchemyStore,
 )
+from tests.attached import typed_columns
 
 
 class Base(DeclarativeBase):
@@ -813,3 +814,9 @@ def test_a_flush_another_listener_fails_leaves_no_trace(
     assert layers.cached(Account, {"email": "a2@example.com"}) == [None, None]
     _assert_holds(layers, id=1, balance=1)
     _assert_holds(layers, id=3, balance=3)
+    with Session(layers.database.engine) as check:  # every column, with its type
+        for ident in (1, 2, 3):
+            row = check.get(Account, ident)
+            expected = None if row is None else typed_columns(row)
+            for held in layers.cached(Account, ident):
+                assert held is None or typed_columns(held) == expected, ident

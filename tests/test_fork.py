@@ -14,6 +14,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,9 +30,13 @@ from tests.test_races import Item, item_tables
 MAX_STALENESS = 2.0
 
 
-@pytest.fixture
-def engine(postgres_url: str) -> Iterator[Engine]:
-    with item_tables(postgres_url, 3, "v1") as engine:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/fork.db"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    with item_tables(url, 3, "v1") as engine:
         yield engine
 
 

@@ -16,7 +16,10 @@ from stress.consistency import run
 def test_concurrent_writers_leave_no_stale_entry_and_read_nothing_uncommitted(
     postgres_url: str, redis_url: str, memory_layer: bool
 ) -> None:
-    report = run(postgres_url, redis_url, processes=4, seconds=6, memory_layer=memory_layer)
+    # Two of the four workers fork after using their chain, and work in the child.
+    report = run(
+        postgres_url, redis_url, processes=4, seconds=6, memory_layer=memory_layer, forked=2
+    )
     details = report.format()
     print(details)
     assert report.stale_entries == 0, details
@@ -34,6 +37,12 @@ def test_concurrent_writers_leave_no_stale_entry_and_read_nothing_uncommitted(
     assert report.hits > 0, details
     assert report.keys_checked >= 200, details
     assert report.keys_held > 0, details
+    # The hostile part of the mix happened: refused flushes, values the database changes
+    # or no cache carries, and workers forked with their chain.
+    assert report.refused_flushes > 0, details
+    assert report.removed_instead("inexact") > 0, details
+    assert report.removed_instead("refused") > 0, details
+    assert [worker.forked for worker in report.workers] == [True, True, False, False]
 
 
 def test_killing_redis_under_the_workers_loses_nothing_and_leaves_nothing_stale(

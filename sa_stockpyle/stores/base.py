@@ -197,6 +197,11 @@ class Stats:
             result.setdefault(name, {})[event] = n
         return result
 
+    def _after_fork(self) -> None:
+        """Go on counting in a forked child: another thread may have held the lock at the
+        fork.  The counts so far stay (the parent's threads' tallies retire as theirs)."""
+        self._lock = threading.Lock()
+
     def reset(self) -> None:
         """Forget every count."""
         # New tallies for every thread: one counting right now adds to its old tally,

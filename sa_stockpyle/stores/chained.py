@@ -434,12 +434,13 @@ class ChainedStore(BaseStore):
         return Coherence(channel, local, max_staleness)
 
     def _forked(self) -> None:
-        """Start afresh in a forked child (``os.register_at_fork``): its own statistics
-        and catch-up backlog (the parent catches up with what it missed), new locks, and a
-        new broadcast at first use.  The process-local layers are emptied by their own
-        fork hook, so nothing served here is older than the fork."""
+        """Start afresh in a forked child (``os.register_at_fork``): new locks, its own
+        catch-up backlog (the parent catches up with what it missed), and a new broadcast
+        at first use.  The process-local layers are emptied by their own fork hook, so
+        nothing served here is older than the fork."""
         self._restart_lock = threading.Lock()
-        self.layer_stats = [Stats() for _ in self.stores]
+        for stats in self.layer_stats:
+            stats._after_fork()
         self._missed = [_Missed() for _ in self.stores]
         self._resting = [0.0] * len(self.stores)
         if self.coherence is not None and not self._closed:
