@@ -9,32 +9,42 @@ other object is removed from the caches, and the next read fills them with what 
 database returns.  The rules, per column type (docs/orm.md has them as a table):
 
 * ``None`` (NULL) always.
-* Integers, booleans, strings, bytes, dates, intervals: a value of exactly the type the
-  column returns (``True`` is not exact for an ``Integer`` column, nor ``5`` for a
-  ``String`` one, nor a ``datetime`` for a ``Date``).
+* Integers, booleans, bytes, dates: a value of exactly the type the column returns
+  (``True`` is not exact for an ``Integer`` column, nor a ``datetime`` for a ``Date``).
+* Strings: a ``str`` (not the int ``5``), no longer than a declared length.
 * ``CHAR(n)``/``NCHAR(n)``: a string of exactly ``n`` characters, not ending in a space
   (databases pad shorter ones, and some strip trailing spaces).
 * ``Numeric(p, s)`` returning ``Decimal``: a finite ``Decimal`` with at most ``s``
-  decimal places (and, on SQLite, which keeps a float, at most 15 digits).
-* ``Float``: a ``float``; not on PostgreSQL for ``Float(precision <= 24)``, a 4-byte
-  ``REAL`` that rounds.
+  decimal places (MySQL: ``s`` is 0 when not declared; SQLite, which keeps a float: at
+  most 15 digits, and the scale SQLAlchemy reads it back with).  ``Numeric`` returning
+  floats: only ``None`` (the database rounds the float).
+* ``Float``: a finite ``float``; only ``None`` for a 4-byte column that rounds
+  (``REAL``, ``Float(precision <= 24)``, MySQL's ``FLOAT`` unless its precision is over
+  24).
 * ``DateTime``/``Time``: a value with a time zone where the column keeps one
-  (``timezone=True`` on PostgreSQL), a naive value elsewhere; on MySQL and MariaDB,
-  whose default precision is seconds, only whole seconds.
+  (``timezone=True`` on PostgreSQL), a naive value elsewhere; only whole seconds on MySQL
+  and MariaDB (their default precision), and no finer than a declared ``precision``.
+* ``Interval``: a ``timedelta``, on PostgreSQL and SQLite.
 * ``Uuid``: a ``UUID`` (``as_uuid=True``), or its canonical lower-case string.
 * ``Enum``: a member of its enum class, or one of its strings.
-* ``JSON``: a value that a JSON round trip gives back equal (no tuples, no int keys).
-* ``ARRAY``: a list whose items each pass the item type's rule.
+* ``JSON``: a value that a JSON round trip gives back equal, types included (no tuples,
+  no int keys).
+* ``ARRAY``: a list (a tuple for ``as_tuple=True``) whose items each pass the item
+  type's rule.
 * ``PickleType``: any value (pickling gives an equal copy back).
 * Any other type, ``TypeDecorator`` included (its ``process_bind_param`` may change the
-  value): only ``None``.
+  value): only ``None``.  So is every value on a database other than PostgreSQL, SQLite,
+  MySQL and MariaDB (Oracle turns ``""`` into NULL, SQL Server's text depends on its code
+  page), and every ``JSON`` value on an engine with a ``json_serializer`` of its own.
+
+A type given per dialect with ``with_variant()`` is judged by the dialect's variant.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import json
+import math
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -49,20 +59,32 @@ __all__ = ["Check", "value_checks"]
 #: Whether a column's flushed value is what the database stored.
 Check = Callable[[Any], bool]
 
+#: The databases whose storage of each type the rules describe.
+_KNOWN = frozenset({"postgresql", "sqlite", "mysql", "mariadb"})
+
 #: Exactly these Python types, where the column returns that type.
 _PLAIN: list[tuple[type[types.TypeEngine[Any]], type]] = [
     (types.Boolean, bool),
     (types.Integer, int),
     (types.LargeBinary, bytes),
     (types.Date, dt.date),
-    (types.Interval, dt.timedelta),
-    (types.String, str),  # after Enum, CHAR and NCHAR, which are Strings too
 ]
 
 
 def value_checks(mapper: Mapper[Any], dialect: Dialect) -> dict[str, Check]:
     """For each column attribute of ``mapper``, the check of its values on ``dialect``."""
-    return {prop.key: _check(prop.columns[0].type, dialect.name) for prop in mapper.column_attrs}
+    if dialect.name not in _KNOWN:
+        return {prop.key: _never for prop in mapper.column_attrs}
+    own_json = getattr(dialect, "_json_serializer", None) is not None
+    checks: dict[str, Check] = {}
+    for prop in mapper.column_attrs:
+        declared = prop.columns[0].type
+        column_type = declared._variant_mapping.get(dialect.name, declared)
+        if own_json and isinstance(column_type, types.JSON):
+            checks[prop.key] = _never
+        else:
+            checks[prop.key] = _check(column_type, dialect.name)
+    return checks
 
 
 def _of_type(python_type: type) -> Check:
@@ -77,9 +99,9 @@ def _check(column_type: types.TypeEngine[Any], dialect: str) -> Check:
     """The check for one column type on the dialect named ``dialect``."""
     if isinstance(column_type, types.PickleType):
         return lambda value: True
-    if isinstance(column_type, types.TypeDecorator) and not isinstance(
-        column_type, types.Interval
-    ):
+    if isinstance(column_type, types.Interval):
+        return _of_type(dt.timedelta) if dialect in ("postgresql", "sqlite") else _never
+    if isinstance(column_type, types.TypeDecorator):
         return _never
     if isinstance(column_type, types.Enum):
         return _enum_check(column_type)
@@ -89,9 +111,14 @@ def _check(column_type: types.TypeEngine[Any], dialect: str) -> Check:
             value is None
             or (type(value) is str and len(value) == length and not value.endswith(" "))
         )
+    if isinstance(column_type, types.String):
+        # PostgreSQL cuts spaces past VARCHAR(n) without an error.
+        limit = column_type.length
+        return lambda value: (
+            value is None or (type(value) is str and (limit is None or len(value) <= limit))
+        )
     if isinstance(column_type, types.Float):
-        rounds = dialect == "postgresql" and (column_type.precision or 53) <= 24
-        return _never if rounds or column_type.asdecimal else _of_type(float)
+        return _float_check(column_type, dialect)
     if isinstance(column_type, types.Numeric):
         return _numeric_check(column_type, dialect)
     if isinstance(column_type, (types.DateTime, types.Time)):
@@ -102,8 +129,9 @@ def _check(column_type: types.TypeEngine[Any], dialect: str) -> Check:
         return _json_check
     if isinstance(column_type, types.ARRAY):
         item = _check(column_type.item_type, dialect)
+        sequence = tuple if column_type.as_tuple else list
         return lambda value: (
-            value is None or (type(value) is list and all(item(element) for element in value))
+            value is None or (type(value) is sequence and all(item(element) for element in value))
         )
     for declared, python_type in _PLAIN:
         if isinstance(column_type, declared):
@@ -116,17 +144,34 @@ def _enum_check(column_type: types.Enum) -> Check:
     if enum_class is not None:
         return lambda value: value is None or type(value) is enum_class
     names = frozenset(column_type.enums)
-    return lambda value: (
-        value is None
-        or (type(value) is str and not isinstance(value, enum.Enum) and value in names)
-    )
+    return lambda value: value is None or (type(value) is str and value in names)
+
+
+def _float_check(column_type: types.Float[Any], dialect: str) -> Check:
+    precision = column_type.precision
+    if dialect in ("mysql", "mariadb"):
+        # MySQL's FLOAT is 4 bytes unless a precision over 24 makes it a DOUBLE.
+        single = not isinstance(column_type, types.Double) and (precision or 0) <= 24
+    elif dialect == "postgresql":
+        single = isinstance(column_type, types.REAL) or (precision or 53) <= 24
+    else:
+        single = False  # SQLite keeps every float in 8 bytes
+    if single or column_type.asdecimal:
+        return _never
+    # NaN never compares equal (and SQLite stores it as NULL).
+    return lambda value: value is None or (type(value) is float and not math.isnan(value))
 
 
 def _numeric_check(column_type: types.Numeric[Any], dialect: str) -> Check:
     if not column_type.asdecimal:
-        return _of_type(float)
+        return _never
     scale = column_type.scale
-    digits = 15 if dialect == "sqlite" else None  # SQLite keeps a double
+    digits = None
+    if dialect == "sqlite":
+        # SQLite keeps a double, and SQLAlchemy rounds what it reads to this scale.
+        scale, digits = column_type._effective_decimal_return_scale, 15
+    elif scale is None and dialect in ("mysql", "mariadb"):
+        scale = 0  # DECIMAL without a scale is DECIMAL(10, 0)
 
     def check(value: Any) -> bool:
         if value is None:
@@ -144,7 +189,10 @@ def _numeric_check(column_type: types.Numeric[Any], dialect: str) -> Check:
 def _clock_check(column_type: types.DateTime | types.Time, dialect: str) -> Check:
     python_type = dt.datetime if isinstance(column_type, types.DateTime) else dt.time
     aware = column_type.timezone and dialect == "postgresql"
-    whole_seconds = dialect in ("mysql", "mariadb")
+    precision = getattr(column_type, "precision", None)  # digits after the second
+    if precision is None:
+        precision = 0 if dialect in ("mysql", "mariadb") else 6
+    step = 10 ** (6 - min(max(precision, 0), 6))
 
     def check(value: Any) -> bool:
         if value is None:
@@ -152,7 +200,7 @@ def _clock_check(column_type: types.DateTime | types.Time, dialect: str) -> Chec
         return (
             type(value) is python_type
             and (value.tzinfo is not None) == aware
-            and not (whole_seconds and value.microsecond)
+            and value.microsecond % step == 0
         )
 
     return check
@@ -178,15 +226,18 @@ def _json_check(value: Any) -> bool:
         again = json.loads(json.dumps(value))
     except (TypeError, ValueError):
         return False
-    return _same(value, again)
+    return _kept(value, again)
 
 
-def _same(ours: Any, theirs: Any) -> bool:
-    """Equal, and of the same types all the way down (``1 == 1.0 == True`` is not)."""
+def _kept(ours: Any, theirs: Any) -> bool:
+    """Equal, and of the same types all the way down (``1 == 1.0 == True`` is not); no
+    whole float either (PostgreSQL's JSONB gives ``1e16`` back as an int)."""
     if type(ours) is not type(theirs):
         return False
     if isinstance(ours, list):
-        return len(ours) == len(theirs) and all(map(_same, ours, theirs))
+        return len(ours) == len(theirs) and all(map(_kept, ours, theirs))
     if isinstance(ours, dict):
-        return ours.keys() == theirs.keys() and all(_same(ours[k], theirs[k]) for k in ours)
+        return ours.keys() == theirs.keys() and all(_kept(ours[k], theirs[k]) for k in ours)
+    if isinstance(ours, float) and ours.is_integer():
+        return False
     return bool(ours == theirs)

@@ -43,6 +43,7 @@ How it works:
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections import Counter
@@ -190,7 +191,12 @@ class Attachment:
             ("do_orm_execute", self._do_orm_execute),
         ]
         for name, listener in self._listeners:
-            event.listen(self._event_target, name, listener, propagate=True)
+            # First in line for the transaction events: a listener of the application's
+            # that raises there cannot keep a commit from being written through, or a
+            # flush's record from being taken (do_orm_execute keeps its place: the first
+            # listener that returns a result is the one that executes).
+            first = name != "do_orm_execute"
+            event.listen(self._event_target, name, listener, propagate=True, insert=first)
 
     def detach(self) -> None:
         """Remove every listener; sessions stop writing through at once."""
@@ -295,6 +301,7 @@ class Attachment:
         if flushing is None or flushing[0] is not context or not flushing[1]:
             return  # not this flush's record: that flush failed before it got here
         buffer = self._buffer(session)
+        checks_of: dict[type, dict[str, Check]] = {}  # per class: its bind looked up once
         for item in flushing[1]:
             obj, state, info, old_identity = item.obj, item.state, item.info, item.old_identity
             klass = state.class_
@@ -307,11 +314,12 @@ class Attachment:
             if item.deleted or identity is None:
                 continue  # deleted, or never persisted (nothing of it can be cached)
             ordered = old_identity is None or version_of(obj) is not None
-            put = (
-                self._put_of(obj, self._value_checks(session, info))
-                if ordered and _fully_loaded(info, state)
-                else None
-            )
+            put = None
+            if ordered and _fully_loaded(info, state):
+                checks = checks_of.get(klass)
+                if checks is None:
+                    checks = checks_of[klass] = self._value_checks(session, info)
+                put = self._put_of(obj, checks)
             if put is not None:
                 buffer.puts[identity] = put
             else:
@@ -338,7 +346,11 @@ class Attachment:
         its values may differ from what the database stored (see
         :mod:`sa_stockpyle.column_values`; counted as ``inexact``), or when a shared layer
         could not carry one (logged, counted as ``refused``)."""
-        state = snapshot(obj)
+        try:
+            state = snapshot(obj)
+        except (PayloadError, TypeError, copy.Error) as exc:  # a value that does not copy
+            self._refused(obj, exc)
+            return None
         for name, value in state.items():
             check = checks.get(name)
             if check is not None and not check(value):
@@ -348,15 +360,18 @@ class Attachment:
         try:
             packed(state)
         except PayloadError as exc:
-            log.warning(
-                "sa_stockpyle: a %s will be removed from the caches at commit, not written: %s",
-                type(obj).__qualname__,
-                exc,
-            )
-            self.stats.add(type(obj), "refused")
+            self._refused(obj, exc)
             return None
         put: object = restore(type(obj), state, owned=True)
         return put
+
+    def _refused(self, obj: object, exc: Exception) -> None:
+        log.warning(
+            "sa_stockpyle: a %s will be removed from the caches at commit, not written: %s",
+            type(obj).__qualname__,
+            exc,
+        )
+        self.stats.add(type(obj), "refused")
 
     # -- bulk statements --------------------------------------------------------------
 

@@ -820,3 +820,41 @@ def test_a_flush_another_listener_fails_leaves_no_trace(
             expected = None if row is None else typed_columns(row)
             for held in layers.cached(Account, ident):
                 assert held is None or typed_columns(held) == expected, ident
+
+
+class _RefuseAtTheEnd(_Refuse):
+    """Raises once when armed, at the session's own transaction end (not a flush's)."""
+
+    def __call__(self, session: Session, *args: Any) -> None:
+        if not args or args[0].parent is None:
+            super().__call__(session)
+
+
+@pytest.mark.parametrize("event_name", ["after_commit", "after_transaction_end"])
+def test_a_listener_of_the_application_that_fails_at_commit_costs_no_write(
+    engine: Engine, layers: Layers, event_name: str
+) -> None:
+    factory = sessionmaker(engine)
+    refuse = _RefuseAtTheEnd()
+    event.listen(factory, event_name, refuse)  # the application's, registered first
+    handle = attach(factory, layers.chain)
+    try:
+        with factory() as session:
+            session.add(Ledger(id=1, code="L1", balance=1))
+            session.commit()
+        _assert_holds(layers, Ledger, id=1, balance=1, version=1)
+        with factory() as session:
+            session.get(Ledger, 1).balance = 2
+            refuse.armed = True
+            with pytest.raises(RuntimeError, match="refuses"):
+                session.commit()  # the database has committed; the listener then raised
+    finally:
+        handle.detach()
+        event.remove(factory, event_name, refuse)
+    with Session(engine) as check:
+        row = check.get(Ledger, 1)
+        assert (row.balance, row.version) == (2, 2)
+        expected = typed_columns(row)
+    for held in layers.cached(Ledger, 1):
+        assert held is not None  # written through, as every versioned commit is
+        assert typed_columns(held) == expected

@@ -28,7 +28,7 @@ from sqlalchemy import (
     create_engine,
     inspect,
 )
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import mysql, oracle, postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sa_stockpyle.column_values import value_checks
@@ -129,3 +129,43 @@ def test_the_checks_follow_the_dialect() -> None:
     assert not on_postgresql["scores"]((1, 2))
     assert not on_postgresql["scores"]([1, True])
     assert all(check(None) for check in on_postgresql.values())
+
+
+def test_the_subtler_rules() -> None:
+    class Subtle(Base):
+        __tablename__ = "column_value_subtle"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True)
+        varied: Mapped[str] = mapped_column(String(20).with_variant(CHAR(5), "postgresql"))
+        single: Mapped[float] = mapped_column(postgresql.REAL)
+        plain_float: Mapped[float] = mapped_column(Float)
+        rounded: Mapped[float] = mapped_column(Numeric(10, 2, asdecimal=False))
+        loose: Mapped[Decimal] = mapped_column(Numeric)
+        seconds: Mapped[dt.datetime] = mapped_column(postgresql.TIMESTAMP(precision=0))
+        pair: Mapped[tuple[int, ...]] = mapped_column(postgresql.ARRAY(Integer, as_tuple=True))
+        doc: Mapped[Any] = mapped_column(postgresql.JSONB)
+        short: Mapped[str] = mapped_column(String(3))
+
+    mapper = inspect(Subtle)
+    pg = value_checks(mapper, postgresql.dialect())
+    sqlite = value_checks(mapper, create_engine("sqlite://").dialect)
+    mysql_checks = value_checks(mapper, mysql.dialect())
+    assert not pg["varied"]("ab")
+    assert pg["varied"]("abcde")
+    assert sqlite["varied"]("ab")  # String(20)
+    assert not pg["single"](0.5)
+    assert pg["plain_float"](0.5)
+    assert not pg["plain_float"](float("nan"))
+    assert not mysql_checks["plain_float"](0.5)  # MySQL's FLOAT is 4 bytes
+    assert not pg["rounded"](1.005)
+    assert pg["loose"](Decimal("1E-12"))  # PostgreSQL's NUMERIC keeps any scale
+    assert not sqlite["loose"](Decimal("1E-12"))  # read back at scale 10 on SQLite
+    assert not mysql_checks["loose"](Decimal("1.5"))  # DECIMAL(10, 0)
+    assert pg["seconds"](dt.datetime(2026, 1, 1, 12))
+    assert not pg["seconds"](dt.datetime(2026, 1, 1, 12, 0, 0, 5))
+    assert pg["pair"]((1, 2))
+    assert not pg["pair"]([1, 2])
+    assert pg["doc"]({"a": 1.5})
+    assert not pg["doc"]({"a": 1e16})
+    assert not pg["short"]("abcd")  # PostgreSQL would cut it if the rest were spaces
+    unknown = value_checks(mapper, oracle.dialect())
+    assert all(check(None) and not check(1) for check in unknown.values())

@@ -23,6 +23,7 @@ from sqlalchemy.orm import scoped_session, sessionmaker
 
 from sa_stockpyle import attach
 from sa_stockpyle.stores import ChainedStore, ProcessMemoryStore, RedisStore, SqlAlchemyStore
+from sa_stockpyle.stores.base import Stats
 from tests.helpers import until
 from tests.test_races import Item, item_tables
 
@@ -141,12 +142,13 @@ def test_the_in_process_stores_of_a_child_start_empty_with_new_locks() -> None:
     memory = ProcessMemoryStore(max_items=10)
     memory.put(Item(id=1, code="c1", value="v1"))
     ours, theirs = multiprocessing.Pipe()
-    # Another thread of the parent is inside a write at the fork: it holds both locks,
-    # and in the child nobody would ever release them.
+    stats = Stats()
+    # Another thread of the parent is inside a write at the fork, and reading counters:
+    # it holds three locks, and in the child nobody would ever release them.
     held, release = threading.Event(), threading.Event()
 
     def writing() -> None:
-        with memory._lock, memory.dictionary._lock:  # type: ignore[attr-defined]
+        with memory._lock, memory.dictionary._lock, stats._lock:  # type: ignore[attr-defined]
             held.set()
             release.wait(10)
 
@@ -157,7 +159,8 @@ def test_the_in_process_stores_of_a_child_start_empty_with_new_locks() -> None:
     def child() -> None:
         theirs.send(memory.get(Item, 1))
         memory.put(Item(id=2, code="c2", value="v2"))
-        theirs.send(memory.get(Item, 2).value)
+        stats.add(Item, "hits")
+        theirs.send((memory.get(Item, 2).value, stats.count(Item, "hits")))
 
     try:
         join = _by_multiprocessing(child)
@@ -167,7 +170,7 @@ def test_the_in_process_stores_of_a_child_start_empty_with_new_locks() -> None:
     assert ours.poll(30), "the child hung"
     assert ours.recv() is None
     assert ours.poll(30), "the child hung on a lock held at the fork"
-    assert ours.recv() == "v2"
+    assert ours.recv() == ("v2", 1)
     assert join() == 0
     assert memory.get(Item, 1).value == "v1"  # the parent keeps its own
     assert memory.get(Item, 2) is None

@@ -11,6 +11,13 @@ import threading
 import time
 
 
+# The clean test first: a leaked thread runs on into the tests after it.
+def test_joins_its_worker():
+    worker = threading.Thread(target=time.sleep, args=(0.2,))
+    worker.start()
+    worker.join()
+
+
 def test_forgets_a_worker():
     threading.Thread(target=time.sleep, args=(1.5,), name="forgotten").start()
 
@@ -22,12 +29,6 @@ def test_leaves_a_thread_that_starts_another_as_it_ends():
             threading.Thread(target=relay, args=(hops - 1,), name="relay").start()
 
     threading.Thread(target=relay, args=(4,), name="relay").start()
-
-
-def test_joins_its_worker():
-    worker = threading.Thread(target=time.sleep, args=(0.2,))
-    worker.start()
-    worker.join()
 """
 
 

@@ -31,9 +31,11 @@ The contract, which every store in this package and every third-party store foll
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
@@ -74,9 +76,29 @@ __all__ = [
     "SharedPayloads",
     "Stats",
     "Subscription",
+    "watch_forks",
 ]
 
 log = logging.getLogger("sa_stockpyle")
+
+# Objects whose _forked() runs in every forked child of this process (gunicorn --preload,
+# Celery's prefork pool, multiprocessing's fork context): the child has only the forking
+# thread, so a lock another thread held would never be released, and a background thread
+# is gone.
+_FORK_AWARE: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def watch_forks(obj: Any) -> None:
+    """Call ``obj._forked()`` in every forked child of this process."""
+    _FORK_AWARE.add(obj)
+
+
+def _in_forked_child() -> None:
+    for obj in list(_FORK_AWARE):
+        obj._forked()
+
+
+os.register_at_fork(after_in_child=_in_forked_child)
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -149,6 +171,11 @@ class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.reset()
+        watch_forks(self)
+
+    def _forked(self) -> None:
+        # The counts so far stay; the parent's threads' tallies retire as theirs.
+        self._lock = threading.Lock()
 
     def add(self, klass: type, event: str, amount: int = 1) -> None:
         """Count ``amount`` occurrences of ``event`` for ``klass``."""
@@ -196,11 +223,6 @@ class Stats:
         for (name, event), n in sorted(self._totals().items()):
             result.setdefault(name, {})[event] = n
         return result
-
-    def _after_fork(self) -> None:
-        """Go on counting in a forked child: another thread may have held the lock at the
-        fork.  The counts so far stay (the parent's threads' tallies retire as theirs)."""
-        self._lock = threading.Lock()
 
     def reset(self) -> None:
         """Forget every count."""
@@ -444,6 +466,9 @@ class BaseKeyValueStore(BaseStore):
         self.lifetime_cb = lifetime_cb
         self.keymaker = KeyMaker(prefix)
         self.clock = clock
+        # Classes whose objects this store refused to carry, warned of once: a hot row
+        # read again and again would otherwise log at every read.
+        self._refused_classes: set[type] = set()
 
     # -- backend primitives -----------------------------------------------------------
 
@@ -561,7 +586,10 @@ class BaseKeyValueStore(BaseStore):
             try:
                 payload = encode(record)
             except PayloadError as exc:
-                log.warning(
+                level = logging.DEBUG if record.klass in self._refused_classes else logging.WARNING
+                self._refused_classes.add(record.klass)
+                log.log(
+                    level,
                     "sa_stockpyle: %r cannot carry a %s, and removes it instead: %s",
                     self,
                     record.klass.__qualname__,
@@ -1038,11 +1066,16 @@ class BaseDictionaryStore(BaseKeyValueStore):
         #: Whether expired markers must be swept: not in a mapping bounded by itself
         #: (an LRU evicts them in time, and tracking evicted ones would grow unbounded).
         self.sweeps_markers = True
+        watch_forks(self)
+
+    def _forked(self) -> None:
+        """In a forked child: a new lock (see :func:`watch_forks`); the in-process stores
+        also start empty."""
+        self._lock = threading.Lock()
 
     def _start_afresh(self, dictionary: MutableMapping[str, Any]) -> None:
-        """Hold nothing, in ``dictionary``, with new locks: for a forked child, where the
-        parent's entries are as old as the fork and another thread may have held a lock."""
-        self._lock = threading.Lock()
+        """Hold nothing from now on, in ``dictionary`` (a forked child's in-process store:
+        what the parent cached is as old as the fork, and hears of no commit)."""
         self.dictionary = dictionary
         self._markers = deque()
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import statistics
 import threading
 import time
-import weakref
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
@@ -24,6 +22,7 @@ from sa_stockpyle.stores.base import (
     Reservation,
     Stats,
     _finish,
+    watch_forks,
 )
 
 __all__ = ["MAX_MISSED", "MAX_PENDING", "ChainedStore", "Coherence"]
@@ -34,17 +33,6 @@ T = TypeVar("T")
 
 #: Beyond this many missed keys, a layer that answers again drops whole classes instead.
 MAX_MISSED = 10_000
-
-# Every chain of this process, told when it is forked (see ChainedStore._forked).
-_CHAINS: weakref.WeakSet[ChainedStore] = weakref.WeakSet()
-
-
-def _fork_chains() -> None:
-    for chain in list(_CHAINS):
-        chain._forked()
-
-
-os.register_at_fork(after_in_child=_fork_chains)
 
 #: Invalidation messages waiting to be published beyond this many are dropped, oldest
 #: first, and counted: a flood of commits never grows memory without bound.
@@ -84,6 +72,14 @@ class _Missed:
         self.applying = False
         #: The thread that retries the catch-up while the layer does not answer.
         self.retry: threading.Timer | None = None
+
+    def copied(self) -> _Missed:
+        """The same backlog, with a new lock and no retry thread (a forked child's; the
+        parent's own catch-up may apply it too, which is harmless)."""
+        copy = _Missed()
+        copy.removals = dict(self.removals)
+        copy.classes = dict(self.classes)
+        return copy
 
     def __bool__(self) -> bool:
         return bool(self.removals or self.classes or self.applying)
@@ -136,7 +132,13 @@ class Coherence:
     measured propagation delays in seconds (sender's clock to receiver's clock).
     """
 
-    def __init__(self, channel: Channel, local: list[BaseStore], max_staleness: float) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        local: list[BaseStore],
+        max_staleness: float,
+        start: bool = True,
+    ) -> None:
         self.channel = channel
         self.local = local
         self.max_staleness = max_staleness
@@ -158,9 +160,14 @@ class Coherence:
                     target=self._subscribing, name="sa_stockpyle-subscribe", daemon=True
                 )
             )
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the threads; with local layers, wait for the first subscription attempt."""
         for thread in self._threads:
             thread.start()
-        if local:
+        if self.local:
             # A chain that starts to serve before it listens could miss the first messages.
             self._first_attempt.wait(5)
 
@@ -322,7 +329,8 @@ class Coherence:
         with self._wake:
             self._wake.notify_all()
         for thread in self._threads:
-            thread.join(5)
+            if thread.ident is not None:  # started (a forked child's may not be yet)
+                thread.join(5)
 
 
 class ChainedStore(BaseStore):
@@ -412,7 +420,7 @@ class ChainedStore(BaseStore):
         #: Set in a forked child: the broadcast's threads stayed in the parent, and a new
         #: one starts at the child's first use of the chain.
         self._restarting = False
-        _CHAINS.add(self)
+        watch_forks(self)
 
     def _coherence(
         self, broadcast: bool | None, name: str, max_staleness: float
@@ -434,25 +442,26 @@ class ChainedStore(BaseStore):
         return Coherence(channel, local, max_staleness)
 
     def _forked(self) -> None:
-        """Start afresh in a forked child (``os.register_at_fork``): new locks, its own
-        catch-up backlog (the parent catches up with what it missed), and a new broadcast
-        at first use.  The process-local layers are emptied by their own fork hook, so
-        nothing served here is older than the fork."""
+        """In a forked child (see :func:`~sa_stockpyle.stores.base.watch_forks`): new
+        locks; a broadcast of its own, started at first use, before anything is served,
+        the parent's threads having stayed in the parent.  The in-process layers start
+        empty by their own hooks, so nothing served here is older than the fork."""
         self._restart_lock = threading.Lock()
-        for stats in self.layer_stats:
-            stats._after_fork()
-        self._missed = [_Missed() for _ in self.stores]
+        self._missed = [missed.copied() for missed in self._missed]
         self._resting = [0.0] * len(self.stores)
-        if self.coherence is not None and not self._closed:
-            self.coherence.subscribed = False  # its threads did not come along
+        old = self.coherence
+        if old is not None and not self._closed:
+            self.coherence = Coherence(old.channel, old.local, old.max_staleness, start=False)
             self._restarting = True
 
     def _restart(self) -> None:
-        """Replace the broadcast a fork left without threads (see :meth:`_forked`)."""
+        """Start the broadcast a fork left without threads (see :meth:`_forked`), and
+        empty the process-local layers of other makes than this package's."""
         with self._restart_lock:
-            old = self.coherence
-            if self._restarting and old is not None:
-                self.coherence = Coherence(old.channel, old.local, old.max_staleness)
+            if self._restarting and self.coherence is not None:
+                for store in self.coherence.local:
+                    store.clear()
+                self.coherence.start()
                 self._restarting = False
 
     def layer_name(self, index: int) -> str:
@@ -690,6 +699,13 @@ class ChainedStore(BaseStore):
                 self.stores[index].fill(claim, objs)
             except StoreUnavailable as exc:
                 self._failed(index, (klass,), "fill", exc)
+            except PayloadError as exc:
+                # A store of another make that cannot carry one of them: the reader has
+                # them anyway, and its leases expire.
+                self.layer_stats[index].add(klass, "refused")
+                log.warning(
+                    "sa_stockpyle: layer %s refused a fill: %s", self.layer_name(index), exc
+                )
             else:
                 self.layer_stats[index].add(klass, "fills", sum(obj is not None for obj in objs))
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
 from typing import Any
@@ -77,21 +75,6 @@ class LRUDict(MutableMapping[str, Any]):
         return len(self._data)
 
 
-# The in-process stores of this process, emptied in a forked child (gunicorn --preload,
-# Celery's prefork pool, multiprocessing's fork context): what the parent cached is as old
-# as the fork and no longer hears of other processes' commits, and a lock another thread
-# of the parent held would never be released.
-_IN_PROCESS: weakref.WeakSet[ProcessMemoryStore | ThreadLocalStore] = weakref.WeakSet()
-
-
-def _empty_in_child() -> None:
-    for store in list(_IN_PROCESS):
-        store._start_afresh(store._new_mapping())
-
-
-os.register_at_fork(after_in_child=_empty_in_child)
-
-
 class ProcessMemoryStore(BaseDictionaryStore):
     """Objects in this process's memory, shared by its threads.
 
@@ -135,7 +118,12 @@ class ProcessMemoryStore(BaseDictionaryStore):
             clock=clock,
         )
         self.sweeps_markers = max_items is None
-        _IN_PROCESS.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child, start empty: what the parent cached is as old as the fork
+        and hears of no commit until this process's broadcast starts."""
+        super()._forked()
+        self._start_afresh(self._new_mapping())
 
     def _new_mapping(self) -> MutableMapping[str, Any]:
         # A plain dict is thread-safe for the single-key operations used here; the LRU
@@ -195,7 +183,11 @@ class ThreadLocalStore(BaseDictionaryStore):
             prefix=prefix,
             clock=clock,
         )
-        _IN_PROCESS.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child, start empty (only the forking thread came along)."""
+        super()._forked()
+        self._start_afresh(self._new_mapping())
 
     def _new_mapping(self) -> MutableMapping[str, Any]:
         return ThreadLocalDict()
