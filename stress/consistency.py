@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn, cast
 
 from sqlalchemy import (
     CHAR,
@@ -1147,45 +1147,45 @@ def _work(config: _Config, start: Barrier, results: Queue[WorkerReport]) -> None
                     worker.close()
                 return
             _in_forked_child(worker, start, results)
+    except BaseException:
+        # Release the others from the barrier, and tell the parent why.
+        start.abort()
+        results.put(WorkerReport(os.getpid(), config.index, error=traceback.format_exc()))
+        return
+    results.put(_run(worker, start))
+
+
+def _run(worker: _Worker, start: Barrier) -> WorkerReport:
+    """Wait for the other workers, loop, check: the report, or the traceback in one."""
+    try:
         try:
             start.wait(SETUP_TIMEOUT)
             worker.loop()
             worker.settle()
             worker.check_memory()
-            report = worker.finish()
+            return worker.finish()
         finally:
             worker.close()
     except BaseException:
-        # Release the others from the barrier, and tell the parent why.
         start.abort()
-        report = WorkerReport(os.getpid(), config.index, error=traceback.format_exc())
-    results.put(report)
+        return WorkerReport(os.getpid(), worker.config.index, error=traceback.format_exc())
 
 
-def _in_forked_child(worker: _Worker, start: Barrier, results: Queue[WorkerReport]) -> None:
+def _in_forked_child(worker: _Worker, start: Barrier, results: Queue[WorkerReport]) -> NoReturn:
     """The forked worker: its own database connections (as SQLAlchemy documents for
-    forks), the inherited chain, the usual run; it never returns."""
-    code = 0
+    forks), the inherited chain, the usual run; it ends the process, whatever happens."""
+    code = 1
     try:
         worker.engine.dispose(close=False)
         worker.report.pid = os.getpid()
         worker.report.forked = True
-        try:
-            start.wait(SETUP_TIMEOUT)
-            worker.loop()
-            worker.settle()
-            worker.check_memory()
-            report = worker.finish()
-        finally:
-            worker.close()
-    except BaseException:
-        start.abort()
-        report = WorkerReport(os.getpid(), worker.config.index, error=traceback.format_exc())
-        code = 1
-    results.put(report)
-    results.close()
-    results.join_thread()  # the report is sent before the process ends
-    os._exit(code)
+        report = _run(worker, start)
+        results.put(report)
+        results.close()
+        results.join_thread()  # the report is sent before the process ends
+        code = 0 if report.error is None else 1
+    finally:
+        os._exit(code)
 
 
 # -- the parent -----------------------------------------------------------------------------
