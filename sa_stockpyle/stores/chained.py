@@ -773,7 +773,8 @@ class ChainedStore(BaseStore):
                     refused = self._put_what_fits(index, puts)
                     if refused:
                         # Removed here and above, as the last layer may hold a newer state.
-                        puts = [obj for obj in puts if not any(obj is r for r in refused)]
+                        gone = {id(obj) for obj in refused}
+                        puts = [obj for obj in puts if id(obj) not in gone]
                         deletes = [*deletes, *refused]
                 if deletes:
                     store.batch_delete(deletes)
