@@ -34,8 +34,15 @@ How it works:
   returns (``RETURNING``, added to the statement where the dialect supports it).  When the
   keys cannot be known, every cached entry of the classes involved is made unreachable
   with :meth:`~sa_stockpyle.stores.BaseStore.invalidate_class`.
-* Raw SQL that bypasses the ORM (``connection.execute(text(...))``, Core statements on
-  tables) is not tracked.
+* Core statements on a table a storable class maps are tracked the same way
+  (:mod:`sa_stockpyle.dml`) when they run on a connection of an attached session
+  (``session.execute(update(table))``, ``Session.bulk_update_mappings``,
+  ``session.connection().execute(...)``) or, with ``attach(engine)``, on any connection
+  of the engine.  ``text()`` SQL is not tracked.
+* A session joined to a transaction it does not own (``Session(bind=connection)`` inside
+  the caller's ``connection.begin()``) hands its commit to that connection: it is written
+  through when the connection's own transaction commits, and discarded when it rolls
+  back (:mod:`sa_stockpyle.connections`).
 * A store failure during the commit-time write is logged and counted in
   ``handle.stats`` (event ``errors``); it never raises out of the commit, which has
   already happened in the database.
@@ -46,12 +53,13 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Engine, event, inspect
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.orm import (
     Mapper,
@@ -62,13 +70,24 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 from sqlalchemy.orm.attributes import instance_state
-from sqlalchemy.orm.base import NO_VALUE
-from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql.dml import UpdateBase
 
+from sa_stockpyle import dml
+from sa_stockpyle.changes import (
+    Buffer,
+    ClassInfo,
+    Flushed,
+    class_info,
+    family,
+    fully_loaded,
+    known_keys,
+    mapper_of,
+    old_keys,
+)
 from sa_stockpyle.codec import packed, restore, snapshot, version_of
 from sa_stockpyle.column_values import Check, value_checks
+from sa_stockpyle.connections import wait_for_commit
 from sa_stockpyle.errors import ConfigurationError, PayloadError
-from sa_stockpyle.keys import KeySpec, key_spec
 from sa_stockpyle.stores.base import BaseStore, Removal, Stats
 
 __all__ = ["Attachment", "attach"]
@@ -78,90 +97,32 @@ log = logging.getLogger("sa_stockpyle")
 #: The one key sa_stockpyle uses in ``Session.info``.
 INFO_KEY = "sa_stockpyle"
 
-_Identity = tuple[Any, ...]
-
-
-@dataclass
-class _Buffer:
-    """What one transaction will write through if it commits.
-
-    Every change is applied here in the order it happened, so what remains is what the
-    commit must do: invalidate ``classes``, then remove ``removals``, then store ``puts``
-    (a put recorded before a later removal or invalidation of its row is dropped).
-    """
-
-    #: identity key -> detached object holding the committed state to store
-    puts: dict[_Identity, object] = field(default_factory=dict)
-    #: (class, lookup items) -> the identity whose entry it removes, if it is one, and the
-    #: lookup itself
-    removals: dict[
-        tuple[type, tuple[tuple[str, Any], ...]], tuple[_Identity | None, dict[str, Any]]
-    ] = field(default_factory=dict)
-    #: classes whose every cached entry must become unreachable
-    classes: dict[type, None] = field(default_factory=dict)
-
-    def remove(self, klass: type, lookup: dict[str, Any], identity: _Identity | None) -> None:
-        """Remove a key; when it is an object's identity, drop that object's pending put."""
-        if identity is not None:
-            self.puts.pop(identity, None)
-        # Order-free, so one key named twice is one removal (a one-item lookup is sorted).
-        items = tuple(lookup.items()) if len(lookup) == 1 else tuple(sorted(lookup.items()))
-        self.removals[klass, items] = (identity, lookup)
-
-    def invalidate(self, classes: list[type]) -> None:
-        """Invalidate whole classes, dropping their pending puts."""
-        self.classes.update(dict.fromkeys(classes))
-        self.puts = {i: obj for i, obj in self.puts.items() if type(obj) not in self.classes}
-
-    def merge(self, child: _Buffer) -> None:
-        """Take over a released savepoint's buffer: its changes come after ours."""
-        for (klass, _), (identity, lookup) in child.removals.items():
-            self.remove(klass, lookup, identity)
-        if child.classes:
-            self.invalidate(list(child.classes))
-        self.puts.update(child.puts)
-
-    def __bool__(self) -> bool:
-        return bool(self.puts or self.removals or self.classes)
-
-
-@dataclass
-class _Flushed:
-    """One object seen at ``after_flush``, finished at ``after_flush_postexec``."""
-
-    # A strong reference: after its flush, an object nobody else holds would otherwise
-    # leave the session's weak identity map before we read its state.
-    obj: object
-    state: InstanceState[Any]
-    info: _ClassInfo
-    deleted: bool
-    old_identity: _Identity | None
-    old_keys: list[dict[str, Any]]
-
 
 @dataclass
 class _SessionState:
     """Per-session bookkeeping of one attachment, kept in ``session.info``."""
 
-    buffers: dict[SessionTransaction, _Buffer] = field(default_factory=dict)
+    buffers: dict[SessionTransaction, Buffer] = field(default_factory=dict)
     committed: set[SessionTransaction] = field(default_factory=set)
     #: committed root transactions whose write-through was started: what finishes it
     writing: dict[SessionTransaction, Callable[[], None]] = field(default_factory=dict)
     #: the flush under way (its unit of work) and what it changes, from ``after_flush``
     #: to ``after_flush_postexec``; a flush that fails in between (another listener
     #: raised) never reaches the second, and its record is dropped with it
-    flushing: tuple[object, list[_Flushed]] | None = None
+    flushing: tuple[object, list[Flushed]] | None = None
+    #: the connections of the session's transaction (see ``_after_begin``)
+    connections: dict[Connection, None] = field(default_factory=dict)
+    #: the flush under way, from ``before_flush`` (its ``transaction`` is set while its
+    #: statements run), and the rows its statements touched: the flush's own record
+    #: describes its objects better, so only the others are kept (``_after_flush``)
+    flush_context: Any = None
+    flush_statements: list[dml.Touched] = field(default_factory=list)
+    #: ORM statements under way in ``_do_orm_execute``, which records them itself
+    orm_executing: int = 0
 
-
-@dataclass(frozen=True)
-class _ClassInfo:
-    """How the plugin reads one mapped, storable class."""
-
-    spec: KeySpec
-    mapper: Mapper[Any]
-    primary_attrs: tuple[str, ...]  # mapper.primary_key as attribute names, in order
-    key_attrs: frozenset[str]  # every attribute named in __stockpyle_keys__
-    columns: frozenset[str]  # every column attribute
+    def in_flush(self) -> bool:
+        transaction = getattr(self.flush_context, "transaction", None)
+        return transaction is not None and bool(transaction.is_active)
 
 
 class Attachment:
@@ -181,7 +142,7 @@ class Attachment:
         self._engine = target if isinstance(target, Engine) else None
         self._event_target: Any = Session if self._engine is not None else target
         self._info_key = f"{INFO_KEY}:{id(self)}"
-        self._classes: dict[type, _ClassInfo | None] = {}
+        self._classes: dict[type, ClassInfo | None] = {}
         self._checks: dict[tuple[type, str], dict[str, Check]] = {}
         self._listeners: list[tuple[str, Callable[..., Any]]] = [
             ("after_flush", self._after_flush),
@@ -189,7 +150,14 @@ class Attachment:
             ("after_commit", self._after_commit),
             ("after_transaction_end", self._after_transaction_end),
             ("do_orm_execute", self._do_orm_execute),
+            ("before_flush", self._before_flush),
+            ("after_begin", self._after_begin),
         ]
+        # Core statements are seen on the connections of the engines the sessions use
+        # (every connection of an attached engine): see _after_execute.
+        self._engines: list[Engine] = []
+        self._engines_lock = threading.Lock()
+        self._owners: weakref.WeakKeyDictionary[Connection, Session] = weakref.WeakKeyDictionary()
         for name, listener in self._listeners:
             # First in line for the transaction events: a listener of the application's
             # that raises there cannot keep a commit from being written through, or a
@@ -197,6 +165,16 @@ class Attachment:
             # listener that returns a result is the one that executes).
             first = name != "do_orm_execute"
             event.listen(self._event_target, name, listener, propagate=True, insert=first)
+        if self._engine is not None:
+            self._listen_to(self._engine)
+
+    def _listen_to(self, engine: Engine) -> None:
+        with self._engines_lock:
+            if engine in self._engines:
+                return
+            event.listen(engine, "before_execute", self._before_execute, retval=True)
+            event.listen(engine, "after_execute", self._after_execute)
+            self._engines.append(engine)
 
     def detach(self) -> None:
         """Remove every listener; sessions stop writing through at once."""
@@ -204,6 +182,11 @@ class Attachment:
             for name, listener in self._listeners:
                 if event.contains(self._event_target, name, listener):
                     event.remove(self._event_target, name, listener)
+            with self._engines_lock:
+                for engine in self._engines:
+                    event.remove(engine, "before_execute", self._before_execute)
+                    event.remove(engine, "after_execute", self._after_execute)
+                self._engines.clear()
             _REGISTRY.pop((self.target, self.store), None)
 
     def __repr__(self) -> str:
@@ -218,30 +201,12 @@ class Attachment:
         engine = bind.engine if isinstance(bind, Connection) else bind
         return engine is self._engine
 
-    def _info(self, klass: type) -> _ClassInfo | None:
+    def _info(self, klass: type) -> ClassInfo | None:
         try:
             return self._classes[klass]
         except KeyError:
             pass
-        info = None
-        if getattr(klass, "__stockpyle_keys__", None) is not None:
-            spec = key_spec(klass)
-            mapper = _mapper_of(klass)
-            primary = tuple(
-                mapper.get_property_by_column(column).key for column in mapper.primary_key
-            )
-            if frozenset(primary) not in {frozenset(item) for item in spec.items}:
-                raise ConfigurationError(
-                    f"{spec.describe()}, but its primary key {primary!r} is not one of "
-                    f"them; attach() removes cached entries by primary key, so declare it"
-                )
-            info = _ClassInfo(
-                spec,
-                mapper,
-                primary,
-                frozenset(a for item in spec.items for a in item),
-                frozenset(prop.key for prop in mapper.column_attrs),
-            )
+        info = class_info(klass)
         self._classes[klass] = info
         return info
 
@@ -251,19 +216,26 @@ class Attachment:
             state = session.info[self._info_key] = _SessionState()
         return state
 
-    def _buffer(self, session: Session) -> _Buffer:
+    def _buffer(self, session: Session) -> Buffer:
         transaction = session.get_nested_transaction() or session.get_transaction()
         if transaction is None:  # a flush or an executed statement always has one
             raise RuntimeError(f"{self!r}: a change was recorded outside any transaction")
-        return self._session_state(session).buffers.setdefault(transaction, _Buffer())
+        return self._session_state(session).buffers.setdefault(transaction, Buffer())
 
     # -- flush ------------------------------------------------------------------------
 
+    def _before_flush(self, session: Session, context: Any, instances: Any) -> None:
+        session_state = self._session_state(session)
+        session_state.flush_context = context
+        session_state.flush_statements = []
+
     def _after_flush(self, session: Session, context: Any) -> None:
         # Pre-flush view: new/dirty/deleted and attribute history are still intact.
-        flushing: list[_Flushed] = []
-        self._session_state(session).flushing = (context, flushing)
-        covered: dict[type, _ClassInfo | None] = {}  # per class: its bind is looked up once
+        flushing: list[Flushed] = []
+        session_state = self._session_state(session)
+        session_state.flushing = (context, flushing)
+        statements, session_state.flush_statements = session_state.flush_statements, []
+        covered: dict[type, ClassInfo | None] = {}  # per class: its bind is looked up once
         # The three sets are disjoint (dirty leaves out new and deleted objects), so each
         # object's group says whether it is new or deleted.
         for objs, is_new, deleted in (
@@ -291,8 +263,14 @@ class Attachment:
                     and info.columns.isdisjoint(state.expired_attributes)
                 ):
                     continue
-                old_keys = _known_keys(info, state) if deleted else _old_keys(info, state)
-                flushing.append(_Flushed(obj, state, info, deleted, state.key, old_keys))
+                was = known_keys(info, state) if deleted else old_keys(info, state)
+                flushing.append(Flushed(obj, state, info, deleted, state.key, was))
+        if statements:
+            # The flush's statements on the rows it records are described by that record;
+            # any other row a statement touched (a listener's own UPDATE, a version bump
+            # of an object changed only through a relationship) is removed.
+            recorded = {item.old_identity for item in flushing}
+            self._record(session, statements, skip=recorded)
 
     def _after_flush_postexec(self, session: Session, context: Any) -> None:
         # Post-flush view: identities are assigned and server-generated values expired.
@@ -315,7 +293,7 @@ class Attachment:
                 continue  # deleted, or never persisted (nothing of it can be cached)
             ordered = old_identity is None or version_of(obj) is not None
             put = None
-            if ordered and _fully_loaded(info, state):
+            if ordered and fully_loaded(info, state):
                 checks = checks_of.get(klass)
                 if checks is None:
                     checks = checks_of[klass] = self._value_checks(session, info)
@@ -331,7 +309,7 @@ class Attachment:
                 primary = dict(zip(info.primary_attrs, identity[1], strict=True))
                 buffer.remove(klass, primary, identity)
 
-    def _value_checks(self, session: Session, info: _ClassInfo) -> dict[str, Check]:
+    def _value_checks(self, session: Session, info: ClassInfo) -> dict[str, Check]:
         dialect = session.get_bind(mapper=info.mapper).dialect
         checks = self._checks.get((info.mapper.class_, dialect.name))
         if checks is None:
@@ -381,14 +359,24 @@ class Attachment:
         mapper = orm_state.bind_mapper
         if mapper is None or not self._covers(orm_state.session, mapper):
             return None
-        klass = mapper.class_
-        info = self._info(klass)
+        info = self._info(mapper.class_)
         if info is None:
             return None
+        session_state = self._session_state(orm_state.session)
+        session_state.orm_executing += 1
+        try:
+            return self._execute_bulk(orm_state, mapper, info)
+        finally:
+            session_state.orm_executing -= 1
+
+    def _execute_bulk(
+        self, orm_state: ORMExecuteState, mapper: Mapper[Any], info: ClassInfo
+    ) -> Any:
+        klass = mapper.class_
         statement: Any = orm_state.statement
         params: Any = orm_state.parameters
         rows: list[Any] = params if isinstance(params, list) else [params] if params else []
-        upsert = orm_state.is_insert and _is_upsert(statement)
+        upsert = orm_state.is_insert and dml.is_upsert(statement)
         by_key = bool(rows) and all(set(info.primary_attrs) <= set(row) for row in rows)
         touched = [{a: row[a] for a in info.primary_attrs} for row in rows] if by_key else []
         whole_class = False
@@ -415,7 +403,7 @@ class Attachment:
             primary = tuple(lookup[a] for a in info.primary_attrs)
             buffer.remove(klass, lookup, mapper.identity_key_from_primary_key(primary))
         if whole_class:
-            buffer.invalidate(_family(klass))
+            buffer.invalidate(family(klass))
         return result
 
     def _can_return(self, orm_state: ORMExecuteState, mapper: Mapper[Any]) -> bool:
@@ -428,7 +416,102 @@ class Attachment:
         dialect = orm_state.session.get_bind(mapper=mapper).dialect
         return bool(dialect.update_returning if orm_state.is_update else dialect.delete_returning)
 
+    # -- Core statements --------------------------------------------------------------
+    #
+    # Statements reach a connection from a session's flush (recorded by the flush
+    # listeners), from _do_orm_execute (recorded there), and from everything else:
+    # Session.bulk_update_mappings and bulk_save_objects, session.execute() of a
+    # statement on a Table, session.connection().execute(), and, with attach(engine),
+    # any connection of the engine.  These two listeners see them all and record the
+    # rest.  text() SQL names no table and stays untracked.
+
+    def _owner(self, connection: Connection) -> tuple[Session | None, _SessionState | None]:
+        """The session whose transaction holds ``connection``, and its state; the state is
+        None when the statement is recorded elsewhere or not at all."""
+        session = self._owners.get(connection)
+        if session is None:
+            return None, None
+        session_state = self._session_state(session)
+        if session_state.orm_executing:
+            return session, None
+        return session, session_state
+
+    def _tracked(self, connection: Connection) -> bool:
+        session, session_state = self._owner(connection)
+        return session_state is not None or (session is None and self._engine is not None)
+
+    def _before_execute(
+        self,
+        connection: Connection,
+        statement: Any,
+        multiparams: list[dict[str, Any]],
+        params: dict[str, Any],
+        execution_options: Any,
+    ) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+        if self.use_returning and isinstance(statement, UpdateBase) and self._tracked(connection):
+            changed = dml.with_returning(statement, multiparams or [params], connection.dialect)
+            if changed is not None:
+                return changed, multiparams, params
+        return statement, multiparams, params
+
+    def _after_execute(
+        self,
+        connection: Connection,
+        statement: Any,
+        multiparams: list[dict[str, Any]],
+        params: dict[str, Any],
+        execution_options: Any,
+        result: Any,
+    ) -> None:
+        if not isinstance(statement, UpdateBase) or not self._tracked(connection):
+            return
+        returned = None
+        if statement.get_execution_options().get(dml.RETURNING_OPTION):
+            returned = cast("CursorResult[Any]", result).returned_defaults_rows
+        touched = dml.touched(statement, multiparams or [params], returned)
+        if not touched:
+            return
+        session, session_state = self._owner(connection)
+        if session is None:
+            # A connection of the attached engine outside any session: written through
+            # when the connection commits.
+            buffer = Buffer()
+            self._apply(buffer, touched, skip=set())
+            wait_for_commit(connection, *self._writers(buffer))
+        elif session_state is not None and session_state.in_flush():
+            session_state.flush_statements.extend(touched)
+        else:
+            self._record(session, touched, skip=set())
+
+    def _record(self, session: Session, touched: list[dml.Touched], skip: set[Any]) -> None:
+        self._apply(self._buffer(session), touched, skip)
+
+    def _apply(self, buffer: Buffer, touched: list[dml.Touched], skip: set[Any]) -> None:
+        for item in touched:
+            if item.every_row:
+                buffer.invalidate(family(item.klass))
+                continue
+            mapper = mapper_of(item.klass)
+            info = self._info(item.klass)
+            if info is None:
+                continue
+            for lookup in item.lookups:
+                identity = mapper.identity_key_from_primary_key(
+                    tuple(lookup[a] for a in info.primary_attrs)
+                )
+                if identity not in skip:
+                    buffer.remove(item.klass, lookup, identity)
+
     # -- transaction ends -------------------------------------------------------------
+
+    def _after_begin(self, session: Session, transaction: Any, connection: Connection) -> None:
+        if self._engine is not None and connection.engine is not self._engine:
+            return
+        session_state = self._session_state(session)
+        session_state.connections[connection] = None
+        self._owners[connection] = session
+        if self._engine is None:
+            self._listen_to(connection.engine)
 
     def _after_commit(self, session: Session) -> None:
         # Fires for a released savepoint as well as for the real COMMIT, before the
@@ -438,13 +521,31 @@ class Attachment:
             return
         session_state = self._session_state(session)
         session_state.committed.add(transaction)
-        if not transaction.nested:
-            # The database has committed: the write starts now and is finished when the
-            # transaction ends, so its round trip overlaps SQLAlchemy's work in between.
-            buffer = session_state.buffers.pop(transaction, None)
-            finish = self._start_write(buffer) if buffer else None
-            if finish is not None:
-                session_state.writing[transaction] = finish
+        if transaction.nested:
+            return
+        buffer = session_state.buffers.pop(transaction, None)
+        if not buffer:
+            return
+        connections = list(session_state.connections)
+        waiting = [c for c in connections if not c.closed and c.in_transaction()]
+        if waiting:
+            # The session committed only its part of a transaction it does not own (see
+            # sa_stockpyle.connections): the database commits when the caller does.  A
+            # session on several connections cannot tell which rows each one holds, so
+            # it removes every row, now for those committed and at each later COMMIT.
+            write, remove = self._writers(buffer)
+            if len(connections) > 1:
+                write = remove
+                if len(waiting) < len(connections):
+                    remove()
+            for connection in waiting:
+                wait_for_commit(connection, write, remove)
+            return
+        # The database has committed: the write starts now and is finished when the
+        # transaction ends, so its round trip overlaps SQLAlchemy's work in between.
+        finish = self._start_write(buffer)
+        if finish is not None:
+            session_state.writing[transaction] = finish
 
     def _after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
         session_state: _SessionState | None = session.info.get(self._info_key)
@@ -452,6 +553,12 @@ class Attachment:
             return
         if transaction.parent is None:
             session_state.flushing = None  # a failed flush's record, if one is left
+            session_state.flush_context = None
+            session_state.flush_statements = []
+            for connection in session_state.connections:
+                if self._owners.get(connection) is session:
+                    del self._owners[connection]
+            session_state.connections.clear()
         committed = transaction in session_state.committed
         session_state.committed.discard(transaction)
         writing = session_state.writing.pop(transaction, None)
@@ -463,9 +570,25 @@ class Attachment:
             return  # rolled back, closed or failed: nothing it did reaches any store
         parent = transaction.parent
         if transaction.nested and parent is not None:
-            session_state.buffers.setdefault(parent, _Buffer()).merge(buffer)
+            session_state.buffers.setdefault(parent, Buffer()).merge(buffer)
 
-    def _start_write(self, buffer: _Buffer) -> Callable[[], None] | None:
+    def _writers(self, buffer: Buffer) -> tuple[Callable[[], None], Callable[[], None]]:
+        """What writes ``buffer`` through at once, and its removals only; neither raises."""
+
+        def primary_of(klass: type) -> tuple[str, ...]:
+            info = self._info(klass)
+            if info is None:  # a put is only ever recorded for a storable class
+                raise ConfigurationError(f"{klass.__qualname__} is not storable")
+            return info.primary_attrs
+
+        def write(what: Buffer) -> None:
+            finish = self._start_write(what)
+            if finish is not None:
+                finish()
+
+        return (lambda: write(buffer)), (lambda: write(buffer.removals_only(primary_of)))
+
+    def _start_write(self, buffer: Buffer) -> Callable[[], None] | None:
         """Start writing a committed transaction's buffer through (see
         :meth:`BaseStore.start_committed`); the call returned finishes it, None when it
         failed to start.  Neither raises: the database has committed, and raising would
@@ -501,70 +624,6 @@ class Attachment:
         log.exception("sa_stockpyle: write-through after commit failed in %r", self)
         for klass in {type(obj) for obj in puts} | {k for k, _ in removals}:
             self.stats.add(klass, "errors")
-
-
-def _mapper_of(klass: type) -> Mapper[Any]:
-    """The mapper of a mapped class (ConfigurationError when it is not mapped)."""
-    mapper: object = inspect(klass, raiseerr=False)
-    if not isinstance(mapper, Mapper):
-        raise ConfigurationError(f"{klass.__qualname__} is not a mapped class")
-    return mapper
-
-
-def _old_keys(info: _ClassInfo, state: InstanceState[Any]) -> list[dict[str, Any]]:
-    """The lookups of declared keys whose values this flush changes, with old values."""
-    # committed_state holds the value each changed attribute had when loaded (NO_VALUE
-    # when it never was): cheaper than attribute history, which this runs for every row.
-    committed = state.committed_state
-    if info.key_attrs.isdisjoint(committed):
-        return []  # the usual update: no key attribute changed
-    current = state.dict
-    changed = {
-        attr: committed[attr]
-        for attr in info.key_attrs & committed.keys()
-        if committed[attr] is not NO_VALUE and committed[attr] != current.get(attr)
-    }
-    if not changed:
-        return []
-    lookups = []
-    for item in info.spec.items:
-        if changed.keys() & set(item):
-            old = {a: changed[a] if a in changed else current.get(a) for a in item}
-            if None not in old.values():
-                lookups.append(old)
-    return lookups
-
-
-def _known_keys(info: _ClassInfo, state: InstanceState[Any]) -> list[dict[str, Any]]:
-    """The lookups of every declared key whose values are loaded and not None."""
-    loaded = state.dict
-    return [
-        {a: loaded[a] for a in item}
-        for item in info.spec.items
-        if all(loaded.get(a) is not None for a in item)
-    ]
-
-
-def _fully_loaded(info: _ClassInfo, state: InstanceState[Any]) -> bool:
-    return info.columns <= state.dict.keys()
-
-
-def _is_upsert(statement: Any) -> bool:
-    # Dialect INSERT ... ON CONFLICT / ON DUPLICATE KEY UPDATE constructs carry their
-    # clause here; a plain INSERT does not.
-    return getattr(statement, "_post_values_clause", None) is not None
-
-
-def _family(klass: type) -> list[type]:
-    """``klass``, its mapped subclasses and its bases declaring keys: every namespace a
-    row of ``klass``'s table may be cached under."""
-    family = [base for base in klass.__mro__ if getattr(base, "__stockpyle_keys__", None)]
-    pending: list[type] = list(klass.__subclasses__())
-    while pending:
-        sub = pending.pop()
-        family.append(sub)
-        pending.extend(sub.__subclasses__())
-    return family
 
 
 _REGISTRY: dict[tuple[object, BaseStore], Attachment] = {}

@@ -7,8 +7,11 @@ Worker processes (started with the ``spawn`` method, each with its own engine, s
 ``RedisStore`` and :func:`~sa_stockpyle.attach`) read through
 ``ChainedStore([RedisStore, SqlAlchemyStore])`` (``--memory-layer``: a
 ``ProcessMemoryStore`` in front) and write with a skewed random mix: value updates,
-alternate-key moves, deletes, re-inserts, bulk updates, two-row transactions, and
-transactions that write and then roll back.  Writes give the ``Numeric``, ``CHAR`` and
+alternate-key moves, deletes, re-inserts, ORM bulk updates, ``bulk_update_mappings``,
+UPDATEs of the table (by key, or by the alternate key: the keys come back by
+RETURNING), two-row transactions, transactions that write and then roll back, and
+sessions joined to a caller's transaction that the caller commits or rolls back after
+the session's commit.  Writes give the ``Numeric``, ``CHAR`` and
 ``DateTime`` columns values the database keeps or changes, and now and then an object no
 cache payload carries (a ``PickleType``); an application ``after_flush`` listener refuses
 a share of the flushes.  With ``--forked N``, N workers build and use their chain, then
@@ -160,6 +163,9 @@ MIX: dict[str, int] = {
     "bulk_update": 3,
     "pair_update": 3,
     "rollback": 8,
+    "external": 4,
+    "bulk_mappings": 2,
+    "table_update": 3,
 }
 
 
@@ -267,7 +273,8 @@ class Committed(Base):
     token: Mapped[str] = mapped_column(String(64), primary_key=True)
     klass: Mapped[str] = mapped_column(String(32))
     row_id: Mapped[int] = mapped_column(Integer)
-    #: The operation: seed, insert, update, bulk_update, pair_update, move or delete.
+    #: The operation: seed, insert, update, bulk_update, bulk_mappings, table_update,
+    #: pair_update, external, move or delete.
     kind: Mapped[str] = mapped_column(String(16))
     seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)
 
@@ -762,6 +769,9 @@ class _Worker:
             "bulk_update": self._bulk_update,
             "pair_update": self._pair_update,
             "rollback": self._rollback,
+            "external": self._external,
+            "bulk_mappings": self._bulk_mappings,
+            "table_update": self._table_update,
         }
 
     def _refuse_now_and_then(self, session: Session, context: Any) -> None:
@@ -1091,6 +1101,79 @@ class _Worker:
             self.report.refused_flushes += 1
         finally:
             self.scoped.remove()
+
+    def _bulk_mappings(self, klass: type[_Row]) -> None:
+        """``Session.bulk_update_mappings``: by primary key, outside any flush."""
+
+        def change(session: Session) -> _Written:
+            row_id = self._row_id()
+            if klass is Versioned or session.get(klass, row_id) is None:
+                return []  # its version is the ORM's to keep; a missing row is no write
+            token = self._token()
+            mappings = [{"id": row_id, "value": token}]
+            session.bulk_update_mappings(klass, mappings)  # type: ignore[arg-type]
+            return [(token, row_id)]
+
+        self._commit("bulk_mappings", klass, change)
+
+    def _table_update(self, klass: type[_Row]) -> None:
+        """An UPDATE of the table (no mapper), by key or by the alternate key."""
+
+        def change(session: Session) -> _Written:
+            table = klass.__table__
+            row_id = self._row_id()
+            token = self._token()
+            values: dict[str, Any] = {"value": token}
+            if klass is Versioned:
+                values["version"] = table.c.version + 1
+            if self.rng.random() < 0.5:
+                where = table.c.id == row_id
+            else:  # the rows are known only from what the database returns
+                where = table.c[klass.alternate] == self.latest[klass.__name__].get(row_id, "")
+            result = session.execute(update(table).where(where).values(values))
+            return [(token, row_id)] if cast("CursorResult[Any]", result).rowcount else []
+
+        self._commit("table_update", klass, change)
+
+    def _external(self, klass: type[_Row]) -> None:
+        """A session joined to the caller's transaction, which commits or rolls back."""
+        rollback = self.rng.random() < 0.5
+        with self.engine.connect() as connection:
+            outer = connection.begin()
+            session = self.factory(bind=connection)
+            try:
+                row_id = self._row_id()
+                obj = session.get(klass, row_id)
+                if obj is None:
+                    self.report.skipped["external"] += 1
+                    return
+                token = self._token()
+                obj.value = token
+                if rollback:
+                    self.report.rolled_back.append(token)
+                else:
+                    session.flush()
+                    written = Committed(
+                        token=token, klass=klass.__name__, row_id=row_id, kind="external"
+                    )
+                    session.add(written)
+                session.commit()  # the session's part; the database commits with the caller
+                # A read in the caller's transaction, which may see the write: no fill.
+                with self.factory(bind=connection) as reader:
+                    layers = [*self.store.stores[:-1], SqlAlchemyStore(session=reader)]
+                    ChainedStore(layers, broadcast=False).get(klass, row_id)
+                if rollback:
+                    outer.rollback()
+                    self.report.rollbacks += 1
+                else:
+                    outer.commit()
+                    self.report.commits += 1
+            except (DBAPIError, StaleDataError) as exc:
+                self._conflict("external", exc)
+            except _AppRefusal:
+                self.report.refused_flushes += 1
+            finally:
+                session.close()
 
     # -- the memory layer check -----------------------------------------------------------
 

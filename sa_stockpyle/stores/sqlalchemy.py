@@ -25,6 +25,7 @@ from sqlalchemy.orm import Mapper, Session, SessionTransaction, scoped_session, 
 from sqlalchemy.orm.attributes import instance_state
 
 from sa_stockpyle.codec import expired_columns
+from sa_stockpyle.connections import any_waiting, is_waiting
 from sa_stockpyle.errors import (
     ConfigurationError,
     InvalidKeyValueError,
@@ -429,7 +430,9 @@ class SqlAlchemyStore(BaseStore):
         ``since``, state read from the database before ``since``.
 
         Uncommitted: pending, modified, marked for deletion or deleted, a row written by a
-        flush of the session's open transaction (savepoints included), or with expired
+        flush of the session's open transaction (savepoints included), any row read in a
+        caller's transaction that holds writes the database has not committed (a session
+        joined to it committed them, see :mod:`sa_stockpyle.connections`), or with expired
         column attributes (its committed state is not known).  Read before ``since``: an
         object the identity map already held, which a SELECT does not overwrite; or any
         object of a transaction that reads one snapshot (REPEATABLE READ, SERIALIZABLE)
@@ -452,6 +455,10 @@ class SqlAlchemyStore(BaseStore):
             and _reads_a_snapshot(session, state.mapper)
         ):
             return False  # its rows are as of the transaction's start, before ``since``
+        if any_waiting() and session.in_transaction():
+            connection = session.connection(bind_arguments={"mapper": state.mapper})
+            if is_waiting(connection):
+                return False  # a transaction it joined holds writes not yet committed
         return state not in session._deleted and state.key not in session.info.get(FLUSHED, ())
 
     def reserve(self, klass: type, keys: Sequence[object]) -> Reservation:

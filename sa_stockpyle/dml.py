@@ -1,0 +1,254 @@
+"""Which cached rows a Core ``INSERT``, ``UPDATE`` or ``DELETE`` changes.
+
+:func:`touched` answers, for a statement on a table that storable mapped classes map, per
+class: the primary-key lookups of the rows it changed, or that every row may have
+changed.  The rows are known
+
+* from its ``WHERE`` clause, when it pins every primary-key column to a bound value
+  (``pk == :value``, ``pk IN (...)``), per parameter set: the form of the ORM's own
+  by-key statements (``Session.bulk_update_mappings``, ``bulk_save_objects``) and of
+  most hand-written ones;
+* from the primary keys the database returned, when :func:`with_returning` added
+  ``RETURNING`` to it;
+* for an upsert (``INSERT ... ON CONFLICT``), from the primary-key values of its
+  parameters.
+
+A plain ``INSERT`` adds rows, which nothing cached can describe.  Anything else changes
+rows that cannot be known: every entry of the classes is then to be made unreachable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Column, Table, event
+from sqlalchemy.orm import Mapper
+from sqlalchemy.orm.exc import UnmappedColumnError
+
+# Every registry's mappers: a Core statement names a table, and every storable class
+# mapping it has entries to remove, whether or not this process has used it yet.
+from sqlalchemy.orm.mapper import _all_registries
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.dml import Delete, Insert, Update, UpdateBase
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
+
+__all__ = ["RETURNING_OPTION", "Touched", "is_upsert", "touched", "with_returning"]
+
+#: The execution option :func:`with_returning` marks a statement with.
+RETURNING_OPTION = "sa_stockpyle_returning"
+
+
+@dataclass
+class Touched:
+    """What one statement changed of one storable class's rows."""
+
+    klass: type
+    #: primary-key lookups (attribute name -> value) of the rows changed
+    lookups: list[dict[str, Any]] = field(default_factory=list)
+    #: the rows changed cannot be known: every entry of the class must go
+    every_row: bool = False
+
+
+@dataclass(frozen=True)
+class _Mapping:
+    """One storable class mapping a table: how the table's primary key names its rows."""
+
+    klass: type
+    mapper: Mapper[Any]
+    #: per attribute of the class's primary key, in order, the table column holding it
+    columns: tuple[Column[Any], ...] | None  # None: the table's key does not give it
+
+
+_MAPPINGS: dict[Table, tuple[_Mapping, ...]] = {}
+
+
+@event.listens_for(Mapper, "mapper_configured")
+def _forget_mappings(mapper: Mapper[Any], klass: type) -> None:
+    _MAPPINGS.clear()  # a class mapped later may map a table seen before
+
+
+def _mappings(table: Table) -> tuple[_Mapping, ...]:
+    found = _MAPPINGS.get(table)
+    if found is not None:
+        return found
+    mappings = []
+    for registry in list(_all_registries()):
+        for mapper in list(registry.mappers):
+            klass = mapper.class_
+            if getattr(klass, "__stockpyle_keys__", None) is None or table not in mapper.tables:
+                continue
+            by_attr = {}
+            for column in table.primary_key:
+                try:
+                    by_attr[mapper.get_property_by_column(column).key] = column
+                except UnmappedColumnError:  # a key column the class does not map
+                    continue
+            primary = [mapper.get_property_by_column(c).key for c in mapper.primary_key]
+            columns = (
+                tuple(by_attr[a] for a in primary) if set(primary) <= by_attr.keys() else None
+            )
+            mappings.append(_Mapping(klass, mapper, columns))
+    found = _MAPPINGS[table] = tuple(mappings)
+    return found
+
+
+def _table_of(statement: UpdateBase) -> Table | None:
+    table = getattr(statement, "table", None)
+    return table if isinstance(table, Table) else None
+
+
+def is_upsert(statement: Any) -> bool:
+    """Whether ``statement`` is an ``INSERT`` that may update existing rows."""
+    # Dialect INSERT ... ON CONFLICT / ON DUPLICATE KEY UPDATE constructs carry their
+    # clause here; a plain INSERT does not.
+    return isinstance(statement, Insert) and statement._post_values_clause is not None
+
+
+def _pinned(table: Table, whereclause: Any) -> dict[Column[Any], BindParameter[Any]]:
+    """The primary-key columns of ``table`` that ``whereclause`` pins to a bound value."""
+    conjuncts: Sequence[Any] = (
+        whereclause.clauses
+        if isinstance(whereclause, BooleanClauseList) and whereclause.operator is operators.and_
+        else [whereclause]
+    )
+    pinned: dict[Column[Any], BindParameter[Any]] = {}
+    for clause in conjuncts:
+        if not isinstance(clause, BinaryExpression) or clause.operator not in (
+            operators.eq,
+            operators.in_op,
+        ):
+            continue
+        left, right = clause.left, clause.right
+        if isinstance(left, BindParameter):
+            left, right = right, left
+        if not isinstance(right, BindParameter) or getattr(left, "table", None) is not table:
+            continue
+        column = table.c.get(getattr(left, "key", ""))
+        if column is not None and column.primary_key:
+            pinned[column] = right
+    return pinned
+
+
+_UNKNOWN = object()
+
+
+def _bound(bind: BindParameter[Any], params: dict[str, Any]) -> Any:
+    """The values (a list) ``bind`` takes with ``params``, or _UNKNOWN."""
+    if bind.key in params:
+        value = params[bind.key]
+    elif bind.callable is None and not bind.required:
+        value = bind.value
+    else:
+        return _UNKNOWN
+    if bind.expanding:
+        return list(value) if isinstance(value, list | tuple) else _UNKNOWN
+    return [value]
+
+
+def _keys_from_where(
+    statement: Update | Delete, table: Table, rows: Sequence[dict[str, Any]]
+) -> list[tuple[Any, ...]] | None:
+    """Primary-key values (table key order) of the rows the statement's WHERE names."""
+    where = statement.whereclause
+    if where is None:
+        return None
+    pinned = _pinned(table, where)
+    columns = list(table.primary_key)
+    if not columns or set(columns) - pinned.keys():
+        return None
+    keys = []
+    for params in rows or [{}]:
+        values = [_bound(pinned[c], params) for c in columns]
+        if any(v is _UNKNOWN for v in values):
+            return None
+        if len(columns) > 1 and any(len(v) != 1 for v in values):
+            return None  # a composite key with IN: not one row per value
+        for position in range(len(values[0]) if len(columns) == 1 else 1):
+            keys.append(tuple(v[position] for v in values))
+    return keys
+
+
+def _keys_from_params(
+    table: Table, rows: Sequence[dict[str, Any]]
+) -> list[tuple[Any, ...]] | None:
+    columns = list(table.primary_key)
+    if not rows or not columns:
+        return None
+    keys = []
+    for params in rows:
+        if any(c.key not in params for c in columns):
+            return None
+        keys.append(tuple(params[c.key] for c in columns))
+    return keys
+
+
+def touched(
+    statement: Any, rows: Sequence[dict[str, Any]], returned: Sequence[Any] | None
+) -> list[Touched]:
+    """What ``statement``, executed with the parameter sets ``rows`` (and returning the
+    primary-key rows ``returned`` when :func:`with_returning` added RETURNING), changed
+    of storable classes' rows; empty when it changes none that can be cached."""
+    if not isinstance(statement, UpdateBase):
+        return []
+    table = _table_of(statement)
+    mappings = _mappings(table) if table is not None else ()
+    if not mappings or table is None:
+        return []
+    if isinstance(statement, Insert) and not is_upsert(statement):
+        return []  # new rows
+    keys: list[tuple[Any, ...]] | None
+    if returned is not None:
+        keys = [tuple(row) for row in returned]
+    elif isinstance(statement, Update | Delete):
+        keys = _keys_from_where(statement, table, rows)
+    else:
+        keys = _keys_from_params(table, rows)
+    columns = list(table.primary_key)
+    found = []
+    for mapping in mappings:
+        if keys is None or mapping.columns is None:
+            found.append(Touched(mapping.klass, every_row=True))
+            continue
+        attrs = [mapping.mapper.get_property_by_column(c).key for c in mapping.mapper.primary_key]
+        order = [columns.index(c) for c in mapping.columns]
+        lookups = [dict(zip(attrs, (key[i] for i in order), strict=True)) for key in keys]
+        found.append(Touched(mapping.klass, lookups))
+    return found
+
+
+def with_returning(
+    statement: Any, rows: Sequence[dict[str, Any]], dialect: Any
+) -> UpdateBase | None:
+    """``statement`` with ``RETURNING`` of its table's primary key added, when it changes
+    storable rows that :func:`touched` could not otherwise know and the dialect can
+    return them; else None.  The caller's result keeps its shape (``return_defaults``:
+    no rows, the same ``rowcount``); the keys arrive as ``returned_defaults_rows``."""
+    if not isinstance(statement, UpdateBase) or len(rows) > 1:
+        return None
+    table = _table_of(statement)
+    if table is None or not _mappings(table):
+        return None
+    if statement._returning or statement._return_defaults:
+        return None  # the caller's own RETURNING: their rows are theirs to read
+    if isinstance(statement, Insert):
+        if not is_upsert(statement) or _keys_from_params(table, rows) is not None:
+            return None
+        supported = dialect.insert_returning
+    elif isinstance(statement, Update):
+        if _keys_from_where(statement, table, rows) is not None:
+            return None
+        supported = dialect.update_returning
+    elif isinstance(statement, Delete):
+        if _keys_from_where(statement, table, rows) is not None:
+            return None
+        supported = dialect.delete_returning
+    else:
+        return None
+    if not supported:
+        return None
+    changed: UpdateBase = statement.return_defaults(*table.primary_key).execution_options(
+        **{RETURNING_OPTION: True}
+    )
+    return changed
