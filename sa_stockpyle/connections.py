@@ -23,6 +23,7 @@ COMMIT is always safe: the next read fills from the database).
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -47,12 +48,30 @@ class _Waiting:
     in_savepoint: bool
 
 
-# Keyed by the pool's connection proxy: the object ``do_commit`` receives, and a new one
-# at each checkout, so nothing waits into another checkout of the same DBAPI connection
-# (a connection garbage-collected with its transaction open is rolled back by the pool
-# without any event).
-_WAITING: weakref.WeakKeyDictionary[Any, list[_Waiting]] = weakref.WeakKeyDictionary()
-_LOCK = threading.Lock()
+class _Registry:
+    """What waits, per connection, and the lock that guards it."""
+
+    # Keyed by the pool's connection proxy: the object ``do_commit`` receives, and a new
+    # one at each checkout, so nothing waits into another checkout of the same DBAPI
+    # connection (a connection garbage-collected with its transaction open is rolled back
+    # by the pool without any event).
+    waiting: weakref.WeakKeyDictionary[Any, list[_Waiting]]
+    lock: threading.Lock
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start empty, with a new lock: a forked child holds no transaction of its
+        parent's (its connections are the pool's to replace), nor a lock a thread of the
+        parent may still hold."""
+        self.waiting = weakref.WeakKeyDictionary()
+        self.lock = threading.Lock()
+
+
+_REGISTRY = _Registry()
+
+os.register_at_fork(after_in_child=_REGISTRY.reset)
 
 
 def wait_for_commit(
@@ -63,17 +82,17 @@ def wait_for_commit(
     meanwhile and the work was handed over inside one).  Neither call may raise."""
     proxy = connection.connection
     waiting = _Waiting(write, remove, connection.in_nested_transaction())
-    with _LOCK:
+    with _REGISTRY.lock:
         _hook_commits(connection.dialect)
         for name, listener in (("rollback", _rolled_back), ("rollback_savepoint", _undone)):
             if not event.contains(connection, name, listener):
                 event.listen(connection, name, listener)
-        _WAITING.setdefault(proxy, []).append(waiting)
+        _REGISTRY.waiting.setdefault(proxy, []).append(waiting)
 
 
 def any_waiting() -> bool:
     """Whether any connection has work waiting: the cheap test before :func:`is_waiting`."""
-    return bool(_WAITING)
+    return bool(_REGISTRY.waiting)
 
 
 def is_waiting(connection: Connection) -> bool:
@@ -83,7 +102,7 @@ def is_waiting(connection: Connection) -> bool:
         proxy = connection.connection
     except Exception:  # closed or invalidated: its transaction is gone
         return False
-    return proxy in _WAITING
+    return proxy in _REGISTRY.waiting
 
 
 class _AfterCommit:
@@ -94,8 +113,8 @@ class _AfterCommit:
 
     def __call__(self, dbapi_connection: Any) -> None:
         self.do_commit(dbapi_connection)
-        with _LOCK:
-            waiting = _WAITING.pop(dbapi_connection, ())
+        with _REGISTRY.lock:
+            waiting = _REGISTRY.waiting.pop(dbapi_connection, ())
         for item in waiting:
             item.write()
 
@@ -112,8 +131,8 @@ def _rolled_back(connection: Connection) -> None:
         proxy = connection.connection
     except Exception:  # invalidated: its proxy, and what waits on it, are gone
         return
-    with _LOCK:
-        _WAITING.pop(proxy, None)
+    with _REGISTRY.lock:
+        _REGISTRY.waiting.pop(proxy, None)
 
 
 def _undone(connection: Connection, name: str, context: Any) -> None:
@@ -121,7 +140,7 @@ def _undone(connection: Connection, name: str, context: Any) -> None:
         proxy = connection.connection
     except Exception:
         return
-    with _LOCK:
-        for item in _WAITING.get(proxy, ()):
+    with _REGISTRY.lock:
+        for item in _REGISTRY.waiting.get(proxy, ()):
             if item.in_savepoint:
                 item.write = item.remove

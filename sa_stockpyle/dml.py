@@ -123,7 +123,8 @@ def _pinned(table: Table, whereclause: Any) -> dict[Column[Any], BindParameter[A
         left, right = clause.left, clause.right
         if isinstance(left, BindParameter):
             left, right = right, left
-        if not isinstance(right, BindParameter) or getattr(left, "table", None) is not table:
+        # == rather than is: an ORM statement's columns name an annotated copy of the table.
+        if not isinstance(right, BindParameter) or getattr(left, "table", None) != table:
             continue
         column = table.c.get(getattr(left, "key", ""))
         if column is not None and column.primary_key:

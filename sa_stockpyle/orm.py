@@ -440,6 +440,10 @@ class Attachment:
         session, session_state = self._owner(connection)
         return session_state is not None or (session is None and self._engine is not None)
 
+    def _flushing(self, connection: Connection) -> bool:
+        _, session_state = self._owner(connection)
+        return session_state is not None and session_state.in_flush()
+
     def _before_execute(
         self,
         connection: Connection,
@@ -448,7 +452,12 @@ class Attachment:
         params: dict[str, Any],
         execution_options: Any,
     ) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
-        if self.use_returning and isinstance(statement, UpdateBase) and self._tracked(connection):
+        if (
+            self.use_returning
+            and isinstance(statement, UpdateBase)
+            and self._tracked(connection)
+            and not self._flushing(connection)  # a flush's statements name their keys
+        ):
             changed = dml.with_returning(statement, multiparams or [params], connection.dialect)
             if changed is not None:
                 return changed, multiparams, params
@@ -557,7 +566,7 @@ class Attachment:
             session_state.flush_statements = []
             for connection in session_state.connections:
                 if self._owners.get(connection) is session:
-                    del self._owners[connection]
+                    self._owners.pop(connection, None)
             session_state.connections.clear()
         committed = transaction in session_state.committed
         session_state.committed.discard(transaction)
