@@ -46,11 +46,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, event
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapper, registry
 
-from sa_stockpyle.keys import storage_classes
+from sa_stockpyle.keys import storage_classes, table_names
 from sa_stockpyle.stores.base import BaseStore
 
 __all__ = [
@@ -102,10 +102,6 @@ def _storable_mappers(models: Models) -> list[Mapper[Any]]:
     return sorted(mappers, key=lambda m: (m.class_.__module__, m.class_.__qualname__))
 
 
-def _table_names(mapper: Mapper[Any]) -> set[str]:
-    return {table.name for table in mapper.tables if isinstance(table, Table)}
-
-
 def storable_classes(models: Models) -> list[type]:
     """The mapped classes of ``models`` that declare ``__stockpyle_keys__``, by name.
 
@@ -149,7 +145,9 @@ def touched_classes(models: Models, tables: Iterable[str] | None) -> list[type]:
     if tables is None:
         return [mapper.class_ for mapper in mappers]
     changed = _with_cascades(models, set(tables))
-    touched = {mapper.class_ for mapper in mappers if _table_names(mapper) & changed}
+    touched = {
+        mapper.class_ for mapper in mappers if changed.intersection(table_names(mapper.class_))
+    }
     touched |= {base for klass in touched for base in storage_classes(klass, True)}
     return [mapper.class_ for mapper in mappers if mapper.class_ in touched]
 
@@ -224,7 +222,7 @@ def invalidate_migrated(
     if not everything:
         watched = connection if connection is not None else _alembic_connection()
         migrated.everything = watched is None
-    names = {name for mapper in _storable_mappers(models) for name in _table_names(mapper)}
+    names = {name for mapper in _storable_mappers(models) for name in table_names(mapper.class_)}
 
     def seen(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
         migrated.tables |= tables_named(statement, names)
