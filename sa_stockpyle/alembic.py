@@ -29,10 +29,13 @@ on another connection.  Pass ``everything=True`` for such migrations.  In offlin
 
 Each invalidation is :meth:`~sa_stockpyle.stores.BaseStore.invalidate_class`: a
 :class:`~sa_stockpyle.stores.ChainedStore` passes it to every layer, shared stores
-(Redis, memcached) bump a generation token that every process reads with its lookups,
-and the SQLAlchemy store ignores it.  In-process layers (``ProcessMemoryStore``) of
-*other* processes cannot be reached from the migration's process: restart them after a
-migration, as a deployment does.
+(Redis, memcached) bump the generation tokens of the class's tables, which every process
+reads with its lookups, and the SQLAlchemy store ignores it.  A table's token is shared
+by every release's model of the table, whatever its schema fingerprint, so a migration
+run by any release, upgrading or downgrading, leaves no release an entry of a touched
+table cached before it.  In-process layers (``ProcessMemoryStore``) of *other* processes
+cannot be reached from the migration's process: restart them after a migration, as a
+deployment does.
 
 This module imports Alembic only inside :func:`invalidate_migrated`.
 """
