@@ -29,10 +29,13 @@ on another connection.  Pass ``everything=True`` for such migrations.  In offlin
 
 Each invalidation is :meth:`~sa_stockpyle.stores.BaseStore.invalidate_class`: a
 :class:`~sa_stockpyle.stores.ChainedStore` passes it to every layer, shared stores
-(Redis, memcached) bump a generation token that every process reads with its lookups,
-and the SQLAlchemy store ignores it.  In-process layers (``ProcessMemoryStore``) of
-*other* processes cannot be reached from the migration's process: restart them after a
-migration, as a deployment does.
+(Redis, memcached) bump the generation tokens of the class's tables, which every process
+reads with its lookups, and the SQLAlchemy store ignores it.  A table's token is shared
+by every release's model of the table, whatever its schema fingerprint, so a migration
+run by any release, upgrading or downgrading, leaves no release an entry of a touched
+table cached before it.  In-process layers (``ProcessMemoryStore``) of *other* processes
+cannot be reached from the migration's process: restart them after a migration, as a
+deployment does.
 
 This module imports Alembic only inside :func:`invalidate_migrated`.
 """
@@ -46,11 +49,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, event
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapper, registry
 
-from sa_stockpyle.keys import storage_classes
+from sa_stockpyle.keys import storage_classes, table_names
 from sa_stockpyle.stores.base import BaseStore
 
 __all__ = [
@@ -102,10 +105,6 @@ def _storable_mappers(models: Models) -> list[Mapper[Any]]:
     return sorted(mappers, key=lambda m: (m.class_.__module__, m.class_.__qualname__))
 
 
-def _table_names(mapper: Mapper[Any]) -> set[str]:
-    return {table.name for table in mapper.tables if isinstance(table, Table)}
-
-
 def storable_classes(models: Models) -> list[type]:
     """The mapped classes of ``models`` that declare ``__stockpyle_keys__``, by name.
 
@@ -149,7 +148,9 @@ def touched_classes(models: Models, tables: Iterable[str] | None) -> list[type]:
     if tables is None:
         return [mapper.class_ for mapper in mappers]
     changed = _with_cascades(models, set(tables))
-    touched = {mapper.class_ for mapper in mappers if _table_names(mapper) & changed}
+    touched = {
+        mapper.class_ for mapper in mappers if changed.intersection(table_names(mapper.class_))
+    }
     touched |= {base for klass in touched for base in storage_classes(klass, True)}
     return [mapper.class_ for mapper in mappers if mapper.class_ in touched]
 
@@ -224,7 +225,7 @@ def invalidate_migrated(
     if not everything:
         watched = connection if connection is not None else _alembic_connection()
         migrated.everything = watched is None
-    names = {name for mapper in _storable_mappers(models) for name in _table_names(mapper)}
+    names = {name for mapper in _storable_mappers(models) for name in table_names(mapper.class_)}
 
     def seen(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
         migrated.tables |= tables_named(statement, names)

@@ -25,6 +25,7 @@ from urllib.parse import quote
 from uuid import UUID
 
 import sqlalchemy
+from sqlalchemy import Table
 
 from sa_stockpyle.errors import InvalidKeyValueError, NotStorableError, UnknownKeyError
 
@@ -41,6 +42,7 @@ __all__ = [
     "key_spec",
     "schema_fingerprint",
     "storage_classes",
+    "table_names",
 ]
 
 #: Bumped whenever the layout of cache keys or payloads changes incompatibly.
@@ -318,20 +320,37 @@ def encode_value(value: object) -> str:
 # --- namespaces ----------------------------------------------------------------------------
 
 
+def _mapper_of(klass: type) -> sqlalchemy.orm.Mapper[Any] | None:
+    mapper: object = sqlalchemy.inspect(klass, raiseerr=False)
+    return mapper if isinstance(mapper, sqlalchemy.orm.Mapper) else None
+
+
 def schema_fingerprint(klass: type) -> str | None:
     """A short digest of the mapped columns (names and types) of ``klass``, or None.
 
     Part of the cache namespace of mapped classes, so a migration that changes a table
     makes entries cached under the old schema unreachable instead of wrong.
     """
-    mapper: object = sqlalchemy.inspect(klass, raiseerr=False)
-    if mapper is None or not isinstance(mapper, sqlalchemy.orm.Mapper):
+    mapper = _mapper_of(klass)
+    if mapper is None:
         return None
     described = sorted(
         f"{getattr(column, 'table', None)}.{column.name}:{column.type!r}"
         for column in mapper.columns
     )
     return hashlib.sha256("\n".join(described).encode()).hexdigest()[:12]
+
+
+def table_names(klass: type) -> tuple[str, ...]:
+    """The names of the tables ``klass`` is mapped to, sorted; empty when it is not mapped.
+
+    Every release of an application that maps a table shares the table's namespace
+    generation (see :meth:`KeyMaker.generation_keys`), whatever its schema fingerprint.
+    """
+    mapper = _mapper_of(klass)
+    if mapper is None:
+        return ()
+    return tuple(sorted({table.name for table in mapper.tables if isinstance(table, Table)}))
 
 
 _TOKENS: dict[type, str] = {}
@@ -379,8 +398,9 @@ def _acceptable(key: str) -> bool:
 class KeyMaker:
     """Builds the cache-key strings of one store: ``prefix:version:class~gen:item:values``.
 
-    ``generations`` holds, per class, the namespace generation the store last saw (see
-    :meth:`set_generation`); a class without one has keys without the ``~gen`` part.
+    ``generations`` holds, per class, the namespace generation the store last saw: the
+    tokens last seen at its :meth:`generation_keys`, joined with ``.`` (see
+    :meth:`set_tokens`); a class without one has keys without the ``~gen`` part.
     """
 
     def __init__(self, prefix: str = "stockpyle") -> None:
@@ -392,22 +412,42 @@ class KeyMaker:
         self.prefix = prefix
         self._namespace = f"{prefix}:{FORMAT_VERSION}"
         self.generations: dict[type, str] = {}
+        #: The token last seen at each generation key.
+        self.tokens: dict[str, str] = {}
         # Per class: the generation its heads were made for, and one head per item.
         self._heads: dict[type, tuple[str | None, tuple[str, ...], bool]] = {}
-        self._generation_keys: dict[type, str] = {}
+        self._generation_keys: dict[type, tuple[str, ...]] = {}
+        # Per generation key: the classes whose generation it is part of.
+        self._sharing: dict[str, set[type]] = {}
 
-    def set_generation(self, klass: type, generation: str) -> None:
-        """Use ``generation`` in the keys of ``klass`` from now on."""
-        self.generations[klass] = generation
-
-    def generation_key(self, klass: type) -> str:
-        """The cache key holding the namespace generation of ``klass``."""
+    def generation_keys(self, klass: type) -> tuple[str, ...]:
+        """The cache keys holding the tokens the namespace generation of ``klass`` is
+        made of: one per table of a mapped class, shared by every class mapped to that
+        table whatever its schema fingerprint; one of its own for any other class."""
         # Read with every lookup of a shared store: built once per class.
-        key = self._generation_keys.get(klass)
-        if key is None:
-            key = self._checked(f"{self._namespace}:gen:{class_token(klass)}")
-            self._generation_keys[klass] = key
-        return key
+        keys = self._generation_keys.get(klass)
+        if keys is None:
+            # Table names compared as SQL compares unquoted identifiers: sharing a token
+            # with another table costs only misses, missing one would serve stale entries.
+            tables = sorted({name.casefold() for name in table_names(klass)})
+            names = [f"table:{name}" for name in tables] or [class_token(klass)]
+            keys = tuple(self._checked(f"{self._namespace}:gen:{name}") for name in names)
+            self._generation_keys[klass] = keys
+            for key in keys:
+                self._sharing.setdefault(key, set()).add(klass)
+        return keys
+
+    def set_tokens(self, tokens: Mapping[str, str]) -> None:
+        """Hold ``tokens`` (generation key: token) from now on, and give every class whose
+        generation keys all hold a token the generation they make."""
+        self.tokens.update(tokens)
+        held = self.tokens
+        # tuple() copies a set in one step, safe while another thread adds a class to it.
+        for klass in {c for key in tokens for c in tuple(self._sharing.get(key, ()))}:
+            keys = self._generation_keys[klass]
+            parts = [held[key] for key in keys if key in held]
+            if len(parts) == len(keys):
+                self.generations[klass] = ".".join(parts)
 
     def class_prefix(self, klass: type) -> str:
         """The start shared by the readable keys of ``klass`` in its current generation."""

@@ -1433,7 +1433,7 @@ def _check(engine: Engine, redis: RedisStore, report: Report) -> None:
                 )
     for klass in CLASSES:
         # Read first: a lookup would start a new (empty) generation where none is.
-        if not redis.client.get(redis.keymaker.generation_key(klass)):
+        if not all(redis.client.mget(redis.keymaker.generation_keys(klass))):
             report.unsettled.append(
                 f"Redis holds no generation of {klass.__name__}: what the workers cached "
                 "cannot be found"

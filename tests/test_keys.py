@@ -125,8 +125,9 @@ def test_a_new_generation_replaces_the_cached_key_heads_of_its_class() -> None:
     keymaker = KeyMaker()
     spec = key_spec(Foo)
     before = keymaker.key(spec, 0, (1,))
+    [token_key] = keymaker.generation_keys(Foo)
     for generation in range(1000):
-        keymaker.set_generation(Foo, f"g{generation}")
+        keymaker.set_tokens({token_key: f"g{generation}"})
         assert keymaker.key(spec, 1, (2, 3)).split(":")[2].endswith(f"~g{generation}")
     assert len(keymaker._heads) == 1
     assert keymaker.key(spec, 0, (1,)) != before

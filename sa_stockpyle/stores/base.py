@@ -648,11 +648,14 @@ class BaseKeyValueStore(BaseStore):
 
     # -- namespace generations ----------------------------------------------------------
     #
-    # Every class's keys carry a generation token read from the backend, so that
+    # Every class's keys carry a generation made of tokens read from the backend, so that
     # invalidate_class() can make all of a class's entries unreachable at once, in every
-    # process: it writes a new token.  A missing token (never set, evicted, server
-    # restarted empty) is replaced by a new random one, never taken as "no generation",
-    # so entries written under an older token can never come back.
+    # process: it writes new tokens.  A mapped class's tokens are its tables' (see
+    # KeyMaker.generation_keys), so every release's model of a table, whatever its schema
+    # fingerprint, loses its entries with the others: a migration run by any release, up
+    # or down, leaves no release's old entries reachable.  A missing token (never set,
+    # evicted, server restarted empty) is replaced by a new random one, never taken as "no
+    # generation", so entries written under an older token can never come back.
 
     #: Whether generation tokens live in the backend, shared with other processes.  An
     #: in-process store keeps them in its key maker only: nothing else can bump them, and
@@ -665,40 +668,44 @@ class BaseKeyValueStore(BaseStore):
         )
 
     def _learn_generations_of(self, classes: Iterable[type]) -> None:
-        unknown = [c for c in classes if c not in self.keymaker.generations]
+        keymaker = self.keymaker
+        unknown = [c for c in classes if c not in keymaker.generations]
         if not unknown:
             return
+        keys = list(dict.fromkeys(key for c in unknown for key in keymaker.generation_keys(c)))
         if not self.shared_generations:
-            for klass in unknown:
-                self.keymaker.set_generation(klass, secrets.token_hex(4))
+            held = keymaker.tokens
+            keymaker.set_tokens({key: held.get(key) or secrets.token_hex(4) for key in keys})
             return
-        raws = self._read([self.keymaker.generation_key(c) for c in unknown])
-        for klass, raw in zip(unknown, raws, strict=True):
-            self._adopt_generation(klass, raw)
+        self._adopt_tokens(keys, self._read(keys))
 
-    def _adopt_generation(self, klass: type, raw: Any) -> None:
-        """Use the generation ``raw`` read from the backend, or start a new one."""
-        if not (isinstance(raw, bytes) and raw):
-            # Added only where none is: processes that all find it missing (a restarted
+    def _adopt_tokens(self, keys: Sequence[str], raws: Sequence[Any]) -> None:
+        """Use the generation tokens ``raws`` read at ``keys``; start one where none is."""
+        tokens = _tokens(keys, raws)
+        missing = [key for key in keys if key not in tokens]
+        if missing:
+            # Added only where none is: processes that all find one missing (a restarted
             # server) agree on the first one written instead of replacing each other's.
-            key = self.keymaker.generation_key(klass)
-            token = secrets.token_hex(4).encode("ascii")
-            if self._conditional([Op("A", key, token, None)]) == [True]:
-                raw = token
-            else:
-                raw = self._read([key])[0]
-        if isinstance(raw, bytes) and raw:
-            self.keymaker.set_generation(klass, raw.decode("ascii", "replace"))
-        else:
-            self.invalidate_class(klass)
+            new = {key: secrets.token_hex(4) for key in missing}
+            added = self._conditional([Op("A", key, new[key].encode(), None) for key in missing])
+            won = {key: new[key] for key, done in zip(missing, added, strict=True) if done}
+            lost = [key for key in missing if key not in won]
+            found = _tokens(lost, self._read(lost)) if lost else {}
+            # Gone again since another process added it (evicted at once): start one anyway.
+            gone = {key: new[key] for key in lost if key not in found}
+            if gone:
+                self._write([(key, token.encode(), None) for key, token in gone.items()])
+            tokens |= won | found | gone
+        self.keymaker.set_tokens(tokens)
 
     def invalidate_class(self, klass: type) -> None:
-        """Make every entry of ``klass`` unreachable, in every process: a new generation."""
-        token = secrets.token_hex(4)
+        """Make every entry of ``klass`` unreachable, in every process: new generation
+        tokens.  Those of a mapped class are its tables': every class mapped to one of
+        them, whatever its schema fingerprint, loses its entries too."""
+        tokens = {key: secrets.token_hex(4) for key in self.keymaker.generation_keys(klass)}
         if self.shared_generations:
-            key = self.keymaker.generation_key(klass)
-            self._write([(key, token.encode("ascii"), None)])
-        self.keymaker.set_generation(klass, token)
+            self._write([(key, token.encode(), None) for key, token in tokens.items()])
+        self.keymaker.set_tokens(tokens)
 
     def write_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> None:
         """Reflect a database commit in one conditional batch: tombstones for
@@ -749,26 +756,22 @@ class BaseKeyValueStore(BaseStore):
         if not classes:
             return None
         self._learn_generations_of(classes)
-        used = {klass: self.keymaker.generations.get(klass) for klass in classes}
+        keymaker = self.keymaker
+        keys = list(dict.fromkeys(key for c in classes for key in keymaker.generation_keys(c)))
+        used = {key: keymaker.tokens.get(key) for key in keys}
         ops = self._unexpired(write())
         if not self.shared_generations:
             if ops:
                 self._apply(ops)
             return None
-        receive = self._start_apply_then_read(
-            ops, [self.keymaker.generation_key(klass) for klass in used]
-        )
+        receive = self._start_apply_then_read(ops, keys)
 
         def finish() -> None:
             _, raws = receive()
-            moved = False
-            for (klass, generation), raw in zip(used.items(), raws, strict=True):
-                held = raw.decode("ascii", "replace") if isinstance(raw, bytes) and raw else None
-                if held != generation:
-                    self._adopt_generation(klass, raw)
-                    moved = True
-            if moved and attempts > 1:
-                _finish(self._in_current_generations(classes, write, attempts - 1))
+            if _tokens(keys, raws) != used:
+                self._adopt_tokens(keys, raws)
+                if attempts > 1:
+                    _finish(self._in_current_generations(classes, write, attempts - 1))
 
         return finish
 
@@ -971,19 +974,26 @@ class BaseKeyValueStore(BaseStore):
     def _read_generation(
         self, klass: type, known: str | None, keys: list[str]
     ) -> list[Any] | None:
-        """Read ``keys`` with the generation of ``klass``, in one round trip.
+        """Read ``keys`` with the generation tokens of ``klass``, in one round trip.
 
-        Returns the raw values, or None when the class had no generation and a new one
-        was started.  When the generation differs from ``known`` (another process bumped
-        it), the key maker now holds the new one and the values read are stale: the
-        caller reads again under the new keys.
+        Returns the raw values, or None when a token was missing and a new one was
+        started (a new generation holds nothing).  When the generation differs from
+        ``known`` (another process bumped it), the key maker now holds the new one and
+        the values read are stale: the caller reads again under the new keys.
         """
-        raws = self._read([self.keymaker.generation_key(klass), *keys])
-        current = raws.pop(0)
-        if isinstance(current, bytes) and current.decode("ascii", "replace") == known:
+        generation_keys = self.keymaker.generation_keys(klass)
+        count = len(generation_keys)
+        raws = self._read([*generation_keys, *keys])
+        tokens = raws[:count]
+        del raws[:count]
+        try:
+            current = b".".join(tokens).decode("ascii", "replace")
+        except TypeError:  # a token is missing (None), or not a token at all
+            current = None
+        if current is not None and current == known:
             return raws
-        self._adopt_generation(klass, current)
-        return None if current is None else raws
+        self._adopt_tokens(generation_keys, tokens)
+        return None if None in tokens else raws
 
     def _decoded(self, klass: type, keys: list[str], raws: list[Any]) -> dict[str, Record]:
         """Decode raw values; expired and corrupt records are removed, not returned."""
@@ -1025,6 +1035,15 @@ class _Claim:
     lease: Any  # the raw lease value held at each granted key
     since: float | None  # when the first lease was taken, on the backend's clock
     generations: dict[type, str]  # the namespaces the keys were made in
+
+
+def _tokens(keys: Sequence[str], raws: Sequence[Any]) -> dict[str, str]:
+    """The generation tokens read at ``keys``, where one was."""
+    return {
+        key: raw.decode("ascii", "replace")
+        for key, raw in zip(keys, raws, strict=True)
+        if isinstance(raw, bytes) and raw
+    }
 
 
 def _answering(found: dict[str, Record], primary: str, key: str) -> Entry | None:
@@ -1088,17 +1107,21 @@ class BaseDictionaryStore(BaseKeyValueStore):
         """
         with self._lock:
             if not self.shared_generations:
-                for klass in list(self.keymaker.generations):
-                    self.keymaker.set_generation(klass, secrets.token_hex(4))
+                held = self.keymaker.tokens
+                self.keymaker.set_tokens({key: secrets.token_hex(4) for key in held})
             self.dictionary.clear()
             self._markers.clear()
 
     def invalidate_class(self, klass: type) -> None:
-        """Start a new generation of ``klass``; an in-process store also drops the entries
-        of the old one (but for hashed long keys, which an LRU bound evicts in time)."""
-        old = self.keymaker.class_prefix(klass) if klass in self.keymaker.generations else None
+        """Start a new generation of ``klass`` (and of the classes sharing its tables); an
+        in-process store also drops the entries of the old ones (but for hashed long keys,
+        which an LRU bound evicts in time)."""
+        keymaker = self.keymaker
+        shared = self.shared_generations
+        before = {} if shared else {c: keymaker.class_prefix(c) for c in keymaker.generations}
         super().invalidate_class(klass)
-        if old is not None and not self.shared_generations:
+        old = tuple(p for c, p in before.items() if keymaker.class_prefix(c) != p)
+        if old:
             for key in [key for key in list(self.dictionary) if key.startswith(old)]:
                 self.dictionary.pop(key, None)
 
