@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from typing import Any
@@ -95,6 +96,31 @@ def test_thread_local_store_is_private_to_each_thread() -> None:
     assert store.get(_Key, 1) == _Key(key=1)
     store.clear()
     assert store.get(_Key, 1) is None
+
+
+def test_an_unbounded_store_warns_once_when_it_grows_large(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = ProcessMemoryStore()
+    limit = ProcessMemoryStore.unbounded_warning
+    with caplog.at_level(logging.WARNING, logger="sa_stockpyle"):
+        for start in range(0, limit - 1, 10_000):
+            store.batch_put([_Key(key=i) for i in range(start, min(start + 10_000, limit - 1))])
+        assert len(store.dictionary) == limit - 1
+        assert caplog.records == []
+        store.put(_Key(key=limit))  # the limit-th cache key
+        store.batch_put([_Key(key=-i) for i in range(1, 1_000)])
+    [record] = caplog.records
+    assert f"holds {limit} cache keys and has no max_items" in record.getMessage()
+
+
+def test_a_bounded_store_never_warns_of_its_size(caplog: pytest.LogCaptureFixture) -> None:
+    store = ProcessMemoryStore(max_items=100)
+    store.unbounded_warning = 10
+    with caplog.at_level(logging.WARNING, logger="sa_stockpyle"):
+        store.batch_put([_Key(key=i) for i in range(100)])
+    assert len(store.dictionary) == 100
+    assert caplog.records == []
 
 
 class _Key:
