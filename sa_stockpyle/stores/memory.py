@@ -6,7 +6,8 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping, Sequence
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, cast
 
 from sa_stockpyle.codec import LifetimeCallback, now
 from sa_stockpyle.errors import ConfigurationError
@@ -200,9 +201,17 @@ class ThreadLocalDict(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return len(self._data)
 
+    def forget(self) -> None:
+        """Drop the calling thread's contents (other threads keep theirs)."""
+        self._local.data = {}
+
 
 class ThreadLocalStore(BaseDictionaryStore):
     """Objects in a dictionary private to each thread (nothing is shared across threads).
+
+    A thread keeps its entries until it ends: a worker of a thread pool carries one
+    request's entries into the next it serves.  Wrap each request in :meth:`scope` (or
+    call :meth:`forget` when one ends) to give every request a clean dictionary.
 
     Parameters: see :class:`BaseDictionaryStore`.
     """
@@ -231,3 +240,22 @@ class ThreadLocalStore(BaseDictionaryStore):
 
     def _new_mapping(self) -> MutableMapping[str, Any]:
         return ThreadLocalDict()
+
+    def forget(self) -> None:
+        """Drop every entry of the calling thread, and only those: other threads keep
+        theirs, and unlike :meth:`clear` no class starts a new namespace generation."""
+        cast(ThreadLocalDict, self.dictionary).forget()
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        """A block in which the calling thread starts with nothing cached and after which
+        it keeps nothing: :meth:`forget` on entry and on exit.
+
+        Entry matters too: what a thread cached outside any scope (a streamed response
+        body read after the previous block ended) never reaches the next request.
+        """
+        self.forget()
+        try:
+            yield
+        finally:
+            self.forget()
