@@ -34,7 +34,8 @@ class ProcessLock:
 
     Each ``with`` opens the file anew and takes ``flock(2)`` on it: locks on separate
     opens exclude each other even within one process, so no thread lock is needed, and a
-    forked child never shares its parent's open file (it inherits no held lock).  Not
+    forked child's own ``with`` never shares an open file with its parent (a child forked
+    while the lock is held keeps only a copy, which the release unlocks too).  Not
     reentrant, like :class:`threading.Lock`.
 
     Parameters:
