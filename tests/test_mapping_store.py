@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import fcntl
+import multiprocessing
+import os
 import pickle
 import shelve
+import threading
 from collections.abc import Iterator
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
 import diskcache
+import fsspec
 import pytest
 
 from sa_stockpyle.codec import MAGIC
 from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.stores import ShoveStore
+from sa_stockpyle.stores.files import LocalFiles
 from sa_stockpyle.testing import Foo, StoreConformance
 
 
@@ -49,13 +57,23 @@ class TestShoveOverFsspecMemory(StoreConformance):
         return ShoveStore(shoveuri=f"memory://conformance-{self.counter}", **options)
 
 
-class TestShoveOverFsspecFile(StoreConformance):
+class TestShoveOverFileURI(StoreConformance):
     @pytest.fixture(autouse=True)
     def _path(self, tmp_path: Path) -> None:
         self.path = tmp_path
 
     def make_store(self, **options: Any) -> ShoveStore:
         return ShoveStore(shoveuri=f"file://{self.path}/cache", **options)
+
+
+class TestShoveOverFsspecLocalMapper(StoreConformance):
+    @pytest.fixture(autouse=True)
+    def _path(self, tmp_path: Path) -> None:
+        self.path = tmp_path
+
+    def make_store(self, **options: Any) -> ShoveStore:
+        mapper = fsspec.get_mapper(f"file://{self.path}/cache", create=True)
+        return ShoveStore(shove=mapper, **options)
 
 
 @pytest.fixture
@@ -116,3 +134,133 @@ def test_exactly_one_mapping_source() -> None:
         ShoveStore()
     with pytest.raises(ConfigurationError, match="exactly one"):
         ShoveStore(shove={}, shoveuri="memory://x")
+
+
+# -- several processes sharing one folder -------------------------------------------------
+
+ROUNDS = 1_500
+KEYS = 20
+
+
+def _share(kind: str, folder: str, me: int, barrier: Barrier, results: Queue[Any]) -> None:
+    """One of two processes: put and get the same keys as the other, as fast as it can."""
+    if kind == "file://":
+        store = ShoveStore(shoveuri=f"file://{folder}")
+    else:
+        store = ShoveStore(shove=fsspec.get_mapper(f"file://{folder}", create=True))
+    theirs = wrong = 0
+    barrier.wait()
+    for round_ in range(ROUNDS):
+        key = round_ % KEYS
+        store.put(Foo(key=key, zap=key, bar=-key, writer=me, pad=[key] * 200))
+        other = (key + KEYS // 2) % KEYS
+        got = store.get(Foo, other if round_ % 2 else {"zap": other, "bar": -other})
+        if got is not None:
+            theirs += got.writer != me
+            wrong += got.key != other or got.pad != [other] * 200
+    results.put((store.stats.count(None, "corrupt"), theirs, wrong))
+
+
+@pytest.mark.parametrize(
+    ("kind", "torn"),
+    [("fsspec's local mapper", True), ("file://", False)],
+)
+def test_two_processes_share_a_file_store_without_torn_reads(
+    tmp_path: Path, kind: str, torn: bool
+) -> None:
+    # fsspec truncates a file, then writes it: a reader in between gets b"" (a corrupt
+    # miss, and a good entry replaced by a tombstone).  file:// writes a temporary file
+    # and renames it over the old one.
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(2)
+    results: Queue[Any] = context.Queue()
+    workers = [
+        context.Process(target=_share, args=(kind, str(tmp_path / "cache"), me, barrier, results))
+        for me in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    outcome = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(30)
+        assert worker.exitcode == 0
+    corrupt = sum(count for count, _theirs, _wrong in outcome)
+    assert all(theirs > 0 for _corrupt, theirs, _wrong in outcome)  # they did share keys
+    assert all(wrong == 0 for _corrupt, _theirs, wrong in outcome)
+    assert (corrupt > 0) if torn else (corrupt == 0)
+
+
+def _count(folder: str, rounds: int) -> None:
+    """Add 1 to the number under "n", ``rounds`` times, from each of two threads."""
+    files = LocalFiles(folder)
+
+    def add() -> None:
+        for _ in range(rounds):
+            with files.process_lock:
+                files["n"] = b"%d" % (int(files.get("n", b"0")) + 1)
+
+    threads = [threading.Thread(target=add) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_the_folder_lock_excludes_the_threads_of_every_process(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_count, args=(str(tmp_path), 200)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    assert LocalFiles(str(tmp_path))["n"] == b"800"  # no increment lost
+
+
+def test_a_file_store_writes_under_the_folder_lock(files: ShoveStore) -> None:
+    folder = files.dictionary
+    assert isinstance(folder, LocalFiles)
+    with folder.process_lock:  # as another process would hold it
+        writer = threading.Thread(target=files.put, args=(Foo(key=1, zap=2, bar=3),))
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive()  # still waiting for the lock
+        assert list(folder) == []  # (a get would write: it names the class's generation)
+    writer.join()
+    assert files.get(Foo, 1) == Foo(key=1, zap=2, bar=3)
+
+
+def test_a_forked_child_does_not_keep_the_folder_lock(tmp_path: Path) -> None:
+    folder = LocalFiles(str(tmp_path))
+    ready, go = os.pipe()
+    with folder.process_lock:
+        child = os.fork()
+        if child == 0:  # the child holds a copy of the locked file until told to end
+            os.read(ready, 1)
+            os._exit(0)
+    probe = os.open(folder.process_lock.path, os.O_RDWR)
+    try:
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still held
+    finally:
+        os.close(probe)
+        os.write(go, b"x")
+        os.waitpid(child, 0)
+        os.close(ready)
+        os.close(go)
+
+
+def test_local_files_hides_its_own_files_and_matches_fsspecs_layout(tmp_path: Path) -> None:
+    folder = LocalFiles(str(tmp_path / "cache"))
+    folder["a/b"] = b"1"
+    folder["c"] = b"2"
+    (tmp_path / "cache" / ".sa_stockpyle.tmp-0123").write_bytes(b"a crashed write")
+    with folder.process_lock:  # creates the lock file
+        pass
+    assert sorted(folder) == ["a/b", "c"]
+    assert len(folder) == 2
+    assert fsspec.get_mapper(f"file://{tmp_path}/cache")["a/b"] == b"1"
+    del folder["c"]
+    with pytest.raises(KeyError):
+        del folder["c"]
+    folder.clear()
+    assert sorted(os.listdir(tmp_path / "cache")) == [".sa_stockpyle.lock"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import pytest
@@ -95,6 +98,74 @@ def test_thread_local_store_is_private_to_each_thread() -> None:
     assert store.get(_Key, 1) == _Key(key=1)
     store.clear()
     assert store.get(_Key, 1) is None
+
+
+def test_an_unbounded_store_warns_once_when_it_grows_large(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = ProcessMemoryStore()
+    limit = ProcessMemoryStore.unbounded_warning
+    with caplog.at_level(logging.WARNING, logger="sa_stockpyle"):
+        for start in range(0, limit - 1, 10_000):
+            store.batch_put([_Key(key=i) for i in range(start, min(start + 10_000, limit - 1))])
+        assert len(store.dictionary) == limit - 1
+        assert caplog.records == []
+        store.put(_Key(key=limit))  # the limit-th cache key
+        store.batch_put([_Key(key=-i) for i in range(1, 1_000)])
+    [record] = caplog.records
+    assert f"holds {limit} cache keys and has no max_items" in record.getMessage()
+
+
+def test_a_bounded_store_never_warns_of_its_size(caplog: pytest.LogCaptureFixture) -> None:
+    store = ProcessMemoryStore(max_items=100)
+    store.unbounded_warning = 10
+    with caplog.at_level(logging.WARNING, logger="sa_stockpyle"):
+        store.batch_put([_Key(key=i) for i in range(100)])
+    assert len(store.dictionary) == 100
+    assert caplog.records == []
+
+
+def _request(store: ThreadLocalStore, number: int, scoped: bool) -> tuple[int, object]:
+    """One "request" on a pool worker: what it finds cached, then it caches its own."""
+    scope: AbstractContextManager[None] = store.scope() if scoped else nullcontext()
+    with scope:
+        found = store.get(Foo, 1)
+        store.put(Foo(key=1, zap=1, bar=1, request=number))
+    return threading.get_ident(), found
+
+
+def test_a_pool_worker_carries_entries_into_the_next_request_unless_scoped() -> None:
+    store = ThreadLocalStore()
+    store.put(Foo(key=1, zap=1, bar=1, request="main"))  # the main thread's own entry
+    with ThreadPoolExecutor(max_workers=1) as pool:  # one worker serves every request
+        served = [
+            pool.submit(_request, store, number, scoped).result()
+            for number, scoped in [(1, False), (2, False), (3, True), (4, True)]
+        ]
+    assert len({worker for worker, _found in served}) == 1
+    found = [found for _worker, found in served]
+    # Unscoped, request 2 sees request 1's entry; a scope starts and ends empty, so
+    # request 3 does not see request 2's (left outside any scope), nor 4 see 3's.
+    assert found == [None, Foo(key=1, zap=1, bar=1, request=1), None, None]
+    # Only the worker's entries were dropped, and no namespace changed (clear() would).
+    assert store.get(Foo, 1) == Foo(key=1, zap=1, bar=1, request="main")
+
+
+def test_forget_drops_only_the_calling_threads_entries() -> None:
+    store = ThreadLocalStore()
+    store.put(Foo(key=1, zap=1, bar=1))
+    seen: list[object] = []
+
+    def other() -> None:
+        store.put(Foo(key=2, zap=2, bar=2))
+        store.forget()
+        seen.extend([store.get(Foo, 2), store.get(Foo, {"zap": 2, "bar": 2})])
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert seen == [None, None]
+    assert store.get(Foo, {"zap": 1, "bar": 1}) == Foo(key=1, zap=1, bar=1)
 
 
 class _Key:

@@ -39,6 +39,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
@@ -1079,7 +1080,7 @@ class BaseDictionaryStore(BaseKeyValueStore):
         self.dictionary = dictionary
         # Conditional writes read, then write: every write takes this lock, so none lands
         # between the two.  Reads take no lock (one mapping lookup each).
-        self._lock = threading.Lock()
+        self._lock: AbstractContextManager[Any] = threading.Lock()
         # Markers in the order written, so that expired ones are swept from the mapping.
         self._markers: deque[tuple[float, str]] = deque()
         #: Whether expired markers must be swept: not in a mapping bounded by itself

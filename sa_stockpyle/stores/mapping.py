@@ -2,8 +2,9 @@
 
 The seed's ShoveStore wrapped the ``shove`` package, which no longer imports on Python
 3.10+.  This one takes any :class:`~collections.abc.MutableMapping` (a dict, a ``shelve``,
-a ``diskcache.Cache``, an fsspec mapper) or opens one from a URI through fsspec
-(``memory://``, ``file:///path``, ``s3://bucket/prefix`` with ``s3fs`` installed).  Values
+a ``diskcache.Cache``, an fsspec mapper) or opens one from a URI: ``file:///path`` as
+:class:`~sa_stockpyle.stores.files.LocalFiles` (safe for several processes), anything else
+through fsspec (``memory://``, ``s3://bucket/prefix`` with ``s3fs`` installed).  Values
 are the codec's bytes records, which carry their expiry as the seed's ``(obj, expiredate)``
 tuples did, and which decode without ever running code even if the storage is shared.
 """
@@ -19,9 +20,18 @@ from sa_stockpyle.stores.base import BaseDictionaryStore, Clock, SharedPayloads
 
 __all__ = ["ShoveStore", "open_mapping"]
 
+FILE_SCHEME = "file://"
+
 
 def open_mapping(uri: str) -> MutableMapping[str, Any]:
-    """Open the fsspec mapper for ``uri`` (``memory://``, ``file:///path``, ``s3://...``)."""
+    """Open the mapping for ``uri``: :class:`~sa_stockpyle.stores.files.LocalFiles` for
+    ``file:///path``, else the fsspec mapper (``memory://name``, ``s3://bucket/prefix``)."""
+    if uri.startswith(FILE_SCHEME):
+        # Not fsspec's local mapper: its writes tear under a concurrent reader.  Imported
+        # here because it needs POSIX file locks (fcntl).
+        from sa_stockpyle.stores.files import LocalFiles  # noqa: PLC0415
+
+        return LocalFiles(uri[len(FILE_SCHEME) :])
     try:
         import fsspec  # noqa: PLC0415 - optional dependency, loaded only when asked for
     except ImportError as exc:
@@ -35,8 +45,14 @@ def open_mapping(uri: str) -> MutableMapping[str, Any]:
 class ShoveStore(SharedPayloads, BaseDictionaryStore):
     """Objects in any dictionary-style storage.
 
+    Its writes exclude each other with a lock of this process, or with the mapping's
+    ``process_lock`` when it has one (:class:`~sa_stockpyle.stores.files.LocalFiles`,
+    what ``file://`` opens, has a file lock): only then may several processes share the
+    storage without stale sets.
+
     Parameters:
-        shove: the mapping to use (a dict, ``shelve``, ``diskcache.Cache``, fsspec mapper).
+        shove: the mapping to use (a dict, ``shelve``, ``diskcache.Cache``, fsspec mapper,
+            :class:`~sa_stockpyle.stores.files.LocalFiles`).
         shoveuri: instead of ``shove``, a URI opened with :func:`open_mapping`.
         polymorphic: also store each object under every base class that declares
             ``__stockpyle_keys__`` (see :class:`BaseKeyValueStore`).
@@ -67,6 +83,20 @@ class ShoveStore(SharedPayloads, BaseDictionaryStore):
         super().__init__(
             mapping, polymorphic=polymorphic, lifetime_cb=lifetime_cb, prefix=prefix, clock=clock
         )
+        self._take_process_lock()
+
+    def _take_process_lock(self) -> None:
+        # A storage that other processes share may offer a lock that excludes them too
+        # (LocalFiles does): a conditional write reads, then writes, and no other
+        # process's write may land between the two.
+        process_lock = getattr(self.dictionary, "process_lock", None)
+        if process_lock is not None:
+            self._lock = process_lock
+
+    def _forked(self) -> None:
+        """In a forked child: a new lock, or again the storage's (which is fork-safe)."""
+        super()._forked()
+        self._take_process_lock()
 
     def _read(self, keys: Sequence[str]) -> list[Any]:
         getitems = getattr(self.dictionary, "getitems", None)

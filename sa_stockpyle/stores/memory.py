@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, MutableMapping
-from typing import Any
+from collections.abc import Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
 
 from sa_stockpyle.codec import LifetimeCallback, now
 from sa_stockpyle.errors import ConfigurationError
-from sa_stockpyle.stores.base import BaseDictionaryStore, Clock
+from sa_stockpyle.stores.base import BaseDictionaryStore, Clock, Op
+
+log = logging.getLogger("sa_stockpyle")
 
 __all__ = ["LRUDict", "ProcessMemoryStore", "ThreadLocalDict", "ThreadLocalStore"]
 
@@ -81,6 +85,11 @@ class ProcessMemoryStore(BaseDictionaryStore):
     Objects are stored as snapshots and every ``get`` builds a new instance, so no two
     callers ever share a live object and mutating a result never changes the cache.
 
+    **Unbounded unless** ``max_items`` **is set**: without it the store keeps every object
+    it is given until it is deleted, expires or the store is cleared, so it grows with
+    every distinct object cached.  Such a store logs one warning when it first holds
+    :attr:`unbounded_warning` cache keys.
+
     Parameters:
         polymorphic: also store each object under every base class that declares
             ``__stockpyle_keys__`` (see :class:`BaseKeyValueStore`).
@@ -94,6 +103,8 @@ class ProcessMemoryStore(BaseDictionaryStore):
 
     shared_generations = False
     process_local = True
+    #: How many cache keys a store without ``max_items`` holds when it logs its warning.
+    unbounded_warning = 100_000
 
     def __init__(
         self,
@@ -118,12 +129,42 @@ class ProcessMemoryStore(BaseDictionaryStore):
             clock=clock,
         )
         self.sweeps_markers = max_items is None
+        self._unwarned = max_items is None
 
     def _forked(self) -> None:
         """In a forked child, start empty: what the parent cached is as old as the fork
         and hears of no commit until this process's broadcast starts."""
         super()._forked()
         self._start_afresh(self._new_mapping())
+        self._unwarned = self.max_items is None
+
+    def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+        super()._write(items)
+        if self._unwarned:
+            self._check_size()
+
+    def _apply(self, ops: Sequence[Op]) -> list[Any]:
+        results = super()._apply(ops)
+        if self._unwarned:
+            self._check_size()
+        return results
+
+    def _check_size(self) -> None:
+        """Warn once when an unbounded store has grown large: the silent way to run out of
+        memory is a default nobody chose."""
+        size = len(self.dictionary)
+        if size < self.unbounded_warning:
+            return
+        with self._lock:
+            if not self._unwarned:
+                return  # another thread warned
+            self._unwarned = False
+        log.warning(
+            "sa_stockpyle: %s holds %d cache keys and has no max_items: it keeps every "
+            "object it is given; pass ProcessMemoryStore(max_items=...) to bound it (LRU)",
+            self,
+            size,
+        )
 
     def _new_mapping(self) -> MutableMapping[str, Any]:
         # A plain dict is thread-safe for the single-key operations used here; the LRU
@@ -160,9 +201,17 @@ class ThreadLocalDict(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return len(self._data)
 
+    def forget(self) -> None:
+        """Drop the calling thread's contents (other threads keep theirs)."""
+        self._local.data = {}
+
 
 class ThreadLocalStore(BaseDictionaryStore):
     """Objects in a dictionary private to each thread (nothing is shared across threads).
+
+    A thread keeps its entries until it ends: a worker of a thread pool carries one
+    request's entries into the next it serves.  Wrap each request in :meth:`scope` (or
+    call :meth:`forget` when one ends) to give every request a clean dictionary.
 
     Parameters: see :class:`BaseDictionaryStore`.
     """
@@ -191,3 +240,22 @@ class ThreadLocalStore(BaseDictionaryStore):
 
     def _new_mapping(self) -> MutableMapping[str, Any]:
         return ThreadLocalDict()
+
+    def forget(self) -> None:
+        """Drop every entry of the calling thread, and only those: other threads keep
+        theirs, and unlike :meth:`clear` no class starts a new namespace generation."""
+        cast(ThreadLocalDict, self.dictionary).forget()
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        """A block in which the calling thread starts with nothing cached and after which
+        it keeps nothing: :meth:`forget` on entry and on exit.
+
+        Entry matters too: what a thread cached outside any scope (a streamed response
+        body read after the previous block ended) never reaches the next request.
+        """
+        self.forget()
+        try:
+            yield
+        finally:
+            self.forget()
