@@ -440,10 +440,6 @@ class Attachment:
         session, session_state = self._owner(connection)
         return session_state is not None or (session is None and self._engine is not None)
 
-    def _flushing(self, connection: Connection) -> bool:
-        _, session_state = self._owner(connection)
-        return session_state is not None and session_state.in_flush()
-
     def _before_execute(
         self,
         connection: Connection,
@@ -452,11 +448,12 @@ class Attachment:
         params: dict[str, Any],
         execution_options: Any,
     ) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+        # The ORM's own statements (flushes, bulk methods) are by primary key already.
         if (
             self.use_returning
             and isinstance(statement, UpdateBase)
+            and not _from_persistence(execution_options)
             and self._tracked(connection)
-            and not self._flushing(connection)  # a flush's statements name their keys
         ):
             changed = dml.with_returning(statement, multiparams or [params], connection.dialect)
             if changed is not None:
@@ -472,23 +469,28 @@ class Attachment:
         execution_options: Any,
         result: Any,
     ) -> None:
-        if not isinstance(statement, UpdateBase) or not self._tracked(connection):
+        if not isinstance(statement, UpdateBase):
             return
+        session, session_state = self._owner(connection)
+        if session_state is None and (session is not None or self._engine is None):
+            return  # recorded by _do_orm_execute, or a connection no attached session holds
+        flushing = session_state is not None and session_state.in_flush()
+        if flushing and _from_persistence(execution_options):
+            return  # the flush's own statement: its record describes those rows
         returned = None
         if statement.get_execution_options().get(dml.RETURNING_OPTION):
             returned = cast("CursorResult[Any]", result).returned_defaults_rows
         touched = dml.touched(statement, multiparams or [params], returned)
         if not touched:
             return
-        session, session_state = self._owner(connection)
         if session is None:
             # A connection of the attached engine outside any session: written through
             # when the connection commits.
             buffer = Buffer()
             self._apply(buffer, touched, skip=set())
             wait_for_commit(connection, *self._writers(buffer))
-        elif session_state is not None and session_state.in_flush():
-            session_state.flush_statements.extend(touched)
+        elif session_state is not None and flushing:
+            session_state.flush_statements.extend(touched)  # a listener's, within a flush
         else:
             self._record(session, touched, skip=set())
 
@@ -633,6 +635,12 @@ class Attachment:
         log.exception("sa_stockpyle: write-through after commit failed in %r", self)
         for klass in {type(obj) for obj in puts} | {k for k, _ in removals}:
             self.stats.add(klass, "errors")
+
+
+def _from_persistence(execution_options: Any) -> bool:
+    """Whether a statement comes from the ORM's persistence layer (a flush, or a bulk
+    method): it runs with the mapper's compiled cache, by primary key."""
+    return "compiled_cache" in execution_options
 
 
 _REGISTRY: dict[tuple[object, BaseStore], Attachment] = {}

@@ -14,7 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Integer, String, bindparam, delete, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    String,
+    bindparam,
+    delete,
+    event,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -389,6 +400,23 @@ def test_a_statement_on_the_sessions_connection_is_tracked(layers: Attached) -> 
         session.commit()
     check(layers)
     assert balances(layers, Acct) == {1: 11, 2: 21, 3: 31, 4: 41, 5: 51}
+
+
+def test_a_statement_a_flush_listener_runs_is_tracked(layers: Attached) -> None:
+    def also(mapper: object, connection: Connection, target: Acct) -> None:
+        connection.execute(update(TABLE).where(TABLE.c.id == 5).values(balance=55))
+
+    event.listen(Acct, "after_update", also)
+    try:
+        prime(layers)
+        with layers.factory() as session:
+            session.get(Acct, 1).balance = 1  # type: ignore[union-attr]
+            session.commit()
+    finally:
+        event.remove(Acct, "after_update", also)
+    check(layers)
+    assert balances(layers, Acct) == {1: 1, 2: 20, 3: 30, 4: 40, 5: 55}
+    assert all(held is not None for held in layers.held(Acct, 2))
 
 
 def test_an_upsert_on_a_table_removes_its_rows(pg_layers: Attached) -> None:
