@@ -11,14 +11,17 @@ through right after the connection's COMMIT succeeds; a ROLLBACK discards it.
 How the COMMIT is seen: SQLAlchemy's ``commit`` connection event fires *before* the
 COMMIT, and a write made there could be read by another process, and filled back with
 the old row, before the database commits.  So the hook sits right after it: the
-dialect's ``do_commit`` (a public method of the Dialect interface) is wrapped, once per
-dialect and only once something waits, and runs what waits for that connection after
-the original returns.  A COMMIT that raises runs nothing.
+dialect's ``do_commit`` and ``do_commit_twophase`` (public methods of the Dialect
+interface) are wrapped, once per dialect and only once a session joins a caller's
+transaction, and run what waits for the connection after the original returns.  A COMMIT
+that raises writes only the removals of what waited (the database may have committed
+before the error reached the client, and a removal is always safe).
 
-Savepoints of the caller: work handed over inside one (the connection was in a
-``begin_nested()``) may be undone by a later ``ROLLBACK TO SAVEPOINT``; when any savepoint
-of the connection rolls back, such work keeps only its removals (a removal after a
-COMMIT is always safe: the next read fills from the database).
+Savepoints of the caller: work done while a savepoint of the connection was open may be
+undone by a ``ROLLBACK TO SAVEPOINT``; when one rolls back, such work keeps only its
+removals.  Reads: while a session is joined to a caller's transaction, that transaction
+may hold writes the database has not committed, so reads on the connection fill nothing
+(:func:`is_waiting`) until it ends.
 """
 
 from __future__ import annotations
@@ -27,13 +30,20 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
-__all__ = ["any_waiting", "is_waiting", "wait_for_commit"]
+__all__ = [
+    "any_waiting",
+    "is_autocommit",
+    "is_waiting",
+    "join",
+    "savepoint_rollbacks",
+    "wait_for_commit",
+]
 
 
 @dataclass
@@ -48,14 +58,23 @@ class _Waiting:
     in_savepoint: bool
 
 
+@dataclass
+class _Transaction:
+    """What the plugin knows of one connection's open transaction."""
+
+    waiting: list[_Waiting] = field(default_factory=list)
+    #: savepoints of the connection rolled back so far
+    savepoint_rollbacks: int = 0
+
+
 class _Registry:
-    """What waits, per connection, and the lock that guards it."""
+    """The open transactions the plugin knows of, and the lock that guards them."""
 
     # Keyed by the pool's connection proxy: the object ``do_commit`` receives, and a new
     # one at each checkout, so nothing waits into another checkout of the same DBAPI
     # connection (a connection garbage-collected with its transaction open is rolled back
     # by the pool without any event).
-    waiting: weakref.WeakKeyDictionary[Any, list[_Waiting]]
+    transactions: weakref.WeakKeyDictionary[Any, _Transaction]
     lock: threading.Lock
 
     def __init__(self) -> None:
@@ -65,7 +84,7 @@ class _Registry:
         """Start empty, with a new lock: a forked child holds no transaction of its
         parent's (its connections are the pool's to replace), nor a lock a thread of the
         parent may still hold."""
-        self.waiting = weakref.WeakKeyDictionary()
+        self.transactions = weakref.WeakKeyDictionary()
         self.lock = threading.Lock()
 
 
@@ -74,65 +93,113 @@ _REGISTRY = _Registry()
 os.register_at_fork(after_in_child=_REGISTRY.reset)
 
 
+def join(connection: Connection) -> int:
+    """Note that a session joins ``connection``'s open transaction: from now until that
+    transaction ends, reads on it fill nothing, and its end is watched.  Returns the
+    count of its savepoints rolled back so far (see :func:`savepoint_rollbacks`)."""
+    proxy = _proxy(connection)
+    with _REGISTRY.lock:
+        _hook_commits(connection.dialect)
+        for name, listener in _LISTENERS:
+            if not event.contains(connection, name, listener):
+                event.listen(connection, name, listener)
+        transaction = _REGISTRY.transactions.setdefault(proxy, _Transaction())
+        return transaction.savepoint_rollbacks
+
+
+def savepoint_rollbacks(connection: Connection) -> int:
+    """How many savepoints of ``connection``'s joined transaction rolled back so far."""
+    with _REGISTRY.lock:
+        transaction = _REGISTRY.transactions.get(_proxy(connection))
+        return 0 if transaction is None else transaction.savepoint_rollbacks
+
+
 def wait_for_commit(
     connection: Connection, write: Callable[[], None], remove: Callable[[], None]
 ) -> None:
     """Call ``write`` right after ``connection``'s transaction commits, never if it rolls
     back (``remove`` instead of ``write`` when a savepoint of the connection rolled back
-    meanwhile and the work was handed over inside one).  Neither call may raise."""
-    proxy = connection.connection
+    meanwhile and the work was handed over inside one, or when the COMMIT fails).  On a
+    connection in ``AUTOCOMMIT`` isolation each statement has committed already:
+    ``write`` is called at once.  Neither call may raise."""
+    if is_autocommit(connection):
+        write()
+        return
+    join(connection)
     waiting = _Waiting(write, remove, connection.in_nested_transaction())
     with _REGISTRY.lock:
-        _hook_commits(connection.dialect)
-        for name, listener in (("rollback", _rolled_back), ("rollback_savepoint", _undone)):
-            if not event.contains(connection, name, listener):
-                event.listen(connection, name, listener)
-        _REGISTRY.waiting.setdefault(proxy, []).append(waiting)
+        _REGISTRY.transactions.setdefault(_proxy(connection), _Transaction()).waiting.append(
+            waiting
+        )
 
 
 def any_waiting() -> bool:
-    """Whether any connection has work waiting: the cheap test before :func:`is_waiting`."""
-    return bool(_REGISTRY.waiting)
+    """Whether any connection has a joined transaction: the cheap test before
+    :func:`is_waiting`."""
+    return bool(_REGISTRY.transactions)
 
 
 def is_waiting(connection: Connection) -> bool:
-    """Whether work of ``connection``'s open transaction waits for its COMMIT: its reads
-    may then see rows the database has not committed."""
+    """Whether ``connection``'s open transaction was joined by a session or holds work
+    that waits for its COMMIT: its reads may then see rows the database has not
+    committed."""
     try:
         proxy = connection.connection
     except Exception:  # closed or invalidated: its transaction is gone
         return False
-    return proxy in _REGISTRY.waiting
+    return proxy in _REGISTRY.transactions
+
+
+def is_autocommit(connection: Connection) -> bool:
+    """Whether ``connection`` runs in ``AUTOCOMMIT`` isolation (each statement commits)."""
+    # SQLAlchemy's own test, from the connection's and the engine's options, which asks
+    # nothing of the database (get_isolation_level() would).
+    return bool(connection._is_autocommit_isolation())
+
+
+def _proxy(connection: Connection) -> Any:
+    return connection.connection
 
 
 class _AfterCommit:
-    """A dialect's ``do_commit`` that then runs what waits for the connection."""
+    """A dialect's ``do_commit`` (or ``do_commit_twophase``) that then runs what waits
+    for the connection it committed."""
 
-    def __init__(self, do_commit: Callable[[Any], None]) -> None:
-        self.do_commit = do_commit
+    def __init__(self, commit: Callable[..., None], proxy_of: Callable[[Any], Any]) -> None:
+        self.commit = commit
+        self.proxy_of = proxy_of
 
-    def __call__(self, dbapi_connection: Any) -> None:
-        self.do_commit(dbapi_connection)
+    def __call__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
         with _REGISTRY.lock:
-            waiting = _REGISTRY.waiting.pop(dbapi_connection, ())
-        for item in waiting:
+            transaction = _REGISTRY.transactions.pop(self.proxy_of(connection), None)
+        try:
+            self.commit(connection, *args, **kwargs)
+        except BaseException:
+            for item in transaction.waiting if transaction is not None else ():
+                item.remove()
+            raise
+        for item in transaction.waiting if transaction is not None else ():
             item.write()
 
 
 def _hook_commits(dialect: Any) -> None:
     if not isinstance(dialect.do_commit, _AfterCommit):
-        dialect.do_commit = _AfterCommit(dialect.do_commit)
+        dialect.do_commit = _AfterCommit(dialect.do_commit, lambda proxy: proxy)
+    if not isinstance(dialect.do_commit_twophase, _AfterCommit):
+        dialect.do_commit_twophase = _AfterCommit(
+            dialect.do_commit_twophase, lambda connection: connection.connection
+        )
 
 
-def _rolled_back(connection: Connection) -> None:
+def _rolled_back(connection: Connection, *args: Any) -> None:
     # Fired before the ROLLBACK of the connection's transaction, whatever ends it
-    # (rollback(), close(), a failed COMMIT's rollback): nothing of it reaches a store.
+    # (rollback(), close(), a two-phase rollback): nothing of it reaches a store.
     try:
         proxy = connection.connection
     except Exception:  # invalidated: its proxy, and what waits on it, are gone
         return
     with _REGISTRY.lock:
-        _REGISTRY.waiting.pop(proxy, None)
+        _REGISTRY.transactions.pop(proxy, None)
 
 
 def _undone(connection: Connection, name: str, context: Any) -> None:
@@ -141,6 +208,17 @@ def _undone(connection: Connection, name: str, context: Any) -> None:
     except Exception:
         return
     with _REGISTRY.lock:
-        for item in _REGISTRY.waiting.get(proxy, ()):
+        transaction = _REGISTRY.transactions.get(proxy)
+        if transaction is None:
+            return
+        transaction.savepoint_rollbacks += 1
+        for item in transaction.waiting:
             if item.in_savepoint:
                 item.write = item.remove
+
+
+_LISTENERS: tuple[tuple[str, Callable[..., None]], ...] = (
+    ("rollback", _rolled_back),
+    ("rollback_twophase", _rolled_back),
+    ("rollback_savepoint", _undone),
+)

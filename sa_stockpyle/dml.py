@@ -10,8 +10,9 @@ changed.  The rows are known
   most hand-written ones;
 * from the primary keys the database returned, when :func:`with_returning` added
   ``RETURNING`` to it;
-* for an upsert (``INSERT ... ON CONFLICT``), from the primary-key values of its
-  parameters.
+* for an upsert (``INSERT ... ON CONFLICT``, ``ON DUPLICATE KEY UPDATE``), only from
+  what the database returns: the row it updates is the one that conflicts on whichever
+  unique key, not necessarily the one its parameters name.
 
 A plain ``INSERT`` adds rows, which nothing cached can describe.  Anything else changes
 rows that cannot be known: every entry of the classes is then to be made unreachable.
@@ -135,17 +136,26 @@ def _pinned(table: Table, whereclause: Any) -> dict[Column[Any], BindParameter[A
 _UNKNOWN = object()
 
 
-def _bound(bind: BindParameter[Any], params: dict[str, Any]) -> Any:
-    """The values (a list) ``bind`` takes with ``params``, or _UNKNOWN."""
+def _bound(column: Column[Any], bind: BindParameter[Any], params: dict[str, Any]) -> Any:
+    """The values (a list) ``bind`` takes with ``params``, or _UNKNOWN: also when one is
+    not of the column's Python type, which the database may convert (``"1"`` to ``1``)
+    into another key than the cache's."""
     if bind.key in params:
         value = params[bind.key]
     elif bind.callable is None and not bind.required:
         value = bind.value
     else:
         return _UNKNOWN
-    if bind.expanding:
-        return list(value) if isinstance(value, list | tuple) else _UNKNOWN
-    return [value]
+    values = value if bind.expanding else [value]
+    if not isinstance(values, list | tuple):
+        return _UNKNOWN
+    try:
+        expected = column.type.python_type
+    except NotImplementedError:
+        return _UNKNOWN
+    if any(type(v) is not expected for v in values):
+        return _UNKNOWN
+    return list(values)
 
 
 def _keys_from_where(
@@ -161,27 +171,13 @@ def _keys_from_where(
         return None
     keys = []
     for params in rows or [{}]:
-        values = [_bound(pinned[c], params) for c in columns]
+        values = [_bound(c, pinned[c], params) for c in columns]
         if any(v is _UNKNOWN for v in values):
             return None
         if len(columns) > 1 and any(len(v) != 1 for v in values):
             return None  # a composite key with IN: not one row per value
         for position in range(len(values[0]) if len(columns) == 1 else 1):
             keys.append(tuple(v[position] for v in values))
-    return keys
-
-
-def _keys_from_params(
-    table: Table, rows: Sequence[dict[str, Any]]
-) -> list[tuple[Any, ...]] | None:
-    columns = list(table.primary_key)
-    if not rows or not columns:
-        return None
-    keys = []
-    for params in rows:
-        if any(c.key not in params for c in columns):
-            return None
-        keys.append(tuple(params[c.key] for c in columns))
     return keys
 
 
@@ -205,7 +201,7 @@ def touched(
     elif isinstance(statement, Update | Delete):
         keys = _keys_from_where(statement, table, rows)
     else:
-        keys = _keys_from_params(table, rows)
+        keys = None  # an upsert the database returned nothing of
     columns = list(table.primary_key)
     found = []
     for mapping in mappings:
@@ -234,7 +230,7 @@ def with_returning(
     if statement._returning or statement._return_defaults:
         return None  # the caller's own RETURNING: their rows are theirs to read
     if isinstance(statement, Insert):
-        if not is_upsert(statement) or _keys_from_params(table, rows) is not None:
+        if not is_upsert(statement):
             return None
         supported = dialect.insert_returning
     elif isinstance(statement, Update):

@@ -86,7 +86,7 @@ from sa_stockpyle.changes import (
 )
 from sa_stockpyle.codec import packed, restore, snapshot, version_of
 from sa_stockpyle.column_values import Check, value_checks
-from sa_stockpyle.connections import wait_for_commit
+from sa_stockpyle.connections import is_autocommit, join, savepoint_rollbacks, wait_for_commit
 from sa_stockpyle.errors import ConfigurationError, PayloadError
 from sa_stockpyle.stores.base import BaseStore, Removal, Stats
 
@@ -113,10 +113,11 @@ class _SessionState:
     #: the connections of the session's transaction (see ``_after_begin``)
     connections: dict[Connection, None] = field(default_factory=dict)
     #: the flush under way, from ``before_flush`` (its ``transaction`` is set while its
-    #: statements run), and the rows its statements touched: the flush's own record
-    #: describes its objects better, so only the others are kept (``_after_flush``)
+    #: statements run): its own statements are described by its record
     flush_context: Any = None
-    flush_statements: list[dml.Touched] = field(default_factory=list)
+    #: the savepoint rollbacks counted on the caller's connection when the session's
+    #: transaction joined it (None: the session's transaction is its own)
+    joined: int | None = None
     #: ORM statements under way in ``_do_orm_execute``, which records them itself
     orm_executing: int = 0
 
@@ -152,12 +153,17 @@ class Attachment:
             ("do_orm_execute", self._do_orm_execute),
             ("before_flush", self._before_flush),
             ("after_begin", self._after_begin),
+            ("after_transaction_create", self._after_transaction_create),
         ]
         # Core statements are seen on the connections of the engines the sessions use
         # (every connection of an attached engine): see _after_execute.
-        self._engines: list[Engine] = []
+        self._engines: weakref.WeakSet[Engine] = weakref.WeakSet()
         self._engines_lock = threading.Lock()
-        self._owners: weakref.WeakKeyDictionary[Connection, Session] = weakref.WeakKeyDictionary()
+        # Per connection, the attached sessions whose transactions hold it (several when
+        # sessions share a caller's connection): a statement is recorded by each.
+        self._owners: weakref.WeakKeyDictionary[Connection, list[Session]] = (
+            weakref.WeakKeyDictionary()
+        )
         for name, listener in self._listeners:
             # First in line for the transaction events: a listener of the application's
             # that raises there cannot keep a commit from being written through, or a
@@ -174,7 +180,7 @@ class Attachment:
                 return
             event.listen(engine, "before_execute", self._before_execute, retval=True)
             event.listen(engine, "after_execute", self._after_execute)
-            self._engines.append(engine)
+            self._engines.add(engine)
 
     def detach(self) -> None:
         """Remove every listener; sessions stop writing through at once."""
@@ -183,7 +189,7 @@ class Attachment:
                 if event.contains(self._event_target, name, listener):
                     event.remove(self._event_target, name, listener)
             with self._engines_lock:
-                for engine in self._engines:
+                for engine in list(self._engines):
                     event.remove(engine, "before_execute", self._before_execute)
                     event.remove(engine, "after_execute", self._after_execute)
                 self._engines.clear()
@@ -227,14 +233,12 @@ class Attachment:
     def _before_flush(self, session: Session, context: Any, instances: Any) -> None:
         session_state = self._session_state(session)
         session_state.flush_context = context
-        session_state.flush_statements = []
 
     def _after_flush(self, session: Session, context: Any) -> None:
         # Pre-flush view: new/dirty/deleted and attribute history are still intact.
         flushing: list[Flushed] = []
         session_state = self._session_state(session)
         session_state.flushing = (context, flushing)
-        statements, session_state.flush_statements = session_state.flush_statements, []
         covered: dict[type, ClassInfo | None] = {}  # per class: its bind is looked up once
         # The three sets are disjoint (dirty leaves out new and deleted objects), so each
         # object's group says whether it is new or deleted.
@@ -265,12 +269,6 @@ class Attachment:
                     continue
                 was = known_keys(info, state) if deleted else old_keys(info, state)
                 flushing.append(Flushed(obj, state, info, deleted, state.key, was))
-        if statements:
-            # The flush's statements on the rows it records are described by that record;
-            # any other row a statement touched (a listener's own UPDATE, a version bump
-            # of an object changed only through a relationship) is removed.
-            recorded = {item.old_identity for item in flushing}
-            self._record(session, statements, skip=recorded)
 
     def _after_flush_postexec(self, session: Session, context: Any) -> None:
         # Post-flush view: identities are assigned and server-generated values expired.
@@ -425,20 +423,14 @@ class Attachment:
     # any connection of the engine.  These two listeners see them all and record the
     # rest.  text() SQL names no table and stays untracked.
 
-    def _owner(self, connection: Connection) -> tuple[Session | None, _SessionState | None]:
-        """The session whose transaction holds ``connection``, and its state; the state is
-        None when the statement is recorded elsewhere or not at all."""
-        session = self._owners.get(connection)
-        if session is None:
-            return None, None
-        session_state = self._session_state(session)
-        if session_state.orm_executing:
-            return session, None
-        return session, session_state
-
     def _tracked(self, connection: Connection) -> bool:
-        session, session_state = self._owner(connection)
-        return session_state is not None or (session is None and self._engine is not None)
+        """Whether a statement on ``connection`` is recorded here (not by
+        _do_orm_execute, and on a connection an attached session holds, or any connection
+        of an attached engine)."""
+        sessions = self._owners.get(connection)
+        if not sessions:
+            return self._engine is not None
+        return not any(self._session_state(s).orm_executing for s in sessions)
 
     def _before_execute(
         self,
@@ -469,35 +461,31 @@ class Attachment:
         execution_options: Any,
         result: Any,
     ) -> None:
-        if not isinstance(statement, UpdateBase):
+        if not isinstance(statement, UpdateBase) or not self._tracked(connection):
             return
-        session, session_state = self._owner(connection)
-        if session_state is None and (session is not None or self._engine is None):
-            return  # recorded by _do_orm_execute, or a connection no attached session holds
-        flushing = session_state is not None and session_state.in_flush()
-        if flushing and _from_persistence(execution_options):
-            return  # the flush's own statement: its record describes those rows
+        sessions = self._owners.get(connection) or []
+        if _from_persistence(execution_options) and any(
+            self._session_state(s).in_flush() for s in sessions
+        ):
+            return  # a flush's own statement: its record describes those rows
         returned = None
         if statement.get_execution_options().get(dml.RETURNING_OPTION):
             returned = cast("CursorResult[Any]", result).returned_defaults_rows
         touched = dml.touched(statement, multiparams or [params], returned)
         if not touched:
             return
-        if session is None:
+        if not sessions:
             # A connection of the attached engine outside any session: written through
             # when the connection commits.
             buffer = Buffer()
-            self._apply(buffer, touched, skip=set())
+            self._apply(buffer, touched)
             wait_for_commit(connection, *self._writers(buffer))
-        elif session_state is not None and flushing:
-            session_state.flush_statements.extend(touched)  # a listener's, within a flush
-        else:
-            self._record(session, touched, skip=set())
+        for session in sessions:
+            # Recorded after what the flush under way recorded, if any: a put of a row a
+            # flush listener's statement changed is dropped.
+            self._apply(self._buffer(session), touched)
 
-    def _record(self, session: Session, touched: list[dml.Touched], skip: set[Any]) -> None:
-        self._apply(self._buffer(session), touched, skip)
-
-    def _apply(self, buffer: Buffer, touched: list[dml.Touched], skip: set[Any]) -> None:
+    def _apply(self, buffer: Buffer, touched: list[dml.Touched]) -> None:
         for item in touched:
             if item.every_row:
                 buffer.invalidate(family(item.klass))
@@ -510,8 +498,7 @@ class Attachment:
                 identity = mapper.identity_key_from_primary_key(
                     tuple(lookup[a] for a in info.primary_attrs)
                 )
-                if identity not in skip:
-                    buffer.remove(item.klass, lookup, identity)
+                buffer.remove(item.klass, lookup, identity)
 
     # -- transaction ends -------------------------------------------------------------
 
@@ -520,9 +507,18 @@ class Attachment:
             return
         session_state = self._session_state(session)
         session_state.connections[connection] = None
-        self._owners[connection] = session
+        owners = self._owners.setdefault(connection, [])
+        if session not in owners:
+            owners.append(session)
         if self._engine is None:
             self._listen_to(connection.engine)
+
+    def _after_transaction_create(self, session: Session, transaction: SessionTransaction) -> None:
+        # Before the session takes its connection: a Connection given as its bind that is
+        # in a transaction already is the caller's, which the session joins.
+        bind = session.bind
+        if transaction.parent is None and isinstance(bind, Connection) and bind.in_transaction():
+            self._session_state(session).joined = join(bind)
 
     def _after_commit(self, session: Session) -> None:
         # Fires for a released savepoint as well as for the real COMMIT, before the
@@ -550,7 +546,13 @@ class Attachment:
                 if len(waiting) < len(connections):
                     remove()
             for connection in waiting:
-                wait_for_commit(connection, write, remove)
+                # A savepoint of the caller rolled back while the session worked may have
+                # undone some of it: only removals are safe then.
+                undone = (
+                    session_state.joined is not None
+                    and savepoint_rollbacks(connection) != session_state.joined
+                )
+                wait_for_commit(connection, remove if undone else write, remove)
             return
         # The database has committed: the write starts now and is finished when the
         # transaction ends, so its round trip overlaps SQLAlchemy's work in between.
@@ -563,13 +565,7 @@ class Attachment:
         if session_state is None:
             return
         if transaction.parent is None:
-            session_state.flushing = None  # a failed flush's record, if one is left
-            session_state.flush_context = None
-            session_state.flush_statements = []
-            for connection in session_state.connections:
-                if self._owners.get(connection) is session:
-                    self._owners.pop(connection, None)
-            session_state.connections.clear()
+            self._root_ended(session, session_state, transaction)
         committed = transaction in session_state.committed
         session_state.committed.discard(transaction)
         writing = session_state.writing.pop(transaction, None)
@@ -582,6 +578,30 @@ class Attachment:
         parent = transaction.parent
         if transaction.nested and parent is not None:
             session_state.buffers.setdefault(parent, Buffer()).merge(buffer)
+
+    def _root_ended(
+        self, session: Session, session_state: _SessionState, transaction: SessionTransaction
+    ) -> None:
+        session_state.flushing = None  # a failed flush's record, if one is left
+        session_state.flush_context = None
+        session_state.joined = None
+        buffer = None
+        if transaction not in session_state.committed:
+            buffer = session_state.buffers.get(transaction)
+        for connection in session_state.connections:
+            owners = self._owners.get(connection)
+            if owners is not None and session in owners:
+                owners.remove(session)
+            if buffer:
+                # Ended without a COMMIT of its own, but what it wrote at its root level
+                # may live on: in the caller's transaction it joined (close() leaves that
+                # open), or in the database (AUTOCOMMIT).  Its rows go, when that commits.
+                _, remove = self._writers(buffer)
+                if is_autocommit(connection):
+                    remove()
+                elif not connection.closed and connection.in_transaction():
+                    wait_for_commit(connection, remove, remove)
+        session_state.connections.clear()
 
     def _writers(self, buffer: Buffer) -> tuple[Callable[[], None], Callable[[], None]]:
         """What writes ``buffer`` through at once, and its removals only; neither raises."""

@@ -90,13 +90,17 @@ def test_rows_that_cannot_be_known_are_every_row() -> None:
     assert lookups(delete(PAIRS).where(pairs_in)) == [("Pair", [], True)]
     missing = update(ITEMS).where(ITEMS.c.id == bindparam("k")).values(name="x")
     assert lookups(missing, [{"other": 1}]) == every
+    # A value the database would convert may name another key than the cache's.
+    assert lookups(update(ITEMS).where(ITEMS.c.id == "1").values(name="x")) == every
 
 
 def test_a_plain_insert_changes_nothing_cached_and_an_upsert_its_rows() -> None:
     assert lookups(insert(ITEMS), [{"id": 1, "name": "a"}]) == []
+    # The row an upsert updates is the one that conflicts, on whichever unique key: only
+    # what the database returns names it.
     upsert = postgresql.insert(ITEMS).on_conflict_do_nothing()
-    assert lookups(upsert, [{"id": 1, "name": "a"}]) == [("Item", [{"id": 1}], False)]
-    assert lookups(upsert.values(name="a")) == [("Item", [], True)]
+    assert lookups(upsert, [{"id": 1, "name": "a"}]) == [("Item", [], True)]
+    assert [t.lookups for t in dml.touched(upsert, [{}], [(3,)])] == [[{"id": 3}]]
 
 
 def test_statements_on_other_tables_name_nothing() -> None:
@@ -116,6 +120,8 @@ def test_returning_is_added_only_where_it_is_needed_and_supported() -> None:
     assert dml.with_returning(criteria, [{}, {}], pg) is None  # executed many times
     assert dml.with_returning(criteria.returning(ITEMS.c.id), [{}], pg) is None  # theirs
     assert dml.with_returning(insert(ITEMS), [{}], pg) is None
+    upsert = postgresql.insert(ITEMS).on_conflict_do_nothing()
+    assert dml.with_returning(upsert, [{"id": 1, "name": "a"}], pg) is not None
     assert dml.with_returning(delete(ALONE), [{}], pg) is None
     lite.delete_returning = False
     assert dml.with_returning(delete(ITEMS).where(ITEMS.c.name == "a"), [{}], lite) is None

@@ -27,6 +27,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from sa_stockpyle import attach
@@ -218,6 +219,121 @@ def test_a_closed_connection_rolls_back_and_writes_nothing(pg_layers: Attached) 
     connection.close()  # the caller's transaction is rolled back
     check(layers)
     assert balances(layers, Acct)[1] == 10
+
+
+def test_a_joined_session_closed_without_commit_removes_its_rows_at_the_commit(
+    pg_layers: Attached,
+) -> None:
+    layers = pg_layers
+    prime(layers)
+    with layers.engine.connect() as connection:
+        outer = connection.begin()
+        session = layers.factory(bind=connection)
+        session.get(Acct, 1).balance = 999  # type: ignore[union-attr]
+        session.flush()
+        session.close()  # the caller's transaction, and the flushed row, live on
+        outer.commit()
+    check(layers)
+    assert balances(layers, Acct)[1] == 999
+
+
+def test_a_caller_savepoint_rolled_back_under_the_session_leaves_only_removals(
+    pg_layers: Attached,
+) -> None:
+    layers = pg_layers
+    prime(layers)
+    with layers.engine.connect() as connection:
+        outer = connection.begin()
+        session = layers.factory(bind=connection)
+        session.get(Ledger, 1)  # joins before the caller's savepoint
+        savepoint = connection.begin_nested()
+        session.get(Ledger, 1).balance = 777  # type: ignore[union-attr]
+        session.add(Acct(id=7, name="a7", balance=70))
+        session.flush()
+        savepoint.rollback()  # the caller undoes what the session flushed
+        session.commit()
+        outer.commit()
+    check(layers)
+    assert balances(layers, Ledger)[1] == 10
+    assert layers.read(Acct, 7) is None
+
+
+def test_a_reader_on_the_callers_connection_fills_nothing(pg_layers: Attached) -> None:
+    layers = pg_layers
+    prime(layers)
+    with layers.engine.connect() as connection:
+        outer = connection.begin()
+        writer = layers.factory(bind=connection)
+        writer.add(Acct(id=7, name="a7", balance=70))
+        writer.flush()  # not committed by anyone yet
+        with layers.factory(bind=connection) as reader:
+            chain = ChainedStore(
+                [layers.memory, layers.shared, SqlAlchemyStore(session=reader)],
+                broadcast=False,
+            )
+            assert chain.get(Acct, 7) is not None  # it sees the caller's transaction
+        check(layers)
+        writer.close()
+        outer.rollback()
+    check(layers)
+    assert layers.read(Acct, 7) is None
+
+
+def test_two_sessions_on_the_callers_connection_both_record(pg_layers: Attached) -> None:
+    layers = pg_layers
+    prime(layers)
+    with layers.engine.connect() as connection:
+        outer = connection.begin()
+        first = layers.factory(bind=connection)
+        first.get(Acct, 3)
+        second = layers.factory(bind=connection)
+        second.get(Acct, 3)
+        second.close()
+        first.execute(update(TABLE).where(TABLE.c.id == 1).values(balance=111))
+        first.commit()
+        outer.commit()
+    check(layers)
+    assert balances(layers, Acct)[1] == 111
+
+
+def test_a_two_phase_rollback_writes_nothing(pg_layers: Attached) -> None:
+    layers = pg_layers
+    prime(layers)
+    with layers.engine.connect() as connection:
+        outer = connection.begin_twophase()
+        session = layers.factory(bind=connection)
+        change(session)
+        session.commit()
+        outer.rollback()
+        connection.begin()
+        connection.commit()  # a later COMMIT on the connection writes nothing of it
+    check(layers)
+    assert balances(layers, Ledger)[1] == 10
+    assert layers.read(Acct, 7) is None
+
+
+def test_a_failed_commit_of_the_caller_writes_only_removals(pg_layers: Attached) -> None:
+    layers = pg_layers
+    with layers.engine.begin() as connection:
+        connection.execute(
+            text(
+                "ALTER TABLE paths_ledgers ADD CONSTRAINT paths_unique_balance "
+                "UNIQUE (balance) DEFERRABLE INITIALLY DEFERRED"
+            )
+        )
+    prime(layers)
+    with layers.engine.connect() as connection:
+        outer = connection.begin()
+        session = layers.factory(bind=connection)
+        session.get(Ledger, 1).balance = 20  # type: ignore[union-attr]  # clashes at COMMIT
+        session.commit()
+        with pytest.raises(IntegrityError):
+            outer.commit()
+        connection.rollback()
+        connection.begin()
+        connection.commit()
+    check(layers)
+    assert balances(layers, Ledger)[1] == 10
 
 
 def test_a_session_on_its_own_connection_is_written_at_its_commit(pg_layers: Attached) -> None:
@@ -417,6 +533,72 @@ def test_a_statement_a_flush_listener_runs_is_tracked(layers: Attached) -> None:
     check(layers)
     assert balances(layers, Acct) == {1: 1, 2: 20, 3: 30, 4: 40, 5: 55}
     assert all(held is not None for held in layers.held(Acct, 2))
+
+
+def test_a_statement_an_after_flush_listener_runs_is_tracked(layers: Attached) -> None:
+    def also(session: Session, context: object) -> None:
+        session.connection().execute(update(TABLE).where(TABLE.c.id == 2).values(balance=22))
+
+    event.listen(layers.factory, "after_flush", also)
+    try:
+        prime(layers)
+        with layers.factory() as session:
+            session.get(Ledger, 1).balance = 1  # type: ignore[union-attr]
+            session.commit()
+    finally:
+        event.remove(layers.factory, "after_flush", also)
+    check(layers)
+    assert balances(layers, Acct)[2] == 22
+
+
+def test_a_flush_listener_changing_the_flushed_row_costs_its_write(layers: Attached) -> None:
+    ledgers = Ledger.__table__
+
+    def also(mapper: object, connection: Connection, target: Ledger) -> None:
+        connection.execute(
+            update(ledgers)
+            .where(ledgers.c.id == target.id)
+            .values(balance=ledgers.c.balance + 1000)
+        )
+
+    event.listen(Ledger, "after_update", also)
+    try:
+        prime(layers)
+        with layers.factory() as session:
+            session.get(Ledger, 1).balance = 50  # type: ignore[union-attr]
+            session.commit()
+    finally:
+        event.remove(Ledger, "after_update", also)
+    check(layers)
+    assert balances(layers, Ledger)[1] == 1050
+
+
+def test_an_upsert_conflicting_on_another_key_removes_the_row_it_updated(
+    pg_layers: Attached,
+) -> None:
+    layers = pg_layers
+    prime(layers)
+    statement = postgresql.insert(TABLE)
+    statement = statement.on_conflict_do_update(
+        index_elements=[TABLE.c.name], set_={"balance": statement.excluded.balance}
+    )
+    with layers.factory() as session:
+        session.execute(statement, {"id": 99, "name": "a1", "balance": 1})  # updates id 1
+        session.commit()
+    check(layers)
+    assert balances(layers, Acct)[1] == 1
+
+
+def test_a_key_of_another_type_in_a_where_is_not_trusted(layers: Attached) -> None:
+    prime(layers)
+    with layers.factory() as session:
+        if layers.engine.dialect.name == "sqlite":  # PostgreSQL refuses the statement
+            session.execute(update(TABLE).where(TABLE.c.id == "1").values(balance=1))
+        else:
+            session.execute(update(TABLE).where(TABLE.c.id == 1.0).values(balance=1))
+        session.commit()
+    check(layers)
+    assert balances(layers, Acct)[1] == 1
 
 
 def test_an_upsert_on_a_table_removes_its_rows(pg_layers: Attached) -> None:
