@@ -99,7 +99,8 @@ run_suite() {
     # package allows: 2.1 on Python 3.11 and later, 2.0 on 3.10); CI runs both. No
     # coverage thresholds here.
     "$sa20_env/bin/pytest" -p no:cacheprovider tests/test_sqlalchemy_store.py \
-        tests/test_entity_codec.py tests/test_column_values.py
+        tests/test_entity_codec.py tests/test_column_values.py tests/test_write_paths.py \
+        tests/test_dml.py
 
     # The documentation site (mkdocs.yml), with every warning an error: broken links, pages
     # missing from the nav, and griffe's warnings about the package's docstrings.

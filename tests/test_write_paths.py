@@ -273,10 +273,20 @@ def test_a_reader_on_the_callers_connection_fills_nothing(pg_layers: Attached) -
             )
             assert chain.get(Acct, 7) is not None  # it sees the caller's transaction
         check(layers)
+        # The caller's own untracked write, read by a session nothing is attached to.
+        connection.execute(insert(TABLE).values(id=8, name="a8", balance=80))
+        with Session(bind=connection) as plain:
+            chain = ChainedStore(
+                [layers.memory, layers.shared, SqlAlchemyStore(session=plain)],
+                broadcast=False,
+            )
+            assert chain.get(Acct, 8) is not None
+        check(layers)
         writer.close()
         outer.rollback()
     check(layers)
     assert layers.read(Acct, 7) is None
+    assert layers.read(Acct, 8) is None
 
 
 def test_two_sessions_on_the_callers_connection_both_record(pg_layers: Attached) -> None:

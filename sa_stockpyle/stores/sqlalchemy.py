@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy
-from sqlalchemy import Engine, create_engine, event, or_, select, tuple_
+from sqlalchemy import Connection, Engine, create_engine, event, or_, select, tuple_
 from sqlalchemy.orm import Mapper, Session, SessionTransaction, scoped_session, with_polymorphic
 from sqlalchemy.orm.attributes import instance_state
 
 from sa_stockpyle.codec import expired_columns
-from sa_stockpyle.connections import any_waiting, is_waiting
+from sa_stockpyle.connections import any_waiting, is_waiting, join
 from sa_stockpyle.errors import (
     ConfigurationError,
     InvalidKeyValueError,
@@ -120,6 +120,14 @@ def _record_begin(session: Session, transaction: SessionTransaction, connection:
     session.info.setdefault(BEGAN, time.monotonic())
 
 
+def _record_join(session: Session, transaction: SessionTransaction) -> None:
+    # A Connection given as the bind, in a transaction already: the caller's, which may
+    # hold writes the database has not committed; reads on it fill nothing until it ends.
+    bind = session.bind
+    if transaction.parent is None and isinstance(bind, Connection) and bind.in_transaction():
+        join(bind)
+
+
 def _forget_flushes(session: Session, transaction: SessionTransaction) -> None:
     # A savepoint's writes stay recorded until the whole transaction ends: its rollback
     # makes them uncacheable a little longer than needed, never the other way round.
@@ -134,6 +142,7 @@ def _track_flushes(target: Session | scoped_session[Session]) -> None:
     for name, listener in (
         ("after_flush", _record_flush),
         ("after_begin", _record_begin),
+        ("after_transaction_create", _record_join),
         ("after_transaction_end", _forget_flushes),
     ):
         if not event.contains(target, name, listener):
