@@ -50,11 +50,9 @@ How it works:
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import weakref
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -84,11 +82,12 @@ from sa_stockpyle.changes import (
     mapper_of,
     old_keys,
 )
-from sa_stockpyle.codec import packed, restore, snapshot, version_of
+from sa_stockpyle.codec import version_of
 from sa_stockpyle.column_values import Check, value_checks
 from sa_stockpyle.connections import is_autocommit, join, savepoint_rollbacks, wait_for_commit
-from sa_stockpyle.errors import ConfigurationError, PayloadError
-from sa_stockpyle.stores.base import BaseStore, Removal, Stats
+from sa_stockpyle.errors import ConfigurationError
+from sa_stockpyle.stores.base import BaseStore, Stats
+from sa_stockpyle.writethrough import WriteThrough
 
 __all__ = ["Attachment", "attach"]
 
@@ -140,6 +139,7 @@ class Attachment:
         self.store = store
         self.use_returning = use_returning
         self.stats = Stats()
+        self._writer = WriteThrough(store, self.stats, self._primary_of)
         self._engine = target if isinstance(target, Engine) else None
         self._event_target: Any = Session if self._engine is not None else target
         self._info_key = f"{INFO_KEY}:{id(self)}"
@@ -215,6 +215,12 @@ class Attachment:
         info = class_info(klass)
         self._classes[klass] = info
         return info
+
+    def _primary_of(self, klass: type) -> tuple[str, ...]:
+        info = self._info(klass)
+        if info is None:  # a put is only ever recorded for a storable class
+            raise ConfigurationError(f"{klass.__qualname__} is not storable")
+        return info.primary_attrs
 
     def _session_state(self, session: Session) -> _SessionState:
         state: _SessionState | None = session.info.get(self._info_key)
@@ -295,7 +301,7 @@ class Attachment:
                 checks = checks_of.get(klass)
                 if checks is None:
                     checks = checks_of[klass] = self._value_checks(session, info)
-                put = self._put_of(obj, checks)
+                put = self._writer.committed_copy(obj, checks)
             if put is not None:
                 buffer.puts[identity] = put
             else:
@@ -315,39 +321,6 @@ class Attachment:
                 info.mapper, dialect
             )
         return checks
-
-    def _put_of(self, obj: object, checks: dict[str, Check]) -> object | None:
-        """The detached copy of ``obj`` to write through at commit, or None, and every
-        layer removes it instead (the rest of the commit is written as usual): when one of
-        its values may differ from what the database stored (see
-        :mod:`sa_stockpyle.column_values`; counted as ``inexact``), or when a shared layer
-        could not carry one (logged, counted as ``refused``)."""
-        try:
-            state = snapshot(obj)
-        except (PayloadError, TypeError, copy.Error) as exc:  # a value that does not copy
-            self._refused(obj, exc)
-            return None
-        for name, value in state.items():
-            check = checks.get(name)
-            if check is not None and not check(value):
-                log.debug("sa_stockpyle: %s.%s is removed at commit", type(obj).__qualname__, name)
-                self.stats.add(type(obj), "inexact")
-                return None
-        try:
-            packed(state)
-        except PayloadError as exc:
-            self._refused(obj, exc)
-            return None
-        put: object = restore(type(obj), state, owned=True)
-        return put
-
-    def _refused(self, obj: object, exc: Exception) -> None:
-        log.warning(
-            "sa_stockpyle: a %s will be removed from the caches at commit, not written: %s",
-            type(obj).__qualname__,
-            exc,
-        )
-        self.stats.add(type(obj), "refused")
 
     # -- bulk statements --------------------------------------------------------------
 
@@ -479,7 +452,7 @@ class Attachment:
             # when the connection commits.
             buffer = Buffer()
             self._apply(buffer, touched)
-            wait_for_commit(connection, *self._writers(buffer))
+            wait_for_commit(connection, *self._writer.writers(buffer))
         for session in sessions:
             # Recorded after what the flush under way recorded, if any: a put of a row a
             # flush listener's statement changed is dropped.
@@ -540,7 +513,7 @@ class Attachment:
             # sa_stockpyle.connections): the database commits when the caller does.  A
             # session on several connections cannot tell which rows each one holds, so
             # it removes every row, now for those committed and at each later COMMIT.
-            write, remove = self._writers(buffer)
+            write, remove = self._writer.writers(buffer)
             if len(connections) > 1:
                 write = remove
                 if len(waiting) < len(connections):
@@ -556,7 +529,7 @@ class Attachment:
             return
         # The database has committed: the write starts now and is finished when the
         # transaction ends, so its round trip overlaps SQLAlchemy's work in between.
-        finish = self._start_write(buffer)
+        finish = self._writer.start(buffer)
         if finish is not None:
             session_state.writing[transaction] = finish
 
@@ -596,65 +569,12 @@ class Attachment:
                 # Ended without a COMMIT of its own, but what it wrote at its root level
                 # may live on: in the caller's transaction it joined (close() leaves that
                 # open), or in the database (AUTOCOMMIT).  Its rows go, when that commits.
-                _, remove = self._writers(buffer)
+                _, remove = self._writer.writers(buffer)
                 if is_autocommit(connection):
                     remove()
                 elif not connection.closed and connection.in_transaction():
                     wait_for_commit(connection, remove, remove)
         session_state.connections.clear()
-
-    def _writers(self, buffer: Buffer) -> tuple[Callable[[], None], Callable[[], None]]:
-        """What writes ``buffer`` through at once, and its removals only; neither raises."""
-
-        def primary_of(klass: type) -> tuple[str, ...]:
-            info = self._info(klass)
-            if info is None:  # a put is only ever recorded for a storable class
-                raise ConfigurationError(f"{klass.__qualname__} is not storable")
-            return info.primary_attrs
-
-        def write(what: Buffer) -> None:
-            finish = self._start_write(what)
-            if finish is not None:
-                finish()
-
-        return (lambda: write(buffer)), (lambda: write(buffer.removals_only(primary_of)))
-
-    def _start_write(self, buffer: Buffer) -> Callable[[], None] | None:
-        """Start writing a committed transaction's buffer through (see
-        :meth:`BaseStore.start_committed`); the call returned finishes it, None when it
-        failed to start.  Neither raises: the database has committed, and raising would
-        tell the caller otherwise."""
-        removals: list[Removal] = [
-            (klass, lookup) for (klass, _), (_, lookup) in buffer.removals.items()
-        ]
-        puts = list(buffer.puts.values())
-        try:
-            for klass in buffer.classes:
-                self.store.invalidate_class(klass)
-                self.stats.add(klass, "class_invalidations")
-            started = self.store.start_committed(puts, removals)
-        except Exception:
-            self._write_failed(puts, removals)
-            return None
-
-        def finish() -> None:
-            try:
-                if started is not None:
-                    started()
-            except Exception:
-                self._write_failed(puts, removals)
-                return
-            for klass, count in Counter(type(obj) for obj in puts).items():
-                self.stats.add(klass, "written", count)
-            for klass, count in Counter(klass for klass, _ in removals).items():
-                self.stats.add(klass, "removed", count)
-
-        return finish
-
-    def _write_failed(self, puts: list[object], removals: list[Removal]) -> None:
-        log.exception("sa_stockpyle: write-through after commit failed in %r", self)
-        for klass in {type(obj) for obj in puts} | {k for k, _ in removals}:
-            self.stats.add(klass, "errors")
 
 
 def _from_persistence(execution_options: Any) -> bool:

@@ -1,0 +1,124 @@
+"""Writing a committed transaction through a store: what to write for each flushed
+object, and the write itself, started right after the COMMIT and finished later.
+
+Nothing here raises into the application: the database has committed, and raising would
+tell the caller otherwise.  Failures are logged and counted in the attachment's stats.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+from sa_stockpyle.changes import Buffer
+from sa_stockpyle.codec import packed, restore, snapshot
+from sa_stockpyle.column_values import Check
+from sa_stockpyle.errors import PayloadError
+from sa_stockpyle.stores.base import BaseStore, Removal, Stats
+
+__all__ = ["WriteThrough"]
+
+log = logging.getLogger("sa_stockpyle")
+
+
+class WriteThrough:
+    """Writes committed buffers through ``store``, counting in ``stats``.
+
+    Parameters:
+        store: the attached store.
+        stats: the attachment's counters (``written``, ``removed``,
+            ``class_invalidations``, ``errors``, ``inexact``, ``refused``).
+        primary_of: the primary-key attribute names of a storable class.
+    """
+
+    def __init__(
+        self, store: BaseStore, stats: Stats, primary_of: Callable[[type], tuple[str, ...]]
+    ) -> None:
+        self.store = store
+        self.stats = stats
+        self.primary_of = primary_of
+
+    def __repr__(self) -> str:
+        return f"<WriteThrough to {self.store!r}>"
+
+    def committed_copy(self, obj: object, checks: dict[str, Check]) -> object | None:
+        """The detached copy of ``obj`` to write through at commit, or None, and every
+        layer removes it instead (the rest of the commit is written as usual): when one of
+        its values may differ from what the database stored (see
+        :mod:`sa_stockpyle.column_values`; counted as ``inexact``), or when a shared layer
+        could not carry one (logged, counted as ``refused``)."""
+        try:
+            state = snapshot(obj)
+        except (PayloadError, TypeError, copy.Error) as exc:  # a value that does not copy
+            self._refused(obj, exc)
+            return None
+        for name, value in state.items():
+            check = checks.get(name)
+            if check is not None and not check(value):
+                log.debug("sa_stockpyle: %s.%s is removed at commit", type(obj).__qualname__, name)
+                self.stats.add(type(obj), "inexact")
+                return None
+        try:
+            packed(state)
+        except PayloadError as exc:
+            self._refused(obj, exc)
+            return None
+        put: object = restore(type(obj), state, owned=True)
+        return put
+
+    def _refused(self, obj: object, exc: Exception) -> None:
+        log.warning(
+            "sa_stockpyle: a %s will be removed from the caches at commit, not written: %s",
+            type(obj).__qualname__,
+            exc,
+        )
+        self.stats.add(type(obj), "refused")
+
+    def writers(self, buffer: Buffer) -> tuple[Callable[[], None], Callable[[], None]]:
+        """What writes ``buffer`` through at once, and its removals only; neither raises."""
+
+        def write(what: Buffer) -> None:
+            finish = self.start(what)
+            if finish is not None:
+                finish()
+
+        return (lambda: write(buffer)), (lambda: write(buffer.removals_only(self.primary_of)))
+
+    def start(self, buffer: Buffer) -> Callable[[], None] | None:
+        """Start writing a committed transaction's buffer through (see
+        :meth:`BaseStore.start_committed`); the call returned finishes it, None when it
+        failed to start.  Neither raises: the database has committed, and raising would
+        tell the caller otherwise."""
+        removals: list[Removal] = [
+            (klass, lookup) for (klass, _), (_, lookup) in buffer.removals.items()
+        ]
+        puts = list(buffer.puts.values())
+        try:
+            for klass in buffer.classes:
+                self.store.invalidate_class(klass)
+                self.stats.add(klass, "class_invalidations")
+            started = self.store.start_committed(puts, removals)
+        except Exception:
+            self._failed(puts, removals)
+            return None
+
+        def finish() -> None:
+            try:
+                if started is not None:
+                    started()
+            except Exception:
+                self._failed(puts, removals)
+                return
+            for klass, count in Counter(type(obj) for obj in puts).items():
+                self.stats.add(klass, "written", count)
+            for klass, count in Counter(klass for klass, _ in removals).items():
+                self.stats.add(klass, "removed", count)
+
+        return finish
+
+    def _failed(self, puts: list[object], removals: list[Removal]) -> None:
+        log.exception("sa_stockpyle: write-through after commit failed in %r", self)
+        for klass in {type(obj) for obj in puts} | {k for k, _ in removals}:
+            self.stats.add(klass, "errors")
