@@ -146,6 +146,8 @@ class ChainedStore(BaseStore):
             database number in front).
         max_staleness: while the subscription is down, process-local layers are cleared
             this often (seconds), so they serve nothing older.
+        heartbeat: seconds without a message after which the broadcast sends a heartbeat,
+            so that other processes notice its lost messages even when it goes quiet.
         cooldown: seconds a layer that failed is skipped (reads miss it, writes are
             remembered for its catch-up) before a call tries it again; 0 tries every call.
     """
@@ -159,6 +161,7 @@ class ChainedStore(BaseStore):
         channel: str = "invalidations",
         max_staleness: float = 2.0,
         cooldown: float = 1.0,
+        heartbeat: float = 1.0,
     ) -> None:
         super().__init__()
         layers = list(stores)
@@ -171,6 +174,7 @@ class ChainedStore(BaseStore):
             ("catch_up_interval", catch_up_interval, 0.001),
             ("max_staleness", max_staleness, 0.001),
             ("cooldown", cooldown, 0.0),
+            ("heartbeat", heartbeat, 0.001),
         ):
             if (
                 isinstance(value, bool)
@@ -188,7 +192,7 @@ class ChainedStore(BaseStore):
         self.layer_stats = [Stats() for _ in layers]
         self._missed = [_Missed() for _ in layers]
         self._resting = [0.0] * len(layers)
-        self.coherence = self._coherence(broadcast, channel, float(max_staleness))
+        self.coherence = self._coherence(broadcast, channel, max_staleness, heartbeat)
         self._restart_lock = threading.Lock()
         #: Set in a forked child: the broadcast's threads stayed in the parent, and a new
         #: one starts at the child's first use of the chain.
@@ -196,7 +200,7 @@ class ChainedStore(BaseStore):
         watch_forks(self)
 
     def _coherence(
-        self, broadcast: bool | None, name: str, max_staleness: float
+        self, broadcast: bool | None, name: str, max_staleness: float, heartbeat: float
     ) -> Coherence | None:
         local = [store for store in self.stores if store.process_local]
         shared = (store.channel(name) for store in self.stores if not store.process_local)
@@ -212,7 +216,7 @@ class ChainedStore(BaseStore):
                 "ChainedStore(broadcast=True) needs a layer with a channel (a RedisStore); "
                 f"the layers are {[self.layer_name(i) for i in range(len(self.stores))]}"
             )
-        return Coherence(channel, local, max_staleness)
+        return Coherence(channel, local, float(max_staleness), heartbeat=float(heartbeat))
 
     def _forked(self) -> None:
         """In a forked child (see :func:`~sa_stockpyle.stores.base.watch_forks`): new
@@ -224,7 +228,9 @@ class ChainedStore(BaseStore):
         self._resting = [0.0] * len(self.stores)
         old = self.coherence
         if old is not None and not self._closed:
-            self.coherence = Coherence(old.channel, old.local, old.max_staleness, start=False)
+            self.coherence = Coherence(
+                old.channel, old.local, old.max_staleness, False, old.heartbeat
+            )
             self._restarting = True
 
     def _restart(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import statistics
 import threading
 import time
@@ -13,6 +12,7 @@ from collections.abc import Sequence
 from sa_stockpyle.codec import Invalidation, decode_invalidation, encode_invalidation
 from sa_stockpyle.errors import PayloadError, StoreUnavailable
 from sa_stockpyle.stores.base import BaseStore, Channel, Removal
+from sa_stockpyle.stores.sequencing import Numbering, Tracker
 
 __all__ = ["MAX_PENDING", "Coherence"]
 
@@ -32,11 +32,16 @@ class Coherence:
     A second thread subscribes and removes what other processes' messages name from
     this process's local layers.  When the subscription is lost, messages may have been
     missed: the local layers are cleared, again every ``max_staleness`` seconds until the
-    subscription is back, and once more when it is.
+    subscription is back, and once more when it is.  Messages are numbered, and a
+    heartbeat goes out after ``heartbeat`` seconds without one: the local layers are also
+    cleared when a message turns out lost while the subscription stayed up (see
+    :mod:`~sa_stockpyle.stores.sequencing`).
 
     ``counts()`` returns ``sent``, ``received``, ``evicted`` (removals applied to local
     layers), ``flushes``, ``losses`` (subscriptions lost), ``dropped`` (messages never
-    sent), ``publish_errors`` and ``corrupt`` (messages that did not decode);
+    sent), ``publish_errors``, ``heartbeats`` (sent), ``gaps`` (numbers found missing;
+    ``lost``: how many messages they skipped), ``silences`` (publishers unheard past
+    their heartbeat bound) and ``corrupt`` (messages that did not decode, a loss too);
     ``subscribed`` tells whether the subscription is up now, and ``delays()`` lists the
     measured propagation delays in seconds (sender's clock to receiver's clock).
     """
@@ -47,11 +52,16 @@ class Coherence:
         local: list[BaseStore],
         max_staleness: float,
         start: bool = True,
+        heartbeat: float = 1.0,
     ) -> None:
         self.channel = channel
         self.local = local
         self.max_staleness = max_staleness
-        self.origin = secrets.token_hex(8)
+        self.heartbeat = heartbeat
+        self._numbering = Numbering(heartbeat)
+        #: This publisher's identity in its messages.
+        self.origin = self._numbering.origin
+        self._tracker = Tracker()
         self.subscribed = False
         self._counts: Counter[str] = Counter()
         self._delays: deque[float] = deque(maxlen=10_000)
@@ -111,12 +121,11 @@ class Coherence:
         """
         if not (removals or classes):
             return
-        message = Invalidation(self.origin, time.time(), list(removals), list(classes))
         with self._wake:
             if len(self._pending) >= MAX_PENDING:
-                self._pending.popleft()
+                self._pending.popleft()  # its number goes missing: subscribers see the gap
                 self._counts["dropped"] += 1
-            self._pending.append(message)
+            self._pending.append(self._numbering.message(removals, classes))
             self._wake.notify()
 
     def _publishing(self) -> None:
@@ -124,11 +133,20 @@ class Coherence:
         while True:
             with self._wake:
                 while not self._pending and not self._stop.is_set():
-                    self._wake.wait()
+                    quiet = self._numbering.due_in(time.monotonic())
+                    if quiet <= 0:
+                        break
+                    self._wake.wait(quiet)
                 batch = list(self._pending)
                 self._pending.clear()
-            if not batch:
-                return  # stopped, and everything is sent
+                # Under the lock that numbers messages: none is numbered and not yet sent.
+                stopped = self._stop.is_set()
+                signal = None if batch else self._numbering.signal("bye" if stopped else "beat")
+            if signal is not None:
+                self._signal(signal)
+                if stopped:
+                    return  # everything is sent, and subscribers know this publisher is gone
+                continue
             messages = self._encoded(batch)
             try:
                 self.channel.publish(messages)
@@ -147,7 +165,17 @@ class Coherence:
                     return
             else:
                 failing = False
+                self._numbering.sent_at = time.monotonic()
                 self._count("sent", len(messages))
+
+    def _signal(self, message: Invalidation) -> None:
+        """Send a heartbeat or a goodbye; one that fails is not sent again (the next is)."""
+        self._numbering.sent_at = time.monotonic()
+        try:
+            self.channel.publish([encode_invalidation(message)])
+            self._count("heartbeats")
+        except StoreUnavailable:
+            self._count("publish_errors")
 
     def _encoded(self, batch: list[Invalidation]) -> list[bytes]:
         """The messages of ``batch`` that encode; one that does not is logged and dropped
@@ -178,12 +206,16 @@ class Coherence:
             self.subscribed = True
             if lost:
                 self._flush()  # messages sent while it was down were missed
+                self._tracker.resubscribed(time.monotonic())
                 lost = False
             self._first_attempt.set()
             try:
                 while not self._stop.is_set():
                     for data in subscription.receive(0.2):
                         self._apply(data)
+                    silences = self._tracker.silenced(time.monotonic())
+                    if silences:
+                        self._missed("silences", silences)
             except StoreUnavailable as exc:
                 self._lose(exc)
                 lost = True
@@ -213,15 +245,28 @@ class Coherence:
         self._last_flush = time.monotonic()
         self._count("flushes")
 
+    def _missed(self, event: str, amount: int = 1, lost: int = 0) -> None:
+        """Messages were lost while subscribed: clear the local layers, then count."""
+        log.warning("sa_stockpyle: invalidation messages were lost (%s); flushing", event)
+        self._flush()  # before the count: whoever sees the count sees it done
+        with self._wake:
+            self._counts[event] += amount
+            self._counts["lost"] += lost
+
     def _apply(self, data: bytes) -> None:
         try:
             message = decode_invalidation(data)
         except PayloadError as exc:
-            log.warning("sa_stockpyle: ignoring an invalidation message: %s", exc)
-            self._count("corrupt")
+            log.warning("sa_stockpyle: an invalidation message did not decode: %s", exc)
+            self._missed("corrupt")  # it may have been anyone's invalidation
             return
         if message.origin == self.origin:
             return  # this chain's own layers are written already
+        lost = self._tracker.heard(message, time.monotonic())
+        if lost:
+            self._missed("gaps", lost=lost)
+        if message.kind:
+            return  # a heartbeat or a goodbye: nothing to remove
         for store in self.local:
             for klass in message.classes:
                 store.invalidate_class(klass)
