@@ -126,7 +126,8 @@ class ChainedStore(BaseStore):
       again: the entries it may still hold for objects written, deleted or invalidated
       meanwhile are removed, and classes invalidated meanwhile are invalidated, before
       it serves another read.  Until that succeeds the layer stays skipped, so it never
-      serves an entry from before or during its outage (see ``_Missed``).
+      serves an entry from before or during its outage (see ``_Missed``); then what a
+      shared layer caught up on is broadcast, for what other processes copied meanwhile.
 
     ``layer_stats[i]`` counts, per class, the ``hits``, ``misses``, ``fills``, ``errors``
     and ``caught_up`` (missed keys made up for) of layer *i*; ``stats_by_layer()`` returns
@@ -319,6 +320,10 @@ class ChainedStore(BaseStore):
             return False
         missed.applying = False
         self._resting[index] = 0.0
+        if self.coherence is not None and not store.process_local:
+            # Other processes may have filled their local layers from the stale entries
+            # between the layer's return and now: they drop them too.
+            self.coherence.publish(removals, invalidated)
         for klass, _ in removals:
             self.layer_stats[index].add(klass, "caught_up")
         for klass in invalidated:
