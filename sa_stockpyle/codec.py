@@ -42,7 +42,7 @@ import operator
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from uuid import UUID
@@ -632,13 +632,24 @@ class Invalidation:
 
     ``removals`` name objects by a lookup (``(User, {"id": 5})``), because every process
     builds its own cache keys; ``classes`` were invalidated whole.  ``sent_at`` is the
-    sender's Unix time, for the propagation delay.
+    sender's Unix time, for the propagation delay.  ``seq``, ``kind`` and ``heartbeat``
+    let a subscriber notice that messages were lost on the way.
     """
 
     origin: str
     sent_at: float
     removals: list[tuple[type, dict[str, Any]]]
     classes: list[type]
+    #: The publisher's number of this message (1, 2, ...); of a heartbeat or a goodbye,
+    #: the number of its last message.  None from a publisher that does not number.
+    seq: int | None = None
+    #: ``""``: an invalidation; ``"beat"``: a heartbeat; ``"bye"``: the publisher closed.
+    kind: str = ""
+    #: The publisher's heartbeat interval in seconds: it is heard at least that often.
+    heartbeat: float | None = None
+
+
+_KINDS = frozenset({"", "beat", "bye"})
 
 
 def encode_invalidation(message: Invalidation) -> bytes:
@@ -652,6 +663,8 @@ def encode_invalidation(message: Invalidation) -> bytes:
         ],
         "c": [class_token(klass) for klass in message.classes],
     }
+    if message.seq is not None:
+        body |= {"s": message.seq, "k": message.kind, "h": message.heartbeat}
     return MESSAGE_MAGIC + _ENCODER.encode(body).encode()
 
 
@@ -668,7 +681,19 @@ def decode_invalidation(data: bytes) -> Invalidation:
             if klass is not None:
                 removals.append((klass, {str(k): _unpack(v) for k, v in lookup.items()}))
         classes = [klass for klass in map(class_named, body["c"]) if klass is not None]
-        return Invalidation(str(body["o"]), float(body["t"]), removals, classes)
+        message = Invalidation(str(body["o"]), float(body["t"]), removals, classes)
+        if "s" not in body:
+            return message  # from a publisher that does not number its messages
+        seq, kind, beat = body["s"], body["k"], body["h"]
+        if not (
+            type(seq) is int
+            and 0 <= seq < 2**63
+            and kind in _KINDS
+            and type(beat) in (int, float)
+            and 0 < beat <= 3600
+        ):
+            raise PayloadError(f"message has a bad number: {seq!r}, {kind!r}, {beat!r}")
+        return replace(message, seq=seq, kind=kind, heartbeat=float(beat))
     except PayloadError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
 
 
 def exploit(marker: Path) -> bytes:
@@ -29,6 +31,19 @@ def cluster_client(nodes: list[tuple[str, int]]) -> RedisCluster:
         startup_nodes=[ClusterNode(host, port) for host, port in nodes],
         socket_connect_timeout=1,
         socket_timeout=2,
+    )
+
+
+def bounded_cluster_client(url: str, **options: Any) -> RedisCluster:
+    """A RedisCluster client with the settings docs/operations.md recommends for a
+    ``RedisStore``: one attempt per call (no retries, no backoff), 0.25 s to connect and
+    0.5 s to answer; ``options`` add to them (a counting ``connection_class``)."""
+    return RedisCluster.from_url(
+        url,
+        socket_connect_timeout=0.25,
+        socket_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+        **options,
     )
 
 

@@ -252,6 +252,9 @@ def test_a_message_that_does_not_encode_is_dropped_and_the_publisher_goes_on(
         coherence = writer.coherence
         assert until(lambda: coherence.counts().get("sent") == 1), coherence.counts()
         assert coherence.counts()["dropped"] == 1
+        # Its number went missing: the reader noticed, and flushed.
+        assert reader.coherence is not None
+        assert reader.coherence.counts()["gaps"] == 1
     finally:
         reader.close()
         writer.close()

@@ -6,7 +6,9 @@ entry; round trips are exact for every supported type.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import math
 from collections.abc import Iterator
 from decimal import Decimal
@@ -189,13 +191,36 @@ def test_truncated_payloads_are_payload_errors(data: st.DataObject) -> None:
         decode_record(payload[:cut], Foo)
 
 
-@given(st.lists(st.tuples(st.integers(), st.text(max_size=5)), max_size=5))
-def test_invalidation_messages_round_trip(keys: list[tuple[int, str]]) -> None:
+@given(
+    st.lists(st.tuples(st.integers(), st.text(max_size=5)), max_size=5),
+    st.none() | st.integers(min_value=0, max_value=2**63 - 1),
+    st.sampled_from(["", "beat", "bye"]),
+    st.floats(min_value=0.001, max_value=3600),
+)
+def test_invalidation_messages_round_trip(
+    keys: list[tuple[int, str]], seq: int | None, kind: str, heartbeat: float
+) -> None:
     key_spec(Foo)
     removals: list[tuple[type, dict[str, Any]]] = [(Foo, {"zap": z, "bar": b}) for b, z in keys]
     message = Invalidation("origin", 1.5, removals, [Foo])
+    if seq is not None:  # numbered, as every publisher of this version sends them
+        message = Invalidation("origin", 1.5, removals, [Foo], seq, kind, heartbeat)
     decoded = decode_invalidation(encode_invalidation(message))
     assert decoded == message
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=8,
+)
+
+
+@given(st.dictionaries(st.sampled_from("otrcskh"), json_values, max_size=7))
+def test_any_message_body_decodes_or_is_a_payload_error(body: dict[str, Any]) -> None:
+    data = b"SPKI" + json.dumps(body).encode()
+    with contextlib.suppress(PayloadError):  # anything else escaping fails the test
+        decode_invalidation(data)
 
 
 # -- bad payloads in every shared layer -----------------------------------------------------

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import logging
-import secrets
-import statistics
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
-from sa_stockpyle.codec import Invalidation, decode_invalidation, encode_invalidation
 from sa_stockpyle.errors import ConfigurationError, PayloadError, StoreUnavailable
 from sa_stockpyle.keys import key_spec
 from sa_stockpyle.stores.base import (
     BaseStore,
-    Channel,
     Finish,
     Removal,
     Reservation,
@@ -24,8 +19,9 @@ from sa_stockpyle.stores.base import (
     _finish,
     watch_forks,
 )
+from sa_stockpyle.stores.coherence import Coherence
 
-__all__ = ["MAX_MISSED", "MAX_PENDING", "ChainedStore", "Coherence"]
+__all__ = ["MAX_MISSED", "ChainedStore"]
 
 log = logging.getLogger("sa_stockpyle")
 
@@ -33,10 +29,6 @@ T = TypeVar("T")
 
 #: Beyond this many missed keys, a layer that answers again drops whole classes instead.
 MAX_MISSED = 10_000
-
-#: Invalidation messages waiting to be published beyond this many are dropped, oldest
-#: first, and counted: a flood of commits never grows memory without bound.
-MAX_PENDING = 10_000
 
 
 def _by_primary_key(objs: Iterable[object]) -> tuple[list[Removal], list[type]]:
@@ -114,225 +106,6 @@ class _Missed:
         return removals, classes
 
 
-class Coherence:
-    """The invalidation broadcast of a chain with process-local layers.
-
-    Every write, commit and class invalidation of the chain is published on a channel of
-    a shared layer (one message per call, naming objects by primary key), by a
-    background thread so that a flood of commits never blocks the committing thread.
-    A second thread subscribes and removes what other processes' messages name from
-    this process's local layers.  When the subscription is lost, messages may have been
-    missed: the local layers are cleared, again every ``max_staleness`` seconds until the
-    subscription is back, and once more when it is.
-
-    ``counts()`` returns ``sent``, ``received``, ``evicted`` (removals applied to local
-    layers), ``flushes``, ``losses`` (subscriptions lost), ``dropped`` (messages never
-    sent), ``publish_errors`` and ``corrupt`` (messages that did not decode);
-    ``subscribed`` tells whether the subscription is up now, and ``delays()`` lists the
-    measured propagation delays in seconds (sender's clock to receiver's clock).
-    """
-
-    def __init__(
-        self,
-        channel: Channel,
-        local: list[BaseStore],
-        max_staleness: float,
-        start: bool = True,
-    ) -> None:
-        self.channel = channel
-        self.local = local
-        self.max_staleness = max_staleness
-        self.origin = secrets.token_hex(8)
-        self.subscribed = False
-        self._counts: Counter[str] = Counter()
-        self._delays: deque[float] = deque(maxlen=10_000)
-        self._pending: deque[Invalidation] = deque()
-        self._wake = threading.Condition()
-        self._stop = threading.Event()
-        self._first_attempt = threading.Event()
-        self._last_flush = time.monotonic()
-        self._threads = [
-            threading.Thread(target=self._publishing, name="sa_stockpyle-publish", daemon=True)
-        ]
-        if local:  # without local layers there is nothing to evict: publish only
-            self._threads.append(
-                threading.Thread(
-                    target=self._subscribing, name="sa_stockpyle-subscribe", daemon=True
-                )
-            )
-        if start:
-            self.start()
-
-    def start(self) -> None:
-        """Start the threads; with local layers, wait for the first subscription attempt."""
-        for thread in self._threads:
-            thread.start()
-        if self.local:
-            # A chain that starts to serve before it listens could miss the first messages.
-            self._first_attempt.wait(5)
-
-    def counts(self) -> dict[str, int]:
-        """The event counters (see the class doc)."""
-        with self._wake:
-            return dict(self._counts)
-
-    def delays(self) -> list[float]:
-        """The propagation delays of the messages received lately, in seconds."""
-        with self._wake:
-            return list(self._delays)
-
-    def delay_quantiles(self) -> dict[str, float]:
-        """``{"p50": ..., "p99": ...}`` of :meth:`delays`, in seconds (empty: none yet)."""
-        delays = self.delays()
-        if len(delays) < 2:
-            return {}
-        cuts = statistics.quantiles(delays, n=100, method="inclusive")
-        return {"p50": cuts[49], "p99": cuts[98]}
-
-    def _count(self, event: str, amount: int = 1) -> None:
-        with self._wake:
-            self._counts[event] += amount
-
-    # -- publishing -------------------------------------------------------------------
-
-    def publish(self, removals: Sequence[Removal], classes: Sequence[type]) -> None:
-        """Queue one message naming ``removals`` and ``classes``; never blocks on I/O.
-
-        The publisher thread encodes it, mostly while the committing thread waits for I/O.
-        """
-        if not (removals or classes):
-            return
-        message = Invalidation(self.origin, time.time(), list(removals), list(classes))
-        with self._wake:
-            if len(self._pending) >= MAX_PENDING:
-                self._pending.popleft()
-                self._counts["dropped"] += 1
-            self._pending.append(message)
-            self._wake.notify()
-
-    def _publishing(self) -> None:
-        failing = False
-        while True:
-            with self._wake:
-                while not self._pending and not self._stop.is_set():
-                    self._wake.wait()
-                batch = list(self._pending)
-                self._pending.clear()
-            if not batch:
-                return  # stopped, and everything is sent
-            messages = self._encoded(batch)
-            try:
-                self.channel.publish(messages)
-            except StoreUnavailable as exc:
-                if not failing:  # once per outage, not once per retry
-                    log.warning("sa_stockpyle: cannot publish invalidations: %s", exc)
-                failing = True
-                with self._wake:
-                    self._counts["publish_errors"] += 1
-                    # Sent again first, in order; the oldest go when the queue is full.
-                    self._pending.extendleft(reversed(batch))
-                    while len(self._pending) > MAX_PENDING:
-                        self._pending.popleft()
-                        self._counts["dropped"] += 1
-                if self._stop.wait(0.1):
-                    return
-            else:
-                failing = False
-                self._count("sent", len(messages))
-
-    def _encoded(self, batch: list[Invalidation]) -> list[bytes]:
-        """The messages of ``batch`` that encode; one that does not is logged and dropped
-        (it names a key value the codec cannot carry), never the thread's end."""
-        encoded = []
-        for message in batch:
-            try:
-                encoded.append(encode_invalidation(message))
-            except PayloadError as exc:
-                log.error("sa_stockpyle: cannot send an invalidation: %s", exc)
-                self._count("dropped")
-        return encoded
-
-    # -- subscribing ------------------------------------------------------------------
-
-    def _subscribing(self) -> None:
-        lost = False
-        while not self._stop.is_set():
-            try:
-                subscription = self.channel.subscribe()
-            except StoreUnavailable as exc:
-                if not lost:
-                    self._lose(exc)
-                    lost = True
-                self._first_attempt.set()
-                self._while_down()
-                continue
-            self.subscribed = True
-            if lost:
-                self._flush()  # messages sent while it was down were missed
-                lost = False
-            self._first_attempt.set()
-            try:
-                while not self._stop.is_set():
-                    for data in subscription.receive(0.2):
-                        self._apply(data)
-            except StoreUnavailable as exc:
-                self._lose(exc)
-                lost = True
-            except Exception as exc:  # a bug must not end the thread, or silence go unseen
-                log.exception("sa_stockpyle: invalidation subscriber failed")
-                self._lose(StoreUnavailable(f"subscriber failed: {exc!r}"))
-                lost = True
-                self._stop.wait(0.25)
-            finally:
-                self.subscribed = False
-                subscription.close()
-
-    def _lose(self, exc: StoreUnavailable) -> None:
-        log.warning("sa_stockpyle: invalidation subscription lost: %s", exc)
-        self._flush()  # before the loss is counted: whoever sees the count sees it done
-        self._count("losses")
-
-    def _while_down(self) -> None:
-        """Wait before the next attempt; keep the local layers younger than max_staleness."""
-        self._stop.wait(min(0.25, self.max_staleness))
-        if time.monotonic() - self._last_flush >= self.max_staleness:
-            self._flush()
-
-    def _flush(self) -> None:
-        for store in self.local:
-            store.clear()
-        self._last_flush = time.monotonic()
-        self._count("flushes")
-
-    def _apply(self, data: bytes) -> None:
-        try:
-            message = decode_invalidation(data)
-        except PayloadError as exc:
-            log.warning("sa_stockpyle: ignoring an invalidation message: %s", exc)
-            self._count("corrupt")
-            return
-        if message.origin == self.origin:
-            return  # this chain's own layers are written already
-        for store in self.local:
-            for klass in message.classes:
-                store.invalidate_class(klass)
-            if message.removals:
-                store.write_committed([], message.removals)
-        with self._wake:
-            self._counts["received"] += 1
-            self._counts["evicted"] += len(message.removals)
-            self._delays.append(time.time() - message.sent_at)
-
-    def close(self) -> None:
-        """Send what is queued, then stop both threads."""
-        self._stop.set()
-        with self._wake:
-            self._wake.notify_all()
-        for thread in self._threads:
-            if thread.ident is not None:  # started (a forked child's may not be yet)
-                thread.join(5)
-
-
 class ChainedStore(BaseStore):
     """Stores layered fastest first, e.g. ``[memory, redis, database]``; itself a Store.
 
@@ -353,7 +126,8 @@ class ChainedStore(BaseStore):
       again: the entries it may still hold for objects written, deleted or invalidated
       meanwhile are removed, and classes invalidated meanwhile are invalidated, before
       it serves another read.  Until that succeeds the layer stays skipped, so it never
-      serves an entry from before or during its outage (see ``_Missed``).
+      serves an entry from before or during its outage (see ``_Missed``); then what a
+      shared layer caught up on is broadcast, for what other processes copied meanwhile.
 
     ``layer_stats[i]`` counts, per class, the ``hits``, ``misses``, ``fills``, ``errors``
     and ``caught_up`` (missed keys made up for) of layer *i*; ``stats_by_layer()`` returns
@@ -367,12 +141,14 @@ class ChainedStore(BaseStore):
             made by a background timer while the layer does not answer.
         broadcast: publish every write and commit on a channel of a shared layer, and
             remove what other processes publish from this chain's process-local layers,
-            if it has any (see :class:`Coherence`).  None (the default): on when a layer
-            has a channel (a ``RedisStore``), off otherwise.
+            if it has any (see :class:`~sa_stockpyle.stores.coherence.Coherence`).  None
+            (the default): on when a layer has a channel (a ``RedisStore``), off otherwise.
         channel: the name of that channel (a ``RedisStore`` puts its key prefix and
             database number in front).
         max_staleness: while the subscription is down, process-local layers are cleared
             this often (seconds), so they serve nothing older.
+        heartbeat: seconds without a message after which the broadcast sends a heartbeat,
+            so that other processes notice its lost messages even when it goes quiet.
         cooldown: seconds a layer that failed is skipped (reads miss it, writes are
             remembered for its catch-up) before a call tries it again; 0 tries every call.
     """
@@ -386,6 +162,7 @@ class ChainedStore(BaseStore):
         channel: str = "invalidations",
         max_staleness: float = 2.0,
         cooldown: float = 1.0,
+        heartbeat: float = 1.0,
     ) -> None:
         super().__init__()
         layers = list(stores)
@@ -398,6 +175,7 @@ class ChainedStore(BaseStore):
             ("catch_up_interval", catch_up_interval, 0.001),
             ("max_staleness", max_staleness, 0.001),
             ("cooldown", cooldown, 0.0),
+            ("heartbeat", heartbeat, 0.001),
         ):
             if (
                 isinstance(value, bool)
@@ -415,7 +193,7 @@ class ChainedStore(BaseStore):
         self.layer_stats = [Stats() for _ in layers]
         self._missed = [_Missed() for _ in layers]
         self._resting = [0.0] * len(layers)
-        self.coherence = self._coherence(broadcast, channel, float(max_staleness))
+        self.coherence = self._coherence(broadcast, channel, max_staleness, heartbeat)
         self._restart_lock = threading.Lock()
         #: Set in a forked child: the broadcast's threads stayed in the parent, and a new
         #: one starts at the child's first use of the chain.
@@ -423,7 +201,7 @@ class ChainedStore(BaseStore):
         watch_forks(self)
 
     def _coherence(
-        self, broadcast: bool | None, name: str, max_staleness: float
+        self, broadcast: bool | None, name: str, max_staleness: float, heartbeat: float
     ) -> Coherence | None:
         local = [store for store in self.stores if store.process_local]
         shared = (store.channel(name) for store in self.stores if not store.process_local)
@@ -439,7 +217,7 @@ class ChainedStore(BaseStore):
                 "ChainedStore(broadcast=True) needs a layer with a channel (a RedisStore); "
                 f"the layers are {[self.layer_name(i) for i in range(len(self.stores))]}"
             )
-        return Coherence(channel, local, max_staleness)
+        return Coherence(channel, local, float(max_staleness), heartbeat=float(heartbeat))
 
     def _forked(self) -> None:
         """In a forked child (see :func:`~sa_stockpyle.stores.base.watch_forks`): new
@@ -451,7 +229,9 @@ class ChainedStore(BaseStore):
         self._resting = [0.0] * len(self.stores)
         old = self.coherence
         if old is not None and not self._closed:
-            self.coherence = Coherence(old.channel, old.local, old.max_staleness, start=False)
+            self.coherence = Coherence(
+                old.channel, old.local, old.max_staleness, False, old.heartbeat
+            )
             self._restarting = True
 
     def _restart(self) -> None:
@@ -540,6 +320,10 @@ class ChainedStore(BaseStore):
             return False
         missed.applying = False
         self._resting[index] = 0.0
+        if self.coherence is not None and not store.process_local:
+            # Other processes may have filled their local layers from the stale entries
+            # between the layer's return and now: they drop them too.
+            self.coherence.publish(removals, invalidated)
         for klass, _ in removals:
             self.layer_stats[index].add(klass, "caught_up")
         for klass in invalidated:
