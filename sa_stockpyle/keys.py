@@ -440,14 +440,18 @@ class KeyMaker:
     def set_tokens(self, tokens: Mapping[str, str]) -> None:
         """Hold ``tokens`` (generation key: token) from now on, and give every class whose
         generation keys all hold a token the generation they make."""
-        self.tokens.update(tokens)
-        held = self.tokens
+        # The generations first, the tokens last: a write takes the tokens it checks
+        # against from ``tokens`` and builds its keys from ``generations``, so a thread
+        # that reads in between sees tokens behind its keys (and writes again), never
+        # ahead of them (and a tombstone under an old generation would pass the check).
+        held = {**self.tokens, **tokens}
         # tuple() copies a set in one step, safe while another thread adds a class to it.
         for klass in {c for key in tokens for c in tuple(self._sharing.get(key, ()))}:
             keys = self._generation_keys[klass]
             parts = [held[key] for key in keys if key in held]
             if len(parts) == len(keys):
                 self.generations[klass] = ".".join(parts)
+        self.tokens.update(tokens)
 
     def class_prefix(self, klass: type) -> str:
         """The start shared by the readable keys of ``klass`` in its current generation."""

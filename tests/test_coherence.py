@@ -10,6 +10,8 @@ import enum
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -258,3 +260,27 @@ def test_a_message_that_does_not_encode_is_dropped_and_the_publisher_goes_on(
     finally:
         reader.close()
         writer.close()
+
+
+def test_a_process_that_exits_without_closing_says_goodbye(redis_url: str) -> None:
+    """Its subscribers are told it is gone, so its silence flushes nothing."""
+    child = (
+        "from sa_stockpyle.stores import ChainedStore, ProcessMemoryStore, RedisStore\n"
+        "from sa_stockpyle.testing import Foo\n"
+        f"chain = ChainedStore([ProcessMemoryStore(), RedisStore(url={redis_url!r})],"
+        " heartbeat=0.2, channel='goodbyes')\n"
+        "chain.put(Foo(key=2, zap=2, bar=2))\n"  # and exits, never closing the chain
+    )
+    memory = ProcessMemoryStore()
+    chain = ChainedStore([memory, RedisStore(url=redis_url)], heartbeat=0.2, channel="goodbyes")
+    try:
+        chain.put(Foo(key=1, zap=1, bar=1))
+        subprocess.run([sys.executable, "-c", child], check=True, timeout=60)
+        assert until(lambda: chain.coherence.counts().get("received", 0) >= 1)
+        time.sleep(1.0)  # five of the child's heartbeat intervals: a silence, were it one
+        counts = chain.coherence.counts()
+        assert counts.get("silences", 0) == 0
+        assert counts.get("flushes", 0) == 0
+        assert memory.get(Foo, 1) is not None
+    finally:
+        chain.close()

@@ -249,18 +249,55 @@ def test_a_forked_child_does_not_keep_the_folder_lock(tmp_path: Path) -> None:
         os.close(go)
 
 
-def test_local_files_hides_its_own_files_and_matches_fsspecs_layout(tmp_path: Path) -> None:
+def test_local_files_hides_its_own_files_and_keeps_every_key_flat(tmp_path: Path) -> None:
     folder = LocalFiles(str(tmp_path / "cache"))
     folder["a/b"] = b"1"
-    folder["c"] = b"2"
+    folder["a"] = b"0"  # a key is never another key's folder
+    folder["c%2F"] = b"2"
+    folder["." * 300] = b"3"  # too long a name: hashed
     (tmp_path / "cache" / ".sa_stockpyle.tmp-0123").write_bytes(b"a crashed write")
     with folder.process_lock:  # creates the lock file
         pass
-    assert sorted(folder) == ["a/b", "c"]
-    assert len(folder) == 2
-    assert fsspec.get_mapper(f"file://{tmp_path}/cache")["a/b"] == b"1"
-    del folder["c"]
+    assert (folder["a/b"], folder["a"], folder["c%2F"], folder["." * 300]) == (
+        b"1",
+        b"0",
+        b"2",
+        b"3",
+    )
+    assert {"a/b", "a", "c%2F"} <= set(folder)
+    assert len(folder) == 4
+    assert all(entry.is_file() for entry in os.scandir(tmp_path / "cache"))
+    del folder["c%2F"]
     with pytest.raises(KeyError):
-        del folder["c"]
+        del folder["c%2F"]
     folder.clear()
     assert sorted(os.listdir(tmp_path / "cache")) == [".sa_stockpyle.lock"]
+
+
+class Named:
+    """A class whose alternate key holds whatever a caller passes, slashes and dots too."""
+
+    __stockpyle_keys__ = ["id", "name"]
+
+    def __init__(self, id: int, name: str) -> None:
+        self.id = id
+        self.name = name
+
+
+def test_a_key_of_hostile_values_never_leaves_the_folder(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_bytes(b"not a cache record")
+    store = ShoveStore(shoveuri=f"file://{tmp_path}/cache")
+    hostile = ["/../../outside/victim.txt", "../..", ".", "", "/", "a//b", "%2E%2E", "%00"]
+    for number, name in enumerate(hostile, start=1):
+        assert store.get(Named, {"name": name}) is None
+        store.put(Named(number, name))
+        found = store.get(Named, {"name": name})
+        assert found is not None
+        assert (found.id, found.name) == (number, name)
+    assert victim.read_bytes() == b"not a cache record"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
+    files = LocalFiles(f"{tmp_path}/cache")
+    assert all(files[key] for key in files)  # every key lists back as it was written

@@ -9,6 +9,7 @@ reads its generation tokens with its keys, in one read.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
@@ -163,3 +164,44 @@ def test_a_lookup_reads_its_tables_generation_tokens_with_its_keys(redis_url: st
             [*keymaker.generation_keys(Manager), *keymaker.keys(key_spec(Manager), [1])],
             [*keymaker.generation_keys(New), *keymaker.keys(key_spec(New), [1, 2])],
         ]
+
+
+class _PausingTokens(dict[str, str]):
+    """Generation tokens whose update, once armed, waits after it is applied: the moment
+    another thread's write may run while ``KeyMaker.set_tokens`` is under way."""
+
+    def __init__(self, tokens: dict[str, str]) -> None:
+        super().__init__(tokens)
+        self.armed = threading.Event()
+        self.paused = threading.Event()
+        self.go = threading.Event()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        if self.armed.is_set() and not self.paused.is_set():
+            self.paused.set()
+            assert self.go.wait(10)
+
+
+def test_a_write_while_a_new_generation_is_adopted_is_not_lost(redis_url: str) -> None:
+    ours = RedisStore(url=redis_url, prefix="adopting")
+    other = RedisStore(url=redis_url, prefix="adopting")  # another process
+    try:
+        ours.put(Foo(key=1, zap=1, bar=1, v="old"))
+        other.get(Foo, 1)
+        other.invalidate_class(Foo)  # the other process starts a new generation
+        other.put(Foo(key=1, zap=1, bar=1, v="v1"))  # and caches the row under it
+        tokens = _PausingTokens(ours.keymaker.tokens)
+        ours.keymaker.tokens = tokens
+        tokens.armed.set()
+        reader = threading.Thread(target=ours.get, args=(Foo, 1))  # adopts the new one
+        reader.start()
+        assert tokens.paused.wait(10)
+        ours.delete(Foo(key=1, zap=1, bar=1))  # the row is deleted meanwhile
+        tokens.go.set()
+        reader.join(10)
+        assert ours.get(Foo, 1) is None
+        assert other.get(Foo, 1) is None
+    finally:
+        ours.close()
+        other.close()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
+import os
 import statistics
 import threading
 import time
+import weakref
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sa_stockpyle.codec import Invalidation, decode_invalidation, encode_invalidation
 from sa_stockpyle.errors import PayloadError, StoreUnavailable
@@ -79,6 +83,7 @@ class Coherence:
                     target=self._subscribing, name="sa_stockpyle-subscribe", daemon=True
                 )
             )
+        self._at_exit: Callable[[], None] | None = None
         if start:
             self.start()
 
@@ -86,6 +91,12 @@ class Coherence:
         """Start the threads; with local layers, wait for the first subscription attempt."""
         for thread in self._threads:
             thread.start()
+        # A process that exits without close() would leave its subscribers waiting for
+        # its next heartbeat, and then flushing their memory layers: say goodbye at exit
+        # (in this process only: a forked child inherits the registration, not the
+        # threads, and its chain has a broadcast of its own).
+        self._at_exit = functools.partial(_close_at_exit, weakref.ref(self), os.getpid())
+        atexit.register(self._at_exit)
         if self.local:
             # A chain that starts to serve before it listens could miss the first messages.
             self._first_attempt.wait(5)
@@ -279,9 +290,17 @@ class Coherence:
 
     def close(self) -> None:
         """Send what is queued, then stop both threads."""
+        if self._at_exit is not None:
+            atexit.unregister(self._at_exit)
         self._stop.set()
         with self._wake:
             self._wake.notify_all()
         for thread in self._threads:
             if thread.ident is not None:  # started (a forked child's may not be yet)
                 thread.join(5)
+
+
+def _close_at_exit(coherence: weakref.ref[Coherence], pid: int) -> None:
+    found = coherence()
+    if found is not None and os.getpid() == pid:
+        found.close()

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -75,7 +77,10 @@ class LocalFiles(MutableMapping[str, bytes]):
     Writes are atomic (a temporary file in the same folder, then :func:`os.replace`);
     :attr:`process_lock` excludes every process using the folder, and a
     :class:`~sa_stockpyle.stores.ShoveStore` holds it around each of its writes.  The
-    layout is fsspec's local mapper's, so a folder written by either is read by both.
+    folder is flat: one file per key, named by the key with ``%`` and ``/`` escaped (a
+    name over 255 bytes is a hash of the key), so no key, however hostile its lookup
+    values (``name="/../../etc/x"``), names a file outside the folder, and no key is
+    another's folder.
     POSIX only (``flock``).  Values are not fsynced: after a power loss a file may be
     empty, which a store counts as a ``corrupt`` miss.
 
@@ -90,7 +95,7 @@ class LocalFiles(MutableMapping[str, bytes]):
         self.process_lock = ProcessLock(os.path.join(self.root, RESERVED + "lock"))
 
     def _path(self, key: str) -> str:
-        return f"{self.root}/{key}"
+        return os.path.join(self.root, _file_name(key))
 
     def __getitem__(self, key: str) -> bytes:
         try:
@@ -101,12 +106,9 @@ class LocalFiles(MutableMapping[str, bytes]):
 
     def __setitem__(self, key: str, value: bytes) -> None:
         path = self._path(key)
-        folder = os.path.dirname(path)
-        if folder != self.root:
-            os.makedirs(folder, exist_ok=True)
         # Created with the umask's permissions (mkstemp would make it private), under a
         # name no key has and no other writer picks.
-        temporary = os.path.join(folder, f"{RESERVED}tmp-{secrets.token_hex(8)}")
+        temporary = os.path.join(self.root, f"{RESERVED}tmp-{secrets.token_hex(8)}")
         try:
             with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
                 f.write(value)
@@ -123,11 +125,9 @@ class LocalFiles(MutableMapping[str, bytes]):
             raise KeyError(key) from exc
 
     def __iter__(self) -> Iterator[str]:
-        start = len(self.root) + 1
-        for folder, _folders, names in os.walk(self.root):
-            for name in names:
-                if not name.startswith(RESERVED):
-                    yield os.path.join(folder, name)[start:]
+        with os.scandir(self.root) as entries:
+            names = [e.name for e in entries if e.is_file() and not e.name.startswith(RESERVED)]
+        yield from map(_key_of, names)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -146,3 +146,22 @@ class LocalFiles(MutableMapping[str, bytes]):
 
     def __repr__(self) -> str:
         return f"LocalFiles({self.root!r})"
+
+
+_UNESCAPE = {"25": "%", "2F": "/", "2E": "."}
+
+
+def _file_name(key: str) -> str:
+    """The file name of ``key``: ``%`` and ``/`` escaped, and ``.``/``..`` spelled with
+    escapes; a hash of the key where that would pass the file systems' 255 bytes."""
+    name = key.replace("%", "%25").replace("/", "%2F")
+    if name in (".", ".."):
+        name = name.replace(".", "%2E")
+    if len(name.encode("utf-8", "surrogatepass")) > 255:
+        name = "%H" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return name
+
+
+def _key_of(name: str) -> str:
+    """The key a file name was made from (a hashed name stands for itself)."""
+    return re.sub("%(25|2F|2E)", lambda match: _UNESCAPE[match.group(1)], name)
