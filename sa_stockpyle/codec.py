@@ -158,12 +158,17 @@ def decode_marker(data: bytes) -> Marker | None:
         return None
     try:
         if head == TOMBSTONE_MAGIC:
+            token = None
             taken, expires_at = data[5:].split(b":")
-            return Marker(None, float(taken), float(expires_at))
-        token, taken, expires_at = data[5:].split(b":")
-        return Marker(token.decode("ascii"), float(taken), float(expires_at))
+        else:
+            raw, taken, expires_at = data[5:].split(b":")
+            token = raw.decode("ascii")
+        marker = Marker(token, float(taken), float(expires_at))
     except ValueError:
         return None
+    # A marker that would never expire (NaN, infinity) is forged: not a marker at all,
+    # so it reads as an undecodable record, a counted miss that is replaced.
+    return marker if math.isfinite(marker.taken) and math.isfinite(marker.expires_at) else None
 
 
 def expiry(lifetime: object, now: float) -> float | None:
@@ -586,8 +591,11 @@ def decode_record(data: bytes, klass: type) -> Record:
         if end != len(text):
             raise PayloadError(f"payload has {len(text) - end} bytes after its JSON")
         expires_at = body["x"]
-        if expires_at is not None and type(expires_at) not in (int, float):
-            raise PayloadError(f"payload expiry {expires_at!r} is not a number")
+        if expires_at is not None and (
+            type(expires_at) not in (int, float) or not math.isfinite(expires_at)
+        ):
+            # NaN would never compare as past: a forged entry that never expires.
+            raise PayloadError(f"payload expiry {expires_at!r} is not a finite number")
         if "p" in body:
             if type(body["p"]) is not str:
                 raise PayloadError("payload pointer is not a string")
@@ -611,7 +619,17 @@ def decode_record(data: bytes, klass: type) -> Record:
         )
     except PayloadError:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, InvalidOperation) as exc:
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        InvalidOperation,
+        # A tagged value out of its type's range (a timedelta of 1e20 days), and JSON
+        # nested deeper than the interpreter recurses: forged bytes, a miss like any other.
+        OverflowError,
+        RecursionError,
+    ) as exc:
         raise PayloadError(f"payload did not decode: {exc!r}") from exc
 
 
