@@ -179,6 +179,17 @@ def _parse(klass: type) -> KeySpec:
         raise NotStorableError(
             f"{klass.__qualname__}.__stockpyle_keys__ is {declared!r}; {expected}"
         )
+    if (
+        isinstance(declared, tuple)
+        and len(declared) > 1
+        and all(isinstance(a, str) for a in declared)
+    ):
+        # ("zap", "bar") reads as one composite key as easily as two single keys.
+        raise NotStorableError(
+            f"{klass.__qualname__}.__stockpyle_keys__ is the tuple {declared!r}: say "
+            f"{list(declared)!r} for {len(declared)} single keys, or {[declared]!r} for "
+            f"one composite key"
+        )
     items: list[KeyItem] = []
     index: dict[frozenset[str], int] = {}
     for raw in declared:

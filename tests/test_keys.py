@@ -135,3 +135,19 @@ def test_a_new_generation_replaces_the_cached_key_heads_of_its_class() -> None:
         keymaker.key(spec, 0, (1,)),
         keymaker.key(spec, 1, (2, 3)),
     )
+
+
+def test_a_top_level_tuple_of_names_is_refused_with_both_spellings() -> None:
+    class Ambiguous:
+        __stockpyle_keys__ = ("zap", "bar")
+
+    with pytest.raises(NotStorableError) as refused:
+        key_spec(Ambiguous)
+    message = str(refused.value)
+    assert "['zap', 'bar']" in message  # two single keys
+    assert "[('zap', 'bar')]" in message  # one composite key
+
+    class Clear:
+        __stockpyle_keys__ = ("id", ("zap", "bar"))  # a tuple, but only one reading
+
+    assert key_spec(Clear).items == (("id",), ("zap", "bar"))
