@@ -394,6 +394,35 @@ def test_a_flushed_script_cache_is_loaded_again(redis_url: str) -> None:
         assert store.get(Foo, 3) == Foo(key=3, zap=3, bar=3)
 
 
+def test_a_callers_client_survives_a_server_without_the_script(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    with RedisStore(client=client) as store:
+        client.script_flush()  # a new server, or one flushed: the script is not there
+        store.put(Foo(key=1, zap=1, bar=1))
+        client.script_flush()
+        store.delete(Foo(key=1, zap=1, bar=1))
+        assert store.get(Foo, 1) is None
+        client.script_flush()
+        store.write_committed([Foo(key=3, zap=3, bar=3)], [])
+        assert store.get(Foo, 3) == Foo(key=3, zap=3, bar=3)
+    client.close()
+
+
+def test_a_callers_cluster_survives_nodes_without_the_script(
+    redis_cluster_nodes: list[Any],
+) -> None:
+    client = cluster_client(redis_cluster_nodes)
+    with RedisStore(client=client) as store:
+        flush = ("SCRIPT FLUSH",)
+        client.execute_command(*flush, target_nodes=RedisCluster.ALL_NODES)
+        store.put(Foo(key=1, zap=1, bar=1))
+        client.execute_command(*flush, target_nodes=RedisCluster.ALL_NODES)
+        store.write_committed([Foo(key=3, zap=3, bar=3)], [])
+        assert store.get(Foo, 1) == Foo(key=1, zap=1, bar=1)
+        assert store.get(Foo, 3) == Foo(key=3, zap=3, bar=3)
+    client.close()
+
+
 def test_a_forked_child_opens_its_own_connection(redis_url: str) -> None:
     with RedisStore(url=redis_url) as store:
         store.put(Foo(key=1, zap=1, bar=1))

@@ -283,17 +283,26 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
     def _start_eval(self, keys: Sequence[str], args: Sequence[Any]) -> Callable[[], Any]:
         """Send the ``_APPLY`` script by its digest; the call returned reads its reply,
         loading the script when the server lacks it."""
+        # A new, restarted or flushed server (SCRIPT FLUSH) lacks the script: EVAL runs it
+        # and caches it there.  A caller's client or a cluster answers at once, so the
+        # miss shows when the command is sent; the store's own connections, at the reply.
+        evaluate = ("EVAL", _APPLY, len(keys), *keys, *args)
         if self._cluster:
-            reply = self._script(keys=keys, args=args)
+            try:
+                reply = self._script(keys=keys, args=args)
+            except self._no_script:
+                reply = self.client.execute_command(*evaluate)  # type: ignore[no-untyped-call]
             return lambda: reply
-        sent = self._send([("EVALSHA", self._script.sha, len(keys), *keys, *args)])
+        try:
+            sent = self._send([("EVALSHA", self._script.sha, len(keys), *keys, *args)])
+        except self._no_script:
+            sent = self._send([evaluate])
 
         def receive() -> Any:
             try:
                 return sent.receive()[0]
             except self._no_script:
-                # A restarted or flushed server: EVAL runs the script and caches it there.
-                return self._execute([("EVAL", _APPLY, len(keys), *keys, *args)])[0]
+                return self._execute([evaluate])[0]
 
         return receive
 
