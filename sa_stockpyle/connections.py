@@ -41,6 +41,7 @@ __all__ = [
     "is_autocommit",
     "is_waiting",
     "join",
+    "join_callers",
     "savepoint_rollbacks",
     "wait_for_commit",
 ]
@@ -105,6 +106,16 @@ def join(connection: Connection) -> int:
                 event.listen(connection, name, listener)
         transaction = _REGISTRY.transactions.setdefault(proxy, _Transaction())
         return transaction.savepoint_rollbacks
+
+
+def join_callers(session: Any, transaction: Any) -> int | None:
+    """At a session's ``after_transaction_create``: when the root transaction begins on a
+    Connection given as the session's bind that is in a transaction already (the
+    caller's), :func:`join` it and return what it returns; else None."""
+    bind = session.bind
+    if transaction.parent is None and isinstance(bind, Connection) and bind.in_transaction():
+        return join(bind)
+    return None
 
 
 def savepoint_rollbacks(connection: Connection) -> int:

@@ -84,7 +84,12 @@ from sa_stockpyle.changes import (
 )
 from sa_stockpyle.codec import version_of
 from sa_stockpyle.column_values import Check, value_checks
-from sa_stockpyle.connections import is_autocommit, join, savepoint_rollbacks, wait_for_commit
+from sa_stockpyle.connections import (
+    is_autocommit,
+    join_callers,
+    savepoint_rollbacks,
+    wait_for_commit,
+)
 from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.stores.base import BaseStore, Stats
 from sa_stockpyle.writethrough import WriteThrough
@@ -489,9 +494,9 @@ class Attachment:
     def _after_transaction_create(self, session: Session, transaction: SessionTransaction) -> None:
         # Before the session takes its connection: a Connection given as its bind that is
         # in a transaction already is the caller's, which the session joins.
-        bind = session.bind
-        if transaction.parent is None and isinstance(bind, Connection) and bind.in_transaction():
-            self._session_state(session).joined = join(bind)
+        joined = join_callers(session, transaction)
+        if joined is not None:
+            self._session_state(session).joined = joined
 
     def _after_commit(self, session: Session) -> None:
         # Fires for a released savepoint as well as for the real COMMIT, before the

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy
-from sqlalchemy import Connection, Engine, create_engine, event, or_, select, tuple_
+from sqlalchemy import Engine, create_engine, event, or_, select, tuple_
 from sqlalchemy.orm import Mapper, Session, SessionTransaction, scoped_session, with_polymorphic
 from sqlalchemy.orm.attributes import instance_state
 
 from sa_stockpyle.codec import expired_columns
-from sa_stockpyle.connections import any_waiting, is_waiting, join
+from sa_stockpyle.connections import any_waiting, is_waiting, join_callers
 from sa_stockpyle.errors import (
     ConfigurationError,
     InvalidKeyValueError,
@@ -121,11 +121,9 @@ def _record_begin(session: Session, transaction: SessionTransaction, connection:
 
 
 def _record_join(session: Session, transaction: SessionTransaction) -> None:
-    # A Connection given as the bind, in a transaction already: the caller's, which may
-    # hold writes the database has not committed; reads on it fill nothing until it ends.
-    bind = session.bind
-    if transaction.parent is None and isinstance(bind, Connection) and bind.in_transaction():
-        join(bind)
+    # The caller's transaction may hold writes the database has not committed: reads on
+    # its connection fill nothing until it ends.
+    join_callers(session, transaction)
 
 
 def _forget_flushes(session: Session, transaction: SessionTransaction) -> None:
