@@ -36,6 +36,7 @@ import base64
 import copy
 import datetime as dt
 import enum
+import hmac
 import json
 import math
 import operator
@@ -52,13 +53,16 @@ import sqlalchemy
 from sqlalchemy.orm import Mapper, make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_state
 
-from sa_stockpyle.errors import InvalidLifetimeError, PayloadError
+from sa_stockpyle.errors import ConfigurationError, InvalidLifetimeError, PayloadError
 from sa_stockpyle.keys import class_named, class_token
 
 __all__ = [
     "LEASE_MAGIC",
     "MAGIC",
+    "MAX_DEPTH",
+    "MAX_PAYLOAD_BYTES",
     "MESSAGE_MAGIC",
+    "SIGNATURE_BYTES",
     "TOMBSTONE_MAGIC",
     "Entry",
     "Invalidation",
@@ -67,6 +71,8 @@ __all__ = [
     "Marker",
     "Pointer",
     "Record",
+    "carriable",
+    "check_signing_key",
     "decode_invalidation",
     "decode_marker",
     "decode_record",
@@ -78,7 +84,9 @@ __all__ = [
     "expiry",
     "packed",
     "restore",
+    "signed",
     "snapshot",
+    "verified",
     "version_of",
 ]
 
@@ -220,7 +228,15 @@ def _detached(values: dict[str, Any]) -> dict[str, Any]:
     # immutable type (the usual row of scalars), one C-level check and copy do it all.
     if _IMMUTABLE.issuperset(map(type, values.values())):
         return values.copy()
-    return {name: _detach(value) for name, value in values.items()}
+    return {name: _detached_value(name, value) for name, value in values.items()}
+
+
+def _detached_value(name: str, value: Any) -> Any:
+    try:
+        return _detach(value)
+    except (RecursionError, TypeError, copy.Error) as exc:
+        # A file handle, a lock, a value nested too deep to copy: not a cacheable state.
+        raise PayloadError(f"attribute {name!r} cannot be copied into a cache: {exc!r}") from None
 
 
 # A plain dict, as for the other per-class caches below: read on every snapshot.
@@ -252,7 +268,7 @@ def snapshot(obj: object) -> dict[str, Any]:
     state = _detached(getattr(obj, "__dict__", {}))
     for name in _slot_names(type(obj)):
         if hasattr(obj, name):
-            state[name] = _detach(getattr(obj, name))
+            state[name] = _detached_value(name, getattr(obj, name))
     return state
 
 
@@ -270,12 +286,38 @@ def restore(klass: type, state: dict[str, Any], owned: bool = False) -> Any:
     factory: Any = klass
     obj = factory.__new__(klass)
     values = state if owned else _detached(state)
-    if _slot_names(klass):
+    slots = _slot_names(klass)
+    if slots:
+        # Slots through their descriptors, anything else into the instance dict: a name
+        # such as "__class__" never reaches object.__setattr__ (checked by _check_names).
+        held = getattr(obj, "__dict__", None)
         for name, value in values.items():
-            object.__setattr__(obj, name, value)
+            if name in slots:
+                object.__setattr__(obj, name, value)
+            else:
+                held[name] = value  # type: ignore[index]
     else:
         obj.__dict__.update(values)  # one C call; like object.__setattr__, skips __setattr__
     return obj
+
+
+def _check_names(klass: type, state: dict[str, Any]) -> None:
+    """Raise PayloadError unless :func:`restore` can give ``klass`` every name of ``state``
+    (a decoded state: its names are strings)."""
+    columns = _columns(klass)
+    if columns is not None:
+        identity = state.get(_IDENTITY)
+        if identity is not None and type(identity) not in (str, int):
+            raise PayloadError(f"payload identity token {identity!r} is not a str or int")
+        return  # restore() takes the column attributes and leaves anything else out
+    slots = _slot_names(klass)
+    if klass.__dictoffset__ == 0:  # its objects have no instance dict: only slots
+        unknown = [name for name in state if name not in slots]
+        if unknown:
+            raise PayloadError(
+                f"payload state names {unknown[:3]!r}, which {klass.__qualname__} objects "
+                f"cannot hold (they have only the slots {slots!r})"
+            )
 
 
 # --- the entity codec ----------------------------------------------------------------------
@@ -414,6 +456,13 @@ def _restore_entity(columns: _Columns, snap: dict[str, Any], owned: bool) -> Any
 
 # --- wire format ---------------------------------------------------------------------------
 
+#: The decoder's limits (docs/security.md lists them): a payload longer than this many
+#: bytes, or a value nested deeper than :data:`MAX_DEPTH` lists, dicts, tuples and sets,
+#: is refused by ``put`` and read as a corrupt miss.  Integers are limited to Python's
+#: ``sys.get_int_max_str_digits()`` digits (4,300 unless the process changes it).
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+MAX_DEPTH = 100
+
 _TAG = "$t"
 
 
@@ -421,8 +470,16 @@ def _tag(name: str, value: Any) -> dict[str, Any]:
     return {_TAG: name, "v": value}
 
 
-def _pack(value: Any) -> Any:
-    """Make ``value`` JSON-safe, tagging every type JSON would not give back exactly."""
+def _too_deep() -> PayloadError:
+    return PayloadError(f"value is nested more than {MAX_DEPTH} levels deep (or is a cycle)")
+
+
+def _pack(value: Any, depth: int = 0) -> Any:
+    """Make ``value`` JSON-safe, tagging every type JSON would not give back exactly.
+
+    Types are matched exactly: a subclass (of datetime, of str, ...) would come back as its
+    base class, so it is refused like any other type the format cannot carry.
+    """
     kind = type(value)
     if kind in (str, int, bool) or value is None:
         return value
@@ -430,41 +487,46 @@ def _pack(value: Any) -> Any:
         return value if math.isfinite(value) else _tag("float", repr(value))
     if isinstance(value, enum.Enum):
         cls = type(value)
-        return _tag("enum", [cls.__module__, cls.__qualname__, _pack(value.value)])
-    if isinstance(value, dt.datetime):
+        return _tag("enum", [cls.__module__, cls.__qualname__, _pack(value.value, depth)])
+    if kind is dt.datetime:
         if isinstance(value.tzinfo, ZoneInfo):
             # The zone itself, not only today's offset: a wall time in the hour a clock
             # goes back is told apart by its fold, and compares unequal across zones.
             wall = value.replace(tzinfo=None).isoformat()
             return _tag("zoned", [wall, value.tzinfo.key, value.fold])
         return _tag("datetime", value.isoformat())
-    if isinstance(value, dt.date):
-        return _tag("date", value.isoformat())
-    if isinstance(value, dt.time):
-        return _tag("time", value.isoformat())
-    if isinstance(value, dt.timedelta):
+    if kind in _ISO_TAGS:
+        return _tag(_ISO_TAGS[kind], value.isoformat())
+    if kind is dt.timedelta:
         return _tag("timedelta", [value.days, value.seconds, value.microseconds])
-    if isinstance(value, Decimal):
+    if kind is Decimal:
         return _tag("decimal", str(value))
-    if isinstance(value, UUID):
+    if kind is UUID:
         return _tag("uuid", value.hex)
-    if isinstance(value, (bytes, bytearray)):
-        return _tag("bytes", base64.b64encode(value).decode("ascii"))
-    if kind is list:
-        return [_pack(item) for item in value]
-    if kind is tuple:
-        return _tag("tuple", [_pack(item) for item in value])
-    if kind in (set, frozenset):
-        return _tag(kind.__name__, [_pack(item) for item in value])
-    if kind is dict:
+    if kind in (bytes, bytearray):
+        return _tag(kind.__name__, base64.b64encode(value).decode("ascii"))
+    if kind in _CONTAINERS:
+        if depth >= MAX_DEPTH:
+            raise _too_deep()
+        depth += 1
+        if kind is list:
+            return [_pack(item, depth) for item in value]
+        if kind is not dict:
+            return _tag(kind.__name__, [_pack(item, depth) for item in value])
         if all(type(key) is str for key in value) and _TAG not in value:
-            return {key: _pack(item) for key, item in value.items()}
-        return _tag("dict", [[_pack(key), _pack(item)] for key, item in value.items()])
+            return {key: _pack(item, depth) for key, item in value.items()}
+        return _tag(
+            "dict", [[_pack(key, depth), _pack(item, depth)] for key, item in value.items()]
+        )
     raise PayloadError(
-        f"cannot encode {kind.__qualname__} value {value!r} for a shared cache layer; "
-        f"supported: JSON types, tuple, set, datetime, date, time, timedelta, Decimal, "
-        f"UUID, bytes and Enum"
+        f"cannot encode {kind.__qualname__} value {value!r:.80} for a shared cache layer; "
+        f"supported: JSON types, tuple, set, frozenset, datetime, date, time, timedelta, "
+        f"Decimal, UUID, bytes, bytearray and Enum (exactly these types, not subclasses)"
     )
+
+
+_ISO_TAGS: dict[type, str] = {dt.date: "date", dt.time: "time"}
+_CONTAINERS = frozenset({list, tuple, set, frozenset, dict})
 
 
 def _enum_class(module: str, qualname: str) -> type[enum.Enum]:
@@ -479,28 +541,41 @@ def _enum_class(module: str, qualname: str) -> type[enum.Enum]:
     raise PayloadError(f"payload names Enum {module}.{qualname}, which is not imported here")
 
 
-def _unpack_tagged(name: str, raw: Any) -> Any:
+def _unpack_tagged(name: str, raw: Any, depth: int) -> Any:
     value: Any
-    if name == "tuple":
-        value = tuple(_unpack(item) for item in raw)
-    elif name == "set":
-        value = {_unpack(item) for item in raw}
-    elif name == "frozenset":
-        value = frozenset(_unpack(item) for item in raw)
-    elif name == "dict":
-        value = {_unpack(key): _unpack(item) for key, item in raw}
-    elif name in _SCALARS:
+    if name in _SCALARS:
         value = _SCALARS[name](raw)
     elif name == "enum":
         module, qualname, member = raw
-        value = _enum_class(module, qualname)(_unpack(member))
+        value = _enum_class(module, qualname)(_unpack(member, depth))
     elif name == "zoned":
         wall, key, fold = raw
         # ZoneInfo refuses keys that are not plain relative names of the zone database.
         value = dt.datetime.fromisoformat(wall).replace(tzinfo=ZoneInfo(key), fold=fold)
+    elif depth >= MAX_DEPTH:
+        raise _too_deep()
+    elif name == "tuple":
+        value = tuple(_unpack(item, depth + 1) for item in raw)
+    elif name == "set":
+        value = {_unpack(item, depth + 1) for item in raw}
+    elif name == "frozenset":
+        value = frozenset(_unpack(item, depth + 1) for item in raw)
+    elif name == "dict":
+        value = {_unpack(key, depth + 1): _unpack(item, depth + 1) for key, item in raw}
     else:
         raise PayloadError(f"payload holds an unknown value tag {name!r}")
     return value
+
+
+def _timedelta(raw: list[int]) -> dt.timedelta:
+    days, seconds, microseconds = raw
+    if not all(type(part) is int for part in raw):
+        raise PayloadError(f"payload timedelta {raw!r} is not three integers")
+    return dt.timedelta(days=days, seconds=seconds, microseconds=microseconds)
+
+
+def _base64(raw: str) -> bytes:
+    return base64.b64decode(raw, validate=True)
 
 
 _SCALARS: dict[str, Callable[[Any], Any]] = {
@@ -508,22 +583,42 @@ _SCALARS: dict[str, Callable[[Any], Any]] = {
     "datetime": dt.datetime.fromisoformat,
     "date": dt.date.fromisoformat,
     "time": dt.time.fromisoformat,
-    "timedelta": lambda raw: dt.timedelta(days=raw[0], seconds=raw[1], microseconds=raw[2]),
+    "timedelta": _timedelta,
     "decimal": Decimal,
     "uuid": UUID,
-    "bytes": lambda raw: base64.b64decode(raw, validate=True),
+    "bytes": _base64,
+    "bytearray": lambda raw: bytearray(_base64(raw)),
 }
 
 
-def _unpack(value: Any) -> Any:
-    if type(value) is list:
-        return [_unpack(item) for item in value]
-    if type(value) is dict:
+def _unpack(value: Any, depth: int = 0) -> Any:
+    kind = type(value)
+    if kind is list:
+        if depth >= MAX_DEPTH:
+            raise _too_deep()
+        return [_unpack(item, depth + 1) for item in value]
+    if kind is dict:
         if _TAG in value:
-            return _unpack_tagged(value[_TAG], value["v"])
-        return {key: _unpack(item) for key, item in value.items()}
+            return _unpack_tagged(value[_TAG], value["v"], depth)
+        if depth >= MAX_DEPTH:
+            raise _too_deep()
+        return {key: _unpack(item, depth + 1) for key, item in value.items()}
     return value
 
+
+#: What a payload that does not decode may raise on the way: a miss like any other.
+_UNDECODABLE = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    InvalidOperation,
+    # A tagged value out of its type's range (a timedelta of 1e20 days), and JSON nested
+    # deeper than the interpreter recurses (the JSON parser's own limit, before ours).
+    OverflowError,
+    RecursionError,
+)
 
 _DECODER = json.JSONDecoder()
 # One encoder for every payload: json.dumps() with options builds a new one per call.
@@ -531,7 +626,10 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def encode_record(record: Record) -> bytes:
-    """Serialise a record for a shared layer (see the module docstring for the format)."""
+    """Serialise a record for a shared layer (see the module docstring for the format).
+
+    Raises :class:`PayloadError`, naming the class, the attribute and the reason, for a
+    state the format cannot carry exactly (see :func:`packed`)."""
     if isinstance(record, Pointer):
         body: dict[str, Any] = {"p": record.primary, "x": record.expires_at}
     else:
@@ -539,24 +637,67 @@ def encode_record(record: Record) -> bytes:
         body = {} if record.version is None else {"v": record.version}
         body |= {
             "c": class_token(record.klass),
-            "s": packed(record.state),
+            "s": packed(record.state, record.klass),
             "k": list(record.keys),
             "x": record.expires_at,
         }
-    return MAGIC + _ENCODER.encode(body).encode()
+    try:
+        data = MAGIC + _ENCODER.encode(body).encode()
+    except ValueError as exc:
+        # An int longer than int_max_str_digits (checked only here, where JSON meets it).
+        state = {} if isinstance(record, Pointer) else record.state
+        raise _unencodable(record, state, exc) from None
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(
+            f"{_owner(record)} encodes to {len(data):,} bytes, more than the "
+            f"{MAX_PAYLOAD_BYTES:,} a shared layer's payload may hold"
+        )
+    return data
+
+
+def _owner(record: Record) -> str:
+    return "a pointer" if isinstance(record, Pointer) else f"a {record.klass.__qualname__}"
+
+
+def _unencodable(record: Record, state: dict[str, Any], exc: ValueError) -> PayloadError:
+    """The error naming the attribute of ``state`` that JSON refused with ``exc``."""
+    for name, value in state.items():
+        try:
+            _ENCODER.encode(_pack(value))
+        except ValueError as error:
+            return PayloadError(f"{_owner(record)}'s attribute {name!r} cannot be stored: {error}")
+    return PayloadError(f"{_owner(record)} cannot be stored: {exc}")
 
 
 #: State values of these types are written as they are (a float may need a tag: inf, nan).
 _AS_IS = frozenset({str, int, bool, type(None)})
 
 
-def packed(state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` as a shared layer's payload carries it; PayloadError names a value that
-    cannot be carried.  The ORM plugin asks before it writes a commit through, so that
-    every layer is given the same objects."""
+def packed(state: dict[str, Any], klass: type) -> dict[str, Any]:
+    """``state`` of a ``klass`` object as a shared layer's payload carries it.
+
+    Raises :class:`PayloadError` naming the attribute and the reason for a value that
+    cannot be carried exactly: a type the format does not know (see :func:`_pack`), or
+    one nested deeper than :data:`MAX_DEPTH` (a cycle is infinitely deep).
+    """
     if _AS_IS.issuperset(map(type, state.values())):
         return state
-    return {name: _pack(value) for name, value in state.items()}
+    packed = {}
+    for name, value in state.items():
+        try:
+            packed[name] = _pack(value)
+        except PayloadError as exc:
+            raise PayloadError(
+                f"a {klass.__qualname__}'s attribute {name!r} cannot be stored: {exc}"
+            ) from None
+    return packed
+
+
+def carriable(klass: type, state: dict[str, Any]) -> None:
+    """Raise :class:`PayloadError` unless a shared layer can carry ``state`` of a ``klass``
+    object exactly.  The ORM plugin asks before it writes a commit through, so that every
+    layer is given the same objects."""
+    encode_record(Entry(klass, state, (), None))
 
 
 def _subclass_named(klass: type, token: str) -> type:
@@ -582,6 +723,8 @@ def decode_record(data: bytes, klass: type) -> Record:
     """
     if type(data) is not bytes or data[: len(MAGIC)] != MAGIC:
         raise PayloadError(f"payload does not start with {MAGIC!r}: {bytes(data[:16])!r}")
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"payload of {len(data):,} bytes is over the decoder's limit")
     try:
         # Our payloads are ASCII JSON without surrounding whitespace; json.loads would
         # sniff the encoding and skip whitespace first, which costs as much as parsing a
@@ -610,8 +753,10 @@ def decode_record(data: bytes, klass: type) -> Record:
         if version is not None and type(version) is not int:
             raise PayloadError(f"payload version {version!r} is not an int")
         token = body["c"]
+        found = klass if class_token(klass) == token else _subclass_named(klass, token)
+        _check_names(found, state)
         return Entry(
-            klass if class_token(klass) == token else _subclass_named(klass, token),
+            found,
             state,
             tuple(map(str, keys)),
             expires_at,
@@ -619,18 +764,43 @@ def decode_record(data: bytes, klass: type) -> Record:
         )
     except PayloadError:
         raise
-    except (
-        ValueError,
-        TypeError,
-        KeyError,
-        IndexError,
-        InvalidOperation,
-        # A tagged value out of its type's range (a timedelta of 1e20 days), and JSON
-        # nested deeper than the interpreter recurses: forged bytes, a miss like any other.
-        OverflowError,
-        RecursionError,
-    ) as exc:
+    except _UNDECODABLE as exc:
         raise PayloadError(f"payload did not decode: {exc!r}") from exc
+
+
+# --- signatures ----------------------------------------------------------------------------
+
+#: The length of the HMAC-SHA256 that a signed payload ends with.
+SIGNATURE_BYTES = 32
+
+
+def check_signing_key(signing_key: object) -> bytes | None:
+    """``signing_key`` if it is usable (None, or bytes of at least 16), else raise
+    :class:`ConfigurationError`."""
+    if signing_key is not None and (type(signing_key) is not bytes or len(signing_key) < 16):
+        raise ConfigurationError(
+            f"signing_key must be bytes of at least 16 (e.g. secrets.token_bytes(32)), "
+            f"shared by every process that uses the cache; got {type(signing_key).__name__}"
+        )
+    return signing_key
+
+
+def signed(data: bytes, signing_key: bytes) -> bytes:
+    """``data`` followed by its HMAC-SHA256 under ``signing_key``."""
+    return data + hmac.digest(signing_key, data, "sha256")
+
+
+def verified(data: bytes, signing_key: bytes) -> bytes:
+    """The payload a :func:`signed` ``data`` carries; PayloadError when the signature does
+    not match (forged or corrupt bytes, or written by a process with another key or none)."""
+    body = data[:-SIGNATURE_BYTES]
+    if not (
+        type(data) is bytes
+        and len(data) > SIGNATURE_BYTES
+        and hmac.compare_digest(hmac.digest(signing_key, body, "sha256"), data[-SIGNATURE_BYTES:])
+    ):
+        raise PayloadError("payload signature does not match the signing key")
+    return body
 
 
 def now() -> float:
@@ -683,7 +853,10 @@ def encode_invalidation(message: Invalidation) -> bytes:
     }
     if message.seq is not None:
         body |= {"s": message.seq, "k": message.kind, "h": message.heartbeat}
-    return MESSAGE_MAGIC + _ENCODER.encode(body).encode()
+    try:
+        return MESSAGE_MAGIC + _ENCODER.encode(body).encode()
+    except ValueError as exc:  # a key value JSON cannot carry (an int over its digit limit)
+        raise PayloadError(f"invalidation cannot be encoded: {exc}") from None
 
 
 def decode_invalidation(data: bytes) -> Invalidation:
@@ -714,5 +887,5 @@ def decode_invalidation(data: bytes) -> Invalidation:
         return replace(message, seq=seq, kind=kind, heartbeat=float(beat))
     except PayloadError:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+    except _UNDECODABLE as exc:
         raise PayloadError(f"message did not decode: {exc!r}") from exc

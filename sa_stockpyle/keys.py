@@ -27,7 +27,12 @@ from uuid import UUID
 import sqlalchemy
 from sqlalchemy import Table
 
-from sa_stockpyle.errors import InvalidKeyValueError, NotStorableError, UnknownKeyError
+from sa_stockpyle.errors import (
+    ConfigurationError,
+    InvalidKeyValueError,
+    NotStorableError,
+    UnknownKeyError,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -376,8 +381,15 @@ def class_token(klass: type) -> str:
         fingerprint = schema_fingerprint(klass)
         if fingerprint is not None:
             token = f"{token}@{fingerprint}"
+        other = _CLASSES.setdefault(token, klass)
+        if other is not klass:
+            # Two classes in one namespace: a lookup of one would decode the other's state.
+            raise ConfigurationError(
+                f"{klass!r} and {other!r} are two classes named {token!r}; a shared cache "
+                f"could not tell their entries apart.  A class made by a factory function "
+                f"needs a __qualname__ of its own (see docs/keys.md)"
+            )
         _TOKENS[klass] = token
-        _CLASSES[token] = klass
     return token
 
 
@@ -489,6 +501,38 @@ class KeyMaker:
             key = heads[index] + _encode_values(spec, values)
             keys.append(key if plain and len(key) <= MAX_KEY_LENGTH else self._checked(key))
         return tuple(keys)
+
+    def agrees(self, spec: KeySpec, location: str, listed: tuple[str, ...], state: Any) -> bool:
+        """Whether an entry found at ``location`` (its primary key) that lists the keys
+        ``listed`` and holds ``state`` (attribute name: value) is what it claims to be: the
+        key values in its state give ``location`` and only keys it lists.
+
+        A corrupt or forged entry under ``id=1`` whose state says ``id=2`` fails this.  Key
+        attributes missing from ``state`` (a property, a column not loaded when the object
+        was cached) cannot be checked and are passed over.
+        """
+        if not listed or listed[0] != location:
+            return False
+        for index, item in enumerate(spec.items):
+            if len(item) == 1:
+                if item[0] not in state:
+                    continue
+                values: tuple[Any, ...] = (state[item[0]],)
+            elif all(attr in state for attr in item):
+                values = tuple([state[attr] for attr in item])
+            else:
+                continue
+            if is_null(values):
+                if index == 0:
+                    return False
+                continue
+            try:
+                key = self.key(spec, index, values)
+            except InvalidKeyValueError:
+                return False
+            if key != location if index == 0 else key not in listed:
+                return False
+        return True
 
     def keys(self, spec: KeySpec, lookups: Iterable[object]) -> list[str | None]:
         """The cache key of each lookup as a caller wrote it (see :meth:`KeySpec.lookup`);

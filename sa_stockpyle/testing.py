@@ -139,6 +139,33 @@ class NoKeys:
     """A class without ``__stockpyle_keys__``."""
 
 
+# Classes that store calls must refuse (see test_bad_input_raises_typed_errors...).  They
+# are defined once: a class token names one class in a process.
+
+
+class MissingAttr:
+    __stockpyle_keys__ = ["id", "email"]
+
+    def __init__(self) -> None:
+        self.id = 1
+
+
+class BadDeclaration:
+    __stockpyle_keys__ = ["id", ("a", 3)]
+
+
+class Duplicated:
+    __stockpyle_keys__ = ["id", "id"]
+
+
+class EmptyDeclaration:
+    __stockpyle_keys__: list[str] = []
+
+
+class NotAList:
+    __stockpyle_keys__ = "id"
+
+
 class _Base(DeclarativeBase):
     pass
 
@@ -509,24 +536,6 @@ class StoreConformance:
         assert store.get(Foo, sentinel.key) == sentinel
 
     def _bad_calls(self) -> list[tuple[type[StockpyleError], Any, str]]:
-        class MissingAttr:
-            __stockpyle_keys__ = ["id", "email"]
-
-            def __init__(self) -> None:
-                self.id = 1
-
-        class BadDeclaration:
-            __stockpyle_keys__ = ["id", ("a", 3)]
-
-        class Duplicated:
-            __stockpyle_keys__ = ["id", "id"]
-
-        class EmptyDeclaration:
-            __stockpyle_keys__: list[str] = []
-
-        class NotAList:
-            __stockpyle_keys__ = "id"
-
         good = Foo(key="new", zap=9, bar=9)
         return [
             (NotStorableError, lambda s: s.get(NoKeys, 1), "NoKeys"),

@@ -7,13 +7,12 @@ tell the caller otherwise.  Failures are logged and counted in the attachment's 
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections import Counter
 from collections.abc import Callable
 
 from sa_stockpyle.changes import Buffer
-from sa_stockpyle.codec import packed, restore, snapshot
+from sa_stockpyle.codec import carriable, restore, snapshot
 from sa_stockpyle.column_values import Check
 from sa_stockpyle.errors import PayloadError
 from sa_stockpyle.stores.base import BaseStore, Removal, Stats
@@ -51,7 +50,7 @@ class WriteThrough:
         could not carry one (logged, counted as ``refused``)."""
         try:
             state = snapshot(obj)
-        except (PayloadError, TypeError, copy.Error) as exc:  # a value that does not copy
+        except PayloadError as exc:  # expired, or a value that does not copy
             self._refused(obj, exc)
             return None
         for name, value in state.items():
@@ -61,7 +60,7 @@ class WriteThrough:
                 self.stats.add(type(obj), "inexact")
                 return None
         try:
-            packed(state)
+            carriable(type(obj), state)
         except PayloadError as exc:
             self._refused(obj, exc)
             return None

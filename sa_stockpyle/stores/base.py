@@ -50,6 +50,7 @@ from sa_stockpyle.codec import (
     Marker,
     Pointer,
     Record,
+    check_signing_key,
     decode_marker,
     decode_record,
     encode_marker,
@@ -58,7 +59,9 @@ from sa_stockpyle.codec import (
     expiry,
     now,
     restore,
+    signed,
     snapshot,
+    verified,
     version_of,
 )
 from sa_stockpyle.errors import PayloadError, StoreTimeout, StoreUnavailable
@@ -941,13 +944,13 @@ class BaseKeyValueStore(BaseStore):
                 wanted = self.keymaker.keys(spec, lookups)
                 asked = [key for key in dict.fromkeys(wanted) if key is not None]
                 raws = self._read(asked)
-        found = self._decoded(klass, asked, raws)
+        found = self._decoded(spec, known, asked, raws)
         # Alternate keys hold pointers: fetch the entries they lead to, in one more read.
         pointers = {key: rec.primary for key, rec in found.items() if type(rec) is Pointer}
         if pointers:
             targets = [p for p in dict.fromkeys(pointers.values()) if p not in found]
             if targets:
-                found.update(self._decoded(klass, targets, self._read(targets)))
+                found.update(self._decoded(spec, known, targets, self._read(targets)))
             dangling = [
                 key for key, primary in pointers.items() if not _answering(found, primary, key)
             ]
@@ -996,17 +999,35 @@ class BaseKeyValueStore(BaseStore):
         self._adopt_tokens(generation_keys, tokens)
         return None if None in tokens else raws
 
-    def _decoded(self, klass: type, keys: list[str], raws: list[Any]) -> dict[str, Record]:
-        """Decode raw values; expired and corrupt records are removed, not returned."""
+    def _decoded(
+        self, spec: KeySpec, known: str | None, keys: list[str], raws: list[Any]
+    ) -> dict[str, Record]:
+        """Decode the raw values read at ``keys`` for a lookup of ``spec.klass`` under its
+        generation ``known``; expired and corrupt records are removed, not returned.
+
+        Records another process wrote (a store that :attr:`decodes_copies`) must also be
+        what they claim: an entry whose key values do not give the key it was found at
+        is corrupt (see :meth:`KeyMaker.agrees`).
+        """
+        klass = spec.klass
         found: dict[str, Record] = {}
         dead: list[str] = []
         clock_now = self.clock()
         decode = self._decode
+        agrees = self.keymaker.agrees if self.decodes_copies else None
         for key, raw in zip(keys, raws, strict=True):
             if raw is None:
                 continue
             try:
                 record = decode(raw, klass)
+                if (
+                    agrees is not None
+                    and type(record) is Entry
+                    and not agrees(spec, key, record.keys, record.state)
+                ):
+                    if self.keymaker.generations.get(klass) != known:
+                        continue  # keys of a generation that moved on meanwhile: a miss
+                    raise PayloadError(f"entry's key values do not give the key {key!r}")
             except PayloadError as exc:
                 if self._marker_of(raw) is not None:
                     continue  # a tombstone or a lease: a miss
@@ -1246,17 +1267,27 @@ class SharedPayloads:
 
     Put it before the store base class (``class RedisStore(SharedPayloads,
     BaseKeyValueStore)``); decoding goes through the codec's allow-list, so whatever
-    another process wrote under a key can at worst be a counted miss.
+    another process wrote under a key can at worst be a counted miss, or a well-formed
+    entry of the right class and key.  With a ``signing_key`` (keyword argument, bytes
+    shared by every process of the application) each payload carries an HMAC-SHA256 of
+    itself, and one without a valid signature is a counted miss too.
     """
 
     #: Every decoded record is new: restoring an object may take its state over.
     decodes_copies = True
 
+    def __init__(self, *args: Any, signing_key: bytes | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._signing_key = check_signing_key(signing_key)
+
     def _encode(self, record: Record) -> bytes:
-        return encode_record(record)
+        data = encode_record(record)
+        signing_key = self._signing_key
+        return data if signing_key is None else signed(data, signing_key)
 
     def _decode(self, raw: Any, klass: type) -> Record:
-        return decode_record(raw, klass)
+        signing_key = self._signing_key
+        return decode_record(raw if signing_key is None else verified(raw, signing_key), klass)
 
     def _encode_marker(self, marker: Marker) -> bytes:
         return encode_marker(marker)

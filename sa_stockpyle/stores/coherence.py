@@ -45,7 +45,7 @@ class Coherence:
     layers), ``flushes``, ``losses`` (subscriptions lost), ``dropped`` (messages never
     sent), ``publish_errors``, ``heartbeats`` (sent), ``gaps`` (numbers found missing;
     ``lost``: how many messages they skipped), ``silences`` (publishers unheard past
-    their heartbeat bound) and ``corrupt`` (messages that did not decode, a loss too);
+    their heartbeat bound) and ``corrupt`` (messages that did not decode, ignored);
     ``subscribed`` tells whether the subscription is up now, and ``delays()`` lists the
     measured propagation delays in seconds (sender's clock to receiver's clock).
     """
@@ -268,8 +268,14 @@ class Coherence:
         try:
             message = decode_invalidation(data)
         except PayloadError as exc:
-            log.warning("sa_stockpyle: an invalidation message did not decode: %s", exc)
-            self._missed("corrupt")  # it may have been anyone's invalidation
+            # Counted and ignored, not a flush: anyone who can publish on the channel could
+            # otherwise flush every local layer at will.  Had it been a real invalidation,
+            # its publisher's next message or heartbeat shows its number missing (a gap),
+            # and that flushes.
+            log.warning(
+                "sa_stockpyle: ignoring an invalidation message that did not decode: %s", exc
+            )
+            self._count("corrupt")
             return
         if message.origin == self.origin:
             return  # this chain's own layers are written already

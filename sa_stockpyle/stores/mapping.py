@@ -60,6 +60,9 @@ class ShoveStore(SharedPayloads, BaseDictionaryStore):
             :class:`BaseKeyValueStore`.
         prefix: the first part of every cache key.
         clock: returns the current Unix time; injected by tests.
+        signing_key: bytes (at least 16) shared by every process of the application:
+            payloads carry an HMAC of themselves, and one that does not match is a miss
+            (see docs/security.md).  None (the default): unsigned.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class ShoveStore(SharedPayloads, BaseDictionaryStore):
         lifetime_cb: LifetimeCallback | None = None,
         prefix: str = "stockpyle",
         clock: Clock = now,
+        signing_key: bytes | None = None,
     ) -> None:
         if shove is not None and shoveuri is None:
             mapping = shove
@@ -81,7 +85,12 @@ class ShoveStore(SharedPayloads, BaseDictionaryStore):
                 f"(a URI such as 'memory://cache'); got shove={shove!r}, shoveuri={shoveuri!r}"
             )
         super().__init__(
-            mapping, polymorphic=polymorphic, lifetime_cb=lifetime_cb, prefix=prefix, clock=clock
+            mapping,
+            polymorphic=polymorphic,
+            lifetime_cb=lifetime_cb,
+            prefix=prefix,
+            clock=clock,
+            signing_key=signing_key,
         )
         self._take_process_lock()
 

@@ -51,6 +51,9 @@ class MemcacheStore(SharedPayloads, BaseKeyValueStore):
         clock: returns the current Unix time; injected by tests.
         connect_timeout: seconds to wait for a connection (clients built from ``servers``).
         timeout: seconds to wait for a reply (clients built from ``servers``).
+        signing_key: bytes (at least 16) shared by every process of the application:
+            payloads carry an HMAC of themselves, and one that does not match is a miss
+            (see docs/security.md).  None (the default): unsigned.
 
     Failures of a server raise :class:`~sa_stockpyle.errors.StoreUnavailable` (or its
     :class:`~sa_stockpyle.errors.StoreTimeout`).  A value larger than the server's item
@@ -69,6 +72,7 @@ class MemcacheStore(SharedPayloads, BaseKeyValueStore):
         clock: Clock = now,
         connect_timeout: float = 0.25,
         timeout: float = 0.5,
+        signing_key: bytes | None = None,
     ) -> None:
         if (servers is None) == (client is None) or isinstance(servers, str) or servers == []:
             raise ConfigurationError(
@@ -77,7 +81,11 @@ class MemcacheStore(SharedPayloads, BaseKeyValueStore):
                 f"servers={servers!r}, client={client!r}"
             )
         super().__init__(
-            polymorphic=polymorphic, lifetime_cb=lifetime_cb, prefix=prefix, clock=clock
+            polymorphic=polymorphic,
+            lifetime_cb=lifetime_cb,
+            prefix=prefix,
+            clock=clock,
+            signing_key=signing_key,
         )
         try:
             from pymemcache import exceptions  # noqa: PLC0415 - optional, loaded when used

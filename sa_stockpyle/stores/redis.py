@@ -142,6 +142,9 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         clock: returns the current Unix time; injected by tests.
         connect_timeout: seconds to wait for a connection (clients built from ``url``).
         timeout: seconds to wait for a reply (clients built from ``url``).
+        signing_key: bytes (at least 16) shared by every process of the application:
+            payloads carry an HMAC of themselves, and one that does not match is a miss
+            (see docs/security.md).  None (the default): unsigned.
 
     Failures of the server raise :class:`~sa_stockpyle.errors.StoreUnavailable` (or its
     :class:`~sa_stockpyle.errors.StoreTimeout`); error replies that mean a bug (a
@@ -158,6 +161,7 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         clock: Clock = now,
         connect_timeout: float = 0.25,
         timeout: float = 0.5,
+        signing_key: bytes | None = None,
     ) -> None:
         if (url is None) == (client is None):
             raise ConfigurationError(
@@ -166,7 +170,11 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
                 f"client={client!r}"
             )
         super().__init__(
-            polymorphic=polymorphic, lifetime_cb=lifetime_cb, prefix=prefix, clock=clock
+            polymorphic=polymorphic,
+            lifetime_cb=lifetime_cb,
+            prefix=prefix,
+            clock=clock,
+            signing_key=signing_key,
         )
         try:
             import redis  # noqa: PLC0415 - optional dependency, loaded only when used
