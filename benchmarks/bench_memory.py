@@ -12,7 +12,7 @@ import platform
 
 from common import User, per_call
 
-from sa_stockpyle.codec import restore, snapshot
+from sa_stockpyle.snapshots import restore, snapshot
 from sa_stockpyle.stores import ProcessMemoryStore
 
 

@@ -22,8 +22,9 @@ from typing import Any
 
 from common import RawRedis, User, compare, servers
 
-from sa_stockpyle.codec import decode_record, restore
+from sa_stockpyle.codec import decode_record
 from sa_stockpyle.keys import key_spec
+from sa_stockpyle.snapshots import restore
 from sa_stockpyle.stores import MemcacheStore, RedisStore
 from sa_stockpyle.stores.base import BaseKeyValueStore
 

@@ -30,8 +30,9 @@ from common import RawRedis, per_call, servers
 from sqlalchemy import String, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from sa_stockpyle.codec import decode_record, restore, snapshot
+from sa_stockpyle.codec import decode_record
 from sa_stockpyle.keys import key_spec
+from sa_stockpyle.snapshots import restore, snapshot
 from sa_stockpyle.stores import ChainedStore, ProcessMemoryStore, RedisStore, SqlAlchemyStore
 
 

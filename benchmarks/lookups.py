@@ -22,8 +22,9 @@ from models import User, create, drop, fill, user_row
 from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from sa_stockpyle.codec import decode_record, restore
+from sa_stockpyle.codec import decode_record
 from sa_stockpyle.keys import key_spec
+from sa_stockpyle.snapshots import restore
 from sa_stockpyle.stores import (
     BaseStore,
     ChainedStore,

@@ -29,7 +29,7 @@ from models import User, create, drop, fill, user_row, wide_class, wide_row
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from sa_stockpyle.codec import restore
+from sa_stockpyle.snapshots import restore
 from sa_stockpyle.stores import (
     BaseStore,
     ChainedStore,

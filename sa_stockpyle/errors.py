@@ -8,8 +8,8 @@ Every error this package raises on purpose derives from :class:`StockpyleError`:
     ├── InvalidKeyValueError    (ValueError)  a value that cannot be part of a key
     ├── NonUniqueKeyError       (LookupError) a "unique" key matched several rows
     ├── InvalidLifetimeError    (ValueError)  lifetime_cb returned something unusable
-    ├── ConfigurationError      (ValueError)  bad store constructor arguments
-    ├── PayloadError                          a cached payload did not decode
+    ├── ConfigurationError      (ValueError)  bad store arguments, two classes with one name
+    ├── PayloadError                          a value put cannot carry, a bad payload
     └── StoreUnavailable                      a backend did not answer (server down, refused)
         └── StoreTimeout        (TimeoutError) it did not answer within the configured timeout
 
@@ -64,11 +64,13 @@ class InvalidLifetimeError(StockpyleError, ValueError):
 
 
 class ConfigurationError(StockpyleError, ValueError):
-    """A store was constructed with arguments that cannot work together."""
+    """A store was constructed with arguments that cannot work together, or two classes
+    claim one class token (see docs/keys.md, "Classes made by a factory")."""
 
 
 class PayloadError(StockpyleError):
-    """A cached payload failed to decode; stores treat it as a miss and delete it."""
+    """A value ``put`` cannot store exactly (raised, naming the attribute), or a cached
+    payload that failed to decode (stores treat it as a miss and delete it)."""
 
 
 class StoreUnavailable(StockpyleError):

@@ -16,16 +16,18 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import hashlib
+import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 from uuid import UUID
 
 import sqlalchemy
 from sqlalchemy import Table
+from sqlalchemy.orm.attributes import QueryableAttribute
 
 from sa_stockpyle.errors import (
     ConfigurationError,
@@ -276,8 +278,25 @@ def _enc_float(value: float) -> str:
 def _enc_decimal(value: Decimal) -> str:
     if value.is_nan():
         raise InvalidKeyValueError("NaN is not equal to itself and cannot identify an object")
-    # Decimal("1.0") == Decimal("1.00"): normalise so equal values share a key.
-    return f"D{value.normalize() + 0:f}" if value.is_finite() else f"D{value}"
+    if not value.is_finite():
+        return f"D{value}"
+    # Decimal("1.0") == Decimal("1.00"): equal values share a key.  Trailing zeros are
+    # stripped by hand: Decimal.normalize() rounds to the context's 28 digits, which
+    # would give unequal values one key (and overflows on huge exponents).
+    sign, digits, shift = value.as_tuple()
+    exponent = cast(int, shift)  # a finite value's is an int
+    significant = "".join(map(str, digits)).rstrip("0")
+    if not significant:
+        return "D0"  # -0 == 0
+    exponent += len(digits) - len(significant)
+    exact = Decimal((sign, tuple(map(int, significant)), exponent))
+    # Fixed-point where it stays short (as keys of such values always were); beyond, the
+    # scientific form, whose "E" no fixed-point form holds.
+    return f"D{exact:f}" if -_FIXED_DIGITS <= exponent <= _FIXED_DIGITS else f"D{exact}"
+
+
+#: The exponents within which a Decimal key value is written in fixed-point form.
+_FIXED_DIGITS = 100
 
 
 def _enc_datetime(value: dt.datetime) -> str:
@@ -414,6 +433,35 @@ def _encode_values(spec: KeySpec, values: tuple[Any, ...]) -> str:
         raise InvalidKeyValueError(f"{exc} (in a key of {spec.describe()})") from None
 
 
+def _unheld_values(
+    klass: type, item: KeyItem, state: Any, primary: bool
+) -> tuple[Any, ...] | None:
+    """The values of key ``item`` for an entry whose ``state`` lacks some of its attributes:
+    a class-level default stands for a missing attribute; ``()`` when they cannot be
+    checked (a property computes one, or an alternate key's mapped column was not loaded
+    when the object was cached); None when an object of ``klass`` cannot lack them."""
+    values = []
+    for attr in item:
+        if attr in state:
+            values.append(state[attr])
+            continue
+        held = inspect.getattr_static(klass, attr, _MISSING)
+        if isinstance(held, QueryableAttribute):
+            if primary:  # a mapped object's primary key is always loaded
+                return None
+            return ()
+        if held is _MISSING:
+            return None
+        if hasattr(held, "__get__"):
+            return ()  # computed: a property, a cached_property, a hybrid
+        values.append(held)
+    return tuple(values)
+
+
+_MISSING = object()
+_HEX = frozenset("0123456789abcdef")
+
+
 def _acceptable(key: str) -> bool:
     return len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable() and " " not in key
 
@@ -505,23 +553,31 @@ class KeyMaker:
     def agrees(self, spec: KeySpec, location: str, listed: tuple[str, ...], state: Any) -> bool:
         """Whether an entry found at ``location`` (its primary key) that lists the keys
         ``listed`` and holds ``state`` (attribute name: value) is what it claims to be: the
-        key values in its state give ``location`` and only keys it lists.
+        key values in its state give ``location``, and the keys it lists are those its
+        state gives.
 
-        A corrupt or forged entry under ``id=1`` whose state says ``id=2`` fails this.  Key
-        attributes missing from ``state`` (a property, a column not loaded when the object
-        was cached) cannot be checked and are passed over.
+        A corrupt or forged entry under ``id=1`` whose state says ``id=2`` fails this, and
+        so does one that lists an alternate key its state does not give.  A key attribute
+        missing from ``state`` is taken from a class-level default; one a property
+        computes, or an alternate key's mapped column that was not loaded when the object
+        was cached, cannot be checked: the entry may list one key of its own for it.
         """
-        if not listed or listed[0] != location:
+        if not listed or listed[0] != location or len(set(listed)) != len(listed):
             return False
+        given = unchecked = 0
         for index, item in enumerate(spec.items):
-            if len(item) == 1:
-                if item[0] not in state:
-                    continue
+            if len(item) == 1 and item[0] in state:
                 values: tuple[Any, ...] = (state[item[0]],)
             elif all(attr in state for attr in item):
                 values = tuple([state[attr] for attr in item])
             else:
-                continue
+                found = _unheld_values(spec.klass, item, state, primary=index == 0)
+                if found is None:
+                    return False
+                if not found:
+                    unchecked += 1
+                    continue
+                values = found
             if is_null(values):
                 if index == 0:
                     return False
@@ -532,7 +588,20 @@ class KeyMaker:
                 return False
             if key != location if index == 0 else key not in listed:
                 return False
-        return True
+            given += 1
+        return len(listed) <= given + unchecked
+
+    def is_primary(self, spec: KeySpec, key: object) -> bool:
+        """Whether ``key`` can be a primary key of ``spec.klass`` in its current generation
+        (what a pointer must lead to)."""
+        if type(key) is not str:
+            return False
+        heads, _ = self._heads_of(spec)
+        if key.startswith(heads[0]):
+            return _acceptable(key)
+        hashed = f"{self._namespace}:#"
+        digest = key[len(hashed) :]
+        return key.startswith(hashed) and len(digest) == 64 and _HEX.issuperset(digest)
 
     def keys(self, spec: KeySpec, lookups: Iterable[object]) -> list[str | None]:
         """The cache key of each lookup as a caller wrote it (see :meth:`KeySpec.lookup`);

@@ -82,7 +82,6 @@ from sa_stockpyle.changes import (
     mapper_of,
     old_keys,
 )
-from sa_stockpyle.codec import version_of
 from sa_stockpyle.column_values import Check, value_checks
 from sa_stockpyle.connections import (
     is_autocommit,
@@ -91,6 +90,7 @@ from sa_stockpyle.connections import (
     wait_for_commit,
 )
 from sa_stockpyle.errors import ConfigurationError
+from sa_stockpyle.snapshots import version_of
 from sa_stockpyle.stores.base import BaseStore, Stats
 from sa_stockpyle.writethrough import WriteThrough
 

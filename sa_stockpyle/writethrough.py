@@ -12,9 +12,10 @@ from collections import Counter
 from collections.abc import Callable
 
 from sa_stockpyle.changes import Buffer
-from sa_stockpyle.codec import carriable, restore, snapshot
+from sa_stockpyle.codec import carriable
 from sa_stockpyle.column_values import Check
 from sa_stockpyle.errors import PayloadError
+from sa_stockpyle.snapshots import restore, snapshot
 from sa_stockpyle.stores.base import BaseStore, Removal, Stats
 
 __all__ = ["WriteThrough"]

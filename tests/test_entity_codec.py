@@ -8,9 +8,10 @@ import pytest
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.orm import Session
 
-from sa_stockpyle.codec import Entry, decode_record, encode_record, restore, snapshot
+from sa_stockpyle.codec import Entry, decode_record, encode_record
 from sa_stockpyle.errors import PayloadError
 from sa_stockpyle.keys import class_token, key_spec
+from sa_stockpyle.snapshots import restore, snapshot
 from sa_stockpyle.stores import ShoveStore
 from tests.models import Address, Base, User
 

@@ -151,3 +151,22 @@ def test_a_top_level_tuple_of_names_is_refused_with_both_spellings() -> None:
         __stockpyle_keys__ = ("id", ("zap", "bar"))  # a tuple, but only one reading
 
     assert key_spec(Clear).items == (("id",), ("zap", "bar"))
+
+
+def test_decimal_keys_are_exact_past_the_default_context() -> None:
+    # Decimal.normalize() rounds to 28 digits and overflows on huge exponents: keys must
+    # neither merge unequal values nor raise.
+    maker = KeyMaker("exact")
+    spec = key_spec(Foo)
+
+    def key(value: Decimal) -> str:
+        return maker.key(spec, 1, (value, 1))
+
+    assert key(Decimal("1")) == key(Decimal("1.000")) == key(Decimal("1E0"))
+    assert key(Decimal("1")) != key(Decimal("1.00000000000000000000000000001"))
+    assert key(Decimal("0")) == key(Decimal("-0")) == key(Decimal("0E-99"))
+    assert key(Decimal("0")) != key(Decimal("1e-1000030"))
+    assert key(Decimal("1e999999999999999999")) != key(Decimal("1e999999999999999998"))
+    # Values within the default context keep the keys they always had.
+    assert key(Decimal("123.4500")).endswith(":zap+bar:D123.45,i1")
+    assert key(Decimal("1E+2")).endswith(":zap+bar:D100,i1")

@@ -253,6 +253,13 @@ def test_bytes_that_are_no_message_are_counted_and_ignored(
         b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.Foo",{"key":{"$t":"timedelta",'
         b'"v":[1e20,0,0]}}]],"c":[],"s":1,"k":"","h":1}',
         b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.Foo",{"key":' + deep + b'}]],"c":[]}',
+        # Removals that name no declared key, or hold values no key can hold.
+        b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.Foo",{"nope":1}]],"c":[],"s":1,'
+        b'"k":"","h":1}',
+        b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.Foo",{"key":[1,2]}]],"c":[],"s":1,'
+        b'"k":"","h":1}',
+        b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.Foo",{"key":NaN}]],"c":[],"s":1,'
+        b'"k":"","h":1}',
     ]
     client = bounded_cluster_client(cluster.url)
     try:

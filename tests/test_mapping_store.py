@@ -109,43 +109,6 @@ def test_a_malicious_pickle_is_a_counted_miss_and_is_deleted(
     assert files.stats.count(Foo, "corrupt") == 1
 
 
-@pytest.mark.parametrize(
-    "payload",
-    [
-        b"",
-        b"\x00\x01garbage",
-        MAGIC + b"{",
-        MAGIC + b"[]",
-        MAGIC + b'{"x":"soon","p":"k"}',
-        MAGIC + b'{"x":null,"c":"os.system","s":{},"k":[]}',
-        MAGIC + b'{"x":null,"c":"sa_stockpyle.testing.Foo","s":{"a":{"$t":"nope","v":1}},"k":[]}',
-        # Forged values out of range, too deep, or never expiring (#18).
-        MAGIC
-        + b'{"x":null,"c":"sa_stockpyle.testing.Foo","s":{"key":1,"zap":2,"bar":3,'
-        + b'"d":{"$t":"timedelta","v":[1e20,0,0]}},"k":[]}',
-        MAGIC
-        + b'{"x":null,"c":"sa_stockpyle.testing.Foo","s":{"key":1,"zap":2,"bar":3,'
-        + b'"d":{"$t":"timedelta","v":[99999999999,0,0]}},"k":[]}',
-        MAGIC + b'{"x":null,"c":"sa_stockpyle.testing.Foo","s":{"d":' + b"[" * 100_000,
-        MAGIC
-        + b'{"x":null,"c":"sa_stockpyle.testing.Foo","s":{"d":'
-        + b"[" * 100_000
-        + b"]" * 100_000
-        + b'},"k":[]}',
-        MAGIC + b'{"x":NaN,"c":"sa_stockpyle.testing.Foo","s":{"key":1,"zap":2,"bar":3},"k":[]}',
-        MAGIC + b'{"x":Infinity,"p":"k"}',
-        b"SPKT:nan:nan",
-        b"SPKL:abc:0:inf",
-    ],
-)
-def test_undecodable_payloads_are_misses(files: ShoveStore, payload: bytes) -> None:
-    files.put(Foo(key=1, zap=2, bar=3))
-    [primary] = [key for key in files.dictionary if key.endswith(":key:i1")]
-    files.dictionary[primary] = payload
-    assert files.get(Foo, 1) is None
-    assert files.stats.count(None, "corrupt") == 1
-
-
 def test_exactly_one_mapping_source() -> None:
     with pytest.raises(ConfigurationError, match="exactly one"):
         ShoveStore()

@@ -50,22 +50,12 @@ from sa_stockpyle.codec import (
     Marker,
     Pointer,
     Record,
-    check_signing_key,
-    decode_marker,
-    decode_record,
-    encode_marker,
-    encode_record,
-    entry_version,
     expiry,
     now,
-    restore,
-    signed,
-    snapshot,
-    verified,
-    version_of,
 )
 from sa_stockpyle.errors import PayloadError, StoreTimeout, StoreUnavailable
 from sa_stockpyle.keys import KeyMaker, KeySpec, is_null, key_spec, storage_classes
+from sa_stockpyle.snapshots import restore, snapshot, version_of
 
 __all__ = [
     "BaseDictionaryStore",
@@ -77,7 +67,6 @@ __all__ = [
     "Op",
     "Removal",
     "Reservation",
-    "SharedPayloads",
     "Stats",
     "Subscription",
     "watch_forks",
@@ -1014,20 +1003,16 @@ class BaseKeyValueStore(BaseStore):
         dead: list[str] = []
         clock_now = self.clock()
         decode = self._decode
-        agrees = self.keymaker.agrees if self.decodes_copies else None
+        shared = self.decodes_copies
         for key, raw in zip(keys, raws, strict=True):
             if raw is None:
                 continue
             try:
                 record = decode(raw, klass)
-                if (
-                    agrees is not None
-                    and type(record) is Entry
-                    and not agrees(spec, key, record.keys, record.state)
-                ):
+                if shared and not self._claims_hold(spec, key, record):
                     if self.keymaker.generations.get(klass) != known:
                         continue  # keys of a generation that moved on meanwhile: a miss
-                    raise PayloadError(f"entry's key values do not give the key {key!r}")
+                    raise PayloadError(f"record does not belong at the key {key!r}")
             except PayloadError as exc:
                 if self._marker_of(raw) is not None:
                     continue  # a tombstone or a lease: a miss
@@ -1044,6 +1029,14 @@ class BaseKeyValueStore(BaseStore):
         if dead:
             self._remove(dead)
         return found
+
+    def _claims_hold(self, spec: KeySpec, key: str, record: Record) -> bool:
+        """Whether ``record``, read at ``key`` from a backend other processes write too,
+        belongs there: an entry's key values give ``key`` and the keys it lists, and a
+        pointer leads to a primary key of the class (see docs/security.md)."""
+        if isinstance(record, Entry):
+            return self.keymaker.agrees(spec, key, record.keys, record.state)
+        return self.keymaker.is_primary(spec, record.primary)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} prefix={self.keymaker.prefix!r}>"
@@ -1260,43 +1253,6 @@ class BaseDictionaryStore(BaseKeyValueStore):
             marker = None if raw is None else self._marker_of(raw)
             if marker is not None and marker.expires_at <= clock_now:
                 mapping.pop(key, None)
-
-
-class SharedPayloads:
-    """Mixin for stores whose backend other processes share: records travel as codec bytes.
-
-    Put it before the store base class (``class RedisStore(SharedPayloads,
-    BaseKeyValueStore)``); decoding goes through the codec's allow-list, so whatever
-    another process wrote under a key can at worst be a counted miss, or a well-formed
-    entry of the right class and key.  With a ``signing_key`` (keyword argument, bytes
-    shared by every process of the application) each payload carries an HMAC-SHA256 of
-    itself, and one without a valid signature is a counted miss too.
-    """
-
-    #: Every decoded record is new: restoring an object may take its state over.
-    decodes_copies = True
-
-    def __init__(self, *args: Any, signing_key: bytes | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._signing_key = check_signing_key(signing_key)
-
-    def _encode(self, record: Record) -> bytes:
-        data = encode_record(record)
-        signing_key = self._signing_key
-        return data if signing_key is None else signed(data, signing_key)
-
-    def _decode(self, raw: Any, klass: type) -> Record:
-        signing_key = self._signing_key
-        return decode_record(raw if signing_key is None else verified(raw, signing_key), klass)
-
-    def _encode_marker(self, marker: Marker) -> bytes:
-        return encode_marker(marker)
-
-    def _marker_of(self, raw: Any) -> Marker | None:
-        return decode_marker(raw) if isinstance(raw, bytes) else None
-
-    def _version_held(self, raw: Any) -> int | None:
-        return entry_version(raw) if isinstance(raw, bytes) else None
 
 
 class ErrorTranslator:

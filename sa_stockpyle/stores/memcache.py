@@ -20,8 +20,8 @@ from sa_stockpyle.stores.base import (
     Clock,
     ErrorTranslator,
     Op,
-    SharedPayloads,
 )
+from sa_stockpyle.stores.shared import SharedPayloads
 
 __all__ = ["MAX_CAS_ATTEMPTS", "MAX_RELATIVE_TTL", "MemcacheStore"]
 
@@ -232,8 +232,10 @@ class MemcacheStore(SharedPayloads, BaseKeyValueStore):
                 if client.cas(key, raw, token, expire=expire, noreply=False):
                     return marker is None
                 continue
-            if marker is None or marker.lease is not None:
+            if marker is None or (marker.lease is not None and marker.expires_at > clock_now):
                 return current, float(clock_now)  # a record, or another reader's lease
+            # A tombstone, or a lease past its own expiry (one memcached would keep: written
+            # by someone else without an exptime), taken over like a tombstone.
             # A lease over a tombstone lives as long as a tombstone: memcached cannot tell
             # how long this one has left, and it must outlive readers that missed before it.
             lease_expire = _exptime(clock_now + self.tombstone_ttl, clock_now) or 0

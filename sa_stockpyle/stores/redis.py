@@ -32,9 +32,9 @@ from sa_stockpyle.stores.base import (
     Clock,
     ErrorTranslator,
     Op,
-    SharedPayloads,
     Subscription,
 )
+from sa_stockpyle.stores.shared import SharedPayloads
 
 if TYPE_CHECKING:
     import redis
@@ -60,6 +60,15 @@ local t = redis.call('TIME')
 local now = string.format('%d.%06d', t[1], t[2])
 local tomb = 'SPKT:' .. now .. ':0'
 local replies = {}
+-- What a key holds that this store wrote, or false: another type of value (a list), or a
+-- marker without a TTL (each of ours has one: a forged one would never expire) is nothing.
+local function held(key)
+  local value = redis.pcall('GET', key)
+  if type(value) ~= 'string' then return false end
+  local head = string.sub(value, 1, 4)
+  if (head == 'SPKL' or head == 'SPKT') and redis.call('PTTL', key) == -1 then return false end
+  return value
+end
 -- the first ``tombs`` keys only get a tombstone: no value, TTL or argument is passed, and
 -- no reply (PSETEX: fewer arguments to parse than SET PX, for the commonest write)
 for i = 1, tombs do
@@ -69,7 +78,7 @@ for i = tombs + 1, #KEYS - reads do
   local key = KEYS[i]
   local at = 3 + (i - tombs - 1) * 4
   local kind, raw, px, arg = ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4]
-  local current = kind ~= 'S' and redis.call('GET', key)
+  local current = kind ~= 'S' and held(key)
   local head = current and string.sub(current, 1, 4)
   local done = false
   if kind == 'S' then
@@ -119,7 +128,8 @@ for i = tombs + 1, #KEYS - reads do
   end
 end
 for i = #KEYS - reads + 1, #KEYS do
-  replies[i - tombs] = redis.call('GET', KEYS[i])
+  local value = redis.pcall('GET', KEYS[i])
+  replies[i - tombs] = type(value) == 'string' and value or false
 end
 return replies
 """
@@ -218,6 +228,7 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         self.compares_tombstone_times = not self._cluster
         exceptions = redis.exceptions
         self._no_script = exceptions.NoScriptError
+        self._response_error = exceptions.ResponseError
         self._errors = ErrorTranslator(
             f"Redis at {self.location}",
             timeouts=(exceptions.TimeoutError, TimeoutError),
@@ -318,7 +329,12 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         with self._errors:
             if len(keys) == 1:
                 # A lone GET: a one-key MGET is an array reply, ~20% slower through redis-py.
-                return self._execute([("GET", keys[0])])
+                try:
+                    return self._execute([("GET", keys[0])])
+                except self._response_error as exc:
+                    if not str(exc).startswith("WRONGTYPE"):
+                        raise
+                    return [None]  # another type of value (a list): nothing, as MGET reads it
             if self._cluster:
                 # One MGET per hash slot, pipelined: one round trip per node.
                 return self.client.mget_nonatomic(keys)  # type: ignore[union-attr]
@@ -424,7 +440,7 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
 
         return receive
 
-    def channel(self, name: str) -> Channel:
+    def _backend_channel(self, name: str) -> Channel:
         """The pub/sub channel ``name`` of this store: ``prefix:db:name`` (pub/sub spans
         every database of a server, and other prefixes are other caches).  On a cluster,
         a PUBLISH reaches the subscribers of every node."""

@@ -24,7 +24,6 @@ from sqlalchemy import Engine, create_engine, event, or_, select, tuple_
 from sqlalchemy.orm import Mapper, Session, SessionTransaction, scoped_session, with_polymorphic
 from sqlalchemy.orm.attributes import instance_state
 
-from sa_stockpyle.codec import expired_columns
 from sa_stockpyle.connections import any_waiting, is_waiting, join_callers
 from sa_stockpyle.errors import (
     ConfigurationError,
@@ -33,6 +32,7 @@ from sa_stockpyle.errors import (
     NotStorableError,
 )
 from sa_stockpyle.keys import KeySpec, is_null, key_spec
+from sa_stockpyle.snapshots import expired_columns
 from sa_stockpyle.stores.base import BaseStore, Removal, Reservation
 
 __all__ = ["MAX_PARAMETERS", "SqlAlchemyStore"]

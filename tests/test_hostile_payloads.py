@@ -1,0 +1,664 @@
+"""Hostile payloads and values (#18), on every shared store: Redis, a Redis Cluster,
+memcached, a dictionary and a folder of files.
+
+Whatever bytes sit under a key the library reads, a lookup misses (counted as ``corrupt``,
+the entry replaced by a tombstone) or, without a signing key, returns a well-formed object
+of the right class whose key values give the key asked; a chain falls through to its next
+layer.  ``put`` refuses what it cannot store exactly with a :class:`PayloadError` naming the
+attribute, and stores nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import zoneinfo
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sa_stockpyle.codec import (
+    MAGIC,
+    SIGNATURE_BYTES,
+    Entry,
+    Invalidation,
+    Pointer,
+    decode_marker,
+    encode_invalidation,
+    encode_record,
+    entry_version,
+    signed,
+)
+from sa_stockpyle.errors import ConfigurationError, PayloadError
+from sa_stockpyle.keys import key_spec
+from sa_stockpyle.stores import (
+    BaseKeyValueStore,
+    ChainedStore,
+    MemcacheStore,
+    ProcessMemoryStore,
+    RedisStore,
+    ShoveStore,
+    ThreadLocalStore,
+)
+from sa_stockpyle.tagged import MAX_DEPTH
+from sa_stockpyle.testing import Foo
+from tests.helpers import cluster_client, until
+
+SIGNING_KEY = b"0123456789abcdef-test-signing-key"
+SPEC = key_spec(Foo)
+GOOD = Foo(key=1, zap=1, bar=1)
+OTHER = Foo(key=2, zap=2, bar=2)
+
+
+class Slotted:
+    """A class whose objects hold only their slots."""
+
+    __slots__ = ("id", "x")
+    __stockpyle_keys__ = ["id"]
+
+    def __init__(self, id: int, x: int) -> None:
+        self.id = id
+        self.x = x
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Slotted and (self.id, self.x) == (other.id, other.x)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+# -- the stores -----------------------------------------------------------------------------
+
+SHARED = ["dict", "files", "redis", "cluster", "memcached"]
+
+
+def _shared(kind: str, request: pytest.FixtureRequest, **options: Any) -> BaseKeyValueStore:
+    if kind == "dict":
+        return ShoveStore(shove={}, **options)
+    if kind == "files":
+        folder: Path = request.getfixturevalue("tmp_path")
+        return ShoveStore(shoveuri=f"file://{folder}/cache", **options)
+    if kind == "redis":
+        return RedisStore(url=request.getfixturevalue("redis_url"), **options)
+    if kind == "cluster":
+        client = cluster_client(request.getfixturevalue("redis_cluster_nodes"))
+        request.addfinalizer(client.close)
+        return RedisStore(client=client, **options)
+    return MemcacheStore(servers=request.getfixturevalue("memcached_addresses"), **options)
+
+
+@pytest.fixture(params=SHARED)
+def shared(request: pytest.FixtureRequest) -> Iterator[BaseKeyValueStore]:
+    store = _shared(request.param, request)
+    yield store
+    store.close()
+
+
+@pytest.fixture(params=[(kind, signing) for kind in SHARED for signing in (False, True)])
+def layered(
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[BaseKeyValueStore, ChainedStore, bool]]:
+    """A shared store (signed or not) in front of a memory layer holding the truth."""
+    kind, signing = request.param
+    store = _shared(kind, request, signing_key=SIGNING_KEY if signing else None)
+    chain = ChainedStore([store, ProcessMemoryStore()])
+    yield store, chain, signing
+    chain.close()
+
+
+def _primary(store: BaseKeyValueStore, klass: type = Foo, ident: Any = 1) -> str:
+    return store.keymaker.key(key_spec(klass), 0, (ident,))
+
+
+def _raw(store: BaseKeyValueStore, key: str) -> Any:
+    return store._read([key])[0]
+
+
+def _overwrite(store: BaseKeyValueStore, key: str, raw: bytes) -> None:
+    store._write([(key, raw, None)])
+
+
+def _forged(store: BaseKeyValueStore, body: bytes) -> bytes:
+    """``body`` as a writer with the store's signing key (if any) would have stored it."""
+    key = store._signing_key  # type: ignore[attr-defined]
+    return body if key is None else signed(body, key)
+
+
+#: Two Enum classes with one name, as a factory makes them.
+TWINS: list[type[enum.Enum]] = [
+    enum.Enum("Twin", names)  # type: ignore[misc]
+    for names in ("ON OFF", "OFF ON")
+]
+
+# -- item 1 and 3: payloads that do not decode ---------------------------------------------
+
+_STATE = b'"c":"sa_stockpyle.testing.Foo","k":["K"],"x":null'
+UNDECODABLE = [
+    b"",
+    b"\x00\x01garbage",
+    MAGIC + b"{",
+    MAGIC + b"[]",
+    MAGIC + b'{"x":"soon","p":"k"}',
+    MAGIC + b'{"x":null,"c":"os.system","s":{},"k":[]}',
+    MAGIC + b'{"x":null,"c":"sa_stockpyle.testing.Foo","s":{"a":{"$t":"nope","v":1}},"k":[]}',
+    # Tagged values out of their type's range.
+    MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"timedelta","v":[1e20,0,0]}},' + _STATE,
+    MAGIC
+    + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"timedelta","v":[99999999999,0,0]}},'
+    + _STATE,
+    MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"timedelta","v":[1.5,0,0]}},' + _STATE,
+    MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"date","v":"99999-01-01"}},' + _STATE,
+    MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"zoned","v":["2020-01-01T00:00",'
+    b'"../../../etc/passwd",0]}},' + _STATE,
+    MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"enum","v":["os","system",1]}},' + _STATE,
+    # A number over the digit limit, JSON nested past every limit, deeper than MAX_DEPTH.
+    MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":' + b"7" * 5_000 + b"}," + _STATE,
+    MAGIC + b'{"s":{"d":' + b"[" * 100_000,
+    MAGIC + b'{"s":{"d":' + b"[" * 100_000 + b"]" * 100_000 + b"}," + _STATE,
+    MAGIC
+    + b'{"s":{"key":1,"zap":1,"bar":1,"d":'
+    + b"[" * (MAX_DEPTH + 1)
+    + b"]" * (MAX_DEPTH + 1)
+    + b"},"
+    + _STATE,
+    # A zone name that is a folder of the zone database, or too long to be a file name.
+    MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"zoned","v":["2020-01-01T00:00",'
+    b'"America",0]}},' + _STATE,
+    MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"zoned","v":["2020-01-01T00:00",'
+    b'"' + b"x" * 5_000 + b'",0]}},' + _STATE,
+    # Key values a key cannot be made of, and keys the state does not give.
+    MAGIC + b'{"s":{"key":1,"zap":{"$t":"decimal","v":"1e999999999999999999"},"bar":1},' + _STATE,
+    MAGIC + b'{"s":{"key":1,"zap":NaN,"bar":1},' + _STATE,
+    MAGIC + b'{"s":{},' + _STATE,
+    MAGIC + b'{"s":{"zap":1,"bar":1},' + _STATE,
+    # An Enum whose name two classes share.
+    MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"enum","v":["tests.test_hostile_payloads",'
+    b'"Twin",1]}},' + _STATE,
+    # Never expiring.
+    MAGIC + b'{"x":NaN,"c":"sa_stockpyle.testing.Foo","s":{"key":1,"zap":1,"bar":1},"k":[]}',
+    MAGIC + b'{"x":Infinity,"p":"k"}',
+    b"SPKT:nan:nan",
+    b"SPKL:abc:0:inf",
+]
+
+
+@pytest.mark.parametrize("payload", UNDECODABLE, ids=range(len(UNDECODABLE)))
+def test_undecodable_payloads_are_counted_misses_that_block_nothing(
+    layered: tuple[BaseKeyValueStore, ChainedStore, bool], payload: bytes
+) -> None:
+    store, chain, _ = layered
+    chain.batch_put([GOOD, OTHER])
+    primary = _primary(store)
+    payload = _forged(store, payload.replace(b'"K"', json.dumps(primary).encode()))
+    _overwrite(store, primary, payload)
+    assert store.get(Foo, 1) is None
+    assert store.stats.count(Foo, "corrupt") == 1
+    assert decode_marker(_raw(store, primary)) is not None  # replaced by a tombstone
+    assert store.get(Foo, 2) == OTHER  # no other entry is harmed
+    _overwrite(store, primary, payload)
+    # A chain falls through to its next layer, which fills this one again.
+    assert chain.get(Foo, 1) == GOOD
+    assert chain.batch_get(Foo, [1, {"zap": 1, "bar": 1}, 2]) == [GOOD, GOOD, OTHER]
+    assert store.get(Foo, 1) == GOOD
+
+
+def _slotted_payloads() -> list[bytes]:
+    def body(state: str) -> bytes:
+        return (
+            MAGIC + b'{"c":"tests.test_hostile_payloads.Slotted","s":{' + state.encode() + b"},"
+            b'"k":["K"],"x":null}'
+        )
+
+    return [body('"id":1,"__class__":2'), body('"id":1,"zz":2'), body('"__dict__":{},"id":1')]
+
+
+@pytest.mark.parametrize("payload", _slotted_payloads(), ids=["__class__", "unknown", "__dict__"])
+def test_state_a_slots_class_cannot_hold_is_a_miss(
+    shared: BaseKeyValueStore, payload: bytes
+) -> None:
+    shared.put(Slotted(1, 2))
+    primary = _primary(shared, Slotted)
+    assert shared.get(Slotted, 1) == Slotted(1, 2)
+    _overwrite(shared, primary, payload.replace(b'"K"', json.dumps(primary).encode()))
+    assert shared.get(Slotted, 1) is None
+    assert shared.stats.count(Slotted, "corrupt") == 1
+    shared.put(Slotted(1, 3))
+    assert shared.get(Slotted, 1) == Slotted(1, 3)
+
+
+# -- item 2: an entry must answer to the key it is found under -----------------------------
+
+
+def _entry(store: BaseKeyValueStore, obj: Foo, keys: tuple[str, ...]) -> bytes:
+    return _forged(store, encode_record(Entry(Foo, dict(vars(obj)), keys, None)))
+
+
+def test_an_entry_whose_state_names_another_key_is_a_miss(shared: BaseKeyValueStore) -> None:
+    shared.batch_put([GOOD, OTHER])
+    primary = _primary(shared)
+    # The entry of id=2, word for word, under the key of id=1.
+    _overwrite(shared, primary, _raw(shared, _primary(shared, Foo, 2)))
+    assert shared.get(Foo, 1) is None
+    assert shared.stats.count(Foo, "corrupt") == 1
+    # id=2's state, relabelled as id=1's entry: its keys list says id=1, its state not.
+    _overwrite(shared, primary, _entry(shared, OTHER, (primary,)))
+    assert shared.batch_get(Foo, [1, 2]) == [None, OTHER]
+    assert shared.stats.count(Foo, "corrupt") == 2
+
+
+def test_an_entry_listing_an_alternate_key_its_state_does_not_give_is_a_miss(
+    shared: BaseKeyValueStore,
+) -> None:
+    shared.put(GOOD)
+    primary = _primary(shared)
+    forged_alternate = shared.keymaker.key(SPEC, 1, (9, 9))
+    # id=1's true state, claiming the alternate key (9, 9), with a pointer there.
+    _overwrite(shared, primary, _entry(shared, GOOD, (primary, forged_alternate)))
+    pointer = encode_record(Pointer(primary, None))
+    _overwrite(shared, forged_alternate, _forged(shared, pointer))
+    assert shared.get(Foo, {"zap": 9, "bar": 9}) is None
+    assert shared.stats.count(Foo, "corrupt") == 1
+    # The same, listing the key its state gives too.
+    true_alternate = shared.keymaker.key(SPEC, 1, (1, 1))
+    listed = (primary, true_alternate, forged_alternate)
+    _overwrite(shared, primary, _entry(shared, GOOD, listed))
+    _overwrite(shared, forged_alternate, _forged(shared, pointer))
+    assert shared.get(Foo, {"zap": 9, "bar": 9}) is None
+    assert shared.stats.count(Foo, "corrupt") == 2
+    # An entry whose key values are not key values at all (None in the primary key).
+    _overwrite(shared, primary, _entry(shared, Foo(key=None, zap=1, bar=1), (primary,)))
+    assert shared.get(Foo, 1) is None
+    assert shared.stats.count(Foo, "corrupt") == 3
+
+
+@pytest.mark.parametrize(
+    "target", ["a b", "é", "x" * 300, "", "stockpyle:v1:other.Class:key:i1", 7, None]
+)
+def test_a_pointer_to_anything_but_a_primary_key_of_the_class_is_a_miss(
+    shared: BaseKeyValueStore, target: Any
+) -> None:
+    shared.put(GOOD)
+    alternate = shared.keymaker.key(SPEC, 1, (1, 1))
+    body = MAGIC + json.dumps({"p": target, "x": None}).encode()
+    _overwrite(shared, alternate, _forged(shared, body))
+    assert shared.batch_get(Foo, [{"zap": 1, "bar": 1}, 1]) == [None, GOOD]
+    assert shared.stats.count(Foo, "corrupt") == 1
+    shared.put(GOOD)
+    assert shared.get(Foo, {"zap": 1, "bar": 1}) == GOOD
+
+
+def test_a_forged_marker_that_never_expires_blocks_no_fill(
+    layered: tuple[BaseKeyValueStore, ChainedStore, bool],
+) -> None:
+    store, chain, _ = layered
+    chain.put(GOOD)
+    primary = _primary(store)
+    # Without a TTL, and a lease whose own expiry has long passed (written by no store).
+    for marker in (b"SPKL:forged:1000.0:1000.5", b"SPKT:1000.0:0"):
+        _overwrite(store, primary, marker)
+        assert store.get(Foo, 1) is None
+        assert chain.get(Foo, 1) == GOOD  # from the memory layer, which fills this one
+        assert store.get(Foo, 1) == GOOD
+
+
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+def test_another_type_of_redis_value_under_a_key_is_a_miss(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    store = _shared(kind, request)
+    chain = ChainedStore([store, ProcessMemoryStore()])
+    try:
+        chain.put(GOOD)
+        primary = _primary(store)
+        client: Any = store.client  # type: ignore[attr-defined]
+        client.delete(primary)
+        client.rpush(primary, b"x")
+        assert store.get(Foo, 1) is None
+        assert store.batch_get(Foo, [1, 2]) == [None, None]
+        assert chain.get(Foo, 1) == GOOD  # and the fill writes over the list
+        assert store.get(Foo, 1) == GOOD
+    finally:
+        chain.close()
+
+
+# -- item 4: put refuses what it cannot store exactly -------------------------------------
+
+
+class Stamp(dt.datetime):
+    """A datetime subclass: it would come back as a plain datetime."""
+
+
+class Name(str):
+    """A str subclass: it would come back as a plain str."""
+
+
+def _cycle() -> list[Any]:
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    return cycle
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+REFUSED_BY_SHARED: dict[str, Callable[[], Any]] = {
+    "5000-digit int": lambda: 10**5000,
+    "cycle": _cycle,
+    "nested past MAX_DEPTH": lambda: _nested(MAX_DEPTH + 1),
+    "nested 600 deep": lambda: _nested(600),
+    "datetime subclass": lambda: Stamp(2020, 1, 1),
+    "str subclass": lambda: Name("x"),
+    "object": object,
+    "file handle": lambda: open(__file__),  # noqa: SIM115 - closed by the garbage collector
+    # Time zones that would come back as a bare offset, or not at all.
+    "named offset": lambda: dt.datetime(
+        2020, 1, 1, tzinfo=dt.timezone(-dt.timedelta(hours=5), "EST")
+    ),
+    "time in a zone": lambda: dt.time(12, tzinfo=ZoneInfo("Europe/Paris")),
+    "zone from a file": lambda: dt.datetime(2020, 1, 1, tzinfo=_zone_from_file()),
+    "another tzinfo": lambda: dt.datetime(2020, 1, 1, tzinfo=_Utc()),
+    "Enum named like another": lambda: TWINS[1]["ON"],
+}
+
+
+EST = dt.timezone(-dt.timedelta(hours=5), "EST")
+
+
+def _zone_from_file() -> ZoneInfo:
+    with (Path(zoneinfo.TZPATH[0]) / "Europe" / "Paris").open("rb") as file:
+        return ZoneInfo.from_file(file)
+
+
+class _Utc(dt.tzinfo):
+    """A tzinfo of its own: its rules could not be carried."""
+
+    def utcoffset(self, when: dt.datetime | None) -> dt.timedelta:
+        return dt.timedelta(0)
+
+    def dst(self, when: dt.datetime | None) -> dt.timedelta:
+        return dt.timedelta(0)
+
+    def tzname(self, when: dt.datetime | None) -> str:
+        return "UTC"
+
+
+#: What a process-local store refuses too: values it cannot copy.
+REFUSED_BY_ALL = ["nested 600 deep", "file handle"]
+
+
+@pytest.mark.parametrize("value", list(REFUSED_BY_SHARED))
+def test_put_refuses_a_value_a_shared_store_cannot_carry_and_stores_nothing(
+    shared: BaseKeyValueStore, value: str
+) -> None:
+    bad = Foo(key=3, zap=3, bar=3, v=REFUSED_BY_SHARED[value]())
+    with pytest.raises(PayloadError, match="'v'"):
+        shared.put(bad)
+    with pytest.raises(PayloadError, match="'v'"):
+        shared.batch_put([GOOD, bad])
+    assert shared.batch_get(Foo, [1, 3]) == [None, None]  # nothing of the batch was stored
+
+
+@pytest.mark.parametrize("value", REFUSED_BY_ALL)
+@pytest.mark.parametrize("store", [ProcessMemoryStore, ThreadLocalStore])
+def test_put_refuses_a_value_a_local_store_cannot_copy(
+    store: Callable[[], BaseKeyValueStore], value: str
+) -> None:
+    local = store()
+    bad = Foo(key=3, zap=3, bar=3, v=REFUSED_BY_SHARED[value]())
+    with pytest.raises(PayloadError, match="'v'"):
+        local.batch_put([GOOD, bad])
+    assert local.batch_get(Foo, [1, 3]) == [None, None]
+
+
+def test_accepted_values_come_back_equal_and_of_the_same_type(shared: BaseKeyValueStore) -> None:
+    values = {
+        "bytearray": bytearray(b"\x00ab"),
+        "bytes": b"\x00ab",
+        "frozenset": frozenset({(1, "a"), (2, "b")}),
+        "tuple-keyed": {(1, 2): [1.5, None], "plain": {"$t": "not a tag"}},
+        "nested": _nested(MAX_DEPTH),
+        "big": 10**4000,
+        "fold": dt.datetime(2020, 11, 1, 1, 30, fold=1),
+        "time fold": dt.time(1, 30, fold=1),
+        "offset": dt.datetime(2020, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        "utc time": dt.time(1, 30, tzinfo=dt.timezone.utc),
+        "zoned": dt.datetime(2020, 11, 1, 1, 30, fold=1, tzinfo=ZoneInfo("America/New_York")),
+    }
+    shared.put(Foo(key=4, zap=4, bar=4, **values))
+    found = shared.get(Foo, 4)
+    assert found is not None
+    for name, value in values.items():
+        assert getattr(found, name) == value
+        assert type(getattr(found, name)) is type(value)
+        if isinstance(value, (dt.datetime, dt.time)):
+            assert getattr(found, name).fold == value.fold
+            assert repr(getattr(found, name).tzinfo) == repr(value.tzinfo)
+
+
+# -- item 5: one class per class token -----------------------------------------------------
+
+
+def _factory(name: str) -> type:
+    class Made:
+        __stockpyle_keys__ = ["id"]
+
+        def __init__(self, id: int) -> None:
+            self.id = id
+            self.made_by = name
+
+    return Made
+
+
+def test_two_classes_with_one_name_are_refused(shared: BaseKeyValueStore) -> None:
+    first, second = _factory("first"), _factory("second")
+    # One name per run of this test (it runs once per store, in one process).
+    first.__qualname__ = second.__qualname__ = f"Made{id(shared)}"
+    shared.put(first(1))
+    with pytest.raises(ConfigurationError, match="two classes named") as info:
+        shared.put(second(1))
+    assert "__qualname__" in str(info.value)
+    with pytest.raises(ConfigurationError):
+        shared.get(second, 1)
+    # What docs/keys.md says to do: a factory names each class it makes.
+    third = _factory("third")
+    third.__qualname__ = f"Made{id(shared)}[third]"
+    shared.put(third(1))
+    assert shared.get(third, 1).made_by == "third"  # type: ignore[attr-defined]
+    assert shared.get(first, 1).made_by == "first"  # type: ignore[attr-defined]
+
+
+# -- signatures ----------------------------------------------------------------------------
+
+
+def test_a_signed_store_reads_only_payloads_signed_with_its_key(
+    request: pytest.FixtureRequest,
+) -> None:
+    signed_store = _shared("redis", request, signing_key=SIGNING_KEY)
+    plain = _shared("redis", request)
+    other = _shared("redis", request, signing_key=b"another key, 16+ bytes")
+    try:
+        signed_store.put(GOOD)
+        assert _raw(signed_store, _primary(signed_store)).startswith(MAGIC)
+        assert signed_store.get(Foo, 1) == GOOD
+        for reader in (plain, other):  # a process with another key, or none: misses
+            assert reader.get(Foo, 1) is None
+            assert reader.stats.count(Foo, "corrupt") == 1
+            signed_store.put(GOOD)
+        plain.put(GOOD)  # unsigned bytes read by the signed store
+        assert signed_store.get(Foo, 1) is None
+        signed_store.put(GOOD)
+        raw = _raw(signed_store, _primary(signed_store))
+        for position in (5, len(raw) - SIGNATURE_BYTES - 2, len(raw) - 1):
+            flipped = raw[:position] + bytes([raw[position] ^ 1]) + raw[position + 1 :]
+            _overwrite(signed_store, _primary(signed_store), flipped)
+            assert signed_store.get(Foo, 1) is None
+        assert signed_store.stats.count(Foo, "corrupt") == 4
+    finally:
+        for store in (signed_store, plain, other):
+            store.close()
+
+
+def test_a_signed_entry_keeps_its_version_where_the_redis_script_reads_it() -> None:
+    entry = Entry(Foo, {"key": 1, "zap": 1, "bar": 1}, ("k",), None, 7)
+    assert entry_version(signed(encode_record(entry), SIGNING_KEY)) == 7
+
+
+def test_a_signed_store_signs_its_invalidation_messages(redis_url: str) -> None:
+    def chain(*local: BaseKeyValueStore) -> ChainedStore:
+        shared = RedisStore(url=redis_url, signing_key=SIGNING_KEY)
+        return ChainedStore([*local, shared], heartbeat=0.2)
+
+    reader, writer = chain(ProcessMemoryStore()), chain()
+    assert reader.coherence is not None
+    memory = reader.stores[0]
+    try:
+        assert until(lambda: reader.coherence.subscribed)  # type: ignore[union-attr]
+        reader.batch_put([GOOD, OTHER])
+        # A well-formed message, but unsigned: counted as corrupt, and ignored.
+        forged = Invalidation("someone", 1.0, [(Foo, {"key": 1})], [], 1, "", 1.0)
+        channel = reader.stores[1]._backend_channel("invalidations")  # type: ignore[attr-defined]
+        channel.publish([encode_invalidation(forged)])
+        assert until(lambda: reader.coherence.counts().get("corrupt", 0) == 1)  # type: ignore[union-attr]
+        assert memory.get(Foo, 1) == GOOD
+        # The other chain's signed message is applied.
+        writer.delete(OTHER)
+        assert until(lambda: memory.get(Foo, 2) is None)
+        assert memory.get(Foo, 1) == GOOD
+        assert reader.coherence.counts().get("flushes", 0) == 0
+    finally:
+        reader.close()
+        writer.close()
+
+
+@pytest.mark.parametrize("key", ["a str of 16+ characters", b"short", 12345])
+def test_an_unusable_signing_key_is_refused(key: Any) -> None:
+    with pytest.raises(ConfigurationError, match="signing_key"):
+        ShoveStore(shove={}, signing_key=key)
+
+
+# -- the property: any bytes, any mutation of a real payload -------------------------------
+
+hostile_json = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["DIGITS", "NAN", "DEEP", "SHALLOW"]),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.sampled_from(
+        [
+            {"$t": "timedelta", "v": [1e20, 0, 0]},
+            {"$t": "timedelta", "v": [-(10**12), 0, 0]},
+            {"$t": "bytes", "v": "!!"},
+            {"$t": "decimal", "v": "1e999999999"},
+            {"$t": "enum", "v": ["os", "system", 1]},
+            {"$t": "zoned", "v": ["2020-01-01", "../../etc/passwd", 0]},
+            {"$t": "set", "v": [[1]]},
+            {"$t": "dict", "v": [[[1], 2]]},
+            {"$t": "datetime", "v": "9999-99-99"},
+        ]
+    ),
+)
+_SPECIAL = {
+    '"DIGITS"': "9" * 5_000,
+    '"NAN"': "NaN",
+    '"DEEP"': "[" * 5_000 + "]" * 5_000,
+    '"SHALLOW"': "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1),
+}
+
+
+def _replace_at(body: Any, path: list[int], value: Any) -> Any:
+    """``body`` with the value at the position ``path`` picks (modulo each container's
+    size, depth first) replaced by ``value``."""
+    if not path or not isinstance(body, (dict, list)) or not body:
+        return value
+    if isinstance(body, dict):
+        name = sorted(body)[path[0] % len(body)]
+        return {**body, name: _replace_at(body[name], path[1:], value)}
+    index = path[0] % len(body)
+    return [*body[:index], _replace_at(body[index], path[1:], value), *body[index + 1 :]]
+
+
+@st.composite
+def mutations(draw: st.DrawFn, payload: bytes) -> bytes:
+    """Arbitrary bytes, or a real payload cut short, with bytes flipped, or with one of its
+    JSON values (at any depth) replaced by a hostile one."""
+    kind = draw(st.sampled_from(["bytes", "truncate", "flip", "json", "json"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=200))
+    if kind == "truncate":
+        return payload[: draw(st.integers(0, len(payload) - 1))]
+    if kind == "flip":
+        position = draw(st.integers(0, len(payload) - 1))
+        return (
+            payload[:position]
+            + bytes([payload[position] ^ draw(st.integers(1, 255))])
+            + (payload[position + 1 :])
+        )
+    body = json.loads(payload[len(MAGIC) :])
+    path = draw(st.lists(st.integers(0, 10), min_size=1, max_size=4))
+    text = json.dumps(_replace_at(body, path, draw(hostile_json)))
+    for placeholder, literal in _SPECIAL.items():
+        text = text.replace(placeholder, literal)
+    return MAGIC + text.encode()
+
+
+def _verdict(store: BaseKeyValueStore, key: str, raw: bytes) -> str:
+    """What a read of ``raw`` at ``key`` must see: ``corrupt``, a ``marker`` (a miss) or a
+    ``record`` (served, unless expired or not an entry)."""
+    try:
+        record = store._decode(raw, Foo)
+    except PayloadError:
+        return "marker" if store._marker_of(raw) is not None else "corrupt"
+    if type(record) is Entry and not store.keymaker.agrees(SPEC, key, record.keys, record.state):
+        return "corrupt"
+    return "record"
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(st.data())
+def test_every_read_of_hostile_bytes_is_the_truth_or_a_miss(
+    layered: tuple[BaseKeyValueStore, ChainedStore, bool], data: st.DataObject
+) -> None:
+    store, chain, signing = layered
+    truth = Foo(key=1, zap=1, bar=1, when=dt.date(2020, 1, 1), tags=("a", 1), d={"x": [1.5]})
+    chain.batch_put([truth, OTHER])
+    primary = _primary(store)
+    unsigned = _raw(store, primary)[: -SIGNATURE_BYTES if signing else None]
+    hostile = data.draw(mutations(unsigned))
+    # Signed again, as by someone who holds the key: then only the decoder's checks hold.
+    resigned = signing and data.draw(st.booleans())
+    if resigned:
+        hostile = signed(hostile, SIGNING_KEY)
+    verdict = _verdict(store, primary, hostile)
+    if signing and not resigned:
+        assert verdict in ("corrupt", "marker")  # no signature: never a record
+    store.stats.reset()
+    _overwrite(store, primary, hostile)
+    found = store.get(Foo, 1)
+    assert store.stats.count(Foo, "corrupt") == (verdict == "corrupt")
+    if found is not None:  # a well-formed entry of the right class and key
+        assert verdict == "record"
+        assert type(found) is Foo
+        assert found.key == 1
+    # Through the chain: the truth, from the next layer, unless a well-formed entry stands.
+    _overwrite(store, primary, hostile)
+    assert chain.batch_get(Foo, [1, 2]) in ([truth, OTHER], [found, OTHER])
+    # Nothing is blocked: the next write and read work.
+    store.put(truth)
+    assert store.get(Foo, 1) == truth
