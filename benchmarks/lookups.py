@@ -2,7 +2,9 @@
 database and against the dogpile.cache setup, every lookup in a fresh session.
 
 Every case of one table is timed in the same rounds (see ``common.interleaved``) and its
-ratio is the median of per-round ratios against the table's first row.
+ratio is the median of per-round ratios against the table's first row.  The cost of a
+``signing_key`` is the median of per-round ratios of the signed Redis layer to the
+unsigned one, timed next to each other.
 """
 
 from __future__ import annotations
@@ -54,11 +56,18 @@ FLOOR = "floor: GET on a redis-py connection + decode + restore + attach"
 MEMORY = "sa_stockpyle: memory layer of [memory, Redis, db]"
 REDIS = "sa_stockpyle: Redis layer of [memory, Redis, db]"
 REDIS_ONLY = "sa_stockpyle: Redis layer of [Redis, db]"
+REDIS_SIGNED = "sa_stockpyle: Redis layer of [Redis, db], signed (signing_key)"
 MEMCACHED = "sa_stockpyle: memcached layer of [memory, memcached, db]"
 MEMCACHED_ONLY = "sa_stockpyle: memcached layer of [memcached, db]"
 MEMORY_STORE = "context: ProcessMemoryStore.get alone (detached, no session)"
 IN_QUERY = "PostgreSQL: SELECT ... IN, fresh session"
 BATCH_FLOOR = "floor: MGET on a redis-py connection + decode + restore + attach"
+
+#: The key of the signed Redis layer, which keeps its entries under a prefix of its own:
+#: it reads the unsigned layer's payloads as forged, and would replace them.  The prefix
+#: is as long as the default one, so keys and payloads differ only by the signature.
+SIGNING_KEY = b"0123456789abcdef0123456789abcdef"
+SIGNED_PREFIX = "stocksign"
 
 
 @dataclass
@@ -110,12 +119,15 @@ def setup(postgres_url: str, redis_url: str, memcached: str) -> Iterator[Setup]:
             MEMORY: chain(memory, layer(RedisStore(url=redis_url))),
             REDIS: chain(evicted, layer(RedisStore(url=redis_url))),
             REDIS_ONLY: chain(layer(redis)),
+            REDIS_SIGNED: chain(
+                layer(RedisStore(url=redis_url, prefix=SIGNED_PREFIX, signing_key=SIGNING_KEY))
+            ),
             MEMCACHED: chain(evicted_mc, layer(MemcacheStore(servers=[memcached]))),
             MEMCACHED_ONLY: chain(layer(MemcacheStore(servers=[memcached]))),
         }
         for lo in range(0, ROWS, 5000):
             ids = list(range(lo, min(lo + 5000, ROWS)))
-            for name in (REDIS_ONLY, MEMCACHED_ONLY, MEMORY):  # the shared layers first
+            for name in (REDIS_ONLY, REDIS_SIGNED, MEMCACHED_ONLY, MEMORY):  # shared first
                 chains[name].batch_get(User, ids)
                 scoped.remove()
 
@@ -179,6 +191,7 @@ def single_cases(s: Setup, alternate: bool) -> dict[str, Case]:
     )
     cases[REDIS] = cached(REDIS, s.evicted.dictionary.clear)
     cases[REDIS_ONLY] = cached(REDIS_ONLY)
+    cases[REDIS_SIGNED] = cached(REDIS_SIGNED)
     cases[MEMCACHED] = cached(MEMCACHED, s.evicted_mc.dictionary.clear)
     cases[MEMCACHED_ONLY] = cached(MEMCACHED_ONLY)
     return cases
@@ -242,6 +255,7 @@ def batch_cases(s: Setup, size: int) -> dict[str, Case]:
         MEMORY: cached(MEMORY),
         REDIS: cached(REDIS, s.evicted.dictionary.clear),
         REDIS_ONLY: cached(REDIS_ONLY),
+        REDIS_SIGNED: cached(REDIS_SIGNED),
         MEMCACHED: cached(MEMCACHED, s.evicted_mc.dictionary.clear),
         MEMCACHED_ONLY: cached(MEMCACHED_ONLY),
     }
@@ -262,8 +276,9 @@ def _check(s: Setup, cases: dict[str, Case], database: tuple[str, ...]) -> None:
 
 def run(postgres_url: str, redis_url: str, memcached: str, rounds: int) -> dict[str, Any]:
     """Time both parts; return ``{"single": {...}, "batch": {...}}`` of medians (µs)
-    and ratios against each table's first row."""
-    results: dict[str, Any] = {"single": {}, "batch": {}}
+    and ratios against each table's first row, and ``{"signing": {...}}``: per table,
+    how many times a signed Redis hit takes as long as an unsigned one."""
+    results: dict[str, Any] = {"single": {}, "batch": {}, "signing": {}}
     with setup(postgres_url, redis_url, memcached) as s:
         for kind, alternate in (("primary key", False), ("alternate key", True)):
             cases = single_cases(s, alternate)
@@ -273,19 +288,20 @@ def run(postgres_url: str, redis_url: str, memcached: str, rounds: int) -> dict[
                 dogpile.call()
             _check(s, cases, (POSTGRES, SQLITE))
             print(f"  single lookups by {kind} ...", flush=True)
-            results["single"][kind] = _table(interleaved(cases, rounds), POSTGRES)
+            timings = interleaved(cases, rounds)
+            results["single"][kind] = _table(timings, POSTGRES)
+            results["signing"][kind] = timings[REDIS_ONLY].ratio(timings[REDIS_SIGNED])
         for size in BATCH_SIZES:
             cases = batch_cases(s, size)
             _check(s, cases, (IN_QUERY,))
             print(f"  batches of {size:,} ...", flush=True)
-            results["batch"][str(size)] = _table(
-                interleaved(
-                    cases,
-                    rounds if size < 10_000 else max(3, rounds - 4),
-                    BATCH_BUDGETS.get(size, 0.2),
-                ),
-                IN_QUERY,
+            timings = interleaved(
+                cases,
+                rounds if size < 10_000 else max(3, rounds - 4),
+                BATCH_BUDGETS.get(size, 0.2),
             )
+            results["batch"][str(size)] = _table(timings, IN_QUERY)
+            results["signing"][str(size)] = timings[REDIS_ONLY].ratio(timings[REDIS_SIGNED])
     return results
 
 
