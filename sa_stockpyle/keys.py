@@ -550,22 +550,34 @@ class KeyMaker:
             keys.append(key if plain and len(key) <= MAX_KEY_LENGTH else self._checked(key))
         return tuple(keys)
 
-    def agrees(self, spec: KeySpec, location: str, listed: tuple[str, ...], state: Any) -> bool:
+    def agrees(
+        self,
+        spec: KeySpec,
+        location: str,
+        listed: tuple[str, ...],
+        state: Any,
+        alternates: bool = True,
+    ) -> bool:
         """Whether an entry found at ``location`` (its primary key) that lists the keys
         ``listed`` and holds ``state`` (attribute name: value) is what it claims to be: the
-        key values in its state give ``location``, and the keys it lists are those its
-        state gives.
+        key values in its state give ``location``, and (with ``alternates``) the keys it
+        lists are those its state gives.
 
         A corrupt or forged entry under ``id=1`` whose state says ``id=2`` fails this, and
         so does one that lists an alternate key its state does not give.  A key attribute
         missing from ``state`` is taken from a class-level default; one a property
         computes, or an alternate key's mapped column that was not loaded when the object
         was cached, cannot be checked: the entry may list one key of its own for it.
+        Without ``alternates`` only the primary key is checked: what a lookup by it needs
+        (a lookup by an alternate key checks the rest).
         """
-        if not listed or listed[0] != location or len(set(listed)) != len(listed):
+        # On every read of a shared store: the heads once, and no call per item that the
+        # usual item (one attribute the state holds) does not need.
+        if not listed or listed[0] != location:
             return False
+        heads, plain = self._heads_of(spec)
         given = unchecked = 0
-        for index, item in enumerate(spec.items):
+        for index, item in enumerate(spec.items if alternates else spec.items[:1]):
             if len(item) == 1 and item[0] in state:
                 values: tuple[Any, ...] = (state[item[0]],)
             elif all(attr in state for attr in item):
@@ -578,18 +590,51 @@ class KeyMaker:
                     unchecked += 1
                     continue
                 values = found
-            if is_null(values):
+            if None in values:  # is_null(): a key holding None identifies nothing
                 if index == 0:
                     return False
                 continue
             try:
-                key = self.key(spec, index, values)
+                key = heads[index] + _encode_values(spec, values)
             except InvalidKeyValueError:
                 return False
+            if not plain or len(key) > MAX_KEY_LENGTH:
+                key = self._checked(key)
             if key != location if index == 0 else key not in listed:
                 return False
             given += 1
-        return len(listed) <= given + unchecked
+        # Every key listed is one the state gives (a duplicate among them could only
+        # stand for a key that cannot be checked).
+        return not alternates or len(listed) <= given + unchecked
+
+    def primary_check(self, spec: KeySpec) -> Callable[[str, tuple[str, ...], Any], bool]:
+        """``agrees(spec, location, listed, state, alternates=False)`` as a function of
+        the last three, for the records of one read: the key heads are looked up once,
+        and the usual primary key (one int or str attribute) is encoded inline."""
+        heads, plain = self._heads_of(spec)
+        item = spec.items[0]
+
+        def general(location: str, listed: tuple[str, ...], state: Any) -> bool:
+            return self.agrees(spec, location, listed, state, alternates=False)
+
+        if len(item) != 1 or not plain:
+            return general
+        name, head = item[0], heads[0]
+
+        def check(location: str, listed: tuple[str, ...], state: Any) -> bool:
+            value = state.get(name)
+            kind = type(value)
+            if kind is int:
+                key = head + _enc_int(value)
+            elif kind is str:
+                key = head + _enc_str(value)
+            else:
+                return general(location, listed, state)
+            if len(key) > MAX_KEY_LENGTH:
+                key = self._checked(key)
+            return key == location and bool(listed) and listed[0] == location
+
+        return check
 
     def is_primary(self, spec: KeySpec, key: object) -> bool:
         """Whether ``key`` can be a primary key of ``spec.klass`` in its current generation

@@ -123,21 +123,32 @@ def restore(klass: type, state: dict[str, Any], owned: bool = False) -> Any:
 
 def check_state(klass: type, state: dict[str, Any]) -> None:
     """Raise PayloadError unless :func:`restore` can give ``klass`` every name of ``state``
-    (a decoded state: its names are strings)."""
-    columns = _columns(klass)
-    if columns is not None:
+    (a decoded state: its names are strings).
+
+    Only the state of a mapped class carrying an identity token, and of a class whose
+    objects hold nothing but slots, can fail: for any other the check is one dict lookup.
+    """
+    checked = _CHECKED.get(klass)
+    if checked is None:
+        checked = _CHECKED[klass] = _columns(klass) is not None or klass.__dictoffset__ == 0
+    if not checked:
+        return  # an instance dict takes any name
+    if _columns(klass) is not None:
         identity = state.get(_IDENTITY)
         if identity is not None and type(identity) not in (str, int):
             raise PayloadError(f"payload identity token {identity!r} is not a str or int")
         return  # restore() takes the column attributes and leaves anything else out
     slots = _slot_names(klass)
-    if klass.__dictoffset__ == 0:  # its objects have no instance dict: only slots
-        unknown = [name for name in state if name not in slots]
-        if unknown:
-            raise PayloadError(
-                f"payload state names {unknown[:3]!r}, which {klass.__qualname__} objects "
-                f"cannot hold (they have only the slots {slots!r})"
-            )
+    unknown = [name for name in state if name not in slots]
+    if unknown:
+        raise PayloadError(
+            f"payload state names {unknown[:3]!r}, which {klass.__qualname__} objects "
+            f"cannot hold (they have only the slots {slots!r})"
+        )
+
+
+#: Per class, whether check_state() has anything to check (a plain dict, like the others).
+_CHECKED: dict[type, bool] = {}
 
 
 # --- the entity codec ----------------------------------------------------------------------

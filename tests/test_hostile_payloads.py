@@ -29,11 +29,11 @@ from sa_stockpyle.codec import (
     Entry,
     Invalidation,
     Pointer,
+    Signer,
     decode_marker,
     encode_invalidation,
     encode_record,
     entry_version,
-    signed,
 )
 from sa_stockpyle.errors import ConfigurationError, PayloadError
 from sa_stockpyle.keys import key_spec
@@ -51,6 +51,7 @@ from sa_stockpyle.testing import Foo
 from tests.helpers import cluster_client, until
 
 SIGNING_KEY = b"0123456789abcdef-test-signing-key"
+SIGNER = Signer(SIGNING_KEY)
 SPEC = key_spec(Foo)
 GOOD = Foo(key=1, zap=1, bar=1)
 OTHER = Foo(key=2, zap=2, bar=2)
@@ -125,8 +126,8 @@ def _overwrite(store: BaseKeyValueStore, key: str, raw: bytes) -> None:
 
 def _forged(store: BaseKeyValueStore, body: bytes) -> bytes:
     """``body`` as a writer with the store's signing key (if any) would have stored it."""
-    key = store._signing_key  # type: ignore[attr-defined]
-    return body if key is None else signed(body, key)
+    signer: Signer | None = store._signer  # type: ignore[attr-defined]
+    return body if signer is None else signer.sign(body)
 
 
 #: Two Enum classes with one name, as a factory makes them.
@@ -509,7 +510,7 @@ def test_a_signed_store_reads_only_payloads_signed_with_its_key(
 
 def test_a_signed_entry_keeps_its_version_where_the_redis_script_reads_it() -> None:
     entry = Entry(Foo, {"key": 1, "zap": 1, "bar": 1}, ("k",), None, 7)
-    assert entry_version(signed(encode_record(entry), SIGNING_KEY)) == 7
+    assert entry_version(SIGNER.sign(encode_record(entry))) == 7
 
 
 def test_a_signed_store_signs_its_invalidation_messages(redis_url: str) -> None:
@@ -539,7 +540,7 @@ def test_a_signed_store_signs_its_invalidation_messages(redis_url: str) -> None:
         writer.close()
 
 
-@pytest.mark.parametrize("key", ["a str of 16+ characters", b"short", 12345])
+@pytest.mark.parametrize("key", ["a str of 16+ characters", b"short", b"x" * 65, 12345])
 def test_an_unusable_signing_key_is_refused(key: Any) -> None:
     with pytest.raises(ConfigurationError, match="signing_key"):
         ShoveStore(shove={}, signing_key=key)
@@ -621,7 +622,10 @@ def _verdict(store: BaseKeyValueStore, key: str, raw: bytes) -> str:
         record = store._decode(raw, Foo)
     except PayloadError:
         return "marker" if store._marker_of(raw) is not None else "corrupt"
-    if type(record) is Entry and not store.keymaker.agrees(SPEC, key, record.keys, record.state):
+    # A lookup by the primary key checks that key; one by an alternate key, every key.
+    if type(record) is Entry and not store.keymaker.agrees(
+        SPEC, key, record.keys, record.state, alternates=False
+    ):
         return "corrupt"
     return "record"
 
@@ -644,7 +648,7 @@ def test_every_read_of_hostile_bytes_is_the_truth_or_a_miss(
     # Signed again, as by someone who holds the key: then only the decoder's checks hold.
     resigned = signing and data.draw(st.booleans())
     if resigned:
-        hostile = signed(hostile, SIGNING_KEY)
+        hostile = SIGNER.sign(hostile)
     verdict = _verdict(store, primary, hostile)
     if signing and not resigned:
         assert verdict in ("corrupt", "marker")  # no signature: never a record
@@ -656,6 +660,12 @@ def test_every_read_of_hostile_bytes_is_the_truth_or_a_miss(
         assert verdict == "record"
         assert type(found) is Foo
         assert found.key == 1
+    # By the alternate key: only an entry whose every key agrees with its state answers.
+    _overwrite(store, primary, hostile)
+    by_alternate = store.get(Foo, {"zap": 1, "bar": 1})
+    if by_alternate is not None:
+        assert verdict == "record"
+        assert (by_alternate.key, by_alternate.zap, by_alternate.bar) == (1, 1, 1)
     # Through the chain: the truth, from the next layer, unless a well-formed entry stands.
     _overwrite(store, primary, hostile)
     assert chain.batch_get(Foo, [1, 2]) in ([truth, OTHER], [found, OTHER])

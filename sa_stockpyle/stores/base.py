@@ -940,6 +940,8 @@ class BaseKeyValueStore(BaseStore):
             targets = [p for p in dict.fromkeys(pointers.values()) if p not in found]
             if targets:
                 found.update(self._decoded(spec, known, targets, self._read(targets)))
+            if self.decodes_copies:
+                self._check_alternates(spec, known, found, set(pointers.values()))
             dangling = [
                 key for key, primary in pointers.items() if not _answering(found, primary, key)
             ]
@@ -1003,13 +1005,22 @@ class BaseKeyValueStore(BaseStore):
         dead: list[str] = []
         clock_now = self.clock()
         decode = self._decode
+        # Records another process may have written must belong where they were read: an
+        # entry's key values give its key, a pointer leads to a primary key of the class
+        # (what else an entry claims is checked when a pointer leads to it, see
+        # _check_alternates).
         shared = self.decodes_copies
+        gives = self.keymaker.primary_check(spec) if shared else None
         for key, raw in zip(keys, raws, strict=True):
             if raw is None:
                 continue
             try:
                 record = decode(raw, klass)
-                if shared and not self._claims_hold(spec, key, record):
+                if gives is not None and not (
+                    gives(key, record.keys, record.state)
+                    if type(record) is Entry
+                    else self.keymaker.is_primary(spec, record.primary)  # type: ignore[union-attr]
+                ):
                     if self.keymaker.generations.get(klass) != known:
                         continue  # keys of a generation that moved on meanwhile: a miss
                     raise PayloadError(f"record does not belong at the key {key!r}")
@@ -1030,13 +1041,32 @@ class BaseKeyValueStore(BaseStore):
             self._remove(dead)
         return found
 
-    def _claims_hold(self, spec: KeySpec, key: str, record: Record) -> bool:
-        """Whether ``record``, read at ``key`` from a backend other processes write too,
-        belongs there: an entry's key values give ``key`` and the keys it lists, and a
-        pointer leads to a primary key of the class (see docs/security.md)."""
-        if isinstance(record, Entry):
-            return self.keymaker.agrees(spec, key, record.keys, record.state)
-        return self.keymaker.is_primary(spec, record.primary)
+    def _check_alternates(
+        self, spec: KeySpec, known: str | None, found: dict[str, Record], targets: set[str]
+    ) -> None:
+        """Drop from ``found`` each entry pointers lead to (``targets``) that lists a key
+        its state does not give: it is corrupt, and replaced by a tombstone."""
+        klass, agrees = spec.klass, self.keymaker.agrees
+        corrupt = [
+            key
+            for key in targets
+            if isinstance(entry := found.get(key), Entry)
+            and not agrees(spec, key, entry.keys, entry.state)
+        ]
+        if not corrupt or self.keymaker.generations.get(klass) != known:
+            for key in corrupt:
+                del found[key]  # a generation that moved on meanwhile: a miss
+            return
+        for key in corrupt:
+            del found[key]
+            log.warning(
+                "sa_stockpyle: %s: deleting corrupt entry %r: %s",
+                self,
+                key,
+                "it lists keys its state does not give",
+            )
+            self.stats.add(klass, "corrupt")
+        self._remove(corrupt)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} prefix={self.keymaker.prefix!r}>"

@@ -61,8 +61,8 @@ class ShoveStore(SharedPayloads, BaseDictionaryStore):
             :class:`BaseKeyValueStore`.
         prefix: the first part of every cache key.
         clock: returns the current Unix time; injected by tests.
-        signing_key: bytes (at least 16) shared by every process of the application:
-            payloads carry an HMAC of themselves, and one that does not match is a miss
+        signing_key: bytes (16 to 64) shared by every process of the application:
+            payloads carry a MAC of themselves, and one that does not match is a miss
             (see docs/security.md).  None (the default): unsigned.
     """
 

@@ -51,8 +51,8 @@ class MemcacheStore(SharedPayloads, BaseKeyValueStore):
         clock: returns the current Unix time; injected by tests.
         connect_timeout: seconds to wait for a connection (clients built from ``servers``).
         timeout: seconds to wait for a reply (clients built from ``servers``).
-        signing_key: bytes (at least 16) shared by every process of the application:
-            payloads carry an HMAC of themselves, and one that does not match is a miss
+        signing_key: bytes (16 to 64) shared by every process of the application:
+            payloads carry a MAC of themselves, and one that does not match is a miss
             (see docs/security.md).  None (the default): unsigned.
 
     Failures of a server raise :class:`~sa_stockpyle.errors.StoreUnavailable` (or its

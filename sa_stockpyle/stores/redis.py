@@ -152,8 +152,8 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         clock: returns the current Unix time; injected by tests.
         connect_timeout: seconds to wait for a connection (clients built from ``url``).
         timeout: seconds to wait for a reply (clients built from ``url``).
-        signing_key: bytes (at least 16) shared by every process of the application:
-            payloads carry an HMAC of themselves, and one that does not match is a miss
+        signing_key: bytes (16 to 64) shared by every process of the application:
+            payloads carry a MAC of themselves, and one that does not match is a miss
             (see docs/security.md).  None (the default): unsigned.
 
     Failures of the server raise :class:`~sa_stockpyle.errors.StoreUnavailable` (or its

@@ -2,8 +2,9 @@
 
 Whatever another process wrote under a key can at worst be a counted miss, or a
 well-formed entry of the right class and key (see docs/security.md); with a
-``signing_key``, not even that: every payload and every invalidation message carries an
-HMAC-SHA256 of itself under a key the application's processes share.
+``signing_key``, not even that: every payload and every invalidation message carries a
+MAC of itself (:class:`~sa_stockpyle.codec.Signer`) under a key the application's
+processes share.
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ from typing import Any
 from sa_stockpyle.codec import (
     Marker,
     Record,
-    check_signing_key,
+    Signer,
     decode_marker,
     decode_record,
     encode_marker,
     encode_record,
     entry_version,
-    signed,
-    verified,
 )
 from sa_stockpyle.errors import PayloadError
 from sa_stockpyle.stores.base import Channel, Subscription
@@ -36,9 +35,9 @@ class SharedPayloads:
     BaseKeyValueStore)``); decoding goes through the codec's allow-list, so whatever
     another process wrote under a key can at worst be a counted miss, or a well-formed
     entry of the right class and key.  With a ``signing_key`` (keyword argument, bytes
-    shared by every process of the application) each payload carries an HMAC-SHA256 of
-    itself, and one without a valid signature is a counted miss too; so do the messages
-    of the store's :meth:`channel`, if it has one.
+    shared by every process of the application) each payload carries a MAC of itself,
+    and one without a valid signature is a counted miss too; so do the messages of the
+    store's :meth:`channel`, if it has one.
     """
 
     #: Every decoded record is new: restoring an object may take its state over.
@@ -46,16 +45,16 @@ class SharedPayloads:
 
     def __init__(self, *args: Any, signing_key: bytes | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._signing_key = check_signing_key(signing_key)
+        self._signer = None if signing_key is None else Signer(signing_key)
 
     def _encode(self, record: Record) -> bytes:
         data = encode_record(record)
-        signing_key = self._signing_key
-        return data if signing_key is None else signed(data, signing_key)
+        signer = self._signer
+        return data if signer is None else signer.sign(data)
 
     def _decode(self, raw: Any, klass: type) -> Record:
-        signing_key = self._signing_key
-        return decode_record(raw if signing_key is None else verified(raw, signing_key), klass)
+        signer = self._signer
+        return decode_record(raw if signer is None else signer.verify(raw), klass)
 
     def _encode_marker(self, marker: Marker) -> bytes:
         return encode_marker(marker)
@@ -70,10 +69,10 @@ class SharedPayloads:
         """The backend's channel ``name`` (see :meth:`BaseStore.channel`), its messages
         signed with the store's ``signing_key`` when it has one."""
         channel = self._backend_channel(name)
-        signing_key = self._signing_key
-        if channel is None or signing_key is None:
+        signer = self._signer
+        if channel is None or signer is None:
             return channel
-        return SignedChannel(channel, signing_key)
+        return SignedChannel(channel, signer)
 
     def _backend_channel(self, name: str) -> Channel | None:
         """The backend's own channel ``name``, or None (the default: it has none)."""
@@ -81,34 +80,34 @@ class SharedPayloads:
 
 
 class SignedChannel(Channel):
-    """A channel whose messages carry an HMAC-SHA256 under ``signing_key``.  A message
-    received without a valid one is handed on as ``b""``, which no decoder accepts: the
-    subscriber counts it as corrupt and ignores it."""
+    """A channel whose messages ``signer`` signs.  A message received without a valid
+    signature is handed on as ``b""``, which no decoder accepts: the subscriber counts it
+    as corrupt and ignores it."""
 
-    def __init__(self, channel: Channel, signing_key: bytes) -> None:
+    def __init__(self, channel: Channel, signer: Signer) -> None:
         self.channel = channel
-        self.signing_key = signing_key
+        self.signer = signer
 
     def publish(self, messages: Sequence[bytes]) -> None:
         """Sign and send ``messages``."""
-        self.channel.publish([signed(data, self.signing_key) for data in messages])
+        self.channel.publish([self.signer.sign(data) for data in messages])
 
     def subscribe(self) -> Subscription:
         """Open a subscription that checks every message's signature."""
-        return _SignedSubscription(self.channel.subscribe(), self.signing_key)
+        return _SignedSubscription(self.channel.subscribe(), self.signer)
 
 
 class _SignedSubscription(Subscription):
-    def __init__(self, subscription: Subscription, signing_key: bytes) -> None:
+    def __init__(self, subscription: Subscription, signer: Signer) -> None:
         self.subscription = subscription
-        self.signing_key = signing_key
+        self.signer = signer
 
     def receive(self, timeout: float) -> list[bytes]:
         return [self._verified(data) for data in self.subscription.receive(timeout)]
 
     def _verified(self, data: bytes) -> bytes:
         try:
-            return verified(data, self.signing_key)
+            return self.signer.verify(data)
         except PayloadError:
             return b""
 
