@@ -40,7 +40,7 @@ from decimal import InvalidOperation
 from typing import Any
 
 from sa_stockpyle.errors import ConfigurationError, InvalidLifetimeError, PayloadError
-from sa_stockpyle.keys import class_named, class_token, encode_value, key_spec
+from sa_stockpyle.keys import class_named, class_token, encode_value, key_spec, token_of
 from sa_stockpyle.snapshots import check_state
 from sa_stockpyle.tagged import pack, unpack
 
@@ -291,14 +291,24 @@ def carriable(klass: type, state: dict[str, Any]) -> None:
 
 
 def _subclass_named(klass: type, token: str) -> type:
-    # The allow-list: the class a caller asked for and its subclasses, nothing else.
+    # The allow-list: the class a caller asked for and its subclasses, nothing else.  The
+    # subclasses' tokens are compared, not claimed: two unrelated ones sharing a name
+    # (made by a factory) are no reason to refuse another.
+    found = []
     pending = [klass]
     while pending:
         cls = pending.pop()
-        if class_token(cls) == token:
-            return cls
+        if token_of(cls) == token:
+            found.append(cls)
         pending.extend(cls.__subclasses__())
-    raise PayloadError(f"payload class {token!r} is not {class_token(klass)} or a subclass")
+    if len(found) != 1:
+        raise PayloadError(
+            f"payload class {token!r} is not {class_token(klass)} or a subclass"
+            if not found
+            else f"payload class {token!r} names {len(found)} subclasses of "
+            f"{klass.__qualname__}; it cannot tell them apart"
+        )
+    return found[0]
 
 
 #: What JSON gives back as it was packed: state values of these types need no unpacking.

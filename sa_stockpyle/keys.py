@@ -20,7 +20,8 @@ import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal
+from types import MemberDescriptorType
 from typing import Any, cast
 from urllib.parse import quote
 from uuid import UUID
@@ -290,13 +291,15 @@ def _enc_decimal(value: Decimal) -> str:
         return "D0"  # -0 == 0
     exponent += len(digits) - len(significant)
     exact = Decimal((sign, tuple(map(int, significant)), exponent))
-    # Fixed-point where it stays short (as keys of such values always were); beyond, the
-    # scientific form, whose "E" no fixed-point form holds.
-    return f"D{exact:f}" if -_FIXED_DIGITS <= exponent <= _FIXED_DIGITS else f"D{exact}"
+    # Fixed-point for every value the default context holds exactly (the keys such values
+    # always had); beyond it, the scientific form, whose "E" no fixed-point form holds.
+    adjusted = exponent + len(significant) - 1
+    held = len(significant) <= _CONTEXT.prec and _CONTEXT.Emin <= adjusted <= _CONTEXT.Emax
+    return f"D{exact:f}" if held else f"D{exact}"
 
 
-#: The exponents within which a Decimal key value is written in fixed-point form.
-_FIXED_DIGITS = 100
+#: The context Decimal key values were normalised in before keys were made exactly.
+_CONTEXT = Context()
 
 
 def _enc_datetime(value: dt.datetime) -> str:
@@ -388,18 +391,31 @@ def table_names(klass: type) -> tuple[str, ...]:
     return tuple(sorted({table.name for table in mapper.tables if isinstance(table, Table)}))
 
 
-_TOKENS: dict[type, str] = {}
+_TOKENS: dict[type, str] = {}  # the classes that claimed their token
 _CLASSES: dict[str, type] = {}
+_NAMES: dict[type, str] = {}  # every token computed
 
 
-def class_token(klass: type) -> str:
-    """The namespace part naming ``klass``: ``module.qualname`` plus its schema fingerprint."""
-    token = _TOKENS.get(klass)
+def token_of(klass: type) -> str:
+    """:func:`class_token` of ``klass`` without claiming it: what a payload naming it holds."""
+    token = _NAMES.get(klass)
     if token is None:
         token = f"{klass.__module__}.{klass.__qualname__}"
         fingerprint = schema_fingerprint(klass)
         if fingerprint is not None:
             token = f"{token}@{fingerprint}"
+        _NAMES[klass] = token
+    return token
+
+
+def class_token(klass: type) -> str:
+    """The namespace part naming ``klass``: ``module.qualname`` plus its schema fingerprint.
+
+    Claims it for ``klass``: a second, different class with the same token raises
+    :class:`ConfigurationError` (their entries could not be told apart)."""
+    token = _TOKENS.get(klass)
+    if token is None:
+        token = token_of(klass)
         other = _CLASSES.setdefault(token, klass)
         if other is not klass:
             # Two classes in one namespace: a lookup of one would decode the other's state.
@@ -433,24 +449,20 @@ def _encode_values(spec: KeySpec, values: tuple[Any, ...]) -> str:
         raise InvalidKeyValueError(f"{exc} (in a key of {spec.describe()})") from None
 
 
-def _unheld_values(
-    klass: type, item: KeyItem, state: Any, primary: bool
-) -> tuple[Any, ...] | None:
+def _unheld_values(klass: type, item: KeyItem, state: Any) -> tuple[Any, ...] | None:
     """The values of key ``item`` for an entry whose ``state`` lacks some of its attributes:
     a class-level default stands for a missing attribute; ``()`` when they cannot be
-    checked (a property computes one, or an alternate key's mapped column was not loaded
-    when the object was cached); None when an object of ``klass`` cannot lack them."""
+    checked (a property computes one); None when an entry of ``klass`` cannot lack them
+    (an instance attribute, a slot, a mapped column)."""
     values = []
     for attr in item:
         if attr in state:
             values.append(state[attr])
             continue
         held = inspect.getattr_static(klass, attr, _MISSING)
-        if isinstance(held, QueryableAttribute):
-            if primary:  # a mapped object's primary key is always loaded
-                return None
-            return ()
-        if held is _MISSING:
+        if held is _MISSING or isinstance(held, (QueryableAttribute, MemberDescriptorType)):
+            # An instance attribute, a slot or a mapped column: every entry holds its key
+            # attributes (the store reads them before it snapshots the object).
             return None
         if hasattr(held, "__get__"):
             return ()  # computed: a property, a cached_property, a hybrid
@@ -501,7 +513,7 @@ class KeyMaker:
             # Table names compared as SQL compares unquoted identifiers: sharing a token
             # with another table costs only misses, missing one would serve stale entries.
             tables = sorted({name.casefold() for name in table_names(klass)})
-            names = [f"table:{name}" for name in tables] or [class_token(klass)]
+            names = [f"table:{name}" for name in tables] or [token_of(klass)]
             keys = tuple(self._checked(f"{self._namespace}:gen:{name}") for name in names)
             self._generation_keys[klass] = keys
             for key in keys:
@@ -566,8 +578,7 @@ class KeyMaker:
         A corrupt or forged entry under ``id=1`` whose state says ``id=2`` fails this, and
         so does one that lists an alternate key its state does not give.  A key attribute
         missing from ``state`` is taken from a class-level default; one a property
-        computes, or an alternate key's mapped column that was not loaded when the object
-        was cached, cannot be checked: the entry may list one key of its own for it.
+        computes cannot be checked: the entry may list one key of its own for it.
         Without ``alternates`` only the primary key is checked: what a lookup by it needs
         (a lookup by an alternate key checks the rest).
         """
@@ -583,7 +594,7 @@ class KeyMaker:
             elif all(attr in state for attr in item):
                 values = tuple([state[attr] for attr in item])
             else:
-                found = _unheld_values(spec.klass, item, state, primary=index == 0)
+                found = _unheld_values(spec.klass, item, state)
                 if found is None:
                     return False
                 if not found:

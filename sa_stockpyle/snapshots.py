@@ -27,7 +27,14 @@ from sqlalchemy.orm.attributes import instance_state
 
 from sa_stockpyle.errors import PayloadError
 
-__all__ = ["check_state", "expired_columns", "restore", "snapshot", "version_of"]
+__all__ = [
+    "check_state",
+    "expired_columns",
+    "refuse_expired",
+    "restore",
+    "snapshot",
+    "version_of",
+]
 
 _IMMUTABLE = frozenset(
     {str, int, float, bool, bytes, type(None), Decimal, UUID, dt.datetime, dt.date, dt.time}
@@ -238,7 +245,9 @@ def expired_columns(obj: object) -> tuple[str, ...]:
     return tuple(name for name in columns.names if name in expired) if expired else ()
 
 
-def _snapshot_entity(obj: object, columns: _Columns) -> dict[str, Any]:
+def refuse_expired(obj: object) -> None:
+    """Raise :class:`PayloadError` when mapped ``obj`` has expired column attributes: its
+    snapshot would be incomplete or stale, and reading them would refresh it with SQL."""
     expired = expired_columns(obj)
     if expired:
         raise PayloadError(
@@ -246,6 +255,10 @@ def _snapshot_entity(obj: object, columns: _Columns) -> dict[str, Any]:
             f"(after a commit or session.expire()); refresh it before caching it, or use "
             f"expire_on_commit=False"
         )
+
+
+def _snapshot_entity(obj: object, columns: _Columns) -> dict[str, Any]:
+    refuse_expired(obj)
     state = instance_state(obj)
     loaded = state.dict
     # Columns never loaded (deferred, or left out by the query) are left out here too;

@@ -57,9 +57,10 @@ def pack(value: Any, depth: int = 0) -> Any:
         return _tag("enum", [*name, pack(value.value, depth)])
     if kind is dt.datetime:
         zone = value.tzinfo
-        if type(zone) is ZoneInfo and zone.key is not None:
+        if type(zone) is ZoneInfo and zone.key is not None and zone is ZoneInfo(zone.key):
             # The zone itself, not only today's offset: a wall time in the hour a clock
-            # goes back is told apart by its fold, and compares unequal across zones.
+            # goes back is told apart by its fold, and compares unequal across zones (so
+            # only the cached zone of its name, which decoding gives, comes back equal).
             wall = value.replace(tzinfo=None).isoformat()
             return _tag("zoned", [wall, zone.key, value.fold])
         return _tag("datetime", _iso(value))
@@ -102,6 +103,7 @@ def _iso(value: dt.datetime | dt.time) -> str | list[Any]:
     if zone is not None and (
         type(zone) is not dt.timezone
         or zone.tzname(None) != dt.timezone(zone.utcoffset(None)).tzname(None)
+        or zone.utcoffset(None).microseconds  # ISO 8601 as fromisoformat reads it drops them
     ):
         # A zone's rules, or a named offset, would come back as a bare offset.
         raise PayloadError(

@@ -22,6 +22,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import String, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, load_only, mapped_column
 
 from sa_stockpyle.codec import (
     MAGIC,
@@ -215,10 +217,17 @@ def _slotted_payloads() -> list[bytes]:
             b'"k":["K"],"x":null}'
         )
 
-    return [body('"id":1,"__class__":2'), body('"id":1,"zz":2'), body('"__dict__":{},"id":1')]
+    return [
+        body('"id":1,"__class__":2'),
+        body('"id":1,"zz":2'),
+        body('"__dict__":{},"id":1'),
+        body('"x":2'),  # no key at all: a slot is never computed
+    ]
 
 
-@pytest.mark.parametrize("payload", _slotted_payloads(), ids=["__class__", "unknown", "__dict__"])
+@pytest.mark.parametrize(
+    "payload", _slotted_payloads(), ids=["__class__", "unknown", "__dict__", "no key"]
+)
 def test_state_a_slots_class_cannot_hold_is_a_miss(
     shared: BaseKeyValueStore, payload: bytes
 ) -> None:
@@ -327,6 +336,107 @@ def test_another_type_of_redis_value_under_a_key_is_a_miss(
         chain.close()
 
 
+# -- mapped classes: every entry holds its key columns ------------------------------------
+
+
+class _Mapped(DeclarativeBase):
+    pass
+
+
+class Article(_Mapped):
+    """Declared by its slug first; ``body`` and ``slug`` may be left unloaded."""
+
+    __tablename__ = "hostile_articles"
+    __stockpyle_keys__ = ["slug", "id", "email"]
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(40), unique=True)
+    email: Mapped[str] = mapped_column(String(40), unique=True)
+    body: Mapped[str] = mapped_column(String(200))
+
+
+@pytest.fixture
+def articles() -> Iterator[Session]:
+    engine = create_engine("sqlite://")
+    _Mapped.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all(
+            [
+                Article(id=1, slug="one", email="a@x", body="first"),
+                Article(id=2, slug="two", email="b@x", body="second"),
+            ]
+        )
+        session.commit()
+        yield session
+    engine.dispose()
+
+
+def test_an_entry_of_an_object_loaded_without_its_key_columns_holds_them(
+    shared: BaseKeyValueStore, articles: Session
+) -> None:
+    partial = articles.scalars(
+        select(Article).where(Article.id == 1).options(load_only(Article.id, Article.body))
+    ).one()
+    shared.put(partial)  # reading its keys loads slug and email, and the entry holds them
+    for lookup in ("one", {"id": 1}, {"email": "a@x"}):
+        found = shared.get(Article, lookup)
+        assert found is not None
+        assert (found.id, found.slug, found.email) == (1, "one", "a@x")
+    assert shared.stats.count(Article, "corrupt") == 0
+
+
+def test_a_mapped_entry_without_a_key_column_is_a_miss(
+    shared: BaseKeyValueStore, articles: Session
+) -> None:
+    second = articles.get(Article, 2)
+    assert second is not None
+    shared.put(second)
+    spec = key_spec(Article)
+    primary = shared.keymaker.key(spec, 0, ("two",))
+    forged_alternate = shared.keymaker.key(spec, 2, ("admin@x",))
+    # id=2's entry without its email, claiming the email admin@x, which points to it.
+    state = {"id": 2, "slug": "two", "body": "second"}
+    listed = (primary, shared.keymaker.key(spec, 1, (2,)), forged_alternate)
+    _overwrite(
+        shared, primary, _forged(shared, encode_record(Entry(Article, state, listed, None)))
+    )
+    pointer = encode_record(Pointer(primary, None))
+    _overwrite(shared, forged_alternate, _forged(shared, pointer))
+    assert shared.get(Article, {"email": "admin@x"}) is None
+    assert shared.get(Article, "two") is None
+    assert shared.stats.count(Article, "corrupt") >= 1
+
+
+def test_subclasses_sharing_a_name_elsewhere_do_not_hide_a_sibling(
+    request: pytest.FixtureRequest,
+) -> None:
+    class Legit(Foo):
+        pass
+
+    def make() -> type:
+        class Twin(Foo):
+            pass
+
+        return Twin
+
+    twins = [make(), make()]  # never given to a store
+    store = _shared("redis", request, polymorphic=True)
+    try:
+        store.put(Legit(key=1, zap=1, bar=1))
+        assert type(store.get(Foo, 1)) is Legit
+        assert store.stats.count(Foo, "corrupt") == 0
+        # A payload naming the twins' class cannot tell them apart: a miss.
+        forged = dict(vars(Legit(key=2, zap=2, bar=2)))
+        primary = _primary(store, Foo, 2)
+        entry = Entry(twins[0], forged, (primary,), None)
+        body = encode_record(entry)  # claims the first twin's token
+        _overwrite(store, primary, body)
+        assert store.get(Foo, 2) is None
+        assert store.stats.count(Foo, "corrupt") == 1
+    finally:
+        store.close()
+
+
 # -- item 4: put refuses what it cannot store exactly -------------------------------------
 
 
@@ -367,6 +477,10 @@ REFUSED_BY_SHARED: dict[str, Callable[[], Any]] = {
     "time in a zone": lambda: dt.time(12, tzinfo=ZoneInfo("Europe/Paris")),
     "zone from a file": lambda: dt.datetime(2020, 1, 1, tzinfo=_zone_from_file()),
     "another tzinfo": lambda: dt.datetime(2020, 1, 1, tzinfo=_Utc()),
+    "offset with microseconds": lambda: dt.datetime(
+        2020, 1, 1, tzinfo=dt.timezone(dt.timedelta(microseconds=1))
+    ),
+    "uncached zone": lambda: dt.datetime(2020, 1, 1, tzinfo=ZoneInfo.no_cache("Europe/Paris")),
     "Enum named like another": lambda: TWINS[1]["ON"],
 }
 

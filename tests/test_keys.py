@@ -167,6 +167,8 @@ def test_decimal_keys_are_exact_past_the_default_context() -> None:
     assert key(Decimal("0")) == key(Decimal("-0")) == key(Decimal("0E-99"))
     assert key(Decimal("0")) != key(Decimal("1e-1000030"))
     assert key(Decimal("1e999999999999999999")) != key(Decimal("1e999999999999999998"))
-    # Values within the default context keep the keys they always had.
+    # Values within the default context keep the keys they always had: fixed-point.
     assert key(Decimal("123.4500")).endswith(":zap+bar:D123.45,i1")
     assert key(Decimal("1E+2")).endswith(":zap+bar:D100,i1")
+    for exact in ("1E+101", "1E-101", "123E+150", "1.5E-120", "-9.99E+200", "7E+999999"):
+        assert encode_value(Decimal(exact)) == f"D{Decimal(exact).normalize() + 0:f}"

@@ -26,7 +26,7 @@ from sa_stockpyle.codec import MAGIC
 from sa_stockpyle.errors import ConfigurationError, StoreTimeout, StoreUnavailable
 from sa_stockpyle.keys import key_spec
 from sa_stockpyle.stores import MemcacheStore
-from sa_stockpyle.testing import Foo, StoreConformance
+from sa_stockpyle.testing import FakeClock, Foo, StoreConformance
 from tests.helpers import exploit, freeze
 from tests.servers import MemcachedServer, free_port
 
@@ -348,3 +348,23 @@ def test_without_pymemcache_the_error_names_the_extra() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert 'pip install "sa_stockpyle[memcache]"' in result.stdout
+
+
+def test_a_live_lease_is_not_taken_over_by_a_process_whose_clock_runs_ahead(
+    memcached_addresses: list[str],
+) -> None:
+    # memcached cannot say how old a lease is: its stated expiry, on its writer's clock,
+    # is all there is.  A reader 6 s ahead (more than lease_ttl) must still leave it.
+    behind, ahead = FakeClock(), FakeClock()
+    ahead.advance(6)
+    first = MemcacheStore(servers=memcached_addresses, clock=behind)
+    second = MemcacheStore(servers=memcached_addresses, clock=ahead)
+    try:
+        claim = first.reserve(Foo, [1])
+        assert claim.granted == [True]
+        assert second.reserve(Foo, [1]).granted == [False]
+        first.fill(claim, [Foo(key=1, zap=1, bar=1)])
+        assert second.get(Foo, 1) == Foo(key=1, zap=1, bar=1)
+    finally:
+        first.close()
+        second.close()

@@ -55,7 +55,7 @@ from sa_stockpyle.codec import (
 )
 from sa_stockpyle.errors import PayloadError, StoreTimeout, StoreUnavailable
 from sa_stockpyle.keys import KeyMaker, KeySpec, is_null, key_spec, storage_classes
-from sa_stockpyle.snapshots import restore, snapshot, version_of
+from sa_stockpyle.snapshots import refuse_expired, restore, snapshot, version_of
 
 __all__ = [
     "BaseDictionaryStore",
@@ -602,12 +602,14 @@ class BaseKeyValueStore(BaseStore):
         lifetime_cb = self.lifetime_cb
         keys_of = self.keymaker.keys_of
         for obj, specs in self._stored_specs(objs):
-            # The snapshot comes first: reading a key attribute that was never loaded
-            # loads it, and the entry holds what the caller had loaded.
             expires_at = expiry(lifetime_cb(obj), clock_now) if lifetime_cb else None
+            # The keys before the snapshot: reading a key attribute that was never loaded
+            # (deferred) loads it, and an entry must hold its key values (a reader checks
+            # them against its keys).  An expired object is refused first, not refreshed.
+            refuse_expired(obj)
+            keyed = [keys_of(spec, obj) for spec in specs]
             state, version = snapshot(obj), version_of(obj)
-            for spec in specs:
-                keys = keys_of(spec, obj)
+            for keys in keyed:
                 records.append((keys[0], Entry(type(obj), state, keys, expires_at, version)))
                 for key in keys[1:]:
                     records.append((key, Pointer(keys[0], expires_at)))
@@ -809,9 +811,11 @@ class BaseKeyValueStore(BaseStore):
             marker = self._marker_of(held)
             # A record that appeared since the miss, or a lease taken a moment ago: another
             # reader has filled or is filling this key.  An old lease is a reader that
-            # will not fill (it crashed, or found nothing): waiting for it is pointless.
+            # will not fill (it crashed, or found nothing): waiting for it is pointless; so
+            # is waiting for one "taken" well after now (forged: it would stay busy).
+            age = backend_now - marker.taken if marker is not None else 0.0
             busy[position] = marker is None or (
-                marker.lease is not None and backend_now - marker.taken < self.lease_busy
+                marker.lease is not None and -self.lease_busy < age < self.lease_busy
             )
         return Reservation(
             klass,

@@ -232,10 +232,13 @@ class MemcacheStore(SharedPayloads, BaseKeyValueStore):
                 if client.cas(key, raw, token, expire=expire, noreply=False):
                     return marker is None
                 continue
-            if marker is None or (marker.lease is not None and marker.expires_at > clock_now):
+            if marker is None or (
+                marker.lease is not None and clock_now < marker.expires_at + self.tombstone_ttl
+            ):
                 return current, float(clock_now)  # a record, or another reader's lease
-            # A tombstone, or a lease past its own expiry (one memcached would keep: written
-            # by someone else without an exptime), taken over like a tombstone.
+            # A tombstone, or a lease long past its own expiry, which memcached would have
+            # dropped (written by someone else without an exptime): taken over like a
+            # tombstone.  "Long": the writer's clock may run behind this process's.
             # A lease over a tombstone lives as long as a tombstone: memcached cannot tell
             # how long this one has left, and it must outlive readers that missed before it.
             lease_expire = _exptime(clock_now + self.tombstone_ttl, clock_now) or 0
