@@ -494,6 +494,8 @@ class KeyMaker:
             )
         self.prefix = prefix
         self._namespace = f"{prefix}:{FORMAT_VERSION}"
+        #: The start of a key too long or too odd for a backend, hashed (see _checked).
+        self._hashed = f"{self._namespace}:#"
         self.generations: dict[type, str] = {}
         #: The token last seen at each generation key.
         self.tokens: dict[str, str] = {}
@@ -655,9 +657,8 @@ class KeyMaker:
         heads, _ = self._heads_of(spec)
         if key.startswith(heads[0]):
             return _acceptable(key)
-        hashed = f"{self._namespace}:#"
-        digest = key[len(hashed) :]
-        return key.startswith(hashed) and len(digest) == 64 and _HEX.issuperset(digest)
+        digest = key[len(self._hashed) :]
+        return key.startswith(self._hashed) and len(digest) == 64 and _HEX.issuperset(digest)
 
     def keys(self, spec: KeySpec, lookups: Iterable[object]) -> list[str | None]:
         """The cache key of each lookup as a caller wrote it (see :meth:`KeySpec.lookup`);
@@ -707,4 +708,4 @@ class KeyMaker:
         if _acceptable(key):
             return key
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-        return f"{self._namespace}:#{digest}"
+        return self._hashed + digest

@@ -1031,8 +1031,7 @@ class BaseKeyValueStore(BaseStore):
             except PayloadError as exc:
                 if self._marker_of(raw) is not None:
                     continue  # a tombstone or a lease: a miss
-                log.warning("sa_stockpyle: %s: deleting corrupt entry %r: %s", self, key, exc)
-                self.stats.add(klass, "corrupt")
+                self._count_corrupt(klass, key, exc)
                 dead.append(key)
                 continue
             expires_at = record.expires_at
@@ -1057,20 +1056,18 @@ class BaseKeyValueStore(BaseStore):
             if isinstance(entry := found.get(key), Entry)
             and not agrees(spec, key, entry.keys, entry.state)
         ]
-        if not corrupt or self.keymaker.generations.get(klass) != known:
-            for key in corrupt:
-                del found[key]  # a generation that moved on meanwhile: a miss
-            return
         for key in corrupt:
             del found[key]
-            log.warning(
-                "sa_stockpyle: %s: deleting corrupt entry %r: %s",
-                self,
-                key,
-                "it lists keys its state does not give",
-            )
-            self.stats.add(klass, "corrupt")
+        if not corrupt or self.keymaker.generations.get(klass) != known:
+            return  # none, or keys of a generation that moved on meanwhile: misses only
+        for key in corrupt:
+            self._count_corrupt(klass, key, "it lists keys its state does not give")
         self._remove(corrupt)
+
+    def _count_corrupt(self, klass: type, key: str, reason: object) -> None:
+        """Log and count the corrupt record at ``key`` (the caller removes it)."""
+        log.warning("sa_stockpyle: %s: deleting corrupt entry %r: %s", self, key, reason)
+        self.stats.add(klass, "corrupt")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} prefix={self.keymaker.prefix!r}>"
