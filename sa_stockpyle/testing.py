@@ -297,9 +297,13 @@ class StoreConformance:
 
     def test_deleting_absent_is_not_an_error(self) -> None:
         store = self.store()
+        kept = Foo(key="kept", zap=9, bar=9)
+        store.put(kept)
         store.delete(Foo(key="ghost", zap=0, bar=0))
         store.batch_delete([Foo(key="g1", zap=1, bar=1), Foo(key="g2", zap=2, bar=2)])
         store.batch_delete([])
+        assert store.batch_get(Foo, ["ghost", "g1", "kept"]) == [None, None, kept]
+        assert store.get(Foo, {"zap": 9, "bar": 9}) == kept  # nothing else was touched
 
     def test_put_replaces(self) -> None:
         store = self.store()
@@ -611,7 +615,8 @@ class StoreConformance:
         store = self._expiring(None)
         store.put(Foo(key=1, zap=1, bar=1))
         self.clock.advance(10 * 365 * 86400)
-        assert store.get(Foo, 1) is not None
+        assert store.get(Foo, 1) == Foo(key=1, zap=1, bar=1)
+        assert store.get(Foo, {"zap": 1, "bar": 1}) == Foo(key=1, zap=1, bar=1)
 
     def test_lifetime_per_object(self) -> None:
         if not self.supports_expiry:
@@ -619,8 +624,12 @@ class StoreConformance:
         store = self.store(lifetime_cb=lambda obj: 5 if obj.key == "short" else 500)
         store.batch_put([Foo(key="short", zap=1, bar=1), Foo(key="long", zap=2, bar=2)])
         self.clock.advance(10)
-        assert store.batch_get(Foo, ["short", "long"])[0] is None
-        assert store.get(Foo, "long") is not None
+        assert store.batch_get(Foo, ["short", "long"]) == [None, Foo(key="long", zap=2, bar=2)]
+        assert store.get(Foo, {"zap": 1, "bar": 1}) is None
+        self.clock.advance(489)
+        assert store.get(Foo, "long") == Foo(key="long", zap=2, bar=2)
+        self.clock.advance(1)
+        assert store.get(Foo, "long") is None
 
     @pytest.mark.parametrize("lifetime", [0, -5, "10", 2.5, True, dt.timedelta(0)])
     def test_bad_lifetime_raises_and_stores_nothing(self, lifetime: Any) -> None:

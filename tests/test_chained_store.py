@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shelve
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from sa_stockpyle.stores import (
 )
 from sa_stockpyle.stores.base import Op
 from sa_stockpyle.testing import Falsy, Foo, Pair, StoreConformance
+from tests.threads import run_together
 
 
 class TestChainOfMemoryAndShove(StoreConformance):
@@ -220,11 +220,7 @@ def test_stats_count_every_thread_and_forget_ended_ones() -> None:
             chain.get(Foo, 1)
 
     for _ in range(50):
-        threads = [threading.Thread(target=look) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        run_together([look] * 4)
     assert stats.count(Foo, "misses") == 50 * 4 * 100
     assert len(stats._tallies) <= 5  # the threads still alive, not every one ever started
 
@@ -262,6 +258,7 @@ def test_a_write_missed_during_an_outage_never_serves_the_old_entry(outage: Outa
 def test_missed_deletes_commits_and_invalidations_are_made_up_for(outage: Outage) -> None:
     fast, middle, _, chain = outage
     chain.batch_put([Foo(key=i, zap=i, bar=i) for i in range(4)])
+    chain.put(Pair(a=1, b=2))
     middle.down = True
     chain.delete(Foo(key=0, zap=0, bar=0))
     chain.write_committed([Foo(key=5, zap=5, bar=5)], [(Foo, {"key": 1}), (Foo, {"key": 2})])
@@ -271,6 +268,7 @@ def test_missed_deletes_commits_and_invalidations_are_made_up_for(outage: Outage
     chain.batch_get(Foo, [3])  # any use of the layer makes up for the outage first
     assert middle.batch_get(Foo, [0, 1, 2, 3]) == [None, None, None, Foo(key=3, zap=3, bar=3)]
     assert chain.get(Foo, 5) == Foo(key=5, zap=5, bar=5)
+    assert middle.get(Pair, {"a": 1, "b": 2}) is None  # the missed invalidate_class
 
 
 def test_a_layer_that_cannot_catch_up_stays_skipped(outage: Outage) -> None:

@@ -26,6 +26,7 @@ from sa_stockpyle.stores import ChainedStore, ProcessMemoryStore, RedisStore, Sq
 from sa_stockpyle.stores.base import Stats
 from tests.helpers import until
 from tests.test_races import Item, item_tables
+from tests.threads import started
 
 # The documented default bound; ten times it only catches a child that never hears.
 MAX_STALENESS = 2.0
@@ -152,8 +153,7 @@ def test_the_in_process_stores_of_a_child_start_empty_with_new_locks() -> None:
             held.set()
             release.wait(10)
 
-    writer = threading.Thread(target=writing)
-    writer.start()
+    writer = started(writing)
     assert held.wait(10)
 
     def child() -> None:
@@ -166,7 +166,7 @@ def test_the_in_process_stores_of_a_child_start_empty_with_new_locks() -> None:
         join = _by_multiprocessing(child)
     finally:
         release.set()
-        writer.join(10)
+        writer.finish()
     assert ours.poll(30), "the child hung"
     assert ours.recv() is None
     assert ours.poll(30), "the child hung on a lock held at the fork"

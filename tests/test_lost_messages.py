@@ -28,6 +28,7 @@ from sa_stockpyle.testing import Foo
 from tests.helpers import bounded_cluster_client, until
 from tests.servers import RedisCluster
 from tests.test_races import Item, item_tables
+from tests.threads import finish_all, started
 
 ROWS = 20
 CHANNEL = "stockpyle:0:invalidations"
@@ -302,29 +303,21 @@ def _traffic(reader: _Reader, factory: sessionmaker[Session]) -> Iterator[list[i
     after the other; yields the count of commits so far (in a list, as it grows)."""
     stop = threading.Event()
     commits = [0]
-    errors: list[BaseException] = []
 
     def write() -> None:
         _commit(factory, commits[0] % ROWS, f"v{commits[0]}")
         commits[0] += 1
 
     def loop(work: Callable[[], None]) -> None:
-        try:
-            while not stop.is_set():
-                work()
-        except BaseException as exc:  # reported by the test, not lost in a thread
-            errors.append(exc)
+        while not stop.is_set():
+            work()
 
-    threads = [threading.Thread(target=loop, args=(work,)) for work in (reader.read_all, write)]
-    for thread in threads:
-        thread.start()
+    workers = [started(loop, work) for work in (reader.read_all, write)]
     try:
         yield commits
     finally:
         stop.set()
-        for thread in threads:
-            thread.join(30)
-    assert not errors, errors
+        finish_all(workers)  # raises what a worker raised
 
 
 def _channel_node(cluster: RedisCluster) -> int:

@@ -7,7 +7,6 @@ import multiprocessing
 import os
 import pickle
 import shelve
-import threading
 from collections.abc import Iterator
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
@@ -23,6 +22,7 @@ from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.stores import ShoveStore
 from sa_stockpyle.stores.files import LocalFiles
 from sa_stockpyle.testing import Foo, StoreConformance
+from tests.threads import run_together, started
 
 
 class TestShoveOverDict(StoreConformance):
@@ -179,11 +179,7 @@ def _count(folder: str, rounds: int) -> None:
             with files.process_lock:
                 files["n"] = b"%d" % (int(files.get("n", b"0")) + 1)
 
-    threads = [threading.Thread(target=add) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together([add, add])  # raises in the child, which then exits with 1
 
 
 def test_the_folder_lock_excludes_the_threads_of_every_process(tmp_path: Path) -> None:
@@ -201,12 +197,11 @@ def test_a_file_store_writes_under_the_folder_lock(files: ShoveStore) -> None:
     folder = files.dictionary
     assert isinstance(folder, LocalFiles)
     with folder.process_lock:  # as another process would hold it
-        writer = threading.Thread(target=files.put, args=(Foo(key=1, zap=2, bar=3),))
-        writer.start()
+        writer = started(files.put, Foo(key=1, zap=2, bar=3))
         writer.join(0.5)
         assert writer.is_alive()  # still waiting for the lock
         assert list(folder) == []  # (a get would write: it names the class's generation)
-    writer.join()
+    writer.finish()
     assert files.get(Foo, 1) == Foo(key=1, zap=2, bar=3)
 
 

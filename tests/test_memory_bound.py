@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sa_stockpyle.stores import ProcessMemoryStore
 from sa_stockpyle.testing import Foo
+from tests.threads import finish_all, started
 
 BOUND = 500
 
@@ -43,17 +44,12 @@ def test_the_bound_holds_under_concurrent_load() -> None:
         while not stop.wait(0.0005):
             largest[0] = max(largest[0], len(store.dictionary))
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    workers = [
-        threading.Thread(target=_churn, args=(store, seed, 5_000, 20_000)) for seed in range(8)
-    ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    stop.set()
-    watcher.join()
+    watcher = started(watch)
+    try:
+        finish_all([started(_churn, store, seed, 5_000, 20_000) for seed in range(8)])
+    finally:
+        stop.set()
+        watcher.finish()
     assert 0 < largest[0] <= BOUND
     assert len(store.dictionary) <= BOUND
 

@@ -14,6 +14,7 @@ import pytest
 from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.stores import ProcessMemoryStore, ThreadLocalStore
 from sa_stockpyle.testing import Foo, StoreConformance
+from tests.threads import finish_all, started
 
 
 class TestProcessMemoryStore(StoreConformance):
@@ -78,11 +79,7 @@ def test_concurrent_mixed_operations_stay_correct() -> None:
                 store.delete(Foo(key=key, zap=key, bar=-key))
         assert len(store.dictionary) <= 500
 
-    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    finish_all([started(work, seed) for seed in range(8)])
     assert errors == []
     assert len(store.dictionary) <= 500
 
@@ -91,9 +88,7 @@ def test_thread_local_store_is_private_to_each_thread() -> None:
     store = ThreadLocalStore()
     store.put(_Key(key=1))
     seen: list[object] = []
-    thread = threading.Thread(target=lambda: seen.append(store.get(_Key, 1)))
-    thread.start()
-    thread.join()
+    started(lambda: seen.append(store.get(_Key, 1))).finish()
     assert seen == [None]
     assert store.get(_Key, 1) == _Key(key=1)
     store.clear()
@@ -161,9 +156,7 @@ def test_forget_drops_only_the_calling_threads_entries() -> None:
         store.forget()
         seen.extend([store.get(Foo, 2), store.get(Foo, {"zap": 2, "bar": 2})])
 
-    thread = threading.Thread(target=other)
-    thread.start()
-    thread.join()
+    started(other).finish()
     assert seen == [None, None]
     assert store.get(Foo, {"zap": 1, "bar": 1}) == Foo(key=1, zap=1, bar=1)
 

@@ -32,6 +32,7 @@ from sa_stockpyle.stores.base import Finish, Removal
 from sa_stockpyle.testing import Foo
 from tests.helpers import freeze
 from tests.servers import RedisServer
+from tests.threads import Worker, finish_all, started
 
 
 class Base(DeclarativeBase):
@@ -247,9 +248,13 @@ class Gate:
     """Holds the commit-time write of one thread until released."""
 
     def __init__(self) -> None:
-        self.thread: threading.Thread | None = None
+        self.thread: Worker | None = None
         self.arrived = threading.Event()
         self.release = threading.Event()
+        # Set by the held write itself: an assert there would be swallowed (and logged) by
+        # the write-through, so the test asserts these instead.
+        self.released = False
+        self.written = False
 
 
 class GatedChain(ChainedStore):
@@ -260,7 +265,10 @@ class GatedChain(ChainedStore):
     def start_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> Finish:
         if threading.current_thread() is self.gate.thread:
             self.gate.arrived.set()
-            assert self.gate.release.wait(10)
+            self.gate.released = self.gate.release.wait(60)
+            finish = super().start_committed(puts, removals)
+            self.gate.written = True
+            return finish
         return super().start_committed(puts, removals)
 
 
@@ -283,14 +291,15 @@ def test_an_older_commit_arriving_late_never_overwrites_a_newer_one(
                 session.get(klass, 1).value = "older"
                 session.commit()  # the database commits; the cache write waits at the gate
 
-        gate.thread = threading.Thread(target=older)
-        gate.thread.start()
+        gate.thread = started(older)
         assert gate.arrived.wait(10)
         with writes() as session:
             session.get(klass, 1).value = "newer"
             session.commit()
         gate.release.set()
-        gate.thread.join(10)
+        gate.thread.finish()
+        assert gate.released  # the older write really came late,
+        assert gate.written  # and was written
         for layer in (memory, shared):
             held = layer.get(klass, 1)
             if klass is Doc:
@@ -391,11 +400,7 @@ def test_fifty_readers_missing_one_hot_key_cost_a_handful_of_database_reads(
             results[position] = None if got is None else got.value
 
     try:
-        threads = [threading.Thread(target=read, args=(i,)) for i in range(readers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+        finish_all([started(read, i) for i in range(readers)])
     finally:
         event.remove(engine, "before_cursor_execute", count)
         shared.close()

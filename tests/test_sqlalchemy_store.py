@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,6 +51,7 @@ from tests.models import (
     User,
     Vehicle,
 )
+from tests.threads import finish_all, started
 
 
 class Statements:
@@ -184,11 +184,7 @@ def test_scoped_session_is_resolved_at_each_call(engine: Engine) -> None:
         seen[name] = store.session
         scoped.remove()
 
-    threads = [threading.Thread(target=work, args=(name,)) for name in "ab"]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    finish_all([started(work, name) for name in "ab"])
     assert seen["a"] is not seen["b"]
     assert store.session is scoped()
     scoped.remove()

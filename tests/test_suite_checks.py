@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests import threads
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LEAKY = """
 import threading
@@ -44,5 +48,65 @@ def test_a_thread_that_outlives_its_test_fails_that_test(
         [
             "*test_forgets_a_worker left 1 thread(s) running: forgotten*",
             "*_starts_another_as_it_ends left * running: relay*",  # one, or two mid-relay
+        ]
+    )
+
+
+RAISING_WORKERS = """
+import gc
+import threading
+
+from tests.threads import started
+
+
+def test_a_plain_thread_raises():
+    def fail():
+        assert 1 == 2, "lost in a thread"
+
+    thread = threading.Thread(target=fail)
+    thread.start()
+    thread.join()
+
+
+def test_a_worker_raises():
+    def fail():
+        raise ValueError("raised in a worker")
+
+    started(fail).finish()
+
+
+def test_a_worker_never_ends():
+    started(threading.Event().wait, 5).finish(0.2)
+
+
+def test_an_exception_nobody_can_raise():
+    class Broken:
+        def __del__(self):
+            raise RuntimeError("raised in __del__")
+
+    Broken()
+    gc.collect()
+
+
+def test_a_worker_that_ends_well():
+    started(sum, [1, 2]).finish()
+"""
+
+
+def test_an_exception_in_a_worker_thread_fails_its_test(pytester: pytest.Pytester) -> None:
+    # The suite's own configuration, not a copy: its filterwarnings make pytest's warnings
+    # for a thread's exception and an unraisable one into errors.
+    pytester.makepyprojecttoml((ROOT / "pyproject.toml").read_text())
+    pytester.makepyfile(test_workers=RAISING_WORKERS)
+    pytester.syspathinsert(ROOT)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_workers.py")
+    result.assert_outcomes(passed=1, failed=4)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*PytestUnhandledThreadExceptionWarning: Exception in thread*(fail)*",
+            "*AssertionError: lost in a thread*",
+            "*ValueError: raised in a worker*",
+            "*worker * still running after 0.2 s*",
+            "*Exception ignored in*test_an_exception_nobody_can_raise*Broken.__del__*",
         ]
     )

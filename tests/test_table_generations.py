@@ -27,6 +27,7 @@ from sa_stockpyle.testing import Foo
 from tests.helpers import cluster_client
 from tests.models import Employee, Manager
 from tests.profiles import MODELS
+from tests.threads import started
 
 _, Old = MODELS["r0"]
 _, New = MODELS["r4"]
@@ -194,12 +195,11 @@ def test_a_write_while_a_new_generation_is_adopted_is_not_lost(redis_url: str) -
         tokens = _PausingTokens(ours.keymaker.tokens)
         ours.keymaker.tokens = tokens
         tokens.armed.set()
-        reader = threading.Thread(target=ours.get, args=(Foo, 1))  # adopts the new one
-        reader.start()
+        reader = started(ours.get, Foo, 1)  # adopts the new one
         assert tokens.paused.wait(10)
         ours.delete(Foo(key=1, zap=1, bar=1))  # the row is deleted meanwhile
         tokens.go.set()
-        reader.join(10)
+        reader.finish()
         assert ours.get(Foo, 1) is None
         assert other.get(Foo, 1) is None
     finally:
