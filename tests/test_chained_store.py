@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shelve
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -19,7 +20,8 @@ from sa_stockpyle.stores import (
     chained,
 )
 from sa_stockpyle.stores.base import Op
-from sa_stockpyle.testing import Falsy, Foo, Pair, StoreConformance
+from sa_stockpyle.testing import FakeClock, Falsy, Foo, Pair, StoreConformance
+from tests.helpers import until
 from tests.threads import run_together
 
 
@@ -46,8 +48,10 @@ class Recording(BaseDictionaryStore):
         super().__init__({})
         self.reads: list[list[str]] = []
         self.down = False
+        self.calls = 0  # every backend call, answered or not
 
     def _check(self) -> None:
+        self.calls += 1
         if self.down:
             raise StoreUnavailable(f"{self!r} is switched off")
 
@@ -299,3 +303,86 @@ def test_a_long_outage_drops_whole_classes(
     assert chain.get(Foo, 9) == Foo(key=9, zap=9, bar=9)
     assert middle.get(Foo, 9) == Foo(key=9, zap=9, bar=9)  # refilled in a new generation
     assert chain.get(Foo, 4) == Foo(key=4, zap=4, bar=4, v=2)
+
+
+# -- the documented defaults, at their bounds -------------------------------------------------
+
+
+def test_a_missed_write_is_retried_every_half_second_by_default() -> None:
+    # docs/chained.md: a layer that missed writes is caught up with every
+    # catch_up_interval (0.5 s) until it answers, even if this process never uses it again.
+    fast, slow = Recording(), Recording()
+    chain = ChainedStore([fast, slow])
+    try:
+        assert chain.catch_up_interval == 0.5
+        chain.put(Foo(key=1, zap=1, bar=1, version="old"))
+        fast.down = True
+        chain.put(Foo(key=1, zap=1, bar=1, version="new"))  # fast misses it
+        fast.calls = 0
+        began = time.monotonic()
+        time.sleep(2.0)
+        tried, waited = fast.calls, time.monotonic() - began
+        # No more attempts than one per 0.5 s (a loaded machine makes fewer, never more).
+        assert 1 <= tried <= waited / 0.5 + 1, (tried, waited)
+        fast.down = False  # back, and nobody uses the chain: the timer makes up for it
+        assert until(lambda: chain.layer_stats[0].count(Foo, "caught_up") == 1, timeout=5.0)
+        assert fast.get(Foo, 1) is None  # the old entry is gone
+    finally:
+        chain.close()
+
+
+class _Counting(ProcessMemoryStore):
+    """A memory store that counts its reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def batch_get(self, klass: type[Any], keys: Any) -> list[Any]:
+        self.reads += 1
+        return super().batch_get(klass, keys)
+
+
+def test_a_reader_waits_50_ms_by_default_for_a_fresh_lease_then_reads_without_filling() -> None:
+    fast, slow = _Counting(), Recording()
+    chain = ChainedStore([fast, slow], broadcast=False)
+    assert chain.lease_wait == 0.05
+    foo = Foo(key=1, zap=1, bar=1)
+    slow.put(foo)
+    other = fast.reserve(Foo, [1])  # another reader is filling the key (and never does)
+    assert other.granted == [True]
+    fast.reads = 0
+    began = time.monotonic()
+    assert chain.get(Foo, 1) == foo
+    waited = time.monotonic() - began
+    assert waited >= 0.05  # it waited the whole lease_wait (a floor: load only adds)
+    # The first read, then reads after 1, 2, 4, 8, 16 ms and at the 50 ms deadline: never
+    # more than 7 in all (a loaded machine makes fewer).
+    assert 2 <= fast.reads <= 7, fast.reads
+    assert chain.layer_stats[0].count(Foo, "waits") == 1
+    assert fast.get(Foo, 1) is None  # gave up without filling: the lease is not its own
+    fast.fill(other, [foo])  # the lease holder still may
+    assert fast.get(Foo, 1) == foo
+
+
+def test_a_lease_older_than_lease_busy_is_not_waited_for() -> None:
+    clock = FakeClock()
+    fast, slow = ProcessMemoryStore(clock=clock), Recording()
+    chain = ChainedStore([fast, slow], broadcast=False, lease_wait=60.0)
+    foo = Foo(key=1, zap=1, bar=1)
+    slow.put(foo)
+    crashed = fast.reserve(Foo, [1])  # a reader that will never fill
+    assert crashed.granted == [True]
+    clock.advance(fast.lease_busy - 0.01)
+    assert fast.reserve(Foo, [1]).busy == [True]  # still young: worth waiting for
+    clock.advance(0.02)  # now older than lease_busy (1 s)
+    assert fast.lease_busy == 1.0
+    assert fast.reserve(Foo, [1]).busy == [False]
+    began = time.monotonic()
+    assert chain.get(Foo, 1) == foo
+    assert time.monotonic() - began < 30.0  # did not wait out the 60 s lease_wait
+    assert chain.layer_stats[0].count(Foo, "waits") == 0
+    assert fast.get(Foo, 1) is None  # and did not fill over the lease
+    clock.advance(fast.tombstone_ttl)  # the lease itself expires: the next reader takes over
+    assert chain.get(Foo, 1) == foo
+    assert fast.get(Foo, 1) == foo

@@ -407,14 +407,25 @@ def test_a_mapped_entry_without_a_key_column_is_a_miss(
     assert shared.stats.count(Article, "corrupt") >= 1
 
 
+class Root:
+    """Foo's keys on a class of this module's own: subclasses of the shared Foo would
+    stay alive into other tests, and every polymorphic lookup of Foo there would read
+    their namespaces too."""
+
+    __stockpyle_keys__ = ["key", ("zap", "bar")]
+
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+
 def test_subclasses_sharing_a_name_elsewhere_do_not_hide_a_sibling(
     request: pytest.FixtureRequest,
 ) -> None:
-    class Legit(Foo):
+    class Legit(Root):
         pass
 
     def make() -> type:
-        class Twin(Foo):
+        class Twin(Root):
             pass
 
         return Twin
@@ -423,16 +434,16 @@ def test_subclasses_sharing_a_name_elsewhere_do_not_hide_a_sibling(
     store = _shared("redis", request, polymorphic=True)
     try:
         store.put(Legit(key=1, zap=1, bar=1))
-        assert type(store.get(Foo, 1)) is Legit
-        assert store.stats.count(Foo, "corrupt") == 0
+        assert type(store.get(Root, 1)) is Legit
+        assert store.stats.count(Root, "corrupt") == 0
         # A payload naming the twins' class cannot tell them apart: a miss.
         forged = dict(vars(Legit(key=2, zap=2, bar=2)))
-        primary = _primary(store, Foo, 2)
+        primary = _primary(store, Root, 2)
         entry = Entry(twins[0], forged, (primary,), None)
         body = encode_record(entry)  # claims the first twin's token
         _overwrite(store, primary, body)
-        assert store.get(Foo, 2) is None
-        assert store.stats.count(Foo, "corrupt") == 1
+        assert store.get(Root, 2) is None
+        assert store.stats.count(Root, "corrupt") == 1
     finally:
         store.close()
 

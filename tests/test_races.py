@@ -123,6 +123,15 @@ class Caches:
         """What each caching layer holds for ``key``."""
         return [self.memory.get(klass, key), self.shared.get(klass, key)]
 
+    def assert_holds_no_record(self, klass: type, key: object) -> None:
+        """Each caching layer holds at most a tombstone at ``key``: a new reader may claim
+        it.  Checked before any lookup, which would remove a pointer whose entry is gone
+        (so a fill that wrote past its lease would look the same as one that did not)."""
+        for layer in (self.memory, self.shared):
+            claim = layer.reserve(klass, [key])
+            assert claim.granted == [True], (layer, key)
+            layer.fill(claim, [None])  # given back
+
     def assert_never_stale(self, klass: type, ident: int, code: str) -> None:
         """Every layer misses or holds exactly the row the database holds."""
         with Session(self.engine) as session:
@@ -195,6 +204,11 @@ def test_a_fill_never_undoes_a_commit_that_landed_after_its_read(
         got = chain.get(klass, key)
         assert got is not None
         assert got.value == "v1"  # what the reader read, before the commit
+    if klass is Item and by == "primary":
+        # The commit's tombstone voided the reader's lease.  (By alternate key, the commit
+        # removes only the primary key, whose tombstone keeps the entry out; the pointer
+        # it leaves leads to no entry, and is checked against the entry it finds.)
+        caches.assert_holds_no_record(klass, key)
     for held in caches.held(klass, key):
         assert held is None or held.value == "v2"
     caches.assert_never_stale(klass, 1, "c1")
@@ -210,6 +224,8 @@ def test_a_fill_never_brings_back_a_row_deleted_after_its_read(
     with Session(caches.engine) as session:
         chain = caches.chain(session, after_read=lambda: _delete(caches, klass, 1))
         assert chain.get(klass, {"code": "c1"}) is not None
+    caches.assert_holds_no_record(klass, {"code": "c1"})  # the lease, not the entry, refused
+    caches.assert_holds_no_record(klass, 1)
     assert caches.held(klass, 1) == [None, None]
     assert caches.held(klass, {"code": "c1"}) == [None, None]
 
