@@ -1,7 +1,7 @@
 """Multi-process consistency stress: real PostgreSQL, real Redis, many writers, one checker.
 
 ``python -m stress.consistency --postgres-url URL --redis-url URL --processes 4 --seconds 20``
-``python -m stress.consistency --postgres-url URL --chaos --memory-layer --seconds 120``
+``python -m stress.consistency --postgres-url URL --redis-url URL --chaos --memory-layer``
 
 Worker processes (started with the ``spawn`` method, each with its own engine, sessions,
 ``RedisStore`` and :func:`~sa_stockpyle.attach`) read through
@@ -21,12 +21,16 @@ transaction, after its row writes, with a sequence number drawn then: so that ta
 exactly the committed tokens, and, for each row, in the order their transactions
 committed (see ``Committed``).
 
-With ``--chaos`` the parent starts a Redis server of its own (no persistence: it comes
-back empty), and while the workers run it kills it with SIGKILL and starts it again at
-random moments (every ``--fault-interval`` seconds, down for ``--downtime`` seconds; the
-last restart at least ``QUIET`` seconds before the workers stop).  The workers go on:
-reads fall through to PostgreSQL, commits succeed and their write-through failures are
-counted by the chain.
+With ``--chaos`` the workers reach Redis through a :class:`~stress.partition.Partition`
+of the parent's, which cuts the link at random moments (every ``--fault-interval``
+seconds, for ``--downtime`` seconds, the last heal at least ``QUIET`` seconds before the
+workers stop; see :mod:`stress.chaos`) while Redis runs on with every entry it holds:
+the cuts, in turn, reset every connection, and silently drop every byte.  The workers go
+on: reads fall through to PostgreSQL, commits succeed and their write-through failures
+are counted by the chain; the entries their commits could not remove meanwhile are still
+in Redis when the link is back, and only the chains' catch-up (or a later write) removes
+them.  Just before each heal the parent counts them, straight from Redis
+(``Fault.stale``).
 
 When every worker has stopped, the parent checks that:
 
@@ -45,8 +49,7 @@ once every other worker has stopped and all their invalidation broadcasts have a
 
 Cache keys and the broadcast channel are named after a prefix of their own per run, so a
 shared Redis server may be used; the tables (``stress_*``) are dropped again after a run
-that passed, and kept, with the Redis keys, for inspection after one that did not (under
-``--chaos`` the private server stops with the run: the report lists what it held).
+that passed, and kept, with the Redis keys, for inspection after one that did not.
 """
 
 from __future__ import annotations
@@ -60,7 +63,6 @@ import queue
 import random
 import secrets
 import sys
-import threading
 import time
 import traceback
 from collections import Counter
@@ -69,7 +71,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn, cast
+from typing import Any, ClassVar, NamedTuple, NoReturn, cast
+from urllib.parse import urlsplit
 
 from sqlalchemy import (
     CHAR,
@@ -107,9 +110,8 @@ from sa_stockpyle.stores import (
     RedisStore,
     SqlAlchemyStore,
 )
-
-if TYPE_CHECKING:
-    from tests.servers import RedisServer
+from stress.chaos import DOWNTIME, FAULT_INTERVAL, QUIET, Chaos, Fault, through
+from stress.partition import Partition
 
 __all__ = [
     "Fault",
@@ -132,13 +134,6 @@ SETUP_TIMEOUT = 120.0
 #: Seconds a worker waits for the other workers' last invalidations (--memory-layer), or
 #: for its chain to use Redis again after the last fault.
 FENCE_TIMEOUT = 30.0
-#: --chaos: seconds between faults, and seconds Redis stays down, drawn uniformly.
-FAULT_INTERVAL = (3.0, 10.0)
-DOWNTIME = (0.2, 3.0)
-#: --chaos: the last restart comes at least this many seconds before the workers stop,
-#: so that every chain has caught up (cooldown 1 s, retries every 0.5 s) and every
-#: broadcast subscription is back before the checks.
-QUIET = 3.0
 #: Anomalies listed by :meth:`Report.format`, per kind; the counts are always complete.
 LISTED = 20
 #: The share of flushes an application listener refuses (it raises; the worker rolls back).
@@ -352,15 +347,6 @@ def _replay(klass: type[_Row], row_id: int, writes: Sequence[Committed]) -> RowS
 # -- reports --------------------------------------------------------------------------------
 
 
-class Fault(NamedTuple):
-    """One SIGKILL of Redis (--chaos)."""
-
-    #: Seconds after the workers started.
-    at: float
-    #: Seconds from the kill until the restarted server answered.
-    down: float
-
-
 @dataclass
 class WorkerReport:
     """What one worker process did and saw."""
@@ -399,7 +385,8 @@ class WorkerReport:
     writethrough_errors: int = 0
     #: The Redis layer's events (errors, skipped, caught_up...), all classes.
     redis: dict[str, int] = field(default_factory=dict)
-    #: Commits and reads during which the chain found Redis failing or resting.
+    #: Commits and reads during which the chain found Redis failing or resting (--chaos:
+    #: while the link was cut, or right after, while the chain let it rest).
     commits_while_down: int = 0
     reads_while_down: int = 0
     #: (class name, row id, value) of every read result.
@@ -522,8 +509,14 @@ class Report:
 
     @property
     def faults_injected(self) -> int:
-        """Times Redis was killed (--chaos)."""
+        """Times the link to Redis was cut (--chaos)."""
         return len(self.faults)
+
+    @property
+    def stale_at_heal(self) -> int:
+        """Entries left stale in Redis by missed writes, counted just before each heal
+        (--chaos): what only the catch-up, or a later write, removes."""
+        return sum(fault.stale for fault in self.faults)
 
     @property
     def lost_writes(self) -> int:
@@ -581,7 +574,7 @@ class Report:
                 lines.append(
                     f"    Redis layer: errors {w.redis.get('errors', 0)}, "
                     f"skipped {w.redis.get('skipped', 0)}, "
-                    f"caught up {w.redis.get('caught_up', 0)}; while it was down: "
+                    f"caught up {w.redis.get('caught_up', 0)}; while it failed or rested: "
                     f"commits {w.commits_while_down}, reads {w.reads_while_down}"
                 )
             if w.broadcast:
@@ -595,14 +588,17 @@ class Report:
             f"{self.hits} cache hits, {self.writethrough_errors} write-through errors",
         ]
         if self.chaos:
-            faults = ", ".join(f"{f.at:.1f}+{f.down:.1f}" for f in self.faults)
-            calm = self.seconds - max((f.at + f.down for f in self.faults), default=0.0)
+            faults = ", ".join(
+                f"{f.at:.1f}+{f.lasted:.1f} {f.mode} ({f.stale} stale)" for f in self.faults
+            )
+            calm = self.seconds - max((f.at + f.lasted for f in self.faults), default=0.0)
             lines += [
-                f"  faults: Redis killed {len(self.faults)} times (at+down s: {faults or 'none'});"
-                f" up for the last {calm:.1f} s",
+                f"  faults: the link to Redis cut {len(self.faults)} times (at+lasted s, how, "
+                f"entries Redis held stale at the heal: {faults or 'none'}); healed for the "
+                f"last {calm:.1f} s",
                 f"  Redis layer: errors {self.redis_events('errors')}, "
                 f"skipped {self.redis_events('skipped')}, "
-                f"caught up {self.redis_events('caught_up')}; while it was down: "
+                f"caught up {self.redis_events('caught_up')}; while it failed or rested: "
                 f"{self.commits_while_down} commits, {self.reads_while_down} reads",
             ]
         lines += [
@@ -1274,67 +1270,25 @@ def _in_forked_child(worker: _Worker, start: Barrier, results: Queue[WorkerRepor
 # -- the parent -----------------------------------------------------------------------------
 
 
-class _Chaos:
-    """Kills the run's own Redis server (SIGKILL) and starts it again, empty, at random
-    moments while the workers run; the last restart answers ``QUIET`` seconds before they
-    stop, or earlier."""
+def _stale_now(engine: Engine, redis: RedisStore) -> int:
+    """How many entries Redis holds, by primary key, that disagree with the database.
 
-    def __init__(
-        self,
-        server: RedisServer,
-        seconds: float,
-        seed: int,
-        interval: tuple[float, float],
-        downtime: tuple[float, float],
-    ) -> None:
-        self.server = server
-        self.seconds = seconds
-        self.rng = random.Random(seed)
-        self.interval = interval
-        self.downtime = downtime
-        self.faults: list[Fault] = []
-        #: The traceback, when killing or restarting failed.
-        self.error: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self, barrier: Barrier) -> None:
-        """Wait with the workers at ``barrier`` in a thread, then inject faults."""
-        self._thread = threading.Thread(
-            target=self._run, args=(barrier,), name="stress-chaos", daemon=True
+    Counted while the workers' link is cut: these are what their missed writes left, and
+    nothing but their catch-up (or a later write) will remove them."""
+    stale = 0
+    for klass in CLASSES:
+        # Before the database: Redis cannot change while the link is cut, the rows can.
+        held = redis.batch_get(klass, range(1, ROWS + 1))
+        with Session(engine) as session:
+            rows = _database_rows(session, klass)
+        stale += sum(
+            got is not None and got.state() != rows.get(row_id)
+            for row_id, got in zip(range(1, ROWS + 1), held, strict=True)
         )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop injecting faults, the server left running."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _run(self, barrier: Barrier) -> None:
-        try:
-            barrier.wait(SETUP_TIMEOUT)
-        except threading.BrokenBarrierError:
-            return  # a worker failed to start: _run_workers reports why
-        began = time.monotonic()
-        calm = began + self.seconds - QUIET
-        try:
-            while True:
-                kill_at = time.monotonic() + self.rng.uniform(*self.interval)
-                down = self.rng.uniform(*self.downtime)
-                # Slack for the restart itself, which takes some 50 ms.
-                if kill_at + down + 0.5 > calm or self._stop.wait(kill_at - time.monotonic()):
-                    return
-                self.server.kill()
-                killed = time.monotonic()
-                self._stop.wait(down)
-                self.server.restart()  # even when stopping: the checks need the server
-                self.faults.append(Fault(killed - began, time.monotonic() - killed))
-        except Exception:
-            self.error = traceback.format_exc()
+    return stale
 
 
-def _run_workers(configs: list[_Config], chaos: _Chaos | None = None) -> list[WorkerReport]:
+def _run_workers(configs: list[_Config], chaos: Chaos | None = None) -> list[WorkerReport]:
     context = multiprocessing.get_context("spawn")
     # With chaos the parent waits at the barrier too: the faults start with the workers.
     start = context.Barrier(len(configs) + (chaos is not None))
@@ -1454,7 +1408,7 @@ def _check(engine: Engine, redis: RedisStore, report: Report) -> None:
 
 def run(
     postgres_url: str,
-    redis_url: str | None,
+    redis_url: str,
     processes: int,
     seconds: float,
     memory_layer: bool = False,
@@ -1469,18 +1423,17 @@ def run(
     Parameters:
         postgres_url: a SQLAlchemy URL of a PostgreSQL database whose ``stress_*`` tables
             may be dropped and created.
-        redis_url: a Redis URL; keys are written under a prefix of this run's own.  Not
-            used with ``chaos`` (may be None then).
+        redis_url: a Redis URL; keys are written under a prefix of this run's own.
         processes: worker processes.
         seconds: how long each worker runs its operation loop.
         memory_layer: put a ``ProcessMemoryStore`` in front of Redis in every worker, and
             check it at the end.
         seed: seeds each worker's choice of operations, and the faults.
-        chaos: start a Redis server of the run's own (``redis-server`` on PATH) and kill
-            it and restart it, empty, while the workers run.
-        fault_interval: with ``chaos``, the range of seconds from one restart to the
-            next kill (the first: from the start).
-        downtime: with ``chaos``, the range of seconds Redis stays down.
+        chaos: the workers reach Redis through a :class:`~stress.partition.Partition`
+            that cuts the link and heals it while they run; Redis keeps its entries.
+        fault_interval: with ``chaos``, the range of seconds from one heal to the next
+            cut (the first: from the start).
+        downtime: with ``chaos``, the range of seconds the link stays cut.
         forked: how many of the workers fork after using their chain, and work in the
             child with the chain it inherited.
 
@@ -1495,25 +1448,31 @@ def run(
             raise ValueError(f"need 0 < low <= high for {name}, got {(low, high)}")
     started = time.monotonic()
     prefix = f"stress{secrets.token_hex(4)}"
-    server: RedisServer | None = None
-    faults: _Chaos | None = None
-    if chaos:
-        from tests.servers import RedisServer, free_port  # noqa: PLC0415 - only for chaos
-
-        server = RedisServer(free_port())
-        server.start()
-        redis_url = server.url
-        faults = _Chaos(server, seconds, seed, fault_interval, downtime)
-    elif redis_url is None:
-        raise ValueError("need a redis_url, or chaos=True")
     engine = create_engine(postgres_url)
+    # The parent's own checks read Redis straight, never through the partition.
     redis = RedisStore(url=redis_url, prefix=prefix)
+    partition: Partition | None = None
+    faults: Chaos | None = None
     try:
+        workers_url = redis_url
+        if chaos:
+            server = urlsplit(redis_url)
+            partition = Partition(server.hostname or "127.0.0.1", server.port or 6379)
+            workers_url = through(partition, redis_url)
+            faults = Chaos(
+                partition,
+                lambda: _stale_now(engine, redis),
+                seconds,
+                seed,
+                fault_interval,
+                downtime,
+                SETUP_TIMEOUT,
+            )
         _create_schema(engine)
         configs = [
             _Config(
                 postgres_url,
-                redis_url,
+                workers_url,
                 prefix,
                 seconds,
                 memory_layer,
@@ -1536,10 +1495,10 @@ def run(
             if keys:
                 redis.client.delete(*keys)
     finally:
+        if partition is not None:
+            partition.close()
         redis.close()
         engine.dispose()
-        if server is not None:
-            server.stop()
     report.elapsed = time.monotonic() - started
     return report
 
@@ -1556,9 +1515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Multi-process consistency stress of attach() and ChainedStore.",
     )
     parser.add_argument("--postgres-url", required=True, help="SQLAlchemy URL of PostgreSQL")
-    parser.add_argument(
-        "--redis-url", help="redis:// URL (any database); not used, and optional, with --chaos"
-    )
+    parser.add_argument("--redis-url", required=True, help="redis:// URL (any database)")
     parser.add_argument("--processes", type=int, default=4, help="worker processes")
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds of operations")
     parser.add_argument(
@@ -1578,25 +1535,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--chaos",
         action="store_true",
-        help="run a private redis-server, and kill (SIGKILL) and restart it at random moments",
+        help="cut the workers' link to Redis at random moments (Redis keeps its entries)",
     )
     parser.add_argument(
         "--fault-interval",
         type=_seconds_range,
         default=FAULT_INTERVAL,
         metavar="LOW,HIGH",
-        help="--chaos: seconds from a restart to the next kill (default %(default)s)",
+        help="--chaos: seconds from a heal to the next cut (default %(default)s)",
     )
     parser.add_argument(
         "--downtime",
         type=_seconds_range,
         default=DOWNTIME,
         metavar="LOW,HIGH",
-        help="--chaos: seconds Redis stays down (default %(default)s)",
+        help="--chaos: seconds the link stays cut (default %(default)s)",
     )
     args = parser.parse_args(argv)
-    if args.redis_url is None and not args.chaos:
-        parser.error("--redis-url is required without --chaos")
     report = run(
         args.postgres_url,
         args.redis_url,

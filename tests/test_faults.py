@@ -1,9 +1,16 @@
-"""Cache servers failing under use: killed, frozen, restarted empty, silent, a node down.
+"""Cache servers failing under use: cut off, restarted empty, silent, frozen, a node down.
 
 Each test asserts that reads keep returning correct objects from lower layers without
 raising, that commits succeed, that the failures are counted, that a dead server costs
 one timeout per cooldown rather than one per request, and that once the server is back
 no entry from before or during the outage is stale.
+
+Tests of the catch-up of missed writes cut the link to the server with a partition
+(``stress.partition``), through which the stores reach it: the server keeps the entries
+it held, the commits' removals never reach it, and the test reads the server straight to
+see the stale entries there during the outage and gone after it.  A server killed and
+restarted empty would hold nothing stale, and one stopped with SIGSTOP would apply the
+writes it had received once it went on: a catch-up that removed nothing would pass both.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from sa_stockpyle.stores import (
     SqlAlchemyStore,
 )
 from sa_stockpyle.testing import Foo
+from stress.partition import Partition
 from tests.helpers import bounded_cluster_client, cluster_client, freeze, until
 from tests.servers import MemcachedServer, RedisCluster, RedisServer
 from tests.test_races import Item, item_tables
@@ -56,10 +64,10 @@ def _never_stale(engine: Engine, layer: BaseStore) -> None:
         assert held is None or held.value == rows[ident], (ident, held.value, rows[ident])
 
 
-def _shared(kind: str, server: Any) -> BaseStore:
+def _shared(kind: str, address: str) -> BaseStore:
     if kind == "redis":
-        return RedisStore(url=server.url, timeout=0.2, connect_timeout=0.2)
-    return MemcacheStore(servers=[server.address], timeout=0.2, connect_timeout=0.2)
+        return RedisStore(url=f"redis://{address}/0", timeout=0.2, connect_timeout=0.2)
+    return MemcacheStore(servers=[address], timeout=0.2, connect_timeout=0.2)
 
 
 @pytest.fixture(params=["redis", "memcached"])
@@ -72,10 +80,24 @@ def _kind(server: Any) -> str:
     return "redis" if isinstance(server, RedisServer) else "memcached"
 
 
-def test_a_server_killed_mid_run_and_restarted_empty(
-    engine: Engine, server: RedisServer | MemcachedServer
+@pytest.fixture
+def partition(server: RedisServer | MemcachedServer) -> Iterator[Partition]:
+    """The link to ``server``, which the tests cut and heal while it runs on."""
+    with Partition(server.host, server.port) as partition:
+        yield partition
+
+
+def _values(store: BaseStore) -> list[str | None]:
+    return [None if held is None else held.value for held in store.batch_get(Item, range(10))]
+
+
+def test_a_server_cut_off_mid_run_keeps_its_stale_entries_until_the_catch_up(
+    engine: Engine, server: RedisServer | MemcachedServer, partition: Partition
 ) -> None:
-    shared = _shared(_kind(server), server)
+    # Connections to the server are reset, new ones too: reads fall through to the
+    # database and commits succeed, while the server holds the old state they replaced.
+    shared = _shared(_kind(server), partition.address)
+    direct = _shared(_kind(server), server.address)  # what the server holds, seen straight
     memory = ProcessMemoryStore()
     writes = sessionmaker(engine)
     writer = ChainedStore([memory, shared], cooldown=0.2, catch_up_interval=0.05)
@@ -86,9 +108,8 @@ def test_a_server_killed_mid_run_and_restarted_empty(
                 [memory, shared, SqlAlchemyStore(session=session)], broadcast=False
             )
             assert [obj.value for obj in chain.batch_get(Item, range(10))] == ["v1"] * 10
-        server.kill()
+        partition.cut("reset")
         memory.clear()
-        started = time.monotonic()
         for ident in range(10):
             with Session(engine) as session:
                 chain = ChainedStore(
@@ -100,26 +121,32 @@ def test_a_server_killed_mid_run_and_restarted_empty(
             with writes() as session:
                 session.get(Item, ident).value = "v2"
                 session.commit()  # succeeds; the write-through failure is counted
-        assert time.monotonic() - started < 5
         assert writer.layer_stats[1].count(None, "errors") >= 1
-        server.restart()  # empty
-        assert until(lambda: writer.layer_stats[1].count(None, "caught_up") >= 1)
+        assert _values(direct) == ["v1"] * 10  # every removal missed the server
+        partition.heal()
+        assert until(lambda: writer.layer_stats[1].count(None, "caught_up") >= 10)
+        assert _values(direct) == [None] * 10  # removed by the catch-up, and only by it
         with Session(engine) as session:
             chain = ChainedStore(
                 [memory, shared, SqlAlchemyStore(session=session)], broadcast=False
             )
             assert [obj.value for obj in chain.batch_get(Item, range(10))] == ["v2"] * 10
-        _never_stale(engine, shared)
+        _never_stale(engine, direct)
         _never_stale(engine, memory)
     finally:
         handle.detach()
         writer.close()
+        direct.close()
 
 
-def test_a_server_frozen_while_commits_write_is_caught_up_with(
-    engine: Engine, server: RedisServer | MemcachedServer
+def test_a_link_gone_silent_while_a_commit_writes_is_caught_up_with(
+    engine: Engine, server: RedisServer | MemcachedServer, partition: Partition
 ) -> None:
-    shared = _shared(_kind(server), server)
+    # Nothing passes either way and nothing answers: the commit's write times out and
+    # never reaches the server.  (A server frozen with SIGSTOP instead would apply the
+    # write once it went on: nothing would be missed.)
+    shared = _shared(_kind(server), partition.address)
+    direct = _shared(_kind(server), server.address)
     writes = sessionmaker(engine)
     writer = ChainedStore([shared], cooldown=0.2, catch_up_interval=0.05)
     handle = attach(writes, writer)
@@ -128,69 +155,73 @@ def test_a_server_frozen_while_commits_write_is_caught_up_with(
             ChainedStore([shared, SqlAlchemyStore(session=session)], broadcast=False).batch_get(
                 Item, range(10)
             )
-        assert [held.value for held in shared.batch_get(Item, range(10))] == ["v1"] * 10
-        assert server.pid is not None
-        freeze(server.pid)
-        try:
-            with writes() as session:
-                for ident in range(10):
-                    session.get(Item, ident).value = "v2"
-                session.commit()  # the server holds v1 and does not answer
-        finally:
-            os.kill(server.pid, signal.SIGCONT)
+        assert _values(direct) == ["v1"] * 10
+        partition.cut("silent")
+        with writes() as session:
+            for ident in range(10):
+                session.get(Item, ident).value = "v2"
+            session.commit()  # the write-through waits for its timeout
         assert writer.layer_stats[0].count(None, "errors") >= 1
+        assert partition.dropped > 0  # the write was sent, into the cut link
+        assert _values(direct) == ["v1"] * 10
+        partition.heal()
         # Made up for by the writer's timer, without the writer being used again.
         assert until(lambda: writer.layer_stats[0].count(None, "caught_up") >= 10)
-        assert shared.batch_get(Item, range(10)) == [None] * 10
-        _never_stale(engine, shared)
+        assert _values(direct) == [None] * 10
+        _never_stale(engine, direct)
     finally:
         handle.detach()
         writer.close()
+        direct.close()
 
 
-def test_a_server_frozen_between_the_commits_send_and_its_reply(
+def test_a_link_gone_silent_between_the_commits_send_and_its_reply(
     engine: Engine, private_redis_server: RedisServer
 ) -> None:
     # The write-through is sent in after_commit and its reply read in
-    # after_transaction_end.  A listener that runs just before the plugin's freezes the
-    # server: the send is still taken by the kernel's socket buffer, but the reply never
-    # comes.  (Freezing after the send would race with a server that answers at once.)
-    # The commit still succeeds, the failure is counted, the memory layer is written all
-    # the same, and the removals are made up for.
-    shared = _shared("redis", private_redis_server)
-    memory = ProcessMemoryStore()
-    writes = sessionmaker(engine)
-    writer = ChainedStore([memory, shared], cooldown=0.2, catch_up_interval=0.05)
-    handle = attach(writes, writer)
-    pid = private_redis_server.pid
-    assert pid is not None
+    # after_transaction_end.  A listener that runs just before the plugin's cuts the
+    # link silently: the send is still taken by the socket, but it never reaches the
+    # server and no reply comes.  (Cutting after the send would race with a server that
+    # answers at once.)  The commit still succeeds, the failure is counted, the memory
+    # layer is written all the same, and the removals are made up for.
+    server = private_redis_server
+    with Partition(server.host, server.port) as partition:
+        shared = _shared("redis", partition.address)
+        direct = _shared("redis", server.address)
+        memory = ProcessMemoryStore()
+        writes = sessionmaker(engine)
+        writer = ChainedStore([memory, shared], cooldown=0.2, catch_up_interval=0.05)
+        handle = attach(writes, writer)
 
-    def freeze_now(session: Session) -> None:
-        freeze(pid)
+        def cut_now(session: Session) -> None:
+            partition.cut("silent")
 
-    try:
-        with Session(engine) as session:
-            ChainedStore(
-                [memory, shared, SqlAlchemyStore(session=session)], broadcast=False
-            ).batch_get(Item, range(10))
-        assert [held.value for held in shared.batch_get(Item, range(10))] == ["v1"] * 10
-        event.listen(writes, "after_commit", freeze_now, insert=True)  # before the plugin's
         try:
-            with writes() as session:
-                for ident in range(10):
-                    session.get(Item, ident).value = "v2"
-                session.commit()
+            with Session(engine) as session:
+                ChainedStore(
+                    [memory, shared, SqlAlchemyStore(session=session)], broadcast=False
+                ).batch_get(Item, range(10))
+            assert _values(direct) == ["v1"] * 10
+            event.listen(writes, "after_commit", cut_now, insert=True)  # before the plugin's
+            try:
+                with writes() as session:
+                    for ident in range(10):
+                        session.get(Item, ident).value = "v2"
+                    session.commit()
+            finally:
+                event.remove(writes, "after_commit", cut_now)
+            assert writer.layer_stats[1].count(Item, "errors") == 1
+            assert memory.batch_get(Item, range(10)) == [None] * 10
+            assert partition.dropped > 0
+            assert _values(direct) == ["v1"] * 10
+            partition.heal()
+            assert until(lambda: writer.layer_stats[1].count(None, "caught_up") >= 10)
+            assert _values(direct) == [None] * 10
+            _never_stale(engine, direct)
         finally:
-            event.remove(writes, "after_commit", freeze_now)
-            os.kill(pid, signal.SIGCONT)
-        assert writer.layer_stats[1].count(Item, "errors") == 1
-        assert memory.batch_get(Item, range(10)) == [None] * 10
-        assert until(lambda: writer.layer_stats[1].count(None, "caught_up") >= 10)
-        assert shared.batch_get(Item, range(10)) == [None] * 10
-        _never_stale(engine, shared)
-    finally:
-        handle.detach()
-        writer.close()
+            handle.detach()
+            writer.close()
+            direct.close()
 
 
 def test_a_read_between_the_commits_send_and_its_reply_gets_its_own_reply(
