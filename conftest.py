@@ -5,13 +5,15 @@ server that was already running is reused and left alone; see ``tests/servers.py
 A server that cannot be reached fails the test, in CI and locally: nothing is skipped.
 
 Override the defaults with ``STOCKPYLE_TEST_REDIS_PORT``, ``STOCKPYLE_TEST_CLUSTER_PORTS``
-and ``STOCKPYLE_TEST_MEMCACHED_PORTS`` (comma lists) and ``STOCKPYLE_TEST_POSTGRES_URL``.
+and ``STOCKPYLE_TEST_MEMCACHED_PORTS`` (comma lists) and ``STOCKPYLE_TEST_POSTGRES_URL``;
+``STOCKPYLE_TEST_SLOTS`` lets several sessions run at once (``tests/suite_servers.py``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import psycopg
 import pytest
@@ -21,11 +23,14 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import make_url
 
 from tests.servers import MemcachedServer, RedisCluster, RedisServer, ServerError, free_port
+from tests.suite_servers import suite_cluster, suite_memcached, suite_redis, take_slot
 from tests.threads import no_thread_outlives_its_test  # noqa: F401 - an autouse fixture
 
 pytest_plugins = ["pytester"]
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+T = TypeVar("T")
 
 # Hypothesis fails an example slower than 200 ms by default: a wall-clock bound that a
 # loaded machine breaks. Property tests check values, never time.
@@ -33,12 +38,11 @@ settings.register_profile("sa_stockpyle", deadline=None)
 settings.load_profile("sa_stockpyle")
 
 
-def _ports(name: str, default: str) -> list[int]:
-    raw = os.environ.get(name, default)
+def _configured(make: Callable[[], T]) -> T:
     try:
-        return [int(part) for part in raw.split(",") if part.strip()]
-    except ValueError:
-        pytest.fail(f"{name}={raw!r} is not a comma-separated list of ports", pytrace=False)
+        return make()
+    except ServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def _start(server: RedisServer | RedisCluster | MemcachedServer) -> None:
@@ -53,29 +57,37 @@ def _start(server: RedisServer | RedisCluster | MemcachedServer) -> None:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
+def slot() -> Iterator[int]:
+    """Which set of servers and database this session uses (``tests/suite_servers.py``):
+    0, unless STOCKPYLE_TEST_SLOTS lets several sessions run at once."""
+    taken, lock = _configured(take_slot)
+    yield taken
+    if lock is not None:
+        lock.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(slot: int) -> Iterator[RedisServer]:
     """A standalone Redis on STOCKPYLE_TEST_REDIS_PORT (16379)."""
-    server = RedisServer(_ports("STOCKPYLE_TEST_REDIS_PORT", "16379")[0])
+    server = _configured(lambda: suite_redis(slot))
     _start(server)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisCluster]:
+def redis_cluster(slot: int) -> Iterator[RedisCluster]:
     """A 3-master Redis Cluster on STOCKPYLE_TEST_CLUSTER_PORTS (17001-17003)."""
-    cluster = RedisCluster(_ports("STOCKPYLE_TEST_CLUSTER_PORTS", "17001,17002,17003"))
+    cluster = _configured(lambda: suite_cluster(slot))
     _start(cluster)
     yield cluster
     cluster.stop()
 
 
 @pytest.fixture(scope="session")
-def memcached_servers() -> Iterator[list[MemcachedServer]]:
+def memcached_servers(slot: int) -> Iterator[list[MemcachedServer]]:
     """Two memcached servers on STOCKPYLE_TEST_MEMCACHED_PORTS (11311, 11312)."""
-    servers = [
-        MemcachedServer(port) for port in _ports("STOCKPYLE_TEST_MEMCACHED_PORTS", "11311,11312")
-    ]
+    servers = _configured(lambda: suite_memcached(slot))
     try:
         for server in servers:
             _start(server)
@@ -86,10 +98,12 @@ def memcached_servers() -> Iterator[list[MemcachedServer]]:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
+def postgres_url(slot: int) -> str:
     """SQLAlchemy URL of a reachable PostgreSQL database (created if missing)."""
-    url = os.environ.get("STOCKPYLE_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    parsed = make_url(url)
+    parsed = make_url(os.environ.get("STOCKPYLE_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL))
+    if slot:
+        parsed = parsed.set(database=f"{parsed.database or 'postgres'}_{slot}")
+    url = parsed.render_as_string(hide_password=False)
     database = parsed.database or "postgres"
     conninfo = make_conninfo(
         host=parsed.host or "127.0.0.1",

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests import threads
+from tests.servers import ServerError, free_port
+from tests.suite_servers import suite_redis, take_slot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,3 +112,24 @@ def test_an_exception_in_a_worker_thread_fails_its_test(pytester: pytest.Pyteste
             "*Exception ignored in*test_an_exception_nobody_can_raise*Broken.__del__*",
         ]
     )
+
+
+def test_sessions_running_at_once_take_different_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKPYLE_TEST_SLOTS", "2")
+    monkeypatch.setenv("STOCKPYLE_TEST_REDIS_PORT", str(free_port()))  # locks of their own
+    first, first_lock = take_slot()
+    second, second_lock = take_slot()
+    assert first_lock is not None
+    assert second_lock is not None
+    try:
+        assert (first, second) == (0, 1)
+        with pytest.raises(ServerError, match="all 2 slots are taken"):
+            take_slot()
+        assert suite_redis(1).port == suite_redis(0).port + 10
+        first_lock.close()  # that session ended
+        again, again_lock = take_slot()
+        assert again == 0
+        assert again_lock is not None
+        again_lock.close()
+    finally:
+        second_lock.close()
