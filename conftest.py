@@ -22,7 +22,14 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import make_url
 
-from tests.servers import MemcachedServer, RedisCluster, RedisServer, ServerError, free_port
+from tests.servers import (
+    MemcachedServer,
+    RedisCluster,
+    RedisServer,
+    ServerError,
+    free_port,
+    free_ports,
+)
 from tests.suite_servers import suite_cluster, suite_memcached, suite_redis, take_slot
 from tests.threads import no_thread_outlives_its_test  # noqa: F401 - an autouse fixture
 
@@ -159,6 +166,16 @@ def private_memcached_server() -> Iterator[MemcachedServer]:
     _start(server)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def private_redis_cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster of this test's own on free ports, for killing and restarting nodes
+    (the session's may be one the tests did not start, and other tests need it whole)."""
+    cluster = RedisCluster(free_ports(3, bus_offset=10000))
+    _start(cluster)
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

@@ -346,8 +346,9 @@ def _outage(cluster: RedisCluster, port: int, commits: list[int]) -> None:
 
 @pytest.mark.parametrize("victim", ["channel's master", "another master"])
 def test_a_master_killed_and_restarted_leaves_no_memory_entry_stale(
-    engine: Engine, cluster: RedisCluster, victim: str
+    engine: Engine, private_redis_cluster: RedisCluster, victim: str
 ) -> None:
+    cluster = private_redis_cluster
     channel_port = _channel_node(cluster)
     ports = [port for _, port in cluster.startup_nodes]
     port = channel_port if victim == "channel's master" else ports[ports.index(channel_port) - 1]
