@@ -104,14 +104,19 @@ def test_a_value_the_database_changes_is_removed_not_written(
     _assert_never_stale(layers)
 
 
-class Unshared(DeclarativeBase):
-    """Classes a single test defines: on Base, their tables would join every later test's
-    ``create_all`` (a PostgreSQL ARRAY on SQLite), so a test's outcome would depend on
-    which tests ran before it."""
+def _unshared() -> type[DeclarativeBase]:
+    """A base for the classes one test defines, new at every run of the test: on Base,
+    their tables would join every later test's ``create_all`` (a PostgreSQL ARRAY on
+    SQLite), and a second run in the same process would define them twice."""
+
+    class Unshared(DeclarativeBase):
+        pass
+
+    return Unshared
 
 
 def test_the_checks_follow_the_dialect() -> None:
-    class Sample(Unshared):
+    class Sample(_unshared()):  # type: ignore[misc]
         __tablename__ = "column_value_samples"
         id: Mapped[int] = mapped_column(Integer, primary_key=True)
         stamp: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
@@ -138,7 +143,7 @@ def test_the_checks_follow_the_dialect() -> None:
 
 
 def test_the_subtler_rules() -> None:
-    class Subtle(Unshared):
+    class Subtle(_unshared()):  # type: ignore[misc]
         __tablename__ = "column_value_subtle"
         id: Mapped[int] = mapped_column(Integer, primary_key=True)
         varied: Mapped[str] = mapped_column(String(20).with_variant(CHAR(5), "postgresql"))
