@@ -424,6 +424,9 @@ def test_subclasses_sharing_a_name_elsewhere_do_not_hide_a_sibling(
     class Legit(Root):
         pass
 
+    # Stored, so its name is claimed for the process: a name of its own at every run.
+    Legit.__qualname__ += f"[{id(Legit):x}]"
+
     def make() -> type:
         class Twin(Root):
             pass
@@ -431,6 +434,8 @@ def test_subclasses_sharing_a_name_elsewhere_do_not_hide_a_sibling(
         return Twin
 
     twins = [make(), make()]  # never given to a store
+    for twin in twins:  # one name for both, new at every run (a payload claims it)
+        twin.__qualname__ += f"[{id(twins[0]):x}]"
     store = _shared("redis", request, polymorphic=True)
     try:
         store.put(Legit(key=1, zap=1, bar=1))
