@@ -371,27 +371,29 @@ def test_a_cluster_node_stopped_mid_run(redis_cluster: RedisCluster) -> None:
     shared = RedisStore(client=client)
     backing = ShoveStore(shove={})
     chain = ChainedStore([shared, backing], cooldown=0.2, catch_up_interval=0.05)
-    foos = [Foo(key=i, zap=i, bar=i, v=1) for i in range(30)]
-    chain.batch_put(foos)
-    port = redis_cluster.startup_nodes[1][1]
-    redis_cluster.stop_node(port)
     try:
-        started = time.monotonic()
-        assert chain.batch_get(Foo, range(30)) == foos  # from the backing layer
-        newer = [Foo(key=i, zap=i, bar=i, v=2) for i in range(30)]
-        chain.batch_put(newer)  # the cluster layer misses it: remembered
-        # Only a hang fails: the caller's cluster client spends 3-4 s here on its own
-        # retries and timeouts (connect 1 s, read 2 s), and ten times that is allowed.
-        assert time.monotonic() - started < 60
-        assert chain.layer_stats[0].count(Foo, "errors") >= 1
+        foos = [Foo(key=i, zap=i, bar=i, v=1) for i in range(30)]
+        chain.batch_put(foos)
+        port = redis_cluster.startup_nodes[1][1]
+        redis_cluster.stop_node(port)
+        try:
+            started = time.monotonic()
+            assert chain.batch_get(Foo, range(30)) == foos  # from the backing layer
+            newer = [Foo(key=i, zap=i, bar=i, v=2) for i in range(30)]
+            chain.batch_put(newer)  # the cluster layer misses it: remembered
+            # Only a hang fails: the caller's cluster client spends 3-4 s here on its own
+            # retries and timeouts (connect 1 s, read 2 s), and ten times that is allowed.
+            assert time.monotonic() - started < 60
+            assert chain.layer_stats[0].count(Foo, "errors") >= 1
+        finally:
+            redis_cluster.start_node(port)
+        assert until(lambda: chain.layer_stats[0].count(Foo, "caught_up") >= 30, timeout=15)
+        for held in shared.batch_get(Foo, range(30)):
+            assert held is None or held.v == 2
+        assert until(lambda: chain.batch_get(Foo, range(30)) == newer, timeout=5)
     finally:
-        redis_cluster.start_node(port)
-    assert until(lambda: chain.layer_stats[0].count(Foo, "caught_up") >= 30, timeout=15)
-    for held in shared.batch_get(Foo, range(30)):
-        assert held is None or held.v == 2
-    assert until(lambda: chain.batch_get(Foo, range(30)) == newer, timeout=5)
-    chain.close()
-    client.close()
+        chain.close()  # closes the store; the client it was given is the test's
+        client.close()
 
 
 class _CountingConnection(Connection):
