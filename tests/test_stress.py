@@ -40,7 +40,9 @@ def test_concurrent_writers_leave_no_stale_entry_and_read_nothing_uncommitted(
     # Real work happened, in every process, through the cache and around it.
     assert len(report.workers) == 4
     assert all(worker.commits > 0 and worker.reads > 0 for worker in report.workers), details
-    assert report.reads > 1000, details
+    # Floors, not rates: the run lasts a fixed time, and a loaded machine does less in it
+    # (on the 2-core VM, 1,160-1,420 reads at load 6-7, and 928 at load 12).
+    assert report.reads > 300, details
     assert report.commits > 100, details
     assert report.rollbacks > 0, details
     assert report.hits > 0, details
