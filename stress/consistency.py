@@ -9,13 +9,16 @@ Worker processes (started with the ``spawn`` method, each with its own engine, s
 ``ProcessMemoryStore`` in front) and write with a skewed random mix: value updates,
 alternate-key moves, deletes, re-inserts, ORM bulk updates, ``bulk_update_mappings``,
 UPDATEs of the table (by key, or by the alternate key: the keys come back by
-RETURNING), two-row transactions, transactions that write and then roll back, and
+RETURNING), two-row transactions, transactions that write and then roll back,
 sessions joined to a caller's transaction that the caller commits or rolls back after
-the session's commit.  Writes give the ``Numeric``, ``CHAR`` and
-``DateTime`` columns values the database keeps or changes, and now and then an object no
-cache payload carries (a ``PickleType``); an application ``after_flush`` listener refuses
-a share of the flushes.  With ``--forked N``, N workers build and use their chain, then
-fork, and the child works with the chain it inherited (a preloading server's workers).
+the session's commit, and two updates of one row whose first reaches Redis after the
+second (its write held back, as a writer paused between its COMMIT and its
+write-through would be; see :func:`stress.ordering.overtaken`).  Writes give the
+``Numeric``, ``CHAR`` and ``DateTime`` columns values the database keeps or changes, and
+now and then an object no cache payload carries (a ``PickleType``); an application
+``after_flush`` listener refuses a share of the flushes.  With ``--forked N``, N workers
+build and use their chain, then fork, and the child works with the chain it inherited (a
+preloading server's workers).
 Every writer transaction inserts the token it wrote into ``stress_committed`` in the same
 transaction, after its row writes, with a sequence number drawn then: so that table lists
 exactly the committed tokens, and, for each row, in the order their transactions
@@ -39,7 +42,15 @@ When every worker has stopped, the parent checks that:
   (value updates, alternate-key moves, deletes, inserts) gives exactly the row the
   database holds, version included;
 * whatever Redis holds for any primary key or alternate key ever used is either nothing
-  or equal (every column, with its type) to the row the database holds now.
+  or equal (every column, with its type) to the row the database holds now;
+* no read of Redis made during the run (the workers read the hot rows straight from
+  Redis now and then, and the rows of each commit right after it) found a row older than
+  a commit whose write-through had reached Redis before the read (see
+  :mod:`stress.ordering`).
+
+An entry that a write of a deleted row, arriving late, left over the row inserted again
+under its primary key is a documented window (a primary key used again): it is listed
+apart (``Report.late``), not counted as stale.
 
 Before it stops, each worker waits until its chain uses Redis again, which it does only
 once it has made up for every write it missed during an outage (see ``_Worker.settle``).
@@ -102,6 +113,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.orm.exc import StaleDataError
 
 from sa_stockpyle import attach
+from sa_stockpyle.errors import StoreUnavailable
 from sa_stockpyle.stores import (
     BaseKeyValueStore,
     BaseStore,
@@ -111,6 +123,7 @@ from sa_stockpyle.stores import (
     SqlAlchemyStore,
 )
 from stress.chaos import DOWNTIME, FAULT_INTERVAL, QUIET, Chaos, Fault, through
+from stress.ordering import Peek, State, Step, TracedRedis, late_states, out_of_order, overtaken
 from stress.partition import Partition
 
 __all__ = [
@@ -161,6 +174,8 @@ MIX: dict[str, int] = {
     "external": 4,
     "bulk_mappings": 2,
     "table_update": 3,
+    "peek": 5,
+    "overtake": 3,
 }
 
 
@@ -180,6 +195,10 @@ class RowState(NamedTuple):
     version: int | None
     #: The other columns, each as (type name, value); None where a replay cannot know them.
     extras: tuple[tuple[str, Any], ...] | None = None
+
+    def core(self) -> State:
+        """The fields a replay of the committed writes knows."""
+        return self.alternate, self.value, self.version
 
 
 class Opaque:
@@ -269,7 +288,7 @@ class Committed(Base):
     klass: Mapped[str] = mapped_column(String(32))
     row_id: Mapped[int] = mapped_column(Integer)
     #: The operation: seed, insert, update, bulk_update, bulk_mappings, table_update,
-    #: pair_update, external, move or delete.
+    #: pair_update, external, held, overtaking (value updates too), move or delete.
     kind: Mapped[str] = mapped_column(String(16))
     seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)
 
@@ -317,11 +336,12 @@ def _create_schema(engine: Engine) -> None:
         session.commit()
 
 
-def _replay(klass: type[_Row], row_id: int, writes: Sequence[Committed]) -> RowState | None:
-    """The row the committed ``writes`` of row ``row_id`` leave, applied in commit order
-    (None: no row).  Raises ValueError for a write that cannot apply: to a row absent by
+def _replay(klass: type[_Row], row_id: int, writes: Sequence[Committed]) -> list[Step]:
+    """The committed ``writes`` of row ``row_id`` applied in commit order, each with the
+    row it leaves.  Raises ValueError for a write that cannot apply: to a row absent by
     then, or an insert over a row present."""
     state: RowState | None = None
+    steps: list[Step] = []
     for write in writes:
         token, kind = write.token, write.kind
         if kind in ("seed", "insert"):
@@ -341,7 +361,29 @@ def _replay(klass: type[_Row], row_id: int, writes: Sequence[Committed]) -> RowS
                 state = state._replace(alternate=_new_alternate(klass, token), version=version)
             else:
                 state = state._replace(value=token, version=version)
-    return state
+        steps.append(Step(token, kind, write.seq, None if state is None else state.core()))
+    return steps
+
+
+def _histories(writes: Iterable[Committed]) -> tuple[dict[tuple[str, int], list[Step]], list[str]]:
+    """The committed ``writes`` (in commit order) of every row, replayed (see _replay),
+    by (class name, row id); and why those of a row do not apply, if they do not."""
+    by_row: dict[tuple[str, int], list[Committed]] = {}
+    for write in writes:
+        by_row.setdefault((write.klass, write.row_id), []).append(write)
+    histories: dict[tuple[str, int], list[Step]] = {}
+    broken: list[str] = []
+    for klass in CLASSES:
+        for row_id in range(1, ROWS + 1):
+            row = (klass.__name__, row_id)
+            try:
+                histories[row] = _replay(klass, row_id, by_row.get(row, []))
+            except ValueError as exc:
+                broken.append(
+                    f"{klass.__name__} id={row_id}: a committed write does not apply in "
+                    f"commit order: {exc}"
+                )
+    return histories, broken
 
 
 # -- reports --------------------------------------------------------------------------------
@@ -393,6 +435,10 @@ class WorkerReport:
     seen: set[tuple[str, int, str]] = field(default_factory=set)
     #: Tokens written by transactions that then rolled back.
     rolled_back: list[str] = field(default_factory=list)
+    #: (token, time) of each commit whose write-through had reached Redis when it
+    #: returned, and the rows read straight from Redis (see stress.ordering).
+    returned: list[tuple[str, float]] = field(default_factory=list)
+    peeks: list[Peek] = field(default_factory=list)
     #: (class name, alternate key value) this worker wrote or read.
     alternates: set[tuple[str, str]] = field(default_factory=set)
     #: Reads that answered another key than asked, or not a transaction's own write.
@@ -402,6 +448,8 @@ class WorkerReport:
     memory_checked: int = 0
     memory_held: int = 0
     memory_stale: list[str] = field(default_factory=list)
+    #: Entries of the memory layer left by a late write of a deleted row (see Report.late).
+    memory_late: list[str] = field(default_factory=list)
     #: The chain's invalidation broadcast counters (--memory-layer; see Coherence).
     broadcast: dict[str, int] = field(default_factory=dict)
     #: Why a check could not be made (the chain never used Redis again after a fault).
@@ -437,8 +485,18 @@ class Report:
     unsettled: list[str] = field(default_factory=list)
     #: Redis entries that disagree with the database.
     stale: list[str] = field(default_factory=list)
+    #: Rows read from Redis during the run that were older than a commit written through
+    #: before the read (guarantee 3), how many reads were compared with one, and how many
+    #: commits reached Redis after a newer commit of their row had.
+    out_of_order: list[str] = field(default_factory=list)
+    peeks_compared: int = 0
+    reordered: int = 0
     #: Memory-layer entries that disagree with the database (--memory-layer).
     memory_stale: list[str] = field(default_factory=list)
+    #: Entries (Redis, memory layers) that disagree with the database because a write of
+    #: a row deleted since, arriving late, replaced the entry of a row inserted again
+    #: under its primary key: a documented window (docs/consistency.md), not counted stale.
+    late: list[str] = field(default_factory=list)
     #: Values read that no committed transaction wrote.
     uncommitted: list[str] = field(default_factory=list)
     #: Reads that answered another key or row than asked.
@@ -543,6 +601,7 @@ class Report:
             or self.wrong
             or self.lost
             or self.unsettled
+            or self.out_of_order
         )
 
     def format(self) -> str:
@@ -613,13 +672,20 @@ class Report:
             )
             + f": stale entries {len(self.stale)} in Redis"
             + (f", {len(self.memory_stale)} in memory layers" if self.memory_layer else "")
+            + f" (and {len(self.late)} a deleted row's late write left)"
             + f"; uncommitted reads {len(self.uncommitted)}; wrong answers {len(self.wrong)}",
+            f"  {self.reordered} commits reached Redis after a newer one of their row; "
+            f"read {sum(len(w.peeks) for w in self.workers)} rows straight from Redis, "
+            f"{self.peeks_compared} after a commit of theirs had written through: older "
+            f"than it {len(self.out_of_order)}",
         ]
         for title, items in (
             ("could not check", self.unsettled),
             ("lost writes", self.lost),
             ("stale in Redis", self.stale),
             ("stale in memory layers", self.memory_stale),
+            ("left by a deleted row's late write (a primary key used again)", self.late),
+            ("older than a commit written through", self.out_of_order),
             ("uncommitted reads", self.uncommitted),
             ("wrong answers", self.wrong),
         ):
@@ -643,34 +709,34 @@ def _stale_entries(
     klass: type[_Row],
     rows: dict[int, RowState],
     alternates: Iterable[str],
-) -> tuple[int, int, list[str]]:
+    histories: dict[tuple[str, int], list[Step]],
+) -> tuple[int, int, list[str], list[str]]:
     """Compare what ``layer`` holds for every id and for ``alternates`` with ``rows``.
 
     Returns the number of keys checked, the number that held an entry, and a description
     of each stale entry: one that is held although the database has no such row, or that
-    differs from the row.
+    differs from the row; apart from those, the entries a late write of an earlier row
+    under the same primary key left (see stress.ordering.late_states).
     """
     stale: list[str] = []
+    late: list[str] = []
     held = 0
     by_alternate = {state.alternate: state for state in rows.values()}
     ids = list(range(1, ROWS + 1))
-    for row_id, got in zip(ids, layer.batch_get(klass, ids), strict=True):
-        held += got is not None
-        if got is not None and got.state() != rows.get(row_id):
-            stale.append(
-                f"{label} {klass.__name__} id={row_id}: holds {got.state()}, "
-                f"database {rows.get(row_id)}"
-            )
     names = sorted(set(alternates))
-    lookups = [{klass.alternate: name} for name in names]
-    for name, got in zip(names, layer.batch_get(klass, lookups), strict=True):
+    lookups: list[object] = [*ids, *({klass.alternate: name} for name in names)]
+    wanted = [rows.get(row_id) for row_id in ids] + [by_alternate.get(name) for name in names]
+    for lookup, row, got in zip(lookups, wanted, layer.batch_get(klass, lookups), strict=True):
         held += got is not None
-        if got is not None and got.state() != by_alternate.get(name):
-            stale.append(
-                f"{label} {klass.__name__} {klass.alternate}={name!r}: holds {got.state()}, "
-                f"database {by_alternate.get(name)}"
-            )
-    return len(ids) + len(names), held, stale
+        if got is None or got.state() == row:
+            continue
+        now = rows.get(got.id)
+        earlier = histories.get((klass.__name__, got.id), [])
+        window = now is not None and got.state().core() in late_states(earlier, now.version)
+        (late if window else stale).append(
+            f"{label} {klass.__name__} {lookup!r}: holds {got.state()}, database {row}"
+        )
+    return len(lookups), held, stale, late
 
 
 # -- the worker process ---------------------------------------------------------------------
@@ -726,7 +792,7 @@ class _Worker:
         self.factory = sessionmaker(self.engine)
         # One short-lived session per operation: scoped() opens it, remove() closes it.
         self.scoped = scoped_session(self.factory)
-        self.redis = RedisStore(url=config.redis_url, prefix=config.prefix)
+        self.redis = TracedRedis(url=config.redis_url, prefix=config.prefix)
         self.memory = _Memory(config.prefix) if config.memory_layer else None
         caches: list[BaseStore] = (
             [self.redis] if self.memory is None else [self.memory, self.redis]
@@ -768,6 +834,8 @@ class _Worker:
             "external": self._external,
             "bulk_mappings": self._bulk_mappings,
             "table_update": self._table_update,
+            "peek": self._peek,
+            "overtake": self._overtake,
         }
 
     def _refuse_now_and_then(self, session: Session, context: Any) -> None:
@@ -934,6 +1002,31 @@ class _Worker:
         report.seen.add((klass.__name__, state.id, state.value))
         self._learn(klass, state.id, state.alternate)
 
+    def _peek(self, klass: type[_Row], ids: Iterable[int] = range(1, HOT_ROWS + 1)) -> None:
+        """Read rows (the hot ones) straight from Redis, for the order check (see
+        stress.ordering)."""
+        at = time.monotonic()
+        try:
+            found = self.redis.batch_get(klass, ids)
+        except StoreUnavailable:
+            return  # the link is cut (--chaos)
+        self.report.peeks += [
+            Peek(at, klass.__name__, obj.id, obj.state().core())
+            for obj in found
+            if obj is not None
+        ]
+
+    def _returned(self, klass: type[_Row], written: _Written, trouble: int, finished: int) -> None:
+        """Note the tokens of a commit that just returned, if its write-through reached
+        Redis (the Redis layer finished a commit write on this thread, and the chain found
+        no failure meanwhile and skipped nothing: what it skipped is caught up later);
+        then read its rows from Redis: a write of an older commit held up until after
+        this one would show there."""
+        if self._redis_trouble() == trouble and self.redis.finished() > finished:
+            at = time.monotonic()
+            self.report.returned += [(token, at) for token, _ in written]
+            self._peek(klass, [row_id for _, row_id in written])
+
     # -- writes ---------------------------------------------------------------------------
 
     def _load(self, session: Session, klass: type[_Row], row_id: int) -> _Row | None:
@@ -959,9 +1052,10 @@ class _Worker:
                 Committed(token=token, klass=klass.__name__, row_id=row_id, kind=kind)
                 for token, row_id in written
             )
-            trouble = self._redis_trouble()
+            trouble, finished = self._redis_trouble(), self.redis.finished()
             session.commit()
             self.report.commits += 1
+            self._returned(klass, written, trouble, finished)
             if self._redis_trouble() > trouble:
                 self.report.commits_while_down += 1
         except (DBAPIError, StaleDataError) as exc:
@@ -1045,6 +1139,24 @@ class _Worker:
             return [(token, row_id)] if cast("CursorResult[Any]", result).rowcount else []
 
         self._commit("bulk_update", klass, change)
+
+    def _overtake(self, klass: type[_Row]) -> None:
+        """Two updates of one row, the first written to Redis after the second."""
+        row_id = self._row_id()
+
+        def change(session: Session) -> _Written:
+            obj = session.get(klass, row_id)  # the database's: the cache's is held back
+            if obj is None:
+                return []
+            token = self._token()
+            obj.value = token
+            return [(token, row_id)]
+
+        overtaken(
+            self.redis,
+            lambda: self._commit("held", klass, change),
+            lambda: self._commit("overtaking", klass, change),
+        )
 
     def _pair_update(self, klass: type[_Row]) -> None:
         def change(session: Session) -> _Written:
@@ -1162,8 +1274,10 @@ class _Worker:
                     outer.rollback()
                     self.report.rollbacks += 1
                 else:
-                    outer.commit()
+                    trouble, finished = self._redis_trouble(), self.redis.finished()
+                    outer.commit()  # the write-through follows the database's COMMIT
                     self.report.commits += 1
+                    self._returned(klass, [(token, row_id)], trouble, finished)
             except (DBAPIError, StaleDataError) as exc:
                 self._conflict("external", exc)
             except _AppRefusal:
@@ -1195,18 +1309,21 @@ class _Worker:
                 f"{self.fences.index(fence)} did not arrive within {FENCE_TIMEOUT:g} s"
             )
         with Session(self.engine) as session:
+            histories, _ = _histories(session.scalars(select(Committed).order_by(Committed.seq)))
             for klass in CLASSES:
                 rows = _database_rows(session, klass)
-                checked, held, stale = _stale_entries(
+                checked, held, stale, late = _stale_entries(
                     memory,
                     f"memory of {self.report.pid}:",
                     klass,
                     rows,
                     self.known[klass.__name__],
+                    histories,
                 )
                 self.report.memory_checked += checked
                 self.report.memory_held += held
                 self.report.memory_stale += stale
+                self.report.memory_late += late
 
 
 def _work(config: _Config, start: Barrier, results: Queue[WorkerReport]) -> None:
@@ -1343,6 +1460,7 @@ def _check(engine: Engine, redis: RedisStore, report: Report) -> None:
     rolled_back = {token: w.pid for w in report.workers for token in w.rolled_back}
     for worker in report.workers:
         report.memory_stale += worker.memory_stale
+        report.late += worker.memory_late
         report.unsettled += worker.unsettled
         report.wrong += [f"process {worker.pid}: {item}" for item in worker.wrong]
         for name, row_id, value in sorted(worker.seen):
@@ -1361,30 +1479,23 @@ def _check(engine: Engine, redis: RedisStore, report: Report) -> None:
                     f"process {worker.pid} read {name} id={row_id} value={value!r}, "
                     f"committed for {origin[0]} id={origin[1]}"
                 )
-    history: dict[tuple[str, int], list[Committed]] = {}
-    for write in writes:
-        history.setdefault((write.klass, write.row_id), []).append(write)
-    for klass in CLASSES:
-        for row_id in range(1, ROWS + 1):
-            report.rows_checked += 1
-            done = history.get((klass.__name__, row_id), [])
-            try:
-                expected = _replay(klass, row_id, done)
-            except ValueError as exc:
-                report.lost.append(
-                    f"{klass.__name__} id={row_id}: a committed write does not apply in "
-                    f"commit order: {exc}"
-                )
-                continue
-            row = rows[klass].get(row_id)
-            if row is not None:
-                row = row._replace(extras=None)  # the committed tokens do not name them
-            if row != expected:
-                last = ", ".join(f"{w.kind} {w.token!r} (seq {w.seq})" for w in done[-3:])
-                report.lost.append(
-                    f"{klass.__name__} id={row_id}: database {row}, the committed writes "
-                    f"leave {expected} (the last: {last})"
-                )
+    histories, report.lost = _histories(writes)
+    report.rows_checked = len(histories) + len(report.lost)
+    for (name, row_id), steps in histories.items():
+        expected = steps[-1].state if steps else None
+        row = rows[_BY_NAME[name]].get(row_id)
+        # The other columns are not compared: the committed tokens do not name them.
+        if (None if row is None else row.core()) != expected:
+            last = ", ".join(f"{s.kind} {s.token!r} (seq {s.seq})" for s in steps[-3:])
+            report.lost.append(
+                f"{name} id={row_id}: database {row}, the committed writes leave "
+                f"{expected} (the last: {last})"
+            )
+    report.reordered, report.peeks_compared, report.out_of_order = out_of_order(
+        histories,
+        [item for worker in report.workers for item in worker.returned],
+        [peek for worker in report.workers for peek in worker.peeks],
+    )
     for klass in CLASSES:
         # Read first: a lookup would start a new (empty) generation where none is.
         if not all(redis.client.mget(redis.keymaker.generation_keys(klass))):
@@ -1400,10 +1511,13 @@ def _check(engine: Engine, redis: RedisStore, report: Report) -> None:
             for name, alternate in worker.alternates
             if name == klass.__name__
         }
-        checked, held, stale = _stale_entries(redis, "Redis", klass, rows[klass], alternates)
+        checked, held, stale, late = _stale_entries(
+            redis, "Redis", klass, rows[klass], alternates, histories
+        )
         report.keys_checked += checked
         report.keys_held += held
         report.stale += stale
+        report.late += late
 
 
 def run(

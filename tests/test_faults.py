@@ -364,34 +364,35 @@ def test_a_redis_restarted_empty_starts_a_new_namespace_and_a_new_subscription(
         writer.close()
 
 
-def test_a_cluster_node_stopped_mid_run(redis_cluster: RedisCluster) -> None:
-
-    redis_cluster.flushall()
+def test_a_cluster_node_stopped_mid_run(private_redis_cluster: RedisCluster) -> None:
+    redis_cluster = private_redis_cluster  # nodes stopped: not the session's cluster
     client = cluster_client(redis_cluster.startup_nodes)
     shared = RedisStore(client=client)
     backing = ShoveStore(shove={})
     chain = ChainedStore([shared, backing], cooldown=0.2, catch_up_interval=0.05)
-    foos = [Foo(key=i, zap=i, bar=i, v=1) for i in range(30)]
-    chain.batch_put(foos)
-    port = redis_cluster.startup_nodes[1][1]
-    redis_cluster.stop_node(port)
     try:
-        started = time.monotonic()
-        assert chain.batch_get(Foo, range(30)) == foos  # from the backing layer
-        newer = [Foo(key=i, zap=i, bar=i, v=2) for i in range(30)]
-        chain.batch_put(newer)  # the cluster layer misses it: remembered
-        # Only a hang fails: the caller's cluster client spends 3-4 s here on its own
-        # retries and timeouts (connect 1 s, read 2 s), and ten times that is allowed.
-        assert time.monotonic() - started < 60
-        assert chain.layer_stats[0].count(Foo, "errors") >= 1
+        foos = [Foo(key=i, zap=i, bar=i, v=1) for i in range(30)]
+        chain.batch_put(foos)
+        port = redis_cluster.startup_nodes[1][1]
+        redis_cluster.stop_node(port)
+        try:
+            started = time.monotonic()
+            assert chain.batch_get(Foo, range(30)) == foos  # from the backing layer
+            newer = [Foo(key=i, zap=i, bar=i, v=2) for i in range(30)]
+            chain.batch_put(newer)  # the cluster layer misses it: remembered
+            # Only a hang fails: the caller's cluster client spends 3-4 s here on its own
+            # retries and timeouts (connect 1 s, read 2 s), and ten times that is allowed.
+            assert time.monotonic() - started < 60
+            assert chain.layer_stats[0].count(Foo, "errors") >= 1
+        finally:
+            redis_cluster.start_node(port)
+        assert until(lambda: chain.layer_stats[0].count(Foo, "caught_up") >= 30, timeout=15)
+        for held in shared.batch_get(Foo, range(30)):
+            assert held is None or held.v == 2
+        assert until(lambda: chain.batch_get(Foo, range(30)) == newer, timeout=5)
     finally:
-        redis_cluster.start_node(port)
-    assert until(lambda: chain.layer_stats[0].count(Foo, "caught_up") >= 30, timeout=15)
-    for held in shared.batch_get(Foo, range(30)):
-        assert held is None or held.v == 2
-    assert until(lambda: chain.batch_get(Foo, range(30)) == newer, timeout=5)
-    chain.close()
-    client.close()
+        chain.close()  # closes the store; the client it was given is the test's
+        client.close()
 
 
 class _CountingConnection(Connection):
@@ -415,8 +416,9 @@ class _CountingConnection(Connection):
 
 @pytest.mark.parametrize("outage", ["killed", "frozen"])
 def test_a_master_down_costs_a_single_read_one_attempt_with_the_documented_client(
-    redis_cluster: RedisCluster, outage: str
+    private_redis_cluster: RedisCluster, outage: str
 ) -> None:
+    redis_cluster = private_redis_cluster  # a node killed or frozen: not the session's
     # redis-py's defaults spent 3.8-4.5 s and 11-12 connection attempts on one read of a
     # killed master, 10-19 s and 11-22 timeouts on a frozen one: retries with backoff.
     redis_cluster.flushall()

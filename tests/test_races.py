@@ -8,8 +8,6 @@ and many readers missing one hot key at once.  Each asserts on every caching lay
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,7 +28,8 @@ from sa_stockpyle.stores import (
 )
 from sa_stockpyle.stores.base import Finish, Removal
 from sa_stockpyle.testing import Foo
-from tests.helpers import freeze
+from stress.partition import Partition
+from tests.helpers import until
 from tests.servers import RedisServer
 from tests.threads import Worker, finish_all, started
 
@@ -331,53 +330,55 @@ def test_an_older_commit_arriving_late_never_overwrites_a_newer_one(
 # -- (c) a layer that does not answer while a commit writes ----------------------------------
 
 
-def test_what_a_layer_missed_while_frozen_is_made_up_for_before_it_serves_again(
+def test_what_a_layer_missed_while_cut_off_is_made_up_for_before_it_serves_again(
     engine: Engine, private_redis_server: RedisServer
 ) -> None:
-    redis_layer = RedisStore(url=private_redis_server.url, timeout=0.2, connect_timeout=0.2)
-    memory = ProcessMemoryStore()
-    writes = sessionmaker(engine)
-    writer_chain = ChainedStore([memory, redis_layer], catch_up_interval=0.05)
-    handle = attach(writes, writer_chain)
-    other = RedisStore(url=private_redis_server.url)  # another process's view of Redis
-    try:
-        with writes() as session:
-            session.add_all([Item(id=1, code="c1", value="v1"), Doc(id=1, code="c1", value="v1")])
-            session.commit()
-        assert other.get(Item, 1).value == "v1"
-        assert other.get(Doc, 1).value == "v1"
-        assert private_redis_server.pid is not None
-        freeze(private_redis_server.pid)
+    # The link is cut, not the server stopped: Redis keeps the entries the commit
+    # replaces, and only the catch-up can remove them.  (A server frozen with SIGSTOP
+    # would apply the write once it went on: nothing would be missed.)
+    with Partition(private_redis_server.host, private_redis_server.port) as partition:
+        redis_layer = RedisStore(
+            url=f"redis://{partition.address}/0", timeout=0.2, connect_timeout=0.2
+        )
+        memory = ProcessMemoryStore()
+        writes = sessionmaker(engine)
+        writer_chain = ChainedStore([memory, redis_layer], catch_up_interval=0.05)
+        handle = attach(writes, writer_chain)
+        other = RedisStore(url=private_redis_server.url)  # another process's view of Redis
         try:
+            with writes() as session:
+                session.add_all(
+                    [Item(id=1, code="c1", value="v1"), Doc(id=1, code="c1", value="v1")]
+                )
+                session.commit()
+            assert other.get(Item, 1).value == "v1"
+            assert other.get(Doc, 1).value == "v1"
+            partition.cut("reset")
             with writes() as session:
                 session.get(Item, 1).value = "v2"
                 session.get(Doc, 1).value = "v2"
-                session.commit()  # Redis does not answer: logged, counted, remembered
+                session.commit()  # Redis cannot be reached: logged, counted, remembered
+            assert writer_chain.layer_stats[1].count(None, "errors") >= 1
+            # Redis still holds what the commit replaced.
+            assert other.get(Item, 1).value == "v1"
+            assert other.get(Doc, 1).value == "v1"
+            partition.heal()
+            # The writer's chain makes up for it on its own, without being used again.
+            assert until(lambda: writer_chain.layer_stats[1].count(None, "caught_up") >= 2)
+            assert other.get(Item, 1) is None
+            assert other.get(Doc, 1) is None
+            assert memory.get(Item, 1) is None
+            with Session(engine) as session:
+                chain = ChainedStore(
+                    [memory, redis_layer, SqlAlchemyStore(session=session)], broadcast=False
+                )
+                assert chain.get(Item, 1).value == "v2"
+                assert chain.get(Doc, {"code": "c1"}).value == "v2"
+            assert other.get(Item, 1).value == "v2"
         finally:
-            os.kill(private_redis_server.pid, signal.SIGCONT)
-        assert writer_chain.layer_stats[1].count(None, "errors") >= 1
-        # The writer's chain makes up for it on its own, without being used again.
-        caught_up = threading.Event()
-        for _ in range(200):
-            if writer_chain.layer_stats[1].count(None, "caught_up") >= 2:
-                caught_up.set()
-                break
-            caught_up.wait(0.01)
-        assert caught_up.is_set()
-        assert other.get(Item, 1) is None
-        assert other.get(Doc, 1) is None
-        assert memory.get(Item, 1) is None
-        with Session(engine) as session:
-            chain = ChainedStore(
-                [memory, redis_layer, SqlAlchemyStore(session=session)], broadcast=False
-            )
-            assert chain.get(Item, 1).value == "v2"
-            assert chain.get(Doc, {"code": "c1"}).value == "v2"
-        assert other.get(Item, 1).value == "v2"
-    finally:
-        handle.detach()
-        writer_chain.close()
-        other.close()
+            handle.detach()
+            writer_chain.close()
+            other.close()
 
 
 # -- many readers missing one hot key -------------------------------------------------------

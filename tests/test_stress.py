@@ -3,6 +3,8 @@
 ``python -m stress.consistency`` runs the long form (see docs/consistency.md); the same
 checker runs here for a few seconds, with and without a memory layer in every worker, and
 with the workers' link to Redis cut and healed under them while Redis keeps its entries.
+Besides the end state, it checks reads of Redis made while the workers run: none may
+find a row older than a commit written through before it (guarantee 3).
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ def test_concurrent_writers_leave_no_stale_entry_and_read_nothing_uncommitted(
     )
     details = report.format()
     print(details)
+    # Guarantee 3, while the run went on: commits reached Redis out of their order, and no
+    # read of Redis found a row older than a commit that had written through before it
+    # (reads were compared with such commits).
+    assert report.reordered > 0, details
+    assert report.out_of_order == [], details
+    assert report.peeks_compared > 0, details
     assert report.stale_entries == 0, details
     assert report.uncommitted_reads == 0, details
     assert report.lost_writes == 0, details
@@ -32,7 +40,9 @@ def test_concurrent_writers_leave_no_stale_entry_and_read_nothing_uncommitted(
     # Real work happened, in every process, through the cache and around it.
     assert len(report.workers) == 4
     assert all(worker.commits > 0 and worker.reads > 0 for worker in report.workers), details
-    assert report.reads > 1000, details
+    # Floors, not rates: the run lasts a fixed time, and a loaded machine does less in it
+    # (on the 2-core VM, 1,160-1,420 reads at load 6-7, and 928 at load 12).
+    assert report.reads > 300, details
     assert report.commits > 100, details
     assert report.rollbacks > 0, details
     assert report.hits > 0, details
@@ -72,6 +82,9 @@ def test_cutting_redis_off_under_the_workers_loses_nothing_and_leaves_nothing_st
     assert report.uncommitted_reads == 0, details
     assert report.lost_writes == 0, details
     assert report.wrong == [], details
+    assert report.reordered > 0, details
+    assert report.out_of_order == [], details
+    assert report.peeks_compared > 0, details
     assert report.ok, details
     # Outages are counted by the chain, never raised: commits went on while Redis was
     # cut off (their write-through failed or skipped it), and reads fell through.
