@@ -19,7 +19,7 @@ from sa_stockpyle.stores import (
     ThreadLocalStore,
     chained,
 )
-from sa_stockpyle.stores.base import Op
+from sa_stockpyle.stores.base import Op, Reservation
 from sa_stockpyle.testing import FakeClock, Falsy, Foo, Pair, StoreConformance
 from tests.helpers import until
 from tests.threads import run_together
@@ -386,3 +386,61 @@ def test_a_lease_older_than_lease_busy_is_not_waited_for() -> None:
     clock.advance(fast.tombstone_ttl)  # the lease itself expires: the next reader takes over
     assert chain.get(Foo, 1) == foo
     assert fast.get(Foo, 1) == foo
+
+
+# -- a chain as a layer of another, and layers failing mid-lease -------------------------------
+
+
+def test_a_chain_as_a_layer_reserves_and_fills_through_each_layer() -> None:
+    fast, slow = Recording(), Recording()
+    inner = ChainedStore([fast, slow], broadcast=False)
+    foo = Foo(key=1, zap=1, bar=1)
+    claim = inner.reserve(Foo, [1, 2])
+    assert (claim.granted, claim.busy) == ([True, True], [False, False])
+    second = inner.reserve(Foo, [1, 3])  # another reader: 1 is being filled, 3 is free
+    assert (second.granted, second.busy) == ([False, True], [True, False])
+    inner.fill(claim, [foo, None])
+    assert (fast.get(Foo, 1), slow.get(Foo, 1)) == (foo, foo)
+    assert inner.reserve(Foo, [2]).granted == [True]  # the lease that found nothing is back
+    inner.fill(second, [None, None])
+    fast.reserve(Foo, [7])  # a reader of the fast layer alone
+    third = inner.reserve(Foo, [7])
+    assert (third.granted, third.busy) == ([True], [True])  # one layer granted, one busy
+
+
+def test_a_chain_as_a_layer_counts_a_layer_failing_to_reserve_or_fill() -> None:
+    fast, slow = Recording(), Recording()
+    inner = ChainedStore([fast, slow], broadcast=False, cooldown=0)
+    foo = Foo(key=1, zap=1, bar=1)
+    fast.down = True
+    claim = inner.reserve(Foo, [1])
+    assert claim.granted == [True]  # the other layer's lease
+    assert inner.layer_stats[0].count(Foo, "errors") == 1
+    fast.down = False
+    slow.down = True
+    inner.fill(claim, [foo])  # the slow layer fails: counted, the rest goes on
+    assert inner.layer_stats[1].count(Foo, "errors") == 1
+    slow.down = False
+    assert fast.get(Foo, 1) is None  # it reserved nothing, so it fills nothing
+    assert slow.get(Foo, 1) is None
+
+
+class _FailsOnceReserved(Recording):
+    """A layer that stops answering right after its next reserve (mid-lease)."""
+
+    def reserve(self, klass: type, keys: Sequence[object]) -> Reservation:
+        claim = super().reserve(klass, keys)
+        self.down = True
+        return claim
+
+
+def test_waiting_for_other_readers_counts_every_key_and_a_layer_failing_meanwhile() -> None:
+    fast, slow = _FailsOnceReserved(), Recording()
+    chain = ChainedStore([fast, slow], broadcast=False)
+    foos = [Foo(key=i, zap=i, bar=i) for i in (1, 2)]
+    slow.batch_put(foos)
+    Recording.reserve(fast, Foo, [1, 2])  # other readers are filling both keys
+    assert chain.batch_get(Foo, [1, 2]) == foos  # the wait failed: read from the next layer
+    assert chain.layer_stats[0].count(Foo, "waits") == 2
+    assert chain.layer_stats[0].count(Foo, "errors") == 1
+    chain.close()
