@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -81,6 +82,8 @@ def main(argv: Sequence[str]) -> int:
     if not argv:
         print("usage: python -m tests.suite_servers COMMAND [ARGS...]", file=sys.stderr)
         return 2
+    # Stopped by a signal (Ctrl-C, a timeout's SIGTERM), the servers stop too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     servers: list[ServerProcess | RedisCluster] = []
     for slot in range(slots()):
         servers += [suite_redis(slot), suite_cluster(slot), *suite_memcached(slot)]

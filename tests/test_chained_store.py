@@ -215,6 +215,7 @@ def test_stats_reset_and_totals() -> None:
     assert chain.layer_stats[0].as_dict() == {}
 
 
+@pytest.mark.slow
 def test_stats_count_every_thread_and_forget_ended_ones() -> None:
     chain = ChainedStore([ProcessMemoryStore(), ShoveStore(shove={})])
     stats = chain.layer_stats[0]

@@ -760,6 +760,7 @@ def _verdict(store: BaseKeyValueStore, key: str, raw: bytes) -> str:
     return "record"
 
 
+@pytest.mark.slow
 @settings(
     max_examples=100,
     deadline=None,

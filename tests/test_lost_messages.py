@@ -356,6 +356,7 @@ def _outage(cluster: RedisCluster, port: int, commits: list[int]) -> None:
     assert until(lambda: commits[0] > written + 20, timeout=30)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["channel's master", "another master"])
 def test_a_master_killed_and_restarted_leaves_no_entry_stale_in_memory_or_redis(
     engine: Engine, private_redis_cluster: RedisCluster, victim: str

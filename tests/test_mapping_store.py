@@ -141,6 +141,7 @@ def _share(kind: str, folder: str, me: int, barrier: Barrier, results: Queue[Any
     results.put((store.stats.count(None, "corrupt"), theirs, wrong))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "torn"),
     [("fsspec's local mapper", True), ("file://", False)],

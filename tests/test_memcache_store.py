@@ -334,6 +334,7 @@ def test_a_frozen_server_times_out_within_the_timeout(
     store.close()
 
 
+@pytest.mark.slow
 def test_without_pymemcache_the_error_names_the_extra() -> None:
     script = (
         "import sys\n"

@@ -32,6 +32,7 @@ class TestThreadLocalStore(StoreConformance):
         return ThreadLocalStore(**options)
 
 
+@pytest.mark.slow
 def test_max_items_bounds_the_store_after_a_million_puts() -> None:
     store = ProcessMemoryStore(max_items=10_000)
     for start in range(0, 1_000_000, 1_000):
@@ -56,6 +57,7 @@ def test_max_items_must_be_a_positive_int(bad: object) -> None:
         ProcessMemoryStore(max_items=bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_concurrent_mixed_operations_stay_correct() -> None:
     # Eight threads put, get and delete overlapping objects.  Every object's payload names
     # its own key, so a torn or crossed entry would show up as a mismatch.
@@ -95,6 +97,7 @@ def test_thread_local_store_is_private_to_each_thread() -> None:
     assert store.get(_Key, 1) is None
 
 
+@pytest.mark.slow
 def test_an_unbounded_store_warns_once_when_it_grows_large(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

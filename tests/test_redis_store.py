@@ -495,6 +495,7 @@ def test_a_client_it_was_given_stays_open(redis_url: str) -> None:
     client.close()
 
 
+@pytest.mark.slow
 def test_without_redis_py_the_error_names_the_extra() -> None:
     script = (
         "import sys\n"
@@ -511,6 +512,7 @@ def test_without_redis_py_the_error_names_the_extra() -> None:
     assert 'pip install "sa_stockpyle[redis]"' in result.stdout
 
 
+@pytest.mark.slow
 def test_without_hiredis_redis_py_packs_and_parses(redis_url: str) -> None:
     script = (
         "import sys\n"
