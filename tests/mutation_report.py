@@ -107,8 +107,7 @@ def report(mutants: list[Mutant], listed: dict[str, dict[str, str]]) -> list[str
                 problems.append(f"{mutant.name} is listed as a survivor but is now killed")
             continue
         if mutant.status == "not checked":
-            problems.append(f"{mutant.name} was not checked: run scripts/mutation to the end")
-            continue
+            continue  # counted below
         change = mutant.change()
         if entry is None:
             problems.append(f"{mutant.name} {mutant.status}, unexplained:\n    {change}")
@@ -117,9 +116,16 @@ def report(mutants: list[Mutant], listed: dict[str, dict[str, str]]) -> list[str
                 f"{mutant.name} now changes\n    {change}\n"
                 f"  but the survivors file explains\n    {entry['change'].strip()}"
             )
+    unchecked = sum(mutant.status == "not checked" for mutant in mutants)
+    if unchecked:
+        problems.append(f"{unchecked} mutants not checked yet: bash scripts/mutation --resume")
     ran = {mutant.name for mutant in mutants}
     problems += [f"{name} is listed but was not made" for name in listed if name not in ran]
-    print(f"{'module':36} {'mutants':>8} {'caught':>8} {'survived':>9} {'untested':>9} score")
+    columns = ("mutants", "checked", "caught", "survived", "untested")
+    print(
+        f"{'module':34} {columns[0]:>7} {columns[1]:>7} {columns[2]:>7} {columns[3]:>8} "
+        f"{columns[4]:>8} score"
+    )
     total: Counter[str] = Counter()
     for module, counts in sorted(by_module.items()):
         total += counts
@@ -129,11 +135,13 @@ def report(mutants: list[Mutant], listed: dict[str, dict[str, str]]) -> list[str
 
 
 def _line(name: str, counts: Counter[str]) -> str:
+    """A row of the report: the score is the share of the checked mutants a test caught."""
     made = sum(counts.values())
+    checked = made - counts["not checked"]
     caught = sum(counts[status] for status in CAUGHT)
-    score = f"{100 * caught / made:.1f}%" if made else "-"
+    score = f"{100 * caught / checked:.1f}%" if checked else "-"
     survived, untested = counts["survived"], counts["no tests"]
-    return f"{name:36} {made:>8} {caught:>8} {survived:>9} {untested:>9} {score}"
+    return f"{name:34} {made:>7} {checked:>7} {caught:>7} {survived:>8} {untested:>8} {score}"
 
 
 def main(argv: list[str]) -> int:
