@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import sys
 import zoneinfo
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -786,3 +787,49 @@ def test_every_read_of_hostile_bytes_is_the_truth_or_a_miss(
     # Nothing is blocked: the next write and read work.
     store.put(truth)
     assert store.get(Foo, 1) == truth
+
+
+# -- write paths meet hostile bytes too ---------------------------------------------------
+
+
+class Versioned(_Mapped):
+    """A class whose commits are ordered by their ``version_id_col``."""
+
+    __tablename__ = "hostile_versioned"
+    __stockpyle_keys__ = ["id"]
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(20))
+    version: Mapped[int] = mapped_column()
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+def test_a_version_past_the_digit_limit_stops_no_write(shared: BaseKeyValueStore) -> None:
+    # A write of a versioned class reads the version of the entry it would replace: one
+    # with more digits than int() converts raised ValueError out of the commit's write.
+    engine = create_engine("sqlite://")
+    _Mapped.metadata.create_all(engine, tables=[Versioned.__table__])  # type: ignore[list-item]
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            row = Versioned(id=1, name="first")
+            session.add(row)
+            session.commit()
+            shared.write_committed([row], [])
+            primary = _primary(shared, Versioned)
+            held = _raw(shared, primary)
+            assert held.startswith(MAGIC + b'{"v":1,')
+            digits = b"9" * (sys.get_int_max_str_digits() + 1)
+            huge = held.replace(b'{"v":1,', b'{"v":' + digits + b",", 1)
+            _overwrite(shared, primary, huge)
+            row.name = "second"
+            session.commit()
+            assert row.version == 2
+            shared.write_committed([row], [])  # raises nothing
+            # The entry written over the undecodable one, or (Redis, whose script reads the
+            # number as infinity) that one left for a read to find corrupt and remove.
+            found = shared.get(Versioned, 1)
+            assert found is None or (found.name, found.version) == ("second", 2)
+            assert shared.stats.count(Versioned, "corrupt") == (found is None)
+    finally:
+        engine.dispose()
