@@ -144,7 +144,8 @@ TWINS: list[type[enum.Enum]] = [
 
 # -- item 1 and 3: payloads that do not decode ---------------------------------------------
 
-_STATE = b'"c":"sa_stockpyle.testing.Foo","k":["K"],"x":null'
+#: The rest of an entry of Foo listing the key "K" (each test puts the key it reads in).
+_STATE = b'"c":"sa_stockpyle.testing.Foo","k":["K"],"x":null}'
 UNDECODABLE = [
     b"",
     b"\x00\x01garbage",
@@ -160,6 +161,12 @@ UNDECODABLE = [
     + _STATE,
     MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"timedelta","v":[1.5,0,0]}},' + _STATE,
     MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"date","v":"99999-01-01"}},' + _STATE,
+    # An offset put() refuses (microseconds): it would be served, and refused when put back.
+    MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"datetime","v":"2020-01-01T00:00'
+    b'+05:00:00.000001"}},' + _STATE,
+    MAGIC
+    + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"time","v":["01:30+01:00:00.000500",1]}},'
+    + _STATE,
     MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"zoned","v":["2020-01-01T00:00",'
     b'"../../../etc/passwd",0]}},' + _STATE,
     MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"enum","v":["os","system",1]}},' + _STATE,
@@ -179,8 +186,8 @@ UNDECODABLE = [
     MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"zoned","v":["2020-01-01T00:00",'
     b'"' + b"x" * 5_000 + b'",0]}},' + _STATE,
     # Key values a key cannot be made of, and keys the state does not give.
-    MAGIC + b'{"s":{"key":1,"zap":{"$t":"decimal","v":"1e999999999999999999"},"bar":1},' + _STATE,
-    MAGIC + b'{"s":{"key":1,"zap":NaN,"bar":1},' + _STATE,
+    MAGIC + b'{"s":{"key":NaN,"zap":1,"bar":1},' + _STATE,
+    MAGIC + b'{"s":{"key":{"$t":"decimal","v":"1e999999999999999999"},"zap":1,"bar":1},' + _STATE,
     MAGIC + b'{"s":{},' + _STATE,
     MAGIC + b'{"s":{"zap":1,"bar":1},' + _STATE,
     # An Enum whose name two classes share.
@@ -212,6 +219,26 @@ def test_undecodable_payloads_are_counted_misses_that_block_nothing(
     assert chain.get(Foo, 1) == GOOD
     assert chain.batch_get(Foo, [1, {"zap": 1, "bar": 1}, 2]) == [GOOD, GOOD, OTHER]
     assert store.get(Foo, 1) == GOOD
+
+
+@pytest.mark.parametrize(
+    "zap", [b"NaN", b'{"$t":"decimal","v":"NaN"}', b'{"$t":"decimal","v":"1e999999999999999999"}']
+)
+def test_an_entry_whose_alternate_key_values_give_no_key_it_lists_is_a_miss_by_it(
+    shared: BaseKeyValueStore, zap: bytes
+) -> None:
+    # A lookup by the primary key checks that key only: the entry answers it.  One by the
+    # alternate key checks every key the entry lists against its state: NaN makes no key,
+    # a huge Decimal another one.
+    shared.put(GOOD)
+    primary, alternate = _primary(shared), shared.keymaker.key(SPEC, 1, (1, 1))
+    keys = json.dumps([primary, alternate]).encode()
+    body = b'{"s":{"key":1,"zap":' + zap + b',"bar":1},"c":"sa_stockpyle.testing.Foo","k":'
+    _overwrite(shared, primary, MAGIC + body + keys + b',"x":null}')
+    assert shared.get(Foo, {"zap": 1, "bar": 1}) is None
+    assert shared.stats.count(Foo, "corrupt") == 1
+    shared.put(GOOD)
+    assert shared.get(Foo, {"zap": 1, "bar": 1}) == GOOD
 
 
 def _slotted_payloads() -> list[bytes]:
