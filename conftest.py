@@ -41,8 +41,22 @@ T = TypeVar("T")
 
 # Hypothesis fails an example slower than 200 ms by default: a wall-clock bound that a
 # loaded machine breaks. Property tests check values, never time.
-settings.register_profile("sa_stockpyle", deadline=None)
-settings.load_profile("sa_stockpyle")
+settings.register_profile("sa_stockpyle", max_examples=100, deadline=None)
+# With CI set (CI runs with CI=true): three times the examples (tests.helpers.examples
+# scales the tests that set their own count), derived from each test's name instead of a
+# random seed, so a failure in CI fails again on every run, locally too with CI=true; no
+# example database (a fresh clone has none), and the failing example printed as a
+# @reproduce_failure decorator. Hypothesis's own "ci" profile, with more examples.
+settings.register_profile(
+    "ci",
+    settings.get_profile("ci"),
+    max_examples=300,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    deadline=None,
+)
+settings.load_profile("ci" if os.environ.get("CI") else "sa_stockpyle")
 
 
 def _configured(make: Callable[[], T]) -> T:

@@ -137,7 +137,14 @@ _VERSION = re.compile(rb'SPK1\{"v":(\d+),')
 def entry_version(data: bytes) -> int | None:
     """The version an encoded entry starts with, or None (no version, not an entry)."""
     match = _VERSION.match(data)
-    return int(match[1]) if match else None
+    if match is None:
+        return None
+    try:
+        return int(match[1])
+    except ValueError:
+        # More digits than int_max_str_digits: no entry this package wrote (the encoder
+        # refuses such a number), so a write goes over it like over any corrupt record.
+        return None
 
 
 def decode_marker(data: bytes) -> Marker | None:

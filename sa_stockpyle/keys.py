@@ -305,7 +305,15 @@ _CONTEXT = Context()
 def _enc_datetime(value: dt.datetime) -> str:
     # Equal aware datetimes in different zones name the same instant: key them in UTC.
     if value.tzinfo is not None and value.utcoffset() is not None:
-        return "tZ" + value.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat()
+        try:
+            utc = value.astimezone(dt.timezone.utc)
+        except OverflowError:
+            # 0001-01-01 00:30+01:00 is a datetime, but its instant is not one in UTC.
+            raise InvalidKeyValueError(
+                f"datetime {value!r} names an instant outside datetime's range in UTC, "
+                f"and cannot identify an object"
+            ) from None
+        return "tZ" + utc.replace(tzinfo=None).isoformat()
     return "t" + value.isoformat()
 
 

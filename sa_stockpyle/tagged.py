@@ -196,8 +196,17 @@ def _from_iso(kind: type[dt.datetime] | type[dt.time]) -> Callable[[Any], Any]:
     def decode(raw: str | list[Any]) -> Any:
         if isinstance(raw, list):
             text, fold = raw
-            return kind.fromisoformat(text).replace(fold=fold)
-        return kind.fromisoformat(raw)
+            value = kind.fromisoformat(text).replace(fold=fold)
+        else:
+            value = kind.fromisoformat(raw)
+        offset = value.utcoffset()
+        if offset is not None and offset.microseconds:
+            # fromisoformat reads an offset :func:`_iso` never writes: the value would be
+            # served, and refused when put back.
+            raise PayloadError(
+                f"payload {kind.__name__} {raw!r:.80} has an offset in microseconds"
+            )
+        return value
 
     return decode
 

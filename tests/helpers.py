@@ -1,4 +1,4 @@
-"""Helpers shared by the shared-store tests: hostile payloads and cluster clients."""
+"""Helpers shared by the tests: hostile payloads, cluster clients, waits, example counts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hypothesis import settings
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
@@ -78,3 +79,10 @@ def freeze(pid: int, timeout: float = 5.0) -> None:
             return
         time.sleep(0.001)
     raise AssertionError(f"process {pid} did not stop within {timeout} s")
+
+
+def examples(local: int) -> int:
+    """How many examples a property test that runs ``local`` of them locally runs under
+    the loaded Hypothesis profile: as many times more as the profile's ``max_examples``
+    is over Hypothesis's default of 100 (see ``conftest.py``: three times, with CI set)."""
+    return local * settings().max_examples // 100

@@ -30,10 +30,12 @@ from sa_stockpyle.codec import (
     SIGNATURE_BYTES,
     Entry,
     Invalidation,
+    Marker,
     Pointer,
     Signer,
     decode_marker,
     encode_invalidation,
+    encode_marker,
     encode_record,
     entry_version,
 )
@@ -50,7 +52,8 @@ from sa_stockpyle.stores import (
 )
 from sa_stockpyle.tagged import MAX_DEPTH
 from sa_stockpyle.testing import Foo
-from tests.helpers import cluster_client, until
+from tests.helpers import cluster_client, examples, until
+from tests.hostile import DIGIT_LIMIT, mutations
 
 SIGNING_KEY = b"0123456789abcdef-test-signing-key"
 SIGNER = Signer(SIGNING_KEY)
@@ -109,7 +112,8 @@ def layered(
     """A shared store (signed or not) in front of a memory layer holding the truth."""
     kind, signing = request.param
     store = _shared(kind, request, signing_key=SIGNING_KEY if signing else None)
-    chain = ChainedStore([store, ProcessMemoryStore()])
+    # A lease left in the shared layer is not waited for: reads go on to the next layer.
+    chain = ChainedStore([store, ProcessMemoryStore()], lease_wait=0)
     yield store, chain, signing
     chain.close()
 
@@ -140,7 +144,8 @@ TWINS: list[type[enum.Enum]] = [
 
 # -- item 1 and 3: payloads that do not decode ---------------------------------------------
 
-_STATE = b'"c":"sa_stockpyle.testing.Foo","k":["K"],"x":null'
+#: The rest of an entry of Foo listing the key "K" (each test puts the key it reads in).
+_STATE = b'"c":"sa_stockpyle.testing.Foo","k":["K"],"x":null}'
 UNDECODABLE = [
     b"",
     b"\x00\x01garbage",
@@ -156,11 +161,17 @@ UNDECODABLE = [
     + _STATE,
     MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"timedelta","v":[1.5,0,0]}},' + _STATE,
     MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"date","v":"99999-01-01"}},' + _STATE,
+    # An offset put() refuses (microseconds): it would be served, and refused when put back.
+    MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"datetime","v":"2020-01-01T00:00'
+    b'+05:00:00.000001"}},' + _STATE,
+    MAGIC
+    + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"time","v":["01:30+01:00:00.000500",1]}},'
+    + _STATE,
     MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"zoned","v":["2020-01-01T00:00",'
     b'"../../../etc/passwd",0]}},' + _STATE,
     MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"enum","v":["os","system",1]}},' + _STATE,
     # A number over the digit limit, JSON nested past every limit, deeper than MAX_DEPTH.
-    MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":' + b"7" * 5_000 + b"}," + _STATE,
+    MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":' + b"7" * (DIGIT_LIMIT + 1) + b"}," + _STATE,
     MAGIC + b'{"s":{"d":' + b"[" * 100_000,
     MAGIC + b'{"s":{"d":' + b"[" * 100_000 + b"]" * 100_000 + b"}," + _STATE,
     MAGIC
@@ -175,8 +186,8 @@ UNDECODABLE = [
     MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"zoned","v":["2020-01-01T00:00",'
     b'"' + b"x" * 5_000 + b'",0]}},' + _STATE,
     # Key values a key cannot be made of, and keys the state does not give.
-    MAGIC + b'{"s":{"key":1,"zap":{"$t":"decimal","v":"1e999999999999999999"},"bar":1},' + _STATE,
-    MAGIC + b'{"s":{"key":1,"zap":NaN,"bar":1},' + _STATE,
+    MAGIC + b'{"s":{"key":NaN,"zap":1,"bar":1},' + _STATE,
+    MAGIC + b'{"s":{"key":{"$t":"decimal","v":"1e999999999999999999"},"zap":1,"bar":1},' + _STATE,
     MAGIC + b'{"s":{},' + _STATE,
     MAGIC + b'{"s":{"zap":1,"bar":1},' + _STATE,
     # An Enum whose name two classes share.
@@ -208,6 +219,26 @@ def test_undecodable_payloads_are_counted_misses_that_block_nothing(
     assert chain.get(Foo, 1) == GOOD
     assert chain.batch_get(Foo, [1, {"zap": 1, "bar": 1}, 2]) == [GOOD, GOOD, OTHER]
     assert store.get(Foo, 1) == GOOD
+
+
+@pytest.mark.parametrize(
+    "zap", [b"NaN", b'{"$t":"decimal","v":"NaN"}', b'{"$t":"decimal","v":"1e999999999999999999"}']
+)
+def test_an_entry_whose_alternate_key_values_give_no_key_it_lists_is_a_miss_by_it(
+    shared: BaseKeyValueStore, zap: bytes
+) -> None:
+    # A lookup by the primary key checks that key only: the entry answers it.  One by the
+    # alternate key checks every key the entry lists against its state: NaN makes no key,
+    # a huge Decimal another one.
+    shared.put(GOOD)
+    primary, alternate = _primary(shared), shared.keymaker.key(SPEC, 1, (1, 1))
+    keys = json.dumps([primary, alternate]).encode()
+    body = b'{"s":{"key":1,"zap":' + zap + b',"bar":1},"c":"sa_stockpyle.testing.Foo","k":'
+    _overwrite(shared, primary, MAGIC + body + keys + b',"x":null}')
+    assert shared.get(Foo, {"zap": 1, "bar": 1}) is None
+    assert shared.stats.count(Foo, "corrupt") == 1
+    shared.put(GOOD)
+    assert shared.get(Foo, {"zap": 1, "bar": 1}) == GOOD
 
 
 def _slotted_payloads() -> list[bytes]:
@@ -676,94 +707,32 @@ def test_an_unusable_signing_key_is_refused(key: Any) -> None:
         ShoveStore(shove={}, signing_key=key)
 
 
-# -- the property: any bytes, any mutation of a real payload -------------------------------
-
-hostile_json = st.one_of(
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from(["DIGITS", "NAN", "DEEP", "SHALLOW"]),
-    st.none(),
-    st.booleans(),
-    st.text(max_size=8),
-    st.lists(st.integers(), max_size=3),
-    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-    st.sampled_from(
-        [
-            {"$t": "timedelta", "v": [1e20, 0, 0]},
-            {"$t": "timedelta", "v": [-(10**12), 0, 0]},
-            {"$t": "bytes", "v": "!!"},
-            {"$t": "decimal", "v": "1e999999999"},
-            {"$t": "enum", "v": ["os", "system", 1]},
-            {"$t": "zoned", "v": ["2020-01-01", "../../etc/passwd", 0]},
-            {"$t": "set", "v": [[1]]},
-            {"$t": "dict", "v": [[[1], 2]]},
-            {"$t": "datetime", "v": "9999-99-99"},
-        ]
-    ),
-)
-_SPECIAL = {
-    '"DIGITS"': "9" * 5_000,
-    '"NAN"': "NaN",
-    '"DEEP"': "[" * 5_000 + "]" * 5_000,
-    '"SHALLOW"': "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1),
-}
-
-
-def _replace_at(body: Any, path: list[int], value: Any) -> Any:
-    """``body`` with the value at the position ``path`` picks (modulo each container's
-    size, depth first) replaced by ``value``."""
-    if not path or not isinstance(body, (dict, list)) or not body:
-        return value
-    if isinstance(body, dict):
-        name = sorted(body)[path[0] % len(body)]
-        return {**body, name: _replace_at(body[name], path[1:], value)}
-    index = path[0] % len(body)
-    return [*body[:index], _replace_at(body[index], path[1:], value), *body[index + 1 :]]
-
-
-@st.composite
-def mutations(draw: st.DrawFn, payload: bytes) -> bytes:
-    """Arbitrary bytes, or a real payload cut short, with bytes flipped, or with one of its
-    JSON values (at any depth) replaced by a hostile one."""
-    kind = draw(st.sampled_from(["bytes", "truncate", "flip", "json", "json"]))
-    if kind == "bytes":
-        return draw(st.binary(max_size=200))
-    if kind == "truncate":
-        return payload[: draw(st.integers(0, len(payload) - 1))]
-    if kind == "flip":
-        position = draw(st.integers(0, len(payload) - 1))
-        return (
-            payload[:position]
-            + bytes([payload[position] ^ draw(st.integers(1, 255))])
-            + (payload[position + 1 :])
-        )
-    body = json.loads(payload[len(MAGIC) :])
-    path = draw(st.lists(st.integers(0, 10), min_size=1, max_size=4))
-    text = json.dumps(_replace_at(body, path, draw(hostile_json)))
-    for placeholder, literal in _SPECIAL.items():
-        text = text.replace(placeholder, literal)
-    return MAGIC + text.encode()
+# -- the property: any bytes, any mutation of a real record -------------------------------
 
 
 def _verdict(store: BaseKeyValueStore, key: str, raw: bytes) -> str:
     """What a read of ``raw`` at ``key`` must see: ``corrupt``, a ``marker`` (a miss) or a
-    ``record`` (served, unless expired or not an entry)."""
+    ``record`` (served, unless expired, or a pointer to no entry that answers)."""
     try:
         record = store._decode(raw, Foo)
     except PayloadError:
         return "marker" if store._marker_of(raw) is not None else "corrupt"
-    # A lookup by the primary key checks that key; one by an alternate key, every key.
-    if type(record) is Entry and not store.keymaker.agrees(
-        SPEC, key, record.keys, record.state, alternates=False
-    ):
-        return "corrupt"
-    return "record"
+    # Where it was read: an entry's key values give that key (a lookup by an alternate key
+    # checks the rest where a pointer leads to it), a pointer leads to a primary key.
+    if type(record) is Entry:
+        belongs = store.keymaker.agrees(SPEC, key, record.keys, record.state, alternates=False)
+    else:
+        belongs = store.keymaker.is_primary(SPEC, record.primary)  # type: ignore[union-attr]
+    return "record" if belongs else "corrupt"
+
+
+#: The records a mutation starts from, and the lookup that reads the key holding each.
+RECORDS = {"entry": 1, "pointer": {"zap": 1, "bar": 1}, "tombstone": 1, "lease": 1}
 
 
 @pytest.mark.slow
 @settings(
-    max_examples=100,
-    deadline=None,
+    max_examples=examples(100),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(st.data())
@@ -773,33 +742,102 @@ def test_every_read_of_hostile_bytes_is_the_truth_or_a_miss(
     store, chain, signing = layered
     truth = Foo(key=1, zap=1, bar=1, when=dt.date(2020, 1, 1), tags=("a", 1), d={"x": [1.5]})
     chain.batch_put([truth, OTHER])
-    primary = _primary(store)
-    unsigned = _raw(store, primary)[: -SIGNATURE_BYTES if signing else None]
-    hostile = data.draw(mutations(unsigned))
+    primary, alternate = _primary(store), store.keymaker.key(SPEC, 1, (1, 1))
+    # What a store writes, unsigned, to start from or to splice in: an entry and a pointer
+    # (of the other object), a tombstone, a lease, an invalidation message.  Their times
+    # are fixed (taken in the past, expiring in the future): a mutation drawn for bytes of
+    # one length must find the same length when Hypothesis replays it.
+    real = {
+        "entry": _raw(store, _primary(store, Foo, 2)),
+        "pointer": _raw(store, store.keymaker.key(SPEC, 1, (2, 2))),
+        "tombstone": encode_marker(Marker(None, 1.7e9, 4e9)),
+        "lease": encode_marker(Marker("hostile", 1.7e9, 4e9)),
+        "message": encode_invalidation(Invalidation("hostile", 1.7e9, [(Foo, {"key": 1})], [])),
+    }
+    if signing:
+        real["entry"], real["pointer"] = (SIGNER.verify(real[k]) for k in ("entry", "pointer"))
+    kind = data.draw(st.sampled_from(sorted(RECORDS)))
+    lookup, location = RECORDS[kind], alternate if kind == "pointer" else primary
+    if kind == "tombstone":
+        store.delete(truth)
+    if kind in ("tombstone", "lease"):
+        _overwrite(store, primary, real[kind])
+    raw = _raw(store, location)
+    unsigned = SIGNER.verify(raw) if signing and kind in ("entry", "pointer") else raw
+    hostile = data.draw(mutations(unsigned, list(real.values())))
     # Signed again, as by someone who holds the key: then only the decoder's checks hold.
     resigned = signing and data.draw(st.booleans())
     if resigned:
         hostile = SIGNER.sign(hostile)
-    verdict = _verdict(store, primary, hostile)
+    verdict = _verdict(store, location, hostile)
     if signing and not resigned:
         assert verdict in ("corrupt", "marker")  # no signature: never a record
     store.stats.reset()
-    _overwrite(store, primary, hostile)
-    found = store.get(Foo, 1)
+    _overwrite(store, location, hostile)
+    found = store.get(Foo, lookup)
     assert store.stats.count(Foo, "corrupt") == (verdict == "corrupt")
     if found is not None:  # a well-formed entry of the right class and key
         assert verdict == "record"
         assert type(found) is Foo
-        assert found.key == 1
-    # By the alternate key: only an entry whose every key agrees with its state answers.
-    _overwrite(store, primary, hostile)
-    by_alternate = store.get(Foo, {"zap": 1, "bar": 1})
-    if by_alternate is not None:
-        assert verdict == "record"
-        assert (by_alternate.key, by_alternate.zap, by_alternate.bar) == (1, 1, 1)
+        if kind == "pointer":
+            assert found == truth  # a pointer leads to the entry that lists its key, or none
+        else:
+            assert found.key == 1
+    if location == primary:
+        # By the alternate key: only an entry whose every key agrees with its state answers.
+        _overwrite(store, primary, hostile)
+        by_alternate = store.get(Foo, {"zap": 1, "bar": 1})
+        if by_alternate is not None:
+            assert verdict == "record"
+            assert (by_alternate.key, by_alternate.zap, by_alternate.bar) == (1, 1, 1)
     # Through the chain: the truth, from the next layer, unless a well-formed entry stands.
-    _overwrite(store, primary, hostile)
-    assert chain.batch_get(Foo, [1, 2]) in ([truth, OTHER], [found, OTHER])
+    _overwrite(store, location, hostile)
+    assert chain.batch_get(Foo, [lookup, 2]) in ([truth, OTHER], [found, OTHER])
     # Nothing is blocked: the next write and read work.
     store.put(truth)
-    assert store.get(Foo, 1) == truth
+    assert store.get(Foo, lookup) == truth
+
+
+# -- write paths meet hostile bytes too ---------------------------------------------------
+
+
+class Versioned(_Mapped):
+    """A class whose commits are ordered by their ``version_id_col``."""
+
+    __tablename__ = "hostile_versioned"
+    __stockpyle_keys__ = ["id"]
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(20))
+    version: Mapped[int] = mapped_column()
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+def test_a_version_past_the_digit_limit_stops_no_write(shared: BaseKeyValueStore) -> None:
+    # A write of a versioned class reads the version of the entry it would replace: one
+    # with more digits than int() converts raised ValueError out of the commit's write.
+    engine = create_engine("sqlite://")
+    _Mapped.metadata.create_all(engine, tables=[Versioned.__table__])  # type: ignore[list-item]
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            row = Versioned(id=1, name="first")
+            session.add(row)
+            session.commit()
+            shared.write_committed([row], [])
+            primary = _primary(shared, Versioned)
+            held = _raw(shared, primary)
+            assert held.startswith(MAGIC + b'{"v":1,')
+            huge = held.replace(b'{"v":1,', b'{"v":' + b"9" * (DIGIT_LIMIT + 1) + b",", 1)
+            _overwrite(shared, primary, huge)
+            row.name = "second"
+            session.commit()
+            assert row.version == 2
+            shared.write_committed([row], [])  # raises nothing
+            # The entry written over the undecodable one, or (Redis, whose script reads the
+            # number as infinity) that one left for a read to find corrupt and remove.
+            found = shared.get(Versioned, 1)
+            assert found is None or (found.name, found.version) == ("second", 2)
+            assert shared.stats.count(Versioned, "corrupt") == (found is None)
+    finally:
+        engine.dispose()

@@ -56,6 +56,19 @@ def test_equal_values_encode_alike() -> None:
     assert encode_value(10**5000).startswith("I")  # beyond int->str digit limits
 
 
+def test_an_aware_datetime_whose_instant_utc_cannot_hold_is_refused() -> None:
+    # A datetime, but not an instant datetime can name in UTC: astimezone() overflowed.
+    for value in (
+        dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=1))),
+        dt.datetime.max.replace(tzinfo=dt.timezone(-dt.timedelta(minutes=1))),
+    ):
+        with pytest.raises(InvalidKeyValueError, match="outside datetime's range in UTC"):
+            _key(Foo, value)
+    assert encode_value(dt.datetime(1, 1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=1)))) == (
+        "tZ0001-01-01T00:00:00"
+    )
+
+
 def test_long_or_odd_keys_stay_within_backend_limits() -> None:
     for value in ["x" * 300, "sp ace", "tab\t", "ünï", "\x00"]:
         key = _key(Foo, value)
