@@ -32,8 +32,9 @@ from sa_stockpyle.stores import (
     SqlAlchemyStore,
 )
 from sa_stockpyle.testing import Foo
+from stress.partition import Partition
 from tests.helpers import cluster_client, until
-from tests.servers import RedisServer
+from tests.servers import MemcachedServer, RedisServer
 from tests.test_races import Item, item_tables
 
 ROUNDS = 100
@@ -296,3 +297,53 @@ def test_a_process_that_exits_without_closing_says_goodbye(redis_url: str) -> No
         assert memory.get(Foo, 1) is not None
     finally:
         chain.close()
+
+
+def test_a_layer_caught_up_tells_the_other_processes_what_it_removed(
+    redis_url: str, private_memcached_server: MemcachedServer
+) -> None:
+    # The writer's link to memcached is cut while it commits a removal; the reader, whose
+    # link stays up, reads the entry memcached still holds into its memory layer.  Only
+    # the writer's catch-up, once its link is back, can tell the reader: the broadcast
+    # itself (on Redis) lost nothing, so nothing else would clear it.
+    server = private_memcached_server
+    with Partition(server.host, server.port) as link:
+        writer = ChainedStore(
+            [
+                ProcessMemoryStore(),
+                MemcacheStore(servers=[link.address], timeout=0.2, connect_timeout=0.2),
+                RedisStore(url=redis_url),
+            ],
+            cooldown=0,
+        )
+        reader_memory = ProcessMemoryStore()
+        reader = ChainedStore(
+            [reader_memory, MemcacheStore(servers=[server.address]), RedisStore(url=redis_url)]
+        )
+        try:
+            assert until(lambda: bool(writer.coherence and writer.coherence.subscribed))
+            assert until(lambda: bool(reader.coherence and reader.coherence.subscribed))
+            writer.put(Foo(key=1, zap=1, bar=1, v="old"))
+            link.cut()
+            writer.write_committed([], [(Foo, {"key": 1})])  # memcached misses the removal
+            assert writer.layer_stats[1].count(Foo, "errors") == 1
+            # The broadcast of the commit arrives first (the reader's memory held nothing).
+            assert until(
+                lambda: (
+                    reader.coherence is not None
+                    and reader.coherence.counts().get("received", 0) >= 2
+                )
+            )
+            assert reader.get(Foo, 1).v == "old"  # type: ignore[union-attr]  # memcached's
+            assert reader_memory.get(Foo, 1) is not None  # and now the reader's memory's
+            assert reader.coherence is not None
+            evicted = reader.coherence.counts().get("evicted", 0)
+            link.heal()  # the writer's catch-up timer removes the key, and says so
+            assert until(lambda: writer.layer_stats[1].count(Foo, "caught_up") == 1, timeout=10)
+            # By that message (a flush after a late heartbeat on a loaded machine would
+            # clear the memory too, but evicts nothing).
+            assert until(lambda: reader.coherence.counts().get("evicted", 0) > evicted, timeout=10)
+            assert reader_memory.get(Foo, 1) is None
+        finally:
+            reader.close()
+            writer.close()

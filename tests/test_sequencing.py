@@ -134,15 +134,26 @@ def test_a_forked_child_publishes_under_an_identity_of_its_own(redis_url: str) -
         process.join(30)
         assert process.exitcode == 0
         chain.write_committed([], [(Foo, {"key": 3})])
-        assert until(lambda: hear(6))  # the child's heartbeat, message and goodbye
+
+        def numbered(origin: str) -> list[tuple[str, int]]:
+            # Heartbeats after the first come whenever a publisher was quiet for a second
+            # (a loaded machine forks slowly): only the numbering is asserted.
+            return [
+                (m.kind, m.seq)
+                for m in heard
+                if m.origin == origin and (m.kind != "beat" or m.seq == 0)
+            ]
+
+        def all_heard() -> bool:
+            hear(0)  # one message more, if there is one
+            return len(numbered(parent)) >= 3 and len(numbered(child)) >= 3
+
+        # The child's heartbeat, message and goodbye, and the parent's second message.
+        assert until(all_heard, timeout=30)
     finally:
         chain.close()
         pubsub.close()
         client.close()
     assert child != parent
-    numbers = {
-        origin: [(m.kind, m.seq) for m in heard if m.origin == origin]
-        for origin in (parent, child)
-    }
-    assert numbers[parent] == [("beat", 0), ("", 1), ("", 2)]
-    assert numbers[child] == [("beat", 0), ("", 1), ("bye", 1)]
+    assert numbered(parent) == [("beat", 0), ("", 1), ("", 2)]
+    assert numbered(child) == [("beat", 0), ("", 1), ("bye", 1)]
