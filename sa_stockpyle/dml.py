@@ -35,7 +35,14 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.dml import Delete, Insert, Update, UpdateBase
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 
-__all__ = ["RETURNING_OPTION", "Touched", "is_upsert", "touched", "with_returning"]
+__all__ = [
+    "RETURNING_OPTION",
+    "Touched",
+    "is_upsert",
+    "sets_primary_key",
+    "touched",
+    "with_returning",
+]
 
 #: The execution option :func:`with_returning` marks a statement with.
 RETURNING_OPTION = "sa_stockpyle_returning"
@@ -105,6 +112,25 @@ def is_upsert(statement: Any) -> bool:
     # Dialect INSERT ... ON CONFLICT / ON DUPLICATE KEY UPDATE constructs carry their
     # clause here; a plain INSERT does not.
     return isinstance(statement, Insert) and statement._post_values_clause is not None
+
+
+def sets_primary_key(statement: Any, rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether ``statement`` is an ``UPDATE`` whose ``SET`` (its values, or those of the
+    parameter sets ``rows``) may change a primary-key column.  ``RETURNING`` then names
+    the rows by their new keys, and nothing names the entries under their old ones."""
+    if not isinstance(statement, Update):
+        return False
+    table = _table_of(statement)
+    if table is None:
+        return True  # cannot tell which columns are keys
+    names = {column.key for column in table.primary_key}
+    for mapping in _mappings(table):
+        names |= {mapping.mapper.get_property_by_column(c).key for c in mapping.mapper.primary_key}
+    ordered = getattr(statement, "_ordered_values", None) or ()  # SQLAlchemy 2.0
+    assigned = [*(statement._values or {}), *(name for name, _ in ordered)]
+    assigned += [name for row in rows for name in row]
+    # A name is a string, a column or a mapped attribute; each of the last two has a key.
+    return any(getattr(name, "key", name) in names for name in assigned)
 
 
 def _pinned(table: Table, whereclause: Any) -> dict[Column[Any], BindParameter[Any]]:
@@ -236,6 +262,8 @@ def with_returning(
     elif isinstance(statement, Update):
         if _keys_from_where(statement, table, rows) is not None:
             return None
+        if sets_primary_key(statement, rows):
+            return None  # RETURNING would give the new keys only: every row goes
         supported = dialect.update_returning
     elif isinstance(statement, Delete):
         if _keys_from_where(statement, table, rows) is not None:

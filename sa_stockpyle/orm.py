@@ -351,7 +351,16 @@ class Attachment:
         klass = mapper.class_
         statement: Any = orm_state.statement
         params: Any = orm_state.parameters
-        rows: list[Any] = params if isinstance(params, list) else [params] if params else []
+        # A list is one row per dictionary (bulk by primary key); so is one dictionary of
+        # an INSERT.  One dictionary of an UPDATE or DELETE holds its SET values and bound
+        # parameters: SQLAlchemy runs it against every row its WHERE selects.
+        rows: list[Any] = (
+            params
+            if isinstance(params, list)
+            else [params]
+            if params and orm_state.is_insert
+            else []
+        )
         upsert = orm_state.is_insert and dml.is_upsert(statement)
         by_key = bool(rows) and all(set(info.primary_attrs) <= set(row) for row in rows)
         touched = [{a: row[a] for a in info.primary_attrs} for row in rows] if by_key else []
@@ -362,7 +371,11 @@ class Attachment:
             result = orm_state.invoke_statement()
         elif by_key and not upsert:
             result = orm_state.invoke_statement()  # bulk UPDATE by primary key
-        elif self._can_return(orm_state, mapper) and not rows:
+        elif (
+            self._can_return(orm_state, mapper)
+            and not rows
+            and not dml.sets_primary_key(statement, [params] if params else [])
+        ):
             # return_defaults() adds RETURNING of the primary key while the caller keeps the
             # result it expects (rowcount, no rows); the keys arrive on the side.
             columns = [info.mapper.get_property(a).class_attribute for a in info.primary_attrs]

@@ -55,8 +55,9 @@ SCOPE = [
     ),
     "sa_stockpyle.stores.base.x__answering__mutmut_*",
 ]
-#: What a mutant's tests did about it: only these two mean a test noticed the change.
-CAUGHT = {"killed", "timeout"}
+#: What became of a mutant: these mean a check noticed the change (strict mypy, which the
+#: test command runs, rejected it, or a test failed or hung).
+CAUGHT = {"caught by type check", "killed", "timeout"}
 
 
 @dataclass(frozen=True)
@@ -121,11 +122,8 @@ def report(mutants: list[Mutant], listed: dict[str, dict[str, str]]) -> list[str
         problems.append(f"{unchecked} mutants not checked yet: bash scripts/mutation --resume")
     ran = {mutant.name for mutant in mutants}
     problems += [f"{name} is listed but was not made" for name in listed if name not in ran]
-    columns = ("mutants", "checked", "caught", "survived", "untested")
-    print(
-        f"{'module':34} {columns[0]:>7} {columns[1]:>7} {columns[2]:>7} {columns[3]:>8} "
-        f"{columns[4]:>8} score"
-    )
+    columns = ("mutants", "checked", "by mypy", "caught", "survived", "untested")
+    print(f"{'module':28}", *(f"{column:>8}" for column in columns), "score")
     total: Counter[str] = Counter()
     for module, counts in sorted(by_module.items()):
         total += counts
@@ -140,8 +138,8 @@ def _line(name: str, counts: Counter[str]) -> str:
     checked = made - counts["not checked"]
     caught = sum(counts[status] for status in CAUGHT)
     score = f"{100 * caught / checked:.1f}%" if checked else "-"
-    survived, untested = counts["survived"], counts["no tests"]
-    return f"{name:34} {made:>7} {checked:>7} {caught:>7} {survived:>8} {untested:>8} {score}"
+    row = (made, checked, counts["caught by type check"], caught, counts["survived"])
+    return f"{name:28} " + " ".join(f"{n:>8}" for n in (*row, counts["no tests"])) + f" {score}"
 
 
 def main(argv: list[str]) -> int:

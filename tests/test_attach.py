@@ -555,6 +555,45 @@ def test_orm_bulk_insert_and_update_by_primary_key(
         assert layers.cached(Account, key) == [None, None]
     _assert_holds(layers, id=2, balance=2)
     assert layers.chain.get(Account, 3).balance == 300
+    assert layers.chain.get(Account, 1).balance == 100
+
+
+def test_an_orm_delete_with_one_mapping_removes_every_row_it_deletes(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    # One dictionary is not a row to delete by its key: SQLAlchemy deletes every row the
+    # statement's (absent) WHERE selects.
+    _three(factory)
+    with factory() as session:
+        assert session.execute(delete(Account), {"id": 2}).rowcount == 3
+        session.commit()
+    for key in (1, 2, 3):
+        assert layers.cached(Account, key) == [None, None]
+        assert layers.chain.get(Account, key) is None
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["values", "one mapping", "core"],
+)
+def test_an_update_that_changes_a_primary_key_removes_the_old_entry(
+    factory: sessionmaker[Session], layers: Layers, how: str
+) -> None:
+    # RETURNING names a row by its new key; the entry under its old key must go too.
+    _three(factory)
+    renamed = update(Account).where(Account.handle == "h1")
+    with factory() as session:
+        if how == "values":
+            session.execute(renamed.values(id=9))
+        elif how == "one mapping":  # one dictionary: the SET values, not a row by its key
+            session.execute(renamed, {"id": 9})
+        else:
+            table = Account.__table__
+            session.connection().execute(update(table).where(table.c.handle == "h1").values(id=9))
+        session.commit()
+    assert layers.cached(Account, 1) == [None, None]
+    assert layers.chain.get(Account, 1) is None
+    assert layers.chain.get(Account, 9).handle == "h1"
 
 
 # -- targets --------------------------------------------------------------------------------

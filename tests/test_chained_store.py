@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shelve
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -22,7 +23,7 @@ from sa_stockpyle.stores import (
 from sa_stockpyle.stores.base import Op, Reservation
 from sa_stockpyle.testing import FakeClock, Falsy, Foo, Pair, StoreConformance
 from tests.helpers import until
-from tests.threads import run_together
+from tests.threads import JOIN_TIMEOUT, run_together, started
 
 
 class TestChainOfMemoryAndShove(StoreConformance):
@@ -141,7 +142,13 @@ def test_a_failing_layer_is_a_counted_logged_miss(caplog: pytest.LogCaptureFixtu
     # read, put, delete: a layer that failed to read holds no claim, so it is not filled
     assert chain.layer_stats[1].count(Foo, "errors") == 3
     assert fast.get(Foo, 0) == _foos(1)[0]
-    assert "1:Recording failed to read" in caplog.text
+    # Each failure is logged once, naming the layer, what it failed to do and why.
+    why = f"{broken!r} is switched off"
+    assert [record.getMessage() for record in caplog.records] == [
+        f"sa_stockpyle: layer 1:Recording failed to {action}: {why}"
+        for action in ("read", "put", "catch up")  # the delete waits for the catch-up
+    ]
+    assert {record.levelno for record in caplog.records} == {logging.WARNING}
     chain.close()
 
 
@@ -288,6 +295,39 @@ def test_a_layer_that_cannot_catch_up_stays_skipped(outage: Outage) -> None:
     fast.clear()
     assert chain.get(Foo, 1).version == "new"
     assert chain.layer_stats[1].count(Foo, "errors") >= 3
+
+
+def test_a_layer_another_thread_is_catching_up_is_skipped(outage: Outage) -> None:
+    # While one thread makes up for what the middle layer missed, the layer still holds
+    # the old entry: another thread's read must not use it until the catch-up is done.
+    fast, middle, _, chain = outage
+    chain.put(Foo(key=1, zap=1, bar=1, version="old"))
+    middle.down = True
+    chain.put(Foo(key=1, zap=1, bar=1, version="new"))
+    middle.down = False
+    fast.clear()
+    inside, release = threading.Event(), threading.Event()
+    apply = middle._apply
+
+    def gated(ops: Sequence[Op]) -> list[Any]:
+        if not inside.is_set():  # the catch-up's write, held until the read is done
+            inside.set()
+            assert release.wait(JOIN_TIMEOUT)
+        return apply(ops)
+
+    middle._apply = gated  # type: ignore[method-assign]
+    catching_up = started(chain.get, Foo, 2)  # any use of the layer catches it up first
+    assert inside.wait(JOIN_TIMEOUT)
+    assert middle.get(Foo, 1).version == "old"  # not yet removed
+    reads = len(middle.reads)
+    assert chain.get(Foo, 1).version == "new"
+    assert len(middle.reads) == reads  # the layer was passed over, not read
+    release.set()
+    catching_up.finish()
+    assert chain.layer_stats[1].count(Foo, "caught_up") == 1
+    fast.clear()
+    assert chain.get(Foo, 1).version == "new"
+    assert middle.get(Foo, 1).version == "new"
 
 
 def test_a_long_outage_drops_whole_classes(

@@ -127,6 +127,27 @@ def test_returning_is_added_only_where_it_is_needed_and_supported() -> None:
     assert dml.with_returning(delete(ITEMS).where(ITEMS.c.name == "a"), [{}], lite) is None
 
 
+def test_an_update_that_may_change_a_key_is_not_named_by_what_it_returns() -> None:
+    # RETURNING gives the new keys; the entries under the old ones could not be named.
+    pg = postgresql.dialect()
+    by_name = update(ITEMS).where(ITEMS.c.name == "a")
+    for renames, rows, klass in [
+        (by_name.values(id=5), [{}], "Item"),
+        (by_name.values({ITEMS.c.id: 5}), [{}], "Item"),
+        (by_name.values({Item.id: 5}), [{}], "Item"),
+        (by_name, [{"id": 5}], "Item"),  # a parameter set's value for the key column
+        (update(PAIRS).where(PAIRS.c.name == "a").values(b=2), [{}], "Pair"),
+    ]:
+        assert dml.sets_primary_key(renames, rows)
+        assert dml.with_returning(renames, rows, pg) is None
+        assert lookups(renames, rows) == [(klass, [], True)]
+    assert not dml.sets_primary_key(by_name.values(name="b"), [{"name": "c"}])
+    assert not dml.sets_primary_key(delete(ITEMS), [{"id": 5}])
+    # Pinned by its WHERE, the old key is known: that entry goes, and no other.
+    renamed = update(ITEMS).where(ITEMS.c.id == 1).values(id=5)
+    assert lookups(renamed) == [("Item", [{"id": 1}], False)]
+
+
 def test_returned_keys_name_the_rows() -> None:
     criteria = update(ITEMS).where(ITEMS.c.name == "a").values(name="b")
     assert [t.lookups for t in dml.touched(criteria, [{}], [(4,), (9,)])] == [
