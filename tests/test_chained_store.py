@@ -330,6 +330,27 @@ def test_a_layer_another_thread_is_catching_up_is_skipped(outage: Outage) -> Non
     assert middle.get(Foo, 1).version == "new"
 
 
+def test_a_forked_child_keeps_the_backlog_and_not_the_rest(outage: Outage) -> None:
+    # What watch_forks calls in a forked child, called here in-process so that each step
+    # shows: the child makes up for what the layer missed before the fork (its entries
+    # are as stale in the child), and does not inherit the parent's circuit breaker.
+    fast, middle, _, chain = outage
+    chain.cooldown = 60.0
+    chain.put(Foo(key=1, zap=1, bar=1, version="old"))
+    chain.put(Pair(a=1, b=2))
+    middle.down = True
+    chain.put(Foo(key=1, zap=1, bar=1, version="new"))
+    chain.invalidate_class(Pair)
+    middle.down = False
+    chain._forked()
+    fast.clear()
+    assert chain.get(Foo, 1).version == "new"
+    assert middle.get(Foo, 1).version == "new"  # used at once: caught up, then filled
+    assert middle.get(Pair, {"a": 1, "b": 2}) is None
+    assert chain.layer_stats[1].count(Foo, "caught_up") == 1
+    assert chain.layer_stats[1].count(Pair, "caught_up") == 1
+
+
 def test_a_long_outage_drops_whole_classes(
     monkeypatch: pytest.MonkeyPatch, outage: Outage
 ) -> None:

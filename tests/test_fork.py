@@ -139,6 +139,33 @@ def test_a_forked_worker_serves_nothing_older_than_max_staleness(
         reader.remove()
 
 
+def test_a_childs_chain_starts_a_broadcast_of_its_own_at_first_use(redis_url: str) -> None:
+    # What watch_forks calls in a forked child, called here in-process so that each step
+    # shows (the forked tests above show the whole).
+    memory = ProcessMemoryStore()
+    chain = ChainedStore([memory, RedisStore(url=redis_url)], max_staleness=MAX_STALENESS)
+    parents = chain.coherence
+    assert parents is not None and until(lambda: parents.subscribed)
+    try:
+        chain._forked()
+        parents.close()  # a forked child has none of the parent's threads
+        childs = chain.coherence
+        assert childs is not None and childs is not parents
+        assert not childs.subscribed  # not before first use
+        memory.put(Item(id=1, code="c1", value="v1"))  # as old as the fork
+        assert chain.get(Item, 7) is None  # first use
+        assert memory.get(Item, 1) is None  # emptied: nothing older than the fork
+        assert until(lambda: childs.subscribed)
+        memory.put(Item(id=1, code="c1", value="v1"))
+        assert chain.get(Item, 7) is None
+        assert memory.get(Item, 1) is not None  # emptied once, not at every use
+    finally:
+        chain.close()
+    chain._forked()  # the child of a closed chain starts no broadcast
+    assert chain.coherence is childs
+    assert chain.get(Item, 7) is None
+
+
 def test_the_in_process_stores_of_a_child_start_empty_with_new_locks() -> None:
     memory = ProcessMemoryStore(max_items=10)
     memory.put(Item(id=1, code="c1", value="v1"))
