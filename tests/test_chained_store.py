@@ -7,6 +7,7 @@ import shelve
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -150,6 +151,32 @@ def test_a_failing_layer_is_a_counted_logged_miss(caplog: pytest.LogCaptureFixtu
     ]
     assert {record.levelno for record in caplog.records} == {logging.WARNING}
     chain.close()
+
+
+@pytest.mark.parametrize(
+    ("action", "use"),
+    [
+        ("read", lambda chain: chain.get(Foo, 1)),
+        ("put", lambda chain: chain.put(Foo(key=1, zap=1, bar=1))),
+        ("delete", lambda chain: chain.delete(Foo(key=1, zap=1, bar=1))),
+        ("delete", lambda chain: chain.batch_delete([Foo(key=1, zap=1, bar=1)])),
+        ("write a commit", lambda chain: chain.write_committed([], [(Foo, {"key": 1})])),
+        ("invalidate a class", lambda chain: chain.invalidate_class(Foo)),
+        ("reserve", lambda chain: chain.reserve(Foo, [1])),
+    ],
+)
+def test_each_failure_is_logged_with_what_the_layer_failed_to_do(
+    caplog: pytest.LogCaptureFixture, action: str, use: Any
+) -> None:
+    fast, broken, slow = Recording(), Recording(), Recording()
+    chain = ChainedStore([fast, broken, slow], broadcast=False)
+    broken.down = True
+    with caplog.at_level(logging.WARNING, logger="sa_stockpyle"):
+        use(chain)
+    chain.close()
+    assert [record.getMessage() for record in caplog.records] == [
+        f"sa_stockpyle: layer 1:Recording failed to {action}: {broken!r} is switched off"
+    ]
 
 
 def test_a_failing_last_layer_raises_and_writes_nothing_above() -> None:
@@ -415,6 +442,32 @@ def test_a_reader_waits_50_ms_by_default_for_a_fresh_lease_then_reads_without_fi
     assert fast.get(Foo, 1) == foo
 
 
+def test_a_waiting_reader_reads_again_after_each_doubled_pause_until_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The wait's schedule, on a clock that moves only when the chain sleeps: pauses of
+    # 1, 2, 4, 8 and 16 ms, then the rest of lease_wait, a read after each, none after.
+    clock = FakeClock(0.0)
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        clock.advance(seconds)
+
+    monkeypatch.setattr(chained, "time", SimpleNamespace(monotonic=clock, sleep=sleep))
+    fast, slow = Recording(), Recording()
+    chain = ChainedStore([fast, slow], broadcast=False)
+    foo = Foo(key=1, zap=1, bar=1)
+    slow.put(foo)
+    fast.reserve(Foo, [1])  # another reader is filling the key (and never does)
+    fast.reads.clear()
+    assert chain.get(Foo, 1) == foo
+    assert pauses == pytest.approx([0.001, 0.002, 0.004, 0.008, 0.016, 0.019])
+    assert clock() == pytest.approx(0.05)
+    assert len(fast.reads) == 1 + len(pauses)  # the first read, then one after each pause
+    chain.close()
+
+
 def test_a_lease_older_than_lease_busy_is_not_waited_for() -> None:
     clock = FakeClock()
     fast, slow = ProcessMemoryStore(clock=clock), Recording()
@@ -458,7 +511,9 @@ def test_a_chain_as_a_layer_reserves_and_fills_through_each_layer() -> None:
     assert (third.granted, third.busy) == ([True], [True])  # one layer granted, one busy
 
 
-def test_a_chain_as_a_layer_counts_a_layer_failing_to_reserve_or_fill() -> None:
+def test_a_chain_as_a_layer_counts_a_layer_failing_to_reserve_or_fill(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     fast, slow = Recording(), Recording()
     inner = ChainedStore([fast, slow], broadcast=False, cooldown=0)
     foo = Foo(key=1, zap=1, bar=1)
@@ -470,9 +525,20 @@ def test_a_chain_as_a_layer_counts_a_layer_failing_to_reserve_or_fill() -> None:
     slow.down = True
     inner.fill(claim, [foo])  # the slow layer fails: counted, the rest goes on
     assert inner.layer_stats[1].count(Foo, "errors") == 1
+    assert [record.getMessage() for record in caplog.records] == [
+        f"sa_stockpyle: layer 0:Recording failed to reserve: {fast!r} is switched off",
+        f"sa_stockpyle: layer 1:Recording failed to fill: {slow!r} is switched off",
+    ]
     slow.down = False
     assert fast.get(Foo, 1) is None  # it reserved nothing, so it fills nothing
     assert slow.get(Foo, 1) is None
+    # The last layer failed to reserve: the layers above still fill through their claims.
+    slow.down = True
+    claim = inner.reserve(Foo, [2])
+    slow.down = False
+    inner.fill(claim, [Foo(key=2, zap=2, bar=2)])
+    assert fast.get(Foo, 2) == Foo(key=2, zap=2, bar=2)
+    assert slow.get(Foo, 2) is None
 
 
 class _FailsOnceReserved(Recording):
@@ -484,7 +550,9 @@ class _FailsOnceReserved(Recording):
         return claim
 
 
-def test_waiting_for_other_readers_counts_every_key_and_a_layer_failing_meanwhile() -> None:
+def test_waiting_for_other_readers_counts_every_key_and_a_layer_failing_meanwhile(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     fast, slow = _FailsOnceReserved(), Recording()
     chain = ChainedStore([fast, slow], broadcast=False)
     foos = [Foo(key=i, zap=i, bar=i) for i in (1, 2)]
@@ -493,4 +561,5 @@ def test_waiting_for_other_readers_counts_every_key_and_a_layer_failing_meanwhil
     assert chain.batch_get(Foo, [1, 2]) == foos  # the wait failed: read from the next layer
     assert chain.layer_stats[0].count(Foo, "waits") == 2
     assert chain.layer_stats[0].count(Foo, "errors") == 1
+    assert "layer 0:_FailsOnceReserved failed to read: " in caplog.text
     chain.close()
