@@ -534,6 +534,51 @@ def test_bulk_statements_without_returning_invalidate_the_class(
         handle.detach()
 
 
+def test_a_dialect_returning_from_delete_only_is_asked_for_what_it_can_return(
+    engine: Engine, layers: Layers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As MariaDB: DELETE ... RETURNING, but no UPDATE ... RETURNING.
+    monkeypatch.setattr(engine.dialect, "update_returning", False)
+    factory = sessionmaker(engine)
+    handle = attach(factory, layers.chain)
+    try:
+        _three(factory)
+        with factory() as session:
+            session.execute(delete(Account).where(Account.balance == 3))
+            session.commit()
+        assert layers.cached(Account, 3) == [None, None]
+        _assert_holds(layers, id=1, balance=1)  # by the key returned: the rest stays
+        assert handle.stats.count(Account, "class_invalidations") == 0
+        with factory() as session:
+            session.execute(update(Account).where(Account.balance == 2).values(balance=20))
+            session.commit()
+        for key in (1, 2):  # nothing returned: the whole class goes
+            assert layers.cached(Account, key) == [None, None]
+        assert handle.stats.count(Account, "class_invalidations") == 1
+        assert layers.chain.get(Account, 2).balance == 20
+    finally:
+        handle.detach()
+
+
+def test_a_session_bound_per_class_is_tracked_through_its_classs_engine(
+    engine: Engine, layers: Layers
+) -> None:
+    factory = sessionmaker(binds={Account: engine})  # no default bind
+    handle = attach(factory, layers.chain)
+    try:
+        _three(factory)
+        with factory() as session:
+            session.execute(update(Account).where(Account.balance == 2).values(balance=20))
+            session.get(Account, 3).balance = 30
+            session.commit()
+        assert layers.cached(Account, 2) == [None, None]
+        _assert_holds(layers, id=1, balance=1)  # by the key returned: the rest stays
+        assert layers.chain.get(Account, 2).balance == 20
+        assert layers.chain.get(Account, 3).balance == 30
+    finally:
+        handle.detach()
+
+
 def test_bulk_rollback_invalidates_nothing(factory: sessionmaker[Session], layers: Layers) -> None:
     _three(factory)
     with factory() as session:
