@@ -145,12 +145,14 @@ def test_a_childs_chain_starts_a_broadcast_of_its_own_at_first_use(redis_url: st
     memory = ProcessMemoryStore()
     chain = ChainedStore([memory, RedisStore(url=redis_url)], max_staleness=MAX_STALENESS)
     parents = chain.coherence
-    assert parents is not None and until(lambda: parents.subscribed)
+    assert parents is not None
+    assert until(lambda: parents.subscribed)
     try:
         chain._forked()
         parents.close()  # a forked child has none of the parent's threads
         childs = chain.coherence
-        assert childs is not None and childs is not parents
+        assert childs is not None
+        assert childs is not parents
         assert not childs.subscribed  # not before first use
         memory.put(Item(id=1, code="c1", value="v1"))  # as old as the fork
         assert chain.get(Item, 7) is None  # first use
