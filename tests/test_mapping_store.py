@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import multiprocessing
 import os
 import pickle
@@ -107,6 +108,26 @@ def test_a_malicious_pickle_is_a_counted_miss_and_is_deleted(
     assert not marker.exists()
     assert files.dictionary[primary].startswith(b"SPKT")  # removed: a tombstone
     assert files.stats.count(Foo, "corrupt") == 1
+
+
+def test_an_entry_whose_state_does_not_give_its_keys_is_a_logged_corrupt_miss(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    held: dict[str, bytes] = {}
+    store = ShoveStore(shove=held)
+    store.put(Foo(key=1, zap=1, bar=1))
+    (primary,) = [key for key in held if key.endswith(":key:i1")]
+    # It still lists the alternate key (zap 1, bar 1); its state says zap 2.
+    held[primary] = held[primary].replace(b'"zap":1', b'"zap":2', 1)
+    with caplog.at_level(logging.WARNING, logger="sa_stockpyle"):
+        assert store.get(Foo, {"zap": 1, "bar": 1}) is None
+    assert [record.getMessage() for record in caplog.records] == [
+        f"sa_stockpyle: {store!r}: deleting corrupt entry {primary!r}: "
+        "it lists keys its state does not give"
+    ]
+    assert store.stats.count(Foo, "corrupt") == 1
+    assert store.get(Foo, 1) is None  # replaced by a tombstone
+    assert not held[primary].startswith(MAGIC + b"{")
 
 
 def test_exactly_one_mapping_source() -> None:
