@@ -179,6 +179,23 @@ def test_each_failure_is_logged_with_what_the_layer_failed_to_do(
     ]
 
 
+def test_a_hit_costs_one_call_and_a_miss_takes_no_lease_in_the_last_layer() -> None:
+    fast, slow = Recording(), Recording()
+    chain = ChainedStore([fast, slow], broadcast=False)
+    slow.put(Foo(key=1, zap=1, bar=1))
+    fast.put(Foo(key=2, zap=2, bar=2))
+    fast.calls = slow.calls = 0
+    assert chain.get(Foo, 2) == Foo(key=2, zap=2, bar=2)
+    assert (fast.calls, slow.calls) == (1, 0)  # the read, and no lease over the hit
+    assert chain.get(Foo, 3) is None
+    # The fast layer: its read and its lease, then the lease's release; the last layer,
+    # whose reads are the truth, is read once.
+    assert slow.calls == 1
+    assert chain.batch_get(Foo, [3, 4]) == [None, None]
+    assert slow.calls == 2
+    chain.close()
+
+
 def test_a_failing_last_layer_raises_and_writes_nothing_above() -> None:
     fast, slow = Recording(), Recording()
     chain = ChainedStore([fast, slow])

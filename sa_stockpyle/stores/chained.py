@@ -283,9 +283,10 @@ class ChainedStore(BaseStore):
             retry.start()
 
     def _retry_catch_up(self, index: int) -> None:
+        # A catch-up that fails schedules the next one (_ready remembers what it took),
+        # and so does one another thread is applying now: this timer has no more to do.
         self._missed[index].retry = None
-        if not self._ready(index, ()) and not self._missed[index].retry:
-            self._remember(index)
+        self._ready(index, ())
 
     def _usable(self, index: int, classes: Iterable[type]) -> bool:
         """Whether layer ``index`` may be used now: not resting after a failure, and
