@@ -297,18 +297,38 @@ def outage() -> Iterator[Outage]:
     chain.close()
 
 
-def test_a_write_missed_during_an_outage_never_serves_the_old_entry(outage: Outage) -> None:
+def test_a_write_missed_during_an_outage_never_serves_the_old_entry(
+    outage: Outage, caplog: pytest.LogCaptureFixture
+) -> None:
     fast, middle, _, chain = outage
     chain.put(Foo(key=1, zap=1, bar=1, version="old"))
+    chain.put(Pair(a=1, b=2))
     middle.down = True
     chain.put(Foo(key=1, zap=1, bar=1, version="new"))
+    chain.invalidate_class(Pair)
     middle.down = False
     assert middle.get(Foo, 1).version == "old"  # what the layer still holds
     fast.clear()
-    assert chain.get(Foo, 1).version == "new"
+    with caplog.at_level(logging.INFO, logger="sa_stockpyle"):
+        assert chain.get(Foo, 1).version == "new"
     assert chain.get(Foo, {"zap": 1, "bar": 1}).version == "new"
     assert middle.get(Foo, 1).version == "new"  # removed, then filled again
     assert chain.layer_stats[1].count(Foo, "caught_up") == 1
+    assert caplog.records[-1].getMessage() == (
+        "sa_stockpyle: layer 1:Recording answers again; "
+        "removed 1 missed keys, invalidated 1 classes"
+    )
+    # Caught up, the layer is in use again, and makes up for its next outage too.
+    fast.clear()
+    assert chain.get(Foo, 1).version == "new"
+    assert chain.layer_stats[1].count(Foo, "hits") == 1
+    middle.down = True
+    chain.put(Foo(key=1, zap=1, bar=1, version="newer"))
+    middle.down = False
+    fast.clear()
+    assert chain.get(Foo, 1).version == "newer"
+    assert middle.get(Foo, 1).version == "newer"
+    assert chain.layer_stats[1].count(Foo, "caught_up") == 2
 
 
 def test_missed_deletes_commits_and_invalidations_are_made_up_for(outage: Outage) -> None:
