@@ -591,12 +591,13 @@ def test_orm_bulk_insert_and_update_by_primary_key(
     factory: sessionmaker[Session], layers: Layers
 ) -> None:
     _three(factory)
-    layers.seed(_account(4, balance=44))
+    layers.seed(_account(4, balance=44), _account(5, balance=55))
     with factory() as session:
         session.execute(update(Account), [{"id": 1, "balance": 100}, {"id": 3, "balance": 300}])
         session.execute(insert(Account), [{"id": 4, "email": "d@example.com", "handle": "d"}])
+        session.execute(insert(Account), {"id": 5, "email": "e@example.com", "handle": "e"})
         session.commit()
-    for key in (1, 3, 4):
+    for key in (1, 3, 4, 5):
         assert layers.cached(Account, key) == [None, None]
     _assert_holds(layers, id=2, balance=2)
     assert layers.chain.get(Account, 3).balance == 300

@@ -474,6 +474,23 @@ def test_an_orm_upsert_is_tracked(pg_layers: Attached) -> None:
     assert balances(layers, Acct)[1] == 1
 
 
+def test_an_orm_upsert_conflicting_on_another_key_removes_the_row_it_updated(
+    pg_layers: Attached,
+) -> None:
+    # The parameters name id 9; the row updated is the one whose name conflicts (id 2).
+    layers = pg_layers
+    prime(layers)
+    statement = postgresql.insert(Acct)
+    statement = statement.on_conflict_do_update(
+        index_elements=[Acct.name], set_={"balance": statement.excluded.balance}
+    )
+    with layers.factory() as session:
+        session.execute(statement, [{"id": 9, "name": "a2", "balance": 99}])
+        session.commit()
+    check(layers)
+    assert balances(layers, Acct)[2] == 99
+
+
 # -- statements on tables ----------------------------------------------------------------
 
 TABLE = Acct.__table__
