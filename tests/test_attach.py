@@ -579,6 +579,23 @@ def test_a_session_bound_per_class_is_tracked_through_its_classs_engine(
         handle.detach()
 
 
+def test_a_table_statement_after_an_orm_statement_in_one_session_is_tracked(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    # The ORM statement's own Core execution is recorded once, by the ORM hook; the
+    # session's next statement on its connection is the Core hook's again.
+    _three(factory)
+    table = Account.__table__
+    with factory() as session:
+        session.execute(delete(Account).where(Account.id == 2))
+        session.connection().execute(update(table).where(table.c.id == 3).values(balance=30))
+        session.commit()
+    assert layers.cached(Account, 2) == [None, None]
+    assert layers.cached(Account, 3) == [None, None]
+    _assert_holds(layers, id=1, balance=1)
+    assert layers.chain.get(Account, 3).balance == 30
+
+
 def test_bulk_rollback_invalidates_nothing(factory: sessionmaker[Session], layers: Layers) -> None:
     _three(factory)
     with factory() as session:
