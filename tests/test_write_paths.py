@@ -402,12 +402,11 @@ def test_bulk_update_mappings_removes_the_rows_it_updates(layers: Attached) -> N
         session.bulk_update_mappings(Ledger, [{"id": 1, "balance": 1, "version": 1}])  # type: ignore[arg-type]
         check(layers)  # nothing before the commit
         session.commit()
+    # By primary key: the other rows stay cached (looked at before a read fills them).
+    assert all(held is not None for held in layers.held(Acct, 2))
     check(layers)
     assert balances(layers, Acct) == {1: 1, 2: 20, 3: 3, 4: 40, 5: 50}
     assert balances(layers, Ledger)[1] == 1
-    # By primary key: the other rows stay cached.
-    assert all(held is not None for held in layers.held(Acct, 2))
-    check(layers)
 
 
 def test_bulk_update_mappings_rolled_back_changes_nothing(layers: Attached) -> None:
@@ -506,9 +505,9 @@ def test_an_update_of_a_table_by_key_removes_its_rows(layers: Attached) -> None:
         )
         check(layers)
         session.commit()
+    assert all(held is not None for held in layers.held(Acct, 2))  # before a read fills it
     check(layers)
     assert balances(layers, Acct) == {1: 5, 2: 20, 3: 6, 4: 7, 5: 50}
-    assert all(held is not None for held in layers.held(Acct, 2))
     assert layers.handle.stats.count(Acct, "class_invalidations") == 0
 
 
@@ -518,11 +517,28 @@ def test_an_update_of_a_table_by_criteria_removes_its_rows(layers: Attached) -> 
         result = session.execute(update(TABLE).where(TABLE.c.balance > 30).values(balance=0))
         assert result.rowcount == 2  # type: ignore[attr-defined]
         session.commit()
-    check(layers)
-    assert balances(layers, Acct) == {1: 10, 2: 20, 3: 30, 4: 0, 5: 0}
-    # PostgreSQL and SQLite both return the keys: the other rows stay cached.
+    # PostgreSQL and SQLite both return the keys: the other rows stay cached (looked at
+    # before a read fills them).
     assert all(held is not None for held in layers.held(Acct, 1))
     check(layers)
+    assert balances(layers, Acct) == {1: 10, 2: 20, 3: 30, 4: 0, 5: 0}
+
+
+def test_a_table_statement_on_the_connection_is_named_by_what_it_returns(
+    layers: Attached,
+) -> None:
+    prime(layers)
+    with layers.factory() as session:
+        connection = session.connection()
+        result = connection.execute(update(TABLE).where(TABLE.c.balance > 30).values(balance=0))
+        assert result.rowcount == 2
+        connection.execute(delete(TABLE).where(TABLE.c.name == "a3"))
+        session.commit()
+    # RETURNING named the rows: the others stay cached (looked at before any read).
+    assert all(held is not None for held in layers.held(Acct, 1))
+    assert all(held is not None for held in layers.held(Acct, 2))
+    check(layers)
+    assert balances(layers, Acct) == {1: 10, 2: 20, 4: 0, 5: 0}
 
 
 def test_a_delete_from_a_table_removes_its_rows(layers: Attached) -> None:
@@ -557,9 +573,9 @@ def test_a_statement_a_flush_listener_runs_is_tracked(layers: Attached) -> None:
             session.commit()
     finally:
         event.remove(Acct, "after_update", also)
+    assert all(held is not None for held in layers.held(Acct, 2))  # before a read fills it
     check(layers)
     assert balances(layers, Acct) == {1: 1, 2: 20, 3: 30, 4: 40, 5: 55}
-    assert all(held is not None for held in layers.held(Acct, 2))
 
 
 def test_a_statement_an_after_flush_listener_runs_is_tracked(layers: Attached) -> None:
@@ -628,7 +644,29 @@ def test_a_key_of_another_type_in_a_where_is_not_trusted(layers: Attached) -> No
     assert balances(layers, Acct)[1] == 1
 
 
-def test_an_upsert_on_a_table_removes_its_rows(pg_layers: Attached) -> None:
+def test_an_upsert_on_a_table_removes_the_row_the_database_returns(
+    pg_layers: Attached,
+) -> None:
+    # No key in the parameters: RETURNING gives the key of the row it updated (id 2).
+    layers = pg_layers
+    prime(layers)
+    statement = postgresql.insert(TABLE)
+    statement = statement.on_conflict_do_update(
+        index_elements=[TABLE.c.name], set_={"balance": statement.excluded.balance}
+    )
+    with layers.factory() as session:
+        session.execute(statement.values(name="a2", balance=2))
+        session.commit()
+    assert layers.held(Acct, 2) == [None, None]
+    assert all(held is not None for held in layers.held(Acct, 1))  # before a read fills it
+    assert layers.handle.stats.count(Acct, "class_invalidations") == 0
+    check(layers)
+    assert balances(layers, Acct) == {1: 10, 2: 2, 3: 30, 4: 40, 5: 50}
+
+
+def test_an_upsert_giving_its_keys_invalidates_the_class(pg_layers: Attached) -> None:
+    # The database returns nothing for keys the parameters give (return_defaults()
+    # fetches only what they do not), and those need not name the row it updated.
     layers = pg_layers
     prime(layers)
     statement = postgresql.insert(TABLE)
@@ -637,12 +675,12 @@ def test_an_upsert_on_a_table_removes_its_rows(pg_layers: Attached) -> None:
     )
     with layers.factory() as session:
         session.execute(statement, [{"id": 1, "name": "a1", "balance": 1}])
-        # The keys only in the statement's VALUES: the database returns them.
         session.execute(statement.values(id=3, name="a3", balance=3))
         session.commit()
+    assert layers.held(Acct, 2) == [None, None]
+    assert layers.handle.stats.count(Acct, "class_invalidations") == 1  # one per commit
     check(layers)
     assert balances(layers, Acct) == {1: 1, 2: 20, 3: 3, 4: 40, 5: 50}
-    assert all(held is not None for held in layers.held(Acct, 2))
 
 
 def test_a_statement_whose_rows_cannot_be_known_invalidates_the_class(
@@ -675,8 +713,8 @@ def test_an_attached_engine_tracks_its_connections(layers: Attached) -> None:
         with layers.engine.connect() as connection:
             connection.execute(delete(TABLE).where(TABLE.c.id == 3))
             connection.rollback()
+        assert all(held is not None for held in layers.held(Acct, 4))  # before a read
         assert balances(layers, Acct)[3] == 30
-        assert all(held is not None for held in layers.held(Acct, 4))
         check(layers)
     finally:
         handle.detach()
