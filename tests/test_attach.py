@@ -596,6 +596,22 @@ def test_a_table_statement_after_an_orm_statement_in_one_session_is_tracked(
     assert layers.chain.get(Account, 3).balance == 30
 
 
+@pytest.mark.parametrize("klass", [Account, Ledger])
+def test_a_row_added_then_deleted_in_one_transaction_leaves_nothing_cached(
+    factory: sessionmaker[Session], layers: Layers, klass: type
+) -> None:
+    values = {"code": "L7", "balance": 7} if klass is Ledger else {"handle": "h7"}
+    with factory() as session:
+        obj = klass(id=7, **values)
+        session.add(obj)
+        session.flush()  # its put is recorded here
+        session.delete(obj)
+        session.flush()  # and its removal here
+        session.commit()
+    assert layers.cached(klass, 7) == [None, None]
+    assert layers.chain.get(klass, 7) is None
+
+
 def test_bulk_rollback_invalidates_nothing(factory: sessionmaker[Session], layers: Layers) -> None:
     _three(factory)
     with factory() as session:
