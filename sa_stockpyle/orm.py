@@ -175,7 +175,7 @@ class Attachment:
             # flush's record from being taken (do_orm_execute keeps its place: the first
             # listener that returns a result is the one that executes).
             first = name != "do_orm_execute"
-            event.listen(self._event_target, name, listener, propagate=True, insert=first)
+            event.listen(self._event_target, name, listener, insert=first)
         if self._engine is not None:
             self._listen_to(self._engine)
 

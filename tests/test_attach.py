@@ -612,6 +612,34 @@ def test_a_row_added_then_deleted_in_one_transaction_leaves_nothing_cached(
     assert layers.chain.get(klass, 7) is None
 
 
+def test_an_application_listener_that_executes_orm_statements_keeps_its_place(
+    engine: Engine, layers: Layers
+) -> None:
+    # An application's do_orm_execute listener, added before attach(), that executes
+    # UPDATEs itself (here: every one also adds 1000): the first listener to return a
+    # result executes the statement, so it still does, and the write-through follows.
+    factory = sessionmaker(engine)
+
+    def also_adds(orm_state: Any) -> Any:
+        if orm_state.is_update:
+            statement = orm_state.statement.values(balance=Account.balance + 1000)
+            return orm_state.invoke_statement(statement=statement)
+        return None
+
+    event.listen(factory, "do_orm_execute", also_adds)
+    handle = attach(factory, layers.chain)
+    try:
+        _three(factory)
+        with factory() as session:
+            session.execute(update(Account).where(Account.id == 2).values(balance=20))
+            session.commit()
+        assert layers.chain.get(Account, 2).balance == 1002
+        _assert_holds(layers, id=2, balance=1002)
+    finally:
+        handle.detach()
+        event.remove(factory, "do_orm_execute", also_adds)
+
+
 def test_bulk_rollback_invalidates_nothing(factory: sessionmaker[Session], layers: Layers) -> None:
     _three(factory)
     with factory() as session:
@@ -692,13 +720,18 @@ def test_every_kind_of_target(engine: Engine, layers: Layers) -> None:
     class AppSession(Session):
         pass
 
+    class RequestSession(AppSession):
+        pass
+
     instance = Session(engine)
     targets: list[tuple[Any, Any]] = [
         (factory, factory),
         (scoped, scoped),
         (AppSession, lambda: AppSession(engine)),
+        (AppSession, lambda: RequestSession(engine)),  # a subclass of the class attached
         (instance, lambda: instance),
         (engine, lambda: Session(engine)),
+        (engine, lambda: RequestSession(engine)),  # any session class, on that engine
     ]
     for id, (target, make) in enumerate(targets, start=1):
         handle = attach(target, layers.chain)
@@ -724,6 +757,31 @@ def test_engine_target_ignores_sessions_on_other_engines(
         handle.detach()
         other.dispose()
     assert layers.cached(Account, 9) == [None, None]
+
+
+def test_two_chains_attached_to_one_factory_each_get_every_commit(
+    engine: Engine, layers: Layers
+) -> None:
+    factory = sessionmaker(engine)
+    other = ChainedStore([ProcessMemoryStore(), SqlAlchemyStore(engine=engine)])
+    handles = [attach(factory, layers.chain), attach(factory, other)]
+    try:
+        _three(factory)
+        for chain in (layers.chain, other):
+            assert chain.get(Account, 1).balance == 1
+        with factory() as session:
+            session.get(Account, 1).balance = 10
+            session.delete(session.get(Account, 2))
+            session.commit()
+        for chain in (layers.chain, other):
+            assert chain.stores[0].get(Account, 1) is None
+            assert chain.stores[0].get(Account, 2) is None
+            assert chain.get(Account, 1).balance == 10
+        assert [handle.stats.count(Account, "written") for handle in handles] == [3, 3]
+    finally:
+        for handle in handles:
+            handle.detach()
+        other.close()
 
 
 def test_attaching_twice_is_harmless_and_detach_stops_everything(
