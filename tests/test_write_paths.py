@@ -594,7 +594,53 @@ def test_a_statement_an_after_flush_listener_runs_is_tracked(layers: Attached) -
     assert balances(layers, Acct)[2] == 22
 
 
-def test_a_flush_listener_changing_the_flushed_row_costs_its_write(layers: Attached) -> None:
+def test_a_session_on_an_attached_engine_discards_a_rolled_back_savepoint(
+    layers: Attached,
+) -> None:
+    # Its flushes are the session's record, not statements of the engine's connection.
+    layers.handle.detach()
+    layers.handle = attach(layers.engine, layers.chain)
+    prime(layers)
+    with layers.factory() as session:
+        nested = session.begin_nested()
+        session.get(Acct, 1).balance = 1  # type: ignore[union-attr]
+        session.flush()
+        nested.rollback()
+        session.get(Acct, 2).balance = 2  # type: ignore[union-attr]
+        session.commit()
+    assert all(held is not None for held in layers.held(Acct, 1))  # before a read fills it
+    assert layers.held(Acct, 2) == [None, None]
+    check(layers)
+
+
+@pytest.mark.parametrize("target", ["factory", "engine"])
+def test_an_autocommit_session_that_ends_without_committing_removes_its_rows(
+    layers: Attached, target: str
+) -> None:
+    # docs/orm.md: in AUTOCOMMIT isolation each flushed statement has committed already.
+    if target == "engine":
+        layers.handle.detach()
+        layers.handle = attach(layers.engine, layers.chain)
+    prime(layers)
+    with layers.engine.connect() as connection:
+        autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+        session = layers.factory(bind=autocommit)
+        session.get(Acct, 1).balance = 1  # type: ignore[union-attr]
+        session.flush()
+        session.close()
+    assert layers.held(Acct, 1) == [None, None]
+    assert all(held is not None for held in layers.held(Acct, 2))  # before a read fills it
+    check(layers)
+    assert balances(layers, Acct)[1] == 1
+
+
+@pytest.mark.parametrize("target", ["factory", "engine"])
+def test_a_flush_listener_changing_the_flushed_row_costs_its_write(
+    layers: Attached, target: str
+) -> None:
+    if target == "engine":  # the session's statements are still recorded in its record
+        layers.handle.detach()
+        layers.handle = attach(layers.engine, layers.chain)
     ledgers = Ledger.__table__
 
     def also(mapper: object, connection: Connection, target: Ledger) -> None:
