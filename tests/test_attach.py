@@ -6,6 +6,8 @@ Every test asserts on each caching layer directly, not only through the chain.
 from __future__ import annotations
 
 import datetime as dt
+import gc
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -782,6 +784,23 @@ def test_two_chains_attached_to_one_factory_each_get_every_commit(
         for handle in handles:
             handle.detach()
         other.close()
+
+
+def test_a_long_lived_session_keeps_nothing_of_its_ended_transactions(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    with factory() as session:
+        ended = []
+        for id in (1, 2, 3):
+            session.add(_account(id))
+            session.flush()
+            ended.append(weakref.ref(session.get_transaction()))  # type: ignore[arg-type]
+            if id == 2:
+                session.rollback()
+            else:
+                session.commit()
+        gc.collect()
+        assert [transaction() for transaction in ended] == [None, None, None]
 
 
 def test_attaching_twice_is_harmless_and_detach_stops_everything(

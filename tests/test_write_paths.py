@@ -359,6 +359,23 @@ def test_a_session_on_its_own_connection_is_written_at_its_commit(pg_layers: Att
     check(layers)
 
 
+def test_a_session_on_its_own_connection_closed_without_commit_leaves_the_caches(
+    layers: Attached,
+) -> None:
+    # Its own transaction rolled back: nothing of it waits for the connection's next
+    # COMMIT, which is another transaction's.
+    prime(layers)
+    with layers.engine.connect() as connection:
+        session = layers.factory(bind=connection)
+        session.get(Acct, 1).balance = 1  # type: ignore[union-attr]
+        session.flush()
+        session.close()
+        with connection.begin():
+            connection.execute(select(TABLE.c.id))
+    assert all(held is not None for held in layers.held(Acct, 1))  # before a read fills it
+    check(layers)
+
+
 # -- the session's own write methods -----------------------------------------------------
 
 
