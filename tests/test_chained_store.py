@@ -196,6 +196,19 @@ def test_a_hit_costs_one_call_and_a_miss_takes_no_lease_in_the_last_layer() -> N
     chain.close()
 
 
+@pytest.mark.parametrize("read", ["get", "batch_get"])
+def test_a_bad_key_raises_before_any_layer_is_asked(read: str) -> None:
+    fast, slow = Recording(), Recording()
+    chain = ChainedStore([fast, slow], broadcast=False)
+    with pytest.raises(UnknownKeyError):
+        if read == "get":
+            chain.get(Foo, {"nope": 1})
+        else:
+            chain.batch_get(Foo, [1, {"nope": 1}])
+    assert (fast.calls, slow.calls) == (0, 0)
+    chain.close()
+
+
 def test_a_failing_last_layer_raises_and_writes_nothing_above() -> None:
     fast, slow = Recording(), Recording()
     chain = ChainedStore([fast, slow])
@@ -415,6 +428,35 @@ def test_a_forked_child_keeps_the_backlog_and_not_the_rest(outage: Outage) -> No
     assert chain.layer_stats[1].count(Pair, "caught_up") == 1
 
 
+def test_up_to_max_missed_keys_are_made_up_for_one_by_one(
+    monkeypatch: pytest.MonkeyPatch, outage: Outage
+) -> None:
+    monkeypatch.setattr(chained, "MAX_MISSED", 3)
+    fast, middle, _, chain = outage
+    chain.batch_put([Foo(key=i, zap=i, bar=i) for i in range(10)])
+    middle.down = True
+    for i in range(3):
+        chain.put(Foo(key=i, zap=i, bar=i, v=2))
+    middle.down = False
+    fast.clear()
+    assert chain.get(Foo, 0) == Foo(key=0, zap=0, bar=0, v=2)
+    assert chain.layer_stats[1].count(Foo, "caught_up") == 3
+    assert middle.get(Foo, 9) == Foo(key=9, zap=9, bar=9)  # the rest of the class stays
+
+
+def test_a_resting_layer_is_skipped_by_batch_reads_too(outage: Outage) -> None:
+    fast, middle, slow, chain = outage
+    chain.cooldown = 60.0
+    slow.batch_put(_foos(2))
+    middle.down = True
+    assert chain.batch_get(Foo, [0, 1]) == _foos(2)  # failed: it rests
+    middle.down = False
+    fast.clear()
+    assert chain.batch_get(Foo, [0, 1]) == _foos(2)
+    assert chain.layer_stats[1].count(Foo, "skipped") == 1
+    assert middle.get(Foo, 0) is None  # not read, not filled
+
+
 def test_a_long_outage_drops_whole_classes(
     monkeypatch: pytest.MonkeyPatch, outage: Outage
 ) -> None:
@@ -444,6 +486,10 @@ def test_a_missed_write_is_retried_every_half_second_by_default() -> None:
         chain.put(Foo(key=1, zap=1, bar=1, version="old"))
         fast.down = True
         chain.put(Foo(key=1, zap=1, bar=1, version="new"))  # fast misses it
+        chain.put(Foo(key=2, zap=2, bar=2))  # and this: one timer retries both
+        timers = [t for t in threading.enumerate() if t.name == "sa_stockpyle-catch-up"]
+        assert len(timers) == 1
+        assert timers[0].daemon  # it never keeps the process from exiting
         fast.calls = 0
         began = time.monotonic()
         time.sleep(2.0)
@@ -451,7 +497,7 @@ def test_a_missed_write_is_retried_every_half_second_by_default() -> None:
         # No more attempts than one per 0.5 s (a loaded machine makes fewer, never more).
         assert 1 <= tried <= waited / 0.5 + 1, (tried, waited)
         fast.down = False  # back, and nobody uses the chain: the timer makes up for it
-        assert until(lambda: chain.layer_stats[0].count(Foo, "caught_up") == 1, timeout=5.0)
+        assert until(lambda: chain.layer_stats[0].count(Foo, "caught_up") == 2, timeout=5.0)
         assert fast.get(Foo, 1) is None  # the old entry is gone
     finally:
         chain.close()
