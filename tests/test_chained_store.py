@@ -6,13 +6,18 @@ import logging
 import shelve
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from sa_stockpyle.errors import ConfigurationError, StoreUnavailable, UnknownKeyError
+from sa_stockpyle.errors import (
+    ConfigurationError,
+    PayloadError,
+    StoreUnavailable,
+    UnknownKeyError,
+)
 from sa_stockpyle.stores import (
     BaseDictionaryStore,
     ChainedStore,
@@ -187,24 +192,121 @@ def test_a_hit_costs_one_call_and_a_miss_takes_no_lease_in_the_last_layer() -> N
     fast.calls = slow.calls = 0
     assert chain.get(Foo, 2) == Foo(key=2, zap=2, bar=2)
     assert (fast.calls, slow.calls) == (1, 0)  # the read, and no lease over the hit
+    assert chain.batch_get(Foo, [2]) == [Foo(key=2, zap=2, bar=2)]
+    assert (fast.calls, slow.calls) == (2, 0)
     assert chain.get(Foo, 3) is None
     # The fast layer: its read and its lease, then the lease's release; the last layer,
     # whose reads are the truth, is read once.
     assert slow.calls == 1
     assert chain.batch_get(Foo, [3, 4]) == [None, None]
     assert slow.calls == 2
+    assert chain.layer_stats[1].count(Foo, "misses") == 3  # one per key
     chain.close()
 
 
-@pytest.mark.parametrize("read", ["get", "batch_get"])
-def test_a_bad_key_raises_before_any_layer_is_asked(read: str) -> None:
+class _FailsToFill(Recording):
+    """A layer that reads, and then cannot reserve or take the fill."""
+
+    def __init__(self, error: Exception, reserving: bool = False) -> None:
+        super().__init__()
+        self.error = error
+        self.reserving = reserving
+
+    def reserve(self, klass: type, keys: Sequence[object]) -> Reservation:
+        if self.reserving:
+            raise self.error
+        return super().reserve(klass, keys)
+
+    def fill(self, reservation: Reservation, objs: Sequence[object | None]) -> None:
+        raise self.error
+
+
+def test_a_layer_that_cannot_reserve_is_read_through_counted_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fast, slow = _FailsToFill(StoreUnavailable("gone"), reserving=True), Recording()
+    chain = ChainedStore([fast, slow], broadcast=False)
+    slow.put(Foo(key=1, zap=1, bar=1))
+    assert chain.get(Foo, 1) == Foo(key=1, zap=1, bar=1)
+    assert chain.layer_stats[0].count(Foo, "errors") == 1
+    assert [record.getMessage() for record in caplog.records] == [
+        "sa_stockpyle: layer 0:_FailsToFill failed to reserve: gone"
+    ]
+    chain.close()
+
+
+class _Refuses(Recording):
+    """A layer whose payloads cannot hold what is put (a value too big for it)."""
+
+    def batch_put(self, objs: Iterable[object]) -> None:
+        raise PayloadError("too big for this layer")
+
+    def put(self, obj: object) -> None:
+        raise PayloadError("too big for this layer")
+
+
+def test_a_layer_that_cannot_carry_a_put_removes_the_entry_there_and_above(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fast, refuses, slow = Recording(), _Refuses(), Recording()
+    chain = ChainedStore([fast, refuses, slow], broadcast=False)
+    for layer in (fast, refuses, slow):
+        Recording.batch_put(layer, [Foo(key=1, zap=1, bar=1, version="old")])
+    chain.put(Foo(key=1, zap=1, bar=1, version="new"))
+    assert (fast.get(Foo, 1), refuses.get(Foo, 1)) == (None, None)
+    assert slow.get(Foo, 1).version == "new"
+    assert chain.layer_stats[1].count(Foo, "refused") == 1
+    assert [record.getMessage() for record in caplog.records] == [
+        "sa_stockpyle: layer 1:_Refuses cannot carry a Foo; removed there instead: "
+        "too big for this layer"
+    ]
+    chain.close()
+
+
+def test_a_last_layer_that_cannot_carry_a_put_raises_before_anything_changes() -> None:
+    fast, refuses = Recording(), _Refuses()
+    chain = ChainedStore([fast, refuses], broadcast=False)
+    Recording.put(fast, Foo(key=1, zap=1, bar=1, version="old"))
+    with pytest.raises(PayloadError, match="too big for this layer"):
+        chain.put(Foo(key=1, zap=1, bar=1, version="new"))
+    assert fast.get(Foo, 1).version == "old"
+    chain.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "counted", "message"),
+    [
+        (StoreUnavailable("gone"), "errors", "failed to fill: gone"),
+        (PayloadError("too big"), "refused", "refused a fill: too big"),
+    ],
+)
+def test_a_layer_that_cannot_take_a_fill_is_counted_and_logged(
+    caplog: pytest.LogCaptureFixture, error: Exception, counted: str, message: str
+) -> None:
+    fast, slow = _FailsToFill(error), Recording()
+    chain = ChainedStore([fast, slow], broadcast=False)
+    slow.put(Foo(key=1, zap=1, bar=1))
+    assert chain.get(Foo, 1) == Foo(key=1, zap=1, bar=1)  # the reader has it anyway
+    assert chain.layer_stats[0].count(Foo, counted) == 1
+    assert [record.getMessage() for record in caplog.records] == [
+        f"sa_stockpyle: layer 0:_FailsToFill {message}"
+    ]
+    chain.close()
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda chain: chain.get(Foo, {"nope": 1}),
+        lambda chain: chain.batch_get(Foo, [1, {"nope": 1}]),
+    ],
+    ids=["get", "batch_get"],
+)
+def test_a_bad_key_raises_before_any_layer_is_asked(read: Any) -> None:
     fast, slow = Recording(), Recording()
     chain = ChainedStore([fast, slow], broadcast=False)
     with pytest.raises(UnknownKeyError):
-        if read == "get":
-            chain.get(Foo, {"nope": 1})
-        else:
-            chain.batch_get(Foo, [1, {"nope": 1}])
+        read(chain)
     assert (fast.calls, slow.calls) == (0, 0)
     chain.close()
 
