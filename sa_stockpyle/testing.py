@@ -474,6 +474,13 @@ class StoreConformance:
         assert store.get(Foo, 1) == expected
         assert store.get(Foo, {"zap": 1, "bar": 1}) == expected
 
+    def test_a_fill_after_the_class_was_invalidated_writes_nothing(self) -> None:
+        store = self.store()
+        claim = store.reserve(Foo, [1, {"zap": 2, "bar": 2}])
+        store.invalidate_class(Foo)  # a bulk statement changed rows meanwhile
+        store.fill(claim, [Foo(key=1, zap=1, bar=1), Foo(key=2, zap=2, bar=2)])
+        assert store.batch_get(Foo, [1, 2, {"zap": 2, "bar": 2}]) == [None, None, None]
+
     # -- keys -------------------------------------------------------------------------
 
     def test_key_values_are_type_stable(self) -> None:
@@ -610,6 +617,18 @@ class StoreConformance:
         assert store.get(Foo, 1) == foo
         self.clock.advance(1)
         assert store.get(Foo, 1) is None
+
+    def test_a_filled_entry_expires_with_its_lifetime(self) -> None:
+        store = self._expiring(20)
+        foo, other = Foo(key=1, zap=1, bar=1), Foo(key=2, zap=2, bar=2)
+        store.fill(store.reserve(Foo, [1]), [foo])
+        store.fill(store.reserve(Foo, [{"zap": 2, "bar": 2}]), [other])  # added by key 2
+        self.clock.advance(19)
+        assert store.batch_get(Foo, [1, {"zap": 1, "bar": 1}]) == [foo, foo]
+        assert store.batch_get(Foo, [2, {"zap": 2, "bar": 2}]) == [other, other]
+        self.clock.advance(1)
+        assert store.batch_get(Foo, [1, {"zap": 1, "bar": 1}]) == [None, None]
+        assert store.batch_get(Foo, [2, {"zap": 2, "bar": 2}]) == [None, None]
 
     def test_no_lifetime_never_expires(self) -> None:
         store = self._expiring(None)

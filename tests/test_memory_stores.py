@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -13,6 +14,7 @@ import pytest
 
 from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.stores import ProcessMemoryStore, ThreadLocalStore
+from sa_stockpyle.stores.base import Reservation
 from sa_stockpyle.testing import Foo, StoreConformance
 from tests.threads import finish_all, started
 
@@ -191,3 +193,26 @@ def test_generations_survive_the_lru_bound() -> None:
     for key in range(100):
         store.put(_Key(key=key))
     assert store.get(_Key, 99) == _Key(key=99)
+
+
+def test_a_store_fills_only_reservations_it_made() -> None:
+    store = ProcessMemoryStore()
+    foreign = Reservation(Foo, [1], [True], [False], detail=None)
+    with pytest.raises(TypeError, match="cannot fill a reservation it did not make"):
+        store.fill(foreign, [Foo(key=1, zap=1, bar=1)])
+    assert store.get(Foo, 1) is None
+
+
+@pytest.mark.parametrize(("age", "added"), [(0.4, True), (0.6, False)])
+def test_a_fill_adds_keys_it_holds_no_lease_on_within_half_the_tombstone_ttl(
+    age: float, added: bool
+) -> None:
+    # Found by its alternate key: the primary entry is added where nothing is, but only
+    # while a removal of it would still have left its tombstone there.
+    store = ProcessMemoryStore()
+    foo = Foo(key=1, zap=1, bar=1)
+    claim = store.reserve(Foo, [{"zap": 1, "bar": 1}])
+    claim = dataclasses.replace(claim, started=claim.started - age * store.tombstone_ttl)
+    store.fill(claim, [foo])
+    expected = foo if added else None  # else the pointer it filled leads to nothing
+    assert store.batch_get(Foo, [1, {"zap": 1, "bar": 1}]) == [expected, expected]
