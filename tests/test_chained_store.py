@@ -56,6 +56,7 @@ class Recording(BaseDictionaryStore):
         self.reads: list[list[str]] = []
         self.down = False
         self.calls = 0  # every backend call, answered or not
+        self.writes = 0  # plain writes: puts (and a class's first generation token)
 
     def _check(self) -> None:
         self.calls += 1
@@ -69,6 +70,7 @@ class Recording(BaseDictionaryStore):
 
     def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
         self._check()
+        self.writes += 1
         super()._write(items)
 
     def _apply(self, ops: Sequence[Op]) -> list[Any]:
@@ -204,6 +206,50 @@ def test_a_hit_costs_one_call_and_a_miss_takes_no_lease_in_the_last_layer() -> N
     chain.close()
 
 
+def test_a_delete_writes_nothing_to_any_layer() -> None:
+    fast, slow = Recording(), Recording()
+    chain = ChainedStore([fast, slow], broadcast=False)
+    foo = Foo(key=1, zap=1, bar=1)
+    chain.put(foo)
+    fast.writes = slow.writes = 0
+    chain.delete(foo)
+    assert (fast.writes, slow.writes) == (0, 0)  # tombstones only, never a put first
+    assert (fast.get(Foo, 1), slow.get(Foo, 1)) == (None, None)
+    chain.close()
+
+
+class _Drafts(Recording):
+    """A last layer holding drafts: state its transaction has not committed."""
+
+    def cacheable(self, obj: object, since: float | None = None) -> bool:
+        return not (isinstance(obj, Foo) and vars(obj).get("version") == "draft")
+
+
+def test_uncommitted_state_is_removed_above_and_never_written_there() -> None:
+    fast, drafts = Recording(), _Drafts()
+    chain = ChainedStore([fast, drafts], broadcast=False)
+    Recording.batch_put(fast, [Foo(key=1, zap=1, bar=1, version="old")])
+    fast.writes = 0
+    chain.put(Foo(key=1, zap=1, bar=1, version="draft"))
+    assert fast.get(Foo, 1) is None
+    assert fast.writes == 0  # removed, never put
+    chain.close()
+
+
+def test_a_resting_layer_misses_a_write_and_the_layers_above_still_get_it(
+    outage: Outage,
+) -> None:
+    fast, middle, slow, chain = outage
+    chain.cooldown = 60.0
+    middle.down = True
+    chain.put(Foo(key=1, zap=1, bar=1, version="old"))  # failed: it rests
+    middle.down = False
+    chain.put(Foo(key=1, zap=1, bar=1, version="new"))  # skipped: it rests
+    assert fast.get(Foo, 1).version == "new"
+    assert slow.get(Foo, 1).version == "new"
+    assert chain.layer_stats[1].count(Foo, "skipped") == 1
+
+
 class _FailsToFill(Recording):
     """A layer that reads, and then cannot reserve or take the fill."""
 
@@ -252,7 +298,9 @@ def test_a_layer_that_cannot_carry_a_put_removes_the_entry_there_and_above(
     chain = ChainedStore([fast, refuses, slow], broadcast=False)
     for layer in (fast, refuses, slow):
         Recording.batch_put(layer, [Foo(key=1, zap=1, bar=1, version="old")])
+    fast.writes = 0
     chain.put(Foo(key=1, zap=1, bar=1, version="new"))
+    assert fast.writes == 0  # removed: never a put of what a slower layer refused
     assert (fast.get(Foo, 1), refuses.get(Foo, 1)) == (None, None)
     assert slow.get(Foo, 1).version == "new"
     assert chain.layer_stats[1].count(Foo, "refused") == 1
