@@ -15,7 +15,7 @@ import pytest
 from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.stores import ProcessMemoryStore, ThreadLocalStore
 from sa_stockpyle.stores.base import Reservation
-from sa_stockpyle.testing import Foo, StoreConformance
+from sa_stockpyle.testing import FakeClock, Foo, StoreConformance
 from tests.threads import finish_all, started
 
 
@@ -216,3 +216,22 @@ def test_a_fill_adds_keys_it_holds_no_lease_on_within_half_the_tombstone_ttl(
     store.fill(claim, [foo])
     expected = foo if added else None  # else the pointer it filled leads to nothing
     assert store.batch_get(Foo, [1, {"zap": 1, "bar": 1}]) == [expected, expected]
+
+
+def test_a_tombstone_and_a_lease_end_at_their_exact_bound() -> None:
+    clock = FakeClock()
+    store = ProcessMemoryStore(clock=clock)
+    foo = Foo(key=1, zap=1, bar=1)
+    store.write_committed([], [(Foo, {"key": 1})])  # a removal: its tombstone blocks adds
+    clock.advance(store.tombstone_ttl - 1)
+    store.write_committed([foo], [])
+    assert store.get(Foo, 1) is None
+    clock.advance(1)  # tombstone_ttl after the removal: gone
+    store.write_committed([foo], [])
+    assert store.get(Foo, 1) == foo
+    # Another reader's lease is busy (worth waiting for) for less than lease_busy.
+    store.reserve(Foo, [2])
+    clock.advance(store.lease_busy - 0.5)
+    assert store.reserve(Foo, [2]).busy == [True]
+    clock.advance(0.5)
+    assert store.reserve(Foo, [2]).busy == [False]
