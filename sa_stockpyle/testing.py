@@ -444,6 +444,8 @@ class StoreConformance:
         assert first.granted == [True, True]
         assert second.granted == [False, True]
         assert second.busy == [True, False]
+        third = store.reserve(Foo, [4, 1])  # the busy key after a free one
+        assert (third.granted, third.busy) == ([True, False], [False, True])
         store.fill(first, [Foo(key=1, zap=1, bar=1), None])
         assert store.get(Foo, 1) == Foo(key=1, zap=1, bar=1)
         # A lease that found nothing is given back: the next reader may fill.
@@ -672,6 +674,15 @@ class StoreConformance:
         store.delete(car)
         assert store.get(Automobile, "1234 XYZ") is None
         assert store.get(Car, "1234 XYZ") is None
+
+    def test_a_polymorphic_fill_by_base_class_stores_the_subclass(self) -> None:
+        if not self.supports_polymorphic:
+            pytest.skip("this store is not polymorphic")  # pragma: no cover
+        store = self.store(polymorphic=True)  # new: no class of the hierarchy used yet
+        car = Car(license_plate="1234 XYZ")
+        store.fill(store.reserve(Automobile, ["1234 XYZ"]), [car])
+        assert store.get(Automobile, "1234 XYZ") == car
+        assert store.get(Car, "1234 XYZ") == car
 
     def test_not_polymorphic_by_default(self) -> None:
         store = self.store()
