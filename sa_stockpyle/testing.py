@@ -684,6 +684,15 @@ class StoreConformance:
         assert store.get(Automobile, "1234 XYZ") == car
         assert store.get(Car, "1234 XYZ") == car
 
+    def test_a_polymorphic_commit_removal_reaches_the_base_class_keys(self) -> None:
+        if not self.supports_polymorphic:
+            pytest.skip("this store is not polymorphic")  # pragma: no cover
+        store = self.store(polymorphic=True)
+        store.put(Car(license_plate="1234 XYZ"))
+        store.write_committed([], [(Car, {"license_plate": "1234 XYZ"})])
+        assert store.get(Automobile, "1234 XYZ") is None
+        assert store.get(Car, "1234 XYZ") is None
+
     def test_not_polymorphic_by_default(self) -> None:
         store = self.store()
         store.put(Car(license_plate="ABC"))

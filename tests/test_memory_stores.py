@@ -235,3 +235,15 @@ def test_a_tombstone_and_a_lease_end_at_their_exact_bound() -> None:
     assert store.reserve(Foo, [2]).busy == [True]
     clock.advance(0.5)
     assert store.reserve(Foo, [2]).busy == [False]
+
+
+def test_a_lease_taken_over_a_tombstone_never_shortens_it() -> None:
+    # A reader that misses after a removal, and never fills (it crashed): once its lease
+    # is over, the tombstone must still keep out a late write of the state before it.
+    clock = FakeClock()
+    store = ProcessMemoryStore(clock=clock)
+    store.write_committed([], [(Foo, {"key": 1})])
+    assert store.reserve(Foo, [1]).granted == [True]
+    clock.advance(store.lease_ttl + 1)
+    store.write_committed([Foo(key=1, zap=1, bar=1, version="before")], [])
+    assert store.get(Foo, 1) is None
