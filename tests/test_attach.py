@@ -824,6 +824,16 @@ def test_a_long_lived_session_keeps_nothing_of_its_ended_transactions(
         assert [transaction() for transaction in ended] == [None, None, None]
 
 
+def test_objects_of_classes_without_keys_leave_the_rest_of_a_flush_recorded(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    with factory() as session:
+        session.add(Untracked(id=1))  # first in the flush: nothing to record of it
+        session.add(_account(9, balance=9))
+        session.commit()
+    _assert_holds(layers, id=9, balance=9)
+
+
 def test_attaching_twice_is_harmless_and_detach_stops_everything(
     engine: Engine, layers: Layers
 ) -> None:
