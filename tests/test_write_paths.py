@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     String,
     bindparam,
+    create_engine,
     delete,
     event,
     insert,
@@ -161,6 +162,40 @@ def test_a_session_in_a_callers_transaction_follows_the_database(
     assert (layers.read(Acct, 7) is not None) is committed
     assert (layers.read(Acct, 2) is None) is committed
     check(layers)
+
+
+@pytest.mark.parametrize("ledgers", ["own", "callers"])
+def test_a_session_on_two_connections_removes_what_each_may_hold(
+    pg_layers: Attached, ledgers: str
+) -> None:
+    # Accounts on the caller's connection (in its transaction), ledgers on a connection
+    # of the session's own or of another caller's transaction: the session cannot tell
+    # which rows each holds, so it removes every row, and writes none.
+    layers = pg_layers
+    prime(layers)
+    second = create_engine(layers.engine.url)  # a session holds one connection per engine
+    with layers.engine.connect() as callers, second.connect() as other:
+        outer = callers.begin()
+        other_outer = other.begin() if ledgers == "callers" else None
+        session = layers.factory(binds={Acct: callers, Ledger: other})
+        session.get(Ledger, 1).balance = 111  # type: ignore[union-attr]
+        session.get(Acct, 1).balance = 111  # type: ignore[union-attr]
+        session.commit()
+        if other_outer is None:  # its own: committed now, so removed now
+            assert layers.held(Ledger, 1) == [None, None]
+        else:  # nothing committed yet: nothing to remove yet
+            assert all(held is not None for held in layers.held(Ledger, 1))
+        assert all(held is not None for held in layers.held(Ledger, 2))
+        session.close()
+        if other_outer is not None:
+            other_outer.commit()
+        outer.commit()
+    second.dispose()
+    assert layers.held(Acct, 1) == [None, None]
+    assert layers.held(Ledger, 1) == [None, None]
+    check(layers)
+    assert balances(layers, Ledger)[1] == 111
+    assert balances(layers, Acct)[1] == 111
 
 
 def test_a_caller_savepoint_rolled_back_keeps_nothing_of_its_session(pg_layers: Attached) -> None:
