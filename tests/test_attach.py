@@ -776,10 +776,21 @@ def test_engine_target_ignores_sessions_on_other_engines(
         with Session(other) as session:
             session.add(_account(9))
             session.commit()
+        # Bound to the attached engine, but accounts to the other: theirs are not tracked,
+        # the ledgers are.
+        with Session(bind=engine, binds={Account: other}) as session:
+            session.add_all([_account(8), Ledger(id=8, code="L8", balance=8)])
+            session.commit()
+        with engine.connect() as connection, Session(bind=connection) as session:
+            session.add(_account(7))  # bound to a connection of the attached engine
+            session.commit()
     finally:
         handle.detach()
         other.dispose()
     assert layers.cached(Account, 9) == [None, None]
+    assert layers.cached(Account, 8) == [None, None]
+    _assert_holds(layers, Ledger, id=8, balance=8)
+    _assert_holds(layers, id=7)
 
 
 def test_two_chains_attached_to_one_factory_each_get_every_commit(
