@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import (
     DateTime,
     Engine,
+    ForeignKey,
     Integer,
     String,
     create_engine,
@@ -29,6 +30,7 @@ from sqlalchemy.orm import (
     Mapped,
     Session,
     mapped_column,
+    relationship,
     scoped_session,
     sessionmaker,
 )
@@ -95,6 +97,26 @@ class Untracked(Base):
     __tablename__ = "attach_untracked"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class Owner(Base):
+    """Changed through its relationship alone when a pet is added."""
+
+    __tablename__ = "attach_owners"
+    __stockpyle_keys__ = ["id"]
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(20))
+    pets: Mapped[list[Pet]] = relationship(back_populates="owner")
+
+
+class Pet(Base):
+    __tablename__ = "attach_pets"
+    __stockpyle_keys__ = ["id"]
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("attach_owners.id"))
+    owner: Mapped[Owner] = relationship(back_populates="pets")
 
 
 class Layers:
@@ -843,6 +865,25 @@ def test_objects_of_classes_without_keys_leave_the_rest_of_a_flush_recorded(
         session.add(_account(9, balance=9))
         session.commit()
     _assert_holds(layers, id=9, balance=9)
+
+
+def test_an_object_changed_only_through_a_relationship_keeps_its_entry(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    with factory() as session:
+        session.add_all([Owner(id=1, name="o"), *(_account(id) for id in range(1, 11))])
+        session.commit()
+    with factory() as session:
+        owner = session.get(Owner, 1)
+        owner.pets.append(Pet(id=1))  # type: ignore[union-attr]
+        for id in range(1, 11):  # dirty alongside it, in any order: each is recorded
+            session.get(Account, id).balance = 100 + id  # type: ignore[union-attr]
+        session.commit()
+    _assert_holds(layers, Owner, id=1, name="o")  # no column of it changed
+    _assert_holds(layers, Pet, id=1, owner_id=1)
+    for id in range(1, 11):
+        assert layers.cached(Account, id) == [None, None]
+        assert layers.chain.get(Account, id).balance == 100 + id
 
 
 def test_attaching_twice_is_harmless_and_detach_stops_everything(
