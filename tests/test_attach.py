@@ -874,10 +874,12 @@ def test_an_object_changed_only_through_a_relationship_keeps_its_entry(
         session.add_all([Owner(id=1, name="o"), *(_account(id) for id in range(1, 11))])
         session.commit()
     with factory() as session:
+        accounts = [session.get(Account, id) for id in range(1, 6)]
         owner = session.get(Owner, 1)
         owner.pets.append(Pet(id=1))  # type: ignore[union-attr]
-        for id in range(1, 11):  # dirty alongside it, in any order: each is recorded
-            session.get(Account, id).balance = 100 + id  # type: ignore[union-attr]
+        accounts += [session.get(Account, id) for id in range(6, 11)]
+        for id, account in enumerate(accounts, start=1):  # dirty alongside it, in any order
+            account.balance = 100 + id  # type: ignore[union-attr]
         session.commit()
     _assert_holds(layers, Owner, id=1, name="o")  # no column of it changed
     _assert_holds(layers, Pet, id=1, owner_id=1)
