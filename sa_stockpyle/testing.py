@@ -476,6 +476,14 @@ class StoreConformance:
         assert store.get(Foo, 1) == expected
         assert store.get(Foo, {"zap": 1, "bar": 1}) == expected
 
+    def test_an_alternate_key_given_up_and_taken_by_another_object_points_to_it(self) -> None:
+        store = self.store()
+        store.write_committed([User(id=1, email="x@example.com")], [])
+        # The first gives the address up (its old key removed), then another takes it.
+        store.write_committed([], [(User, {"id": 1}), (User, {"email": "x@example.com"})])
+        store.write_committed([User(id=2, email="x@example.com")], [])
+        assert store.get(User, {"email": "x@example.com"}) == User(id=2, email="x@example.com")
+
     def test_a_fill_after_the_class_was_invalidated_writes_nothing(self) -> None:
         store = self.store()
         claim = store.reserve(Foo, [1, {"zap": 2, "bar": 2}])
