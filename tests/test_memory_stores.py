@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import random
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from sa_stockpyle.errors import ConfigurationError
-from sa_stockpyle.stores import ProcessMemoryStore, ThreadLocalStore
+from sa_stockpyle.stores import BaseDictionaryStore, ProcessMemoryStore, ThreadLocalStore
 from sa_stockpyle.stores.base import Reservation
 from sa_stockpyle.testing import FakeClock, Foo, StoreConformance
 from tests.threads import finish_all, started
@@ -247,3 +248,32 @@ def test_a_lease_taken_over_a_tombstone_never_shortens_it() -> None:
     clock.advance(store.lease_ttl + 1)
     store.write_committed([Foo(key=1, zap=1, bar=1, version="before")], [])
     assert store.get(Foo, 1) is None
+
+
+class _Racing(BaseDictionaryStore):
+    """A store over a shared dictionary whose first read is followed, before anything
+    else, by ``meanwhile`` (another process's write)."""
+
+    def __init__(self, shared: dict[str, Any], meanwhile: Any) -> None:
+        super().__init__(shared)
+        self.meanwhile = meanwhile
+
+    def _read(self, keys: Sequence[str]) -> list[Any]:
+        found = super()._read(keys)
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
+        return found
+
+
+def test_a_generation_token_another_store_adds_first_is_the_one_both_use() -> None:
+    # Both find no token for the class; the other adds its own between this store's
+    # read and its add: this store's add fails, and it adopts the other's token.
+    shared: dict[str, Any] = {}
+    first = BaseDictionaryStore(shared)
+    foo = Foo(key=1, zap=1, bar=1)
+    late = _Racing(shared, lambda: first.put(foo))
+    assert late.get(Foo, 1) is None  # read before the other's put, which came meanwhile
+    assert late.get(Foo, 1) == foo
+    late.put(Foo(key=2, zap=2, bar=2))
+    assert first.get(Foo, 2) == Foo(key=2, zap=2, bar=2)
