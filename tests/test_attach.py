@@ -93,6 +93,16 @@ class Stamped(Base):
     changed: Mapped[dt.datetime | None] = mapped_column(DateTime, onupdate=func.now())
 
 
+class Blank(Base):
+    """A row that may be added with nothing set: a generated key, every column optional."""
+
+    __tablename__ = "attach_blanks"
+    __stockpyle_keys__ = ["id"]
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    note: Mapped[str | None] = mapped_column(String(20))
+
+
 class Untracked(Base):
     __tablename__ = "attach_untracked"
 
@@ -544,6 +554,7 @@ def test_bulk_statements_without_returning_invalidate_the_class(
 ) -> None:
     factory = sessionmaker(engine)
     handle = attach(factory, layers.chain, use_returning=False)
+    table = Account.__table__
     try:
         _three(factory)
         with factory() as session:
@@ -552,6 +563,15 @@ def test_bulk_statements_without_returning_invalidate_the_class(
         for key in (1, 2, 3):
             assert layers.cached(Account, key) == [None, None]
         assert handle.stats.count(Account, "class_invalidations") == 1
+        for key in (1, 3):
+            layers.chain.get(Account, key)  # cached again
+        with factory() as session:  # a table statement on the session's connection too
+            session.connection().execute(
+                update(table).where(table.c.balance == 3).values(balance=30)
+            )
+            session.commit()
+        assert layers.cached(Account, 1) == [None, None]
+        assert handle.stats.count(Account, "class_invalidations") == 2
         assert layers.chain.get(Account, 2).balance == 50
         _assert_holds(layers, id=2, balance=50)  # the class is cached again afterwards
     finally:
@@ -708,6 +728,35 @@ def test_orm_bulk_insert_and_update_by_primary_key(
     _assert_holds(layers, id=2, balance=2)
     assert layers.chain.get(Account, 3).balance == 300
     assert layers.chain.get(Account, 1).balance == 100
+
+
+def test_an_orm_bulk_insert_as_a_sessions_first_statement_removes_entries_at_its_keys(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    layers.seed(_account(4, balance=44))  # left by a write nothing tracked
+    with factory() as session:
+        session.execute(insert(Account), [{"id": 4, "email": "d@example.com", "handle": "d"}])
+        session.commit()
+    assert layers.cached(Account, 4) == [None, None]
+    assert layers.chain.get(Account, 4).balance == 0
+
+
+def test_rows_with_nothing_but_their_key_are_tracked(
+    factory: sessionmaker[Session], layers: Layers
+) -> None:
+    blank = Blank()  # nothing set: the database gives the key
+    layers.seed(Blank(id=5, note="left by a write nothing tracked"))
+    with factory() as session:
+        session.add(blank)
+        session.flush()
+        session.execute(insert(Blank), [{"id": 5}])  # a bulk row of its key alone
+        session.commit()
+        key = blank.id
+    # Its columns were never loaded: not written, and read from the database.
+    assert layers.cached(Blank, key) == [None, None]
+    assert layers.chain.get(Blank, key).note is None
+    assert layers.cached(Blank, 5) == [None, None]
+    assert layers.chain.get(Blank, 5).note is None
 
 
 def test_an_orm_delete_with_one_mapping_removes_every_row_it_deletes(

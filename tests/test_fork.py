@@ -143,7 +143,9 @@ def test_a_childs_chain_starts_a_broadcast_of_its_own_at_first_use(redis_url: st
     # What watch_forks calls in a forked child, called here in-process so that each step
     # shows (the forked tests above show the whole).
     memory = ProcessMemoryStore()
-    chain = ChainedStore([memory, RedisStore(url=redis_url)], max_staleness=MAX_STALENESS)
+    chain = ChainedStore(
+        [memory, RedisStore(url=redis_url)], max_staleness=MAX_STALENESS, heartbeat=0.25
+    )
     parents = chain.coherence
     assert parents is not None
     assert until(lambda: parents.subscribed)
@@ -153,6 +155,7 @@ def test_a_childs_chain_starts_a_broadcast_of_its_own_at_first_use(redis_url: st
         childs = chain.coherence
         assert childs is not None
         assert childs is not parents
+        assert (childs.max_staleness, childs.heartbeat) == (MAX_STALENESS, 0.25)  # as set
         assert not childs.subscribed  # not before first use
         memory.put(Item(id=1, code="c1", value="v1"))  # as old as the fork
         assert chain.get(Item, 7) is None  # first use
