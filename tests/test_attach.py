@@ -349,16 +349,19 @@ def test_moved_alternate_keys_of_a_versioned_class(
 
 def test_delete_removes_every_key(factory: sessionmaker[Session], layers: Layers) -> None:
     with factory() as session:
-        session.add(_account(1))
+        session.add_all([_account(1), _account(2), _account(3)])
         session.commit()
     with factory() as session:
-        session.delete(session.get(Account, 1))
+        accounts = [session.get(Account, id) for id in (1, 2, 3)]
+        for account in accounts:  # three in one flush: each is removed
+            session.delete(account)
         session.flush()
         _assert_holds(layers, id=1)
         session.commit()
-    assert layers.cached(Account, 1) == [None, None]
+    for id in (1, 2, 3):
+        assert layers.cached(Account, id) == [None, None]
+        assert layers.chain.get(Account, id) is None
     assert layers.entries() == []
-    assert layers.chain.get(Account, 1) is None
 
 
 def test_insert_then_delete_in_one_transaction(
@@ -923,11 +926,10 @@ def test_an_object_changed_only_through_a_relationship_keeps_its_entry(
         session.add_all([Owner(id=1, name="o"), *(_account(id) for id in range(1, 11))])
         session.commit()
     with factory() as session:
-        accounts = [session.get(Account, id) for id in range(1, 6)]
         owner = session.get(Owner, 1)
+        accounts = [session.get(Account, id) for id in range(1, 11)]
         owner.pets.append(Pet(id=1))  # type: ignore[union-attr]
-        accounts += [session.get(Account, id) for id in range(6, 11)]
-        for id, account in enumerate(accounts, start=1):  # dirty alongside it, in any order
+        for id, account in enumerate(accounts, start=1):  # flushed with it, in one flush
             account.balance = 100 + id  # type: ignore[union-attr]
         session.commit()
     _assert_holds(layers, Owner, id=1, name="o")  # no column of it changed
