@@ -130,6 +130,24 @@ def test_an_entry_whose_state_does_not_give_its_keys_is_a_logged_corrupt_miss(
     assert not held[primary].startswith(MAGIC + b"{")
 
 
+def test_a_commit_a_store_cannot_carry_is_removed_there_and_logged_once_per_class(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = ShoveStore(shove={})
+    store.put(Foo(key=1, zap=1, bar=1))
+    bad = Foo(key=1, zap=1, bar=1, v=object())  # no shared payload carries an object()
+    with caplog.at_level(logging.DEBUG, logger="sa_stockpyle"):
+        store.write_committed([bad, Foo(key=2, zap=2, bar=2)], [])
+        store.write_committed([Foo(key=3, zap=3, bar=3, v=object())], [])
+    assert store.batch_get(Foo, [1, 2, 3]) == [None, Foo(key=2, zap=2, bar=2), None]
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if "cannot carry" in r.message]
+    assert [level for level, _ in logged] == [logging.WARNING, logging.DEBUG]  # then quieter
+    assert logged[0][1].startswith(
+        f"sa_stockpyle: {store!r} cannot carry a Foo, and removes it instead: "
+        "a Foo's attribute 'v' cannot be stored"
+    )
+
+
 def test_exactly_one_mapping_source() -> None:
     with pytest.raises(ConfigurationError, match="exactly one"):
         ShoveStore()

@@ -119,11 +119,18 @@ def test_lifetime_becomes_a_native_ttl(redis_url: str) -> None:
     store.close()
 
 
-@pytest.mark.parametrize("lookup", [1, {"zap": 1, "bar": 1}], ids=["by key", "by alternate"])
-def test_a_fill_gives_every_key_it_writes_the_native_ttl(redis_url: str, lookup: object) -> None:
+@pytest.mark.parametrize(
+    "lookup", [1, {"zap": 1, "bar": 1}, None], ids=["fill by key", "fill by alternate", "commit"]
+)
+def test_a_fill_or_a_commit_gives_every_key_it_writes_the_native_ttl(
+    redis_url: str, lookup: object
+) -> None:
     # Leased or added, entry or pointer: Redis drops each when the object expires.
     store = RedisStore(url=redis_url, lifetime_cb=lambda obj: 20)
-    store.fill(store.reserve(Foo, [lookup]), [Foo(key=1, zap=1, bar=1)])
+    if lookup is None:
+        store.write_committed([Foo(key=1, zap=1, bar=1)], [])
+    else:
+        store.fill(store.reserve(Foo, [lookup]), [Foo(key=1, zap=1, bar=1)])
     keys = entry_keys(store)
     assert len(keys) == 2
     for key in keys:
