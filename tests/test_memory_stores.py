@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sa_stockpyle.codec import Marker
 from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.stores import BaseDictionaryStore, ProcessMemoryStore, ThreadLocalStore
 from sa_stockpyle.stores.base import Reservation
@@ -277,3 +278,19 @@ def test_a_generation_token_another_store_adds_first_is_the_one_both_use() -> No
     assert late.get(Foo, 1) == foo
     late.put(Foo(key=2, zap=2, bar=2))
     assert first.get(Foo, 2) == Foo(key=2, zap=2, bar=2)
+
+
+@pytest.mark.parametrize("marker", ["tombstone", "lease"])
+def test_expired_markers_are_dropped_from_memory(marker: str) -> None:
+    clock = FakeClock()
+    store = ProcessMemoryStore(clock=clock)
+    if marker == "tombstone":
+        store.write_committed([], [(Foo, {"key": key}) for key in range(5)])
+    else:  # readers that never fill (they crashed)
+        store.reserve(Foo, list(range(5)))
+    markers = [key for key, held in store.dictionary.items() if isinstance(held, Marker)]
+    assert len(markers) == 5
+    clock.advance(max(store.tombstone_ttl, store.lease_ttl))
+    store.delete(Foo(key=9, zap=9, bar=9))  # any conditional write sweeps first
+    left = [key for key, held in store.dictionary.items() if isinstance(held, Marker)]
+    assert set(left).isdisjoint(markers)
