@@ -22,6 +22,7 @@ from sa_stockpyle.stores import (
     BaseDictionaryStore,
     ChainedStore,
     ProcessMemoryStore,
+    RedisStore,
     ShoveStore,
     ThreadLocalStore,
     chained,
@@ -419,6 +420,42 @@ def test_close_closes_every_layer(tmp_path: Any) -> None:
 def test_chain_needs_stores(bad: Any) -> None:
     with pytest.raises(ConfigurationError, match="ChainedStore"):
         ChainedStore(bad)
+
+
+def test_the_documented_defaults(redis_url: str) -> None:
+    # docs/chained.md and the class docstring.
+    chain = ChainedStore([ProcessMemoryStore(), RedisStore(url=redis_url)])
+    try:
+        assert (chain.lease_wait, chain.catch_up_interval, chain.cooldown) == (0.05, 0.5, 1.0)
+        coherence = chain.coherence  # on by default, a layer having a channel
+        assert coherence is not None
+        assert (coherence.max_staleness, coherence.heartbeat) == (2.0, 1.0)
+        assert coherence.channel.name.endswith(":invalidations")  # type: ignore[attr-defined]
+    finally:
+        chain.close()
+    assert ChainedStore([ProcessMemoryStore(), ShoveStore(shove={})]).coherence is None
+
+
+@pytest.mark.parametrize(
+    ("name", "low"),
+    [
+        ("lease_wait", 0.0),
+        ("catch_up_interval", 0.001),
+        ("max_staleness", 0.001),
+        ("cooldown", 0.0),
+        ("heartbeat", 0.001),
+    ],
+)
+def test_timings_are_seconds_within_their_bounds(name: str, low: float) -> None:
+    layers = [ProcessMemoryStore(), ShoveStore(shove={})]
+    for fine in (low, 3600, 3600.0):
+        ChainedStore(layers, **{name: fine}).close()
+    for bad in (low - 0.0005 if low else -0.001, 3600.001, True, "1", None):
+        with pytest.raises(ConfigurationError) as refused:
+            ChainedStore(layers, **{name: bad})
+        assert str(refused.value) == (
+            f"ChainedStore {name}={bad!r}; expected seconds from {low} to 3600"
+        )
 
 
 def test_stats_reset_and_totals() -> None:
