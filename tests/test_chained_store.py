@@ -434,6 +434,12 @@ def test_the_documented_defaults(redis_url: str) -> None:
     finally:
         chain.close()
     assert ChainedStore([ProcessMemoryStore(), ShoveStore(shove={})]).coherence is None
+    with pytest.raises(ConfigurationError) as refused:
+        ChainedStore([ProcessMemoryStore(), ShoveStore(shove={})], broadcast=True)
+    assert str(refused.value) == (
+        "ChainedStore(broadcast=True) needs a layer with a channel (a RedisStore); "
+        "the layers are ['0:ProcessMemoryStore', '1:ShoveStore']"
+    )
 
 
 @pytest.mark.parametrize(
