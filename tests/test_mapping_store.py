@@ -155,14 +155,16 @@ def test_an_entry_copied_to_another_key_is_a_logged_corrupt_miss(
     store = ShoveStore(shove=held)
     store.batch_put([Foo(key=1, zap=1, bar=1), Foo(key=2, zap=2, bar=2)])
     first, second = (next(k for k in held if k.endswith(f":key:i{n}")) for n in (1, 2))
-    held[second] = held[first]  # key 1's entry, found at key 2
+    copied = held[second] = held[first]  # key 1's entry, found at key 2
     with caplog.at_level(logging.WARNING, logger="sa_stockpyle"):
         assert store.get(Foo, 2) is None
-    assert [record.getMessage() for record in caplog.records] == [
+        held[second] = copied
+        assert store.get(Foo, {"zap": 2, "bar": 2}) is None  # reached by its pointer
+    assert [record.getMessage() for record in caplog.records] == 2 * [
         f"sa_stockpyle: {store!r}: deleting corrupt entry {second!r}: "
         f"record does not belong at the key {second!r}"
     ]
-    assert store.stats.count(Foo, "corrupt") == 1
+    assert store.stats.count(Foo, "corrupt") == 2
     assert store.get(Foo, 1) == Foo(key=1, zap=1, bar=1)
 
 
