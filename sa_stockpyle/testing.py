@@ -698,7 +698,10 @@ class StoreConformance:
         store = self.store(polymorphic=True)
         store.put(Car(license_plate="1234 XYZ"))
         # A key that holds None names nothing (an unset nullable key): the rest still go.
-        removals = [(Car, {"license_plate": None}), (Car, {"license_plate": "1234 XYZ"})]
+        removals: list[tuple[type, dict[str, Any]]] = [
+            (Car, {"license_plate": None}),
+            (Car, {"license_plate": "1234 XYZ"}),
+        ]
         store.write_committed([], removals)
         assert store.get(Automobile, "1234 XYZ") is None
         assert store.get(Car, "1234 XYZ") is None
