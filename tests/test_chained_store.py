@@ -621,20 +621,27 @@ def test_a_forked_child_keeps_the_backlog_and_not_the_rest(outage: Outage) -> No
     assert chain.layer_stats[1].count(Pair, "caught_up") == 1
 
 
-def test_up_to_max_missed_keys_are_made_up_for_one_by_one(
-    monkeypatch: pytest.MonkeyPatch, outage: Outage
+@pytest.mark.parametrize("missed", [3, 5])
+def test_up_to_max_missed_keys_are_made_up_for_one_by_one_then_the_class_goes(
+    monkeypatch: pytest.MonkeyPatch, outage: Outage, missed: int
 ) -> None:
     monkeypatch.setattr(chained, "MAX_MISSED", 3)
     fast, middle, _, chain = outage
     chain.batch_put([Foo(key=i, zap=i, bar=i) for i in range(10)])
     middle.down = True
-    for i in range(3):
+    for i in range(missed):
         chain.put(Foo(key=i, zap=i, bar=i, v=2))
     middle.down = False
     fast.clear()
-    assert chain.get(Foo, 0) == Foo(key=0, zap=0, bar=0, v=2)
-    assert chain.layer_stats[1].count(Foo, "caught_up") == 3
-    assert middle.get(Foo, 9) == Foo(key=9, zap=9, bar=9)  # the rest of the class stays
+    last = missed - 1
+    assert chain.get(Foo, last) == Foo(key=last, zap=last, bar=last, v=2)
+    if missed <= 3:
+        assert chain.layer_stats[1].count(Foo, "caught_up") == 3
+        assert middle.get(Foo, 9) == Foo(key=9, zap=9, bar=9)  # the rest of the class stays
+    else:  # a long outage: the whole class goes (a new generation)
+        assert middle.get(Foo, 9) is None
+        assert chain.get(Foo, 9) == Foo(key=9, zap=9, bar=9)
+        assert middle.get(Foo, 9) == Foo(key=9, zap=9, bar=9)  # refilled in the new one
 
 
 def test_a_resting_layer_is_skipped_by_batch_reads_too(outage: Outage) -> None:
@@ -648,22 +655,6 @@ def test_a_resting_layer_is_skipped_by_batch_reads_too(outage: Outage) -> None:
     assert chain.batch_get(Foo, [0, 1]) == _foos(2)
     assert chain.layer_stats[1].count(Foo, "skipped") == 1
     assert middle.get(Foo, 0) is None  # not read, not filled
-
-
-def test_a_long_outage_drops_whole_classes(
-    monkeypatch: pytest.MonkeyPatch, outage: Outage
-) -> None:
-    monkeypatch.setattr(chained, "MAX_MISSED", 3)
-    fast, middle, _, chain = outage
-    chain.batch_put([Foo(key=i, zap=i, bar=i) for i in range(10)])
-    middle.down = True
-    for i in range(5):
-        chain.put(Foo(key=i, zap=i, bar=i, v=2))
-    middle.down = False
-    fast.clear()
-    assert chain.get(Foo, 9) == Foo(key=9, zap=9, bar=9)
-    assert middle.get(Foo, 9) == Foo(key=9, zap=9, bar=9)  # refilled in a new generation
-    assert chain.get(Foo, 4) == Foo(key=4, zap=4, bar=4, v=2)
 
 
 # -- the documented defaults, at their bounds -------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import (
@@ -714,15 +715,20 @@ def test_a_flush_listener_changing_the_flushed_row_costs_its_write(
     assert balances(layers, Ledger)[1] == 1050
 
 
+def _upsert(conflict: Any) -> Any:
+    """An upsert of the accounts table: on a conflict over ``conflict``, the new balance."""
+    statement = postgresql.insert(TABLE)
+    return statement.on_conflict_do_update(
+        index_elements=[conflict], set_={"balance": statement.excluded.balance}
+    )
+
+
 def test_an_upsert_conflicting_on_another_key_removes_the_row_it_updated(
     pg_layers: Attached,
 ) -> None:
     layers = pg_layers
     prime(layers)
-    statement = postgresql.insert(TABLE)
-    statement = statement.on_conflict_do_update(
-        index_elements=[TABLE.c.name], set_={"balance": statement.excluded.balance}
-    )
+    statement = _upsert(TABLE.c.name)
     with layers.factory() as session:
         session.execute(statement, {"id": 99, "name": "a1", "balance": 1})  # updates id 1
         session.commit()
@@ -748,10 +754,7 @@ def test_an_upsert_on_a_table_removes_the_row_the_database_returns(
     # No key in the parameters: RETURNING gives the key of the row it updated (id 2).
     layers = pg_layers
     prime(layers)
-    statement = postgresql.insert(TABLE)
-    statement = statement.on_conflict_do_update(
-        index_elements=[TABLE.c.name], set_={"balance": statement.excluded.balance}
-    )
+    statement = _upsert(TABLE.c.name)
     with layers.factory() as session:
         session.execute(statement.values(name="a2", balance=2))
         session.commit()
@@ -767,10 +770,7 @@ def test_an_upsert_giving_its_keys_invalidates_the_class(pg_layers: Attached) ->
     # fetches only what they do not), and those need not name the row it updated.
     layers = pg_layers
     prime(layers)
-    statement = postgresql.insert(TABLE)
-    statement = statement.on_conflict_do_update(
-        index_elements=[TABLE.c.id], set_={"balance": statement.excluded.balance}
-    )
+    statement = _upsert(TABLE.c.id)
     with layers.factory() as session:
         session.execute(statement, [{"id": 1, "name": "a1", "balance": 1}])
         session.execute(statement.values(id=3, name="a3", balance=3))
