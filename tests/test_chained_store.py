@@ -503,16 +503,21 @@ def outage() -> Iterator[Outage]:
     chain.close()
 
 
-def test_a_write_missed_during_an_outage_never_serves_the_old_entry(
-    outage: Outage, caplog: pytest.LogCaptureFixture
-) -> None:
-    fast, middle, _, chain = outage
+def _miss_a_write_and_a_class(chain: ChainedStore, middle: Recording) -> None:
+    """The middle layer misses Foo 1's new state and the invalidation of Pair, then is back."""
     chain.put(Foo(key=1, zap=1, bar=1, version="old"))
     chain.put(Pair(a=1, b=2))
     middle.down = True
     chain.put(Foo(key=1, zap=1, bar=1, version="new"))
     chain.invalidate_class(Pair)
     middle.down = False
+
+
+def test_a_write_missed_during_an_outage_never_serves_the_old_entry(
+    outage: Outage, caplog: pytest.LogCaptureFixture
+) -> None:
+    fast, middle, _, chain = outage
+    _miss_a_write_and_a_class(chain, middle)
     assert middle.get(Foo, 1).version == "old"  # what the layer still holds
     fast.clear()
     with caplog.at_level(logging.INFO, logger="sa_stockpyle"):
@@ -606,12 +611,7 @@ def test_a_forked_child_keeps_the_backlog_and_not_the_rest(outage: Outage) -> No
     # are as stale in the child), and does not inherit the parent's circuit breaker.
     fast, middle, _, chain = outage
     chain.cooldown = 60.0
-    chain.put(Foo(key=1, zap=1, bar=1, version="old"))
-    chain.put(Pair(a=1, b=2))
-    middle.down = True
-    chain.put(Foo(key=1, zap=1, bar=1, version="new"))
-    chain.invalidate_class(Pair)
-    middle.down = False
+    _miss_a_write_and_a_class(chain, middle)
     chain._forked()
     fast.clear()
     assert chain.get(Foo, 1).version == "new"
