@@ -65,6 +65,8 @@ class _Mapping:
 
     klass: type
     mapper: Mapper[Any]
+    #: the attributes of the class's primary key, in order
+    attrs: tuple[str, ...]
     #: per attribute of the class's primary key, in order, the table column holding it
     columns: tuple[Column[Any], ...] | None  # None: the table's key does not give it
 
@@ -93,11 +95,11 @@ def _mappings(table: Table) -> tuple[_Mapping, ...]:
                     by_attr[mapper.get_property_by_column(column).key] = column
                 except UnmappedColumnError:  # a key column the class does not map
                     continue
-            primary = [mapper.get_property_by_column(c).key for c in mapper.primary_key]
+            primary = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
             columns = (
                 tuple(by_attr[a] for a in primary) if set(primary) <= by_attr.keys() else None
             )
-            mappings.append(_Mapping(klass, mapper, columns))
+            mappings.append(_Mapping(klass, mapper, primary, columns))
     found = _MAPPINGS[table] = tuple(mappings)
     return found
 
@@ -125,7 +127,7 @@ def sets_primary_key(statement: Any, rows: Sequence[dict[str, Any]]) -> bool:
         return True  # cannot tell which columns are keys
     names = {column.key for column in table.primary_key}
     for mapping in _mappings(table):
-        names |= {mapping.mapper.get_property_by_column(c).key for c in mapping.mapper.primary_key}
+        names.update(mapping.attrs)
     ordered = getattr(statement, "_ordered_values", None) or ()  # SQLAlchemy 2.0
     assigned = [*(statement._values or {}), *(name for name, _ in ordered)]
     assigned += [name for row in rows for name in row]
@@ -234,9 +236,8 @@ def touched(
         if keys is None or mapping.columns is None:
             found.append(Touched(mapping.klass, every_row=True))
             continue
-        attrs = [mapping.mapper.get_property_by_column(c).key for c in mapping.mapper.primary_key]
         order = [columns.index(c) for c in mapping.columns]
-        lookups = [dict(zip(attrs, (key[i] for i in order), strict=True)) for key in keys]
+        lookups = [dict(zip(mapping.attrs, (key[i] for i in order), strict=True)) for key in keys]
         found.append(Touched(mapping.klass, lookups))
     return found
 

@@ -354,13 +354,11 @@ class Attachment:
         # A list is one row per dictionary (bulk by primary key); so is one dictionary of
         # an INSERT.  One dictionary of an UPDATE or DELETE holds its SET values and bound
         # parameters: SQLAlchemy runs it against every row its WHERE selects.
-        rows: list[Any] = (
-            params
-            if isinstance(params, list)
-            else [params]
-            if params and orm_state.is_insert
-            else []
-        )
+        rows: list[Any] = []
+        if isinstance(params, list):
+            rows = params
+        elif params and orm_state.is_insert:
+            rows = [params]
         upsert = orm_state.is_insert and dml.is_upsert(statement)
         by_key = bool(rows) and all(set(info.primary_attrs) <= set(row) for row in rows)
         touched = [{a: row[a] for a in info.primary_attrs} for row in rows] if by_key else []

@@ -6,7 +6,8 @@ import os
 import pickle
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from hypothesis import settings
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
+from sqlalchemy import Engine, event
 
 
 def exploit(marker: Path) -> bytes:
@@ -86,3 +88,23 @@ def examples(local: int) -> int:
     the loaded Hypothesis profile: as many times more as the profile's ``max_examples``
     is over Hypothesis's default of 100 (see ``conftest.py``: three times, with CI set)."""
     return local * settings().max_examples // 100
+
+
+class Statements:
+    """Counts the SQL statements an engine executes, and keeps the first word of each."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.count = 0
+        self.kinds: list[str] = []  # "SELECT", "INSERT", ...
+        event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.count += 1
+        self.kinds.append(statement.split(maxsplit=1)[0])
+
+    @contextmanager
+    def exactly(self, expected: int) -> Iterator[None]:
+        """Assert that the block executes ``expected`` statements."""
+        start = self.count
+        yield
+        assert self.count - start == expected

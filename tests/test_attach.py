@@ -49,6 +49,7 @@ from sa_stockpyle.stores import (
     SqlAlchemyStore,
 )
 from tests.attached import typed_columns
+from tests.helpers import Statements
 
 
 class Base(DeclarativeBase):
@@ -700,29 +701,19 @@ def test_orm_bulk_insert_and_update_by_primary_key(
 ) -> None:
     _three(factory)
     layers.seed(_account(4, balance=44), _account(5, balance=55))
-    statements: list[str] = []
-
-    def count(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement.split(maxsplit=1)[0])
-
-    event.listen(factory.kw["bind"], "before_cursor_execute", count)
-    try:
-        with factory() as session:
-            session.execute(
-                update(Account), [{"id": 1, "balance": 100}, {"id": 3, "balance": 300}]
-            )
-            session.execute(insert(Account), [{"id": 4, "email": "d@example.com", "handle": "d"}])
-            session.execute(insert(Account), {"id": 5, "email": "e@example.com", "handle": "e"})
-            # New rows without their keys: nothing cached describes them.  (On SQLite:
-            # PostgreSQL's sequence would give a key the explicit inserts took.)
-            keyless = [{"email": "f@example.com", "handle": "f"}]
-            if session.get_bind().dialect.name == "sqlite":
-                session.execute(insert(Account), keyless)
-            session.commit()
-    finally:
-        event.remove(factory.kw["bind"], "before_cursor_execute", count)
+    statements = Statements(factory.kw["bind"])
+    with factory() as session:
+        session.execute(update(Account), [{"id": 1, "balance": 100}, {"id": 3, "balance": 300}])
+        session.execute(insert(Account), [{"id": 4, "email": "d@example.com", "handle": "d"}])
+        session.execute(insert(Account), {"id": 5, "email": "e@example.com", "handle": "e"})
+        # New rows without their keys: nothing cached describes them.  (On SQLite:
+        # PostgreSQL's sequence would give a key the explicit inserts took.)
+        keyless = [{"email": "f@example.com", "handle": "f"}]
+        if session.get_bind().dialect.name == "sqlite":
+            session.execute(insert(Account), keyless)
+        session.commit()
     inserts = 3 if factory.kw["bind"].dialect.name == "sqlite" else 2
-    assert [s for s in statements if s in ("UPDATE", "INSERT")] == [
+    assert [s for s in statements.kinds if s in ("UPDATE", "INSERT")] == [
         "UPDATE",
         *["INSERT"] * inserts,
     ]

@@ -7,7 +7,6 @@ import datetime as dt
 import gc
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from sa_stockpyle.stores import (
 )
 from sa_stockpyle.stores.sqlalchemy import MAX_PARAMETERS
 from sa_stockpyle.testing import Foo
+from tests.helpers import Statements
 from tests.models import (
     Address,
     Base,
@@ -52,24 +52,6 @@ from tests.models import (
     Vehicle,
 )
 from tests.threads import finish_all, started
-
-
-class Statements:
-    """Counts the SQL statements an engine executes."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.count = 0
-        event.listen(engine, "before_cursor_execute", self._seen)
-
-    def _seen(self, *args: Any) -> None:
-        self.count += 1
-
-    @contextmanager
-    def exactly(self, expected: int) -> Iterator[None]:
-        """Assert that the block executes ``expected`` statements."""
-        start = self.count
-        yield
-        assert self.count - start == expected
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
