@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -358,6 +358,14 @@ class StoreConformance:
         by_key.items.append(2)
         by_key.note = "mutated"
         assert again == by_alternate == Foo(key=1, zap=2, bar=3, items=[1], doc={"a": 1})
+        # Twice by one key, and once by each key: a batch of two, shared neither way.
+        for lookups in ([1, 1], [1, {"zap": 2, "bar": 3}]):
+            first, second = store.batch_get(Foo, lookups)
+            assert first is not None
+            assert second is not None
+            first.items.append(2)
+            first.doc["a"] = 2
+            assert second == Foo(key=1, zap=2, bar=3, items=[1], doc={"a": 1})
 
     def test_values_round_trip_exactly(self) -> None:
         store = self.store()
@@ -659,6 +667,32 @@ class StoreConformance:
         assert store.get(Foo, "long") == Foo(key="long", zap=2, bar=2)
         self.clock.advance(1)
         assert store.get(Foo, "long") is None
+
+    def _ending_now(self, ends: Callable[[Any], bool]) -> BaseStore:
+        """A store whose objects for which ``ends`` holds expire at this very instant."""
+        if not self.supports_expiry:
+            pytest.skip("this store does not support expiry")  # pragma: no cover
+        now = dt.datetime.fromtimestamp(self.clock.now, tz=dt.timezone.utc)
+        return self.store(lifetime_cb=lambda obj: now if ends(obj) else None)
+
+    def test_a_versioned_commit_that_has_expired_already_removes_the_older_version(
+        self,
+    ) -> None:
+        store = self._ending_now(lambda obj: obj.name == "v2")
+        store.write_committed([Versioned(id=1, name="v1", version=1)], [])
+        store.write_committed([Versioned(id=1, name="v2", version=2)], [])
+        assert store.get(Versioned, 1) is None
+
+    def test_a_fill_that_has_expired_already_stores_nothing_and_gives_its_lease_back(
+        self,
+    ) -> None:
+        store = self._ending_now(lambda obj: obj.key == 1)
+        # The alternate key was 2's, and moved to 1 (the database says so), whose fill
+        # has expired by the time it is written: neither object may answer it.
+        store.write_committed([Foo(key=2, zap=1, bar=1)], [])
+        store.fill(store.reserve(Foo, [1]), [Foo(key=1, zap=1, bar=1)])
+        assert store.batch_get(Foo, [1, {"zap": 1, "bar": 1}]) == [None, None]
+        assert store.reserve(Foo, [1]).granted == [True]
 
     @pytest.mark.parametrize("lifetime", [0, -5, "10", 2.5, True, dt.timedelta(0)])
     def test_bad_lifetime_raises_and_stores_nothing(self, lifetime: Any) -> None:

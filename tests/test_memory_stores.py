@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import random
 import threading
@@ -17,7 +18,7 @@ from sa_stockpyle.codec import Marker
 from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.stores import BaseDictionaryStore, ProcessMemoryStore, ThreadLocalStore
 from sa_stockpyle.stores.base import Reservation
-from sa_stockpyle.testing import FakeClock, Foo, StoreConformance
+from sa_stockpyle.testing import FakeClock, Foo, StoreConformance, Versioned
 from tests.threads import finish_all, started
 
 
@@ -237,6 +238,22 @@ def test_a_tombstone_and_a_lease_end_at_their_exact_bound() -> None:
     assert store.reserve(Foo, [2]).busy == [True]
     clock.advance(0.5)
     assert store.reserve(Foo, [2]).busy == [False]
+
+
+def test_a_write_that_has_expired_already_stores_no_record() -> None:
+    """Only tombstones, however it arrives: a dead entry would take a live one's place in a
+    bounded store (an entry expiring at this very instant is dead)."""
+    clock = FakeClock()
+    now = dt.datetime.fromtimestamp(clock.now, tz=dt.timezone.utc)
+    store = ProcessMemoryStore(clock=clock, lifetime_cb=lambda obj: now)
+    # A fill by primary key (its pointer is set), one by alternate key (its entry is
+    # added), a commit (added) and a versioned one (a newer version's write).
+    store.fill(store.reserve(Foo, [1]), [Foo(key=1, zap=1, bar=1)])
+    store.fill(store.reserve(Foo, [{"zap": 2, "bar": 2}]), [Foo(key=2, zap=2, bar=2)])
+    store.write_committed([Foo(key=3, zap=3, bar=3), Versioned(id=1, name="v1", version=1)], [])
+    held = list(store.dictionary.values())
+    assert held
+    assert all(type(raw) is Marker and raw.lease is None for raw in held)
 
 
 def test_a_lease_taken_over_a_tombstone_never_shortens_it() -> None:

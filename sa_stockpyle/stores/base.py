@@ -534,17 +534,19 @@ class BaseKeyValueStore(BaseStore):
         return self._apply(ready) if ready else []
 
     def _unexpired(self, ops: Sequence[Op]) -> list[Op]:
-        """``ops`` without the writes that have expired already: a set becomes a
-        tombstone, a fill a release, and an add or a newer write nothing at all."""
+        """``ops`` without the writes that have expired already: a set or a newer
+        version's write becomes a tombstone (what the key held is older, and must not
+        stay), a fill a release, and an add nothing at all (it writes only where nothing
+        is held)."""
         clock_now = self.clock()
         ready: list[Op] = []
         for op in ops:
             if op.expires_at is not None and op.expires_at <= clock_now and op.kind in "SFAN":
-                if op.kind == "S":
+                if op.kind in "SN":
                     ready.append(op._replace(kind="T"))
                 elif op.kind == "F":
                     ready.append(op._replace(kind="R"))
-                continue  # nothing to add or order: it expired
+                continue
             ready.append(op)
         return ready
 
