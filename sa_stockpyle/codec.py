@@ -51,6 +51,7 @@ __all__ = [
     "MESSAGE_MAGIC",
     "SIGNATURE_BYTES",
     "TOMBSTONE_MAGIC",
+    "VERSIONED_HEAD",
     "Entry",
     "Invalidation",
     "Lifetime",
@@ -131,7 +132,10 @@ def encode_marker(marker: Marker) -> bytes:
     return b"SPKL:%s:%.6f:%.3f" % (marker.lease.encode(), marker.taken, marker.expires_at)
 
 
-_VERSION = re.compile(rb'SPK1\{"v":(\d+),')
+#: How an entry with a version begins (see :func:`encode_record`): the version follows,
+#: where :func:`entry_version` and the Redis script that orders writes read it.
+VERSIONED_HEAD = MAGIC + b'{"v":'
+_VERSION = re.compile(re.escape(VERSIONED_HEAD) + rb"(\d+),")
 
 
 def entry_version(data: bytes) -> int | None:

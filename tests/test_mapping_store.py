@@ -130,6 +130,32 @@ def test_an_entry_whose_state_does_not_give_its_keys_is_a_logged_corrupt_miss(
     assert not held[primary].startswith(MAGIC + b"{")
 
 
+def test_a_new_generation_started_while_a_lookup_checks_its_entry_is_a_miss_not_corruption(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ShoveStore(shove={})
+    store.put(Foo(key=1, zap=1, bar=1))
+    decoded = store._decoded
+    calls = 0
+
+    def racing(*args: Any) -> Any:
+        # Another thread invalidates the class right after the entry the alternate key
+        # leads to is read: its keys are the old generation's, which is no corruption.
+        nonlocal calls
+        found = decoded(*args)
+        calls += 1
+        if calls == 2:
+            store.invalidate_class(Foo)
+        return found
+
+    monkeypatch.setattr(store, "_decoded", racing)
+    with caplog.at_level(logging.WARNING, logger="sa_stockpyle"):
+        assert store.get(Foo, {"zap": 1, "bar": 1}) is None
+    assert calls == 2
+    assert store.stats.count(Foo, "corrupt") == 0
+    assert not caplog.records
+
+
 def test_a_commit_a_store_cannot_carry_is_removed_there_and_logged_once_per_class(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -13,12 +13,15 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
 
 from sa_stockpyle.codec import Marker
-from sa_stockpyle.errors import ConfigurationError
+from sa_stockpyle.errors import ConfigurationError, PayloadError
 from sa_stockpyle.stores import BaseDictionaryStore, ProcessMemoryStore, ThreadLocalStore
 from sa_stockpyle.stores.base import Reservation
 from sa_stockpyle.testing import FakeClock, Foo, StoreConformance, Versioned
+from tests.helpers import Statements
 from tests.threads import finish_all, started
 
 
@@ -254,6 +257,21 @@ def test_a_write_that_has_expired_already_stores_no_record() -> None:
     held = list(store.dictionary.values())
     assert held
     assert all(type(raw) is Marker and raw.lease is None for raw in held)
+
+
+def test_an_object_with_expired_attributes_is_refused_before_its_keys_are_read() -> None:
+    engine = create_engine("sqlite://")
+    Versioned.metadata.create_all(engine)
+    statements = Statements(engine)
+    store = ProcessMemoryStore()
+    with Session(engine) as session:
+        obj = Versioned(id=1, name="v1")
+        session.add(obj)
+        session.commit()  # expire_on_commit: every attribute is expired
+        # Reading its key would refresh it with SQL: a put must not query the database.
+        with statements.exactly(0), pytest.raises(PayloadError, match="expired column"):
+            store.put(obj)
+    assert store.get(Versioned, 1) is None
 
 
 def test_a_lease_taken_over_a_tombstone_never_shortens_it() -> None:

@@ -24,11 +24,12 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from sa_stockpyle.codec import MAGIC
+from sa_stockpyle.codec import MAGIC, VERSIONED_HEAD
 from sa_stockpyle.errors import ConfigurationError, StoreTimeout, StoreUnavailable
 from sa_stockpyle.keys import key_spec
 from sa_stockpyle.stores import RedisStore
 from sa_stockpyle.stores.base import ErrorTranslator
+from sa_stockpyle.stores.redis import _lua_pattern
 from sa_stockpyle.testing import Foo, StoreConformance
 from tests.helpers import cluster_client, exploit, freeze
 from tests.servers import RedisServer, free_port
@@ -107,6 +108,13 @@ def test_values_are_codec_bytes_under_printable_keys(store: RedisStore) -> None:
         assert b" " not in key
         assert store.client.get(key).startswith(MAGIC)
     assert store.get(Foo, "ünïcödé " * 700) == Foo(key="ünïcödé " * 700, zap=1, bar=2)
+
+
+def test_the_script_matches_the_codec_s_magic_bytes_literally() -> None:
+    # The script is built from the codec's constants; a Lua pattern character in one of
+    # them would match more than itself, so each is escaped.
+    assert _lua_pattern(VERSIONED_HEAD) == 'SPK1{"v":'
+    assert _lua_pattern(b"a.b-c%d(e)[f]*+?^$") == "a%.b%-c%%d%(e%)%[f%]%*%+%?%^%$"
 
 
 def test_lifetime_becomes_a_native_ttl(redis_url: str) -> None:

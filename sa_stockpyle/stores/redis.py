@@ -18,13 +18,21 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
+import string
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sa_stockpyle.codec import LifetimeCallback, now
+from sa_stockpyle.codec import (
+    LEASE_MAGIC,
+    TOMBSTONE_MAGIC,
+    VERSIONED_HEAD,
+    LifetimeCallback,
+    now,
+)
 from sa_stockpyle.errors import ConfigurationError, StoreTimeout
 from sa_stockpyle.stores.base import (
     BaseKeyValueStore,
@@ -47,26 +55,38 @@ HEALTH_CHECK_INTERVAL = 1.0
 #: A subscription that heard nothing, not even a PONG, for this long counts as lost.
 MAX_SILENCE = 3.0
 
+
+def _lua_pattern(literal: bytes) -> str:
+    """A Lua pattern matching ``literal`` (ASCII) exactly: its magic characters escaped."""
+    return re.sub(r"([\^$()%.\[\]*+?-])", r"%\1", literal.decode("ascii"))
+
+
 #: The conditional writes of BaseKeyValueStore._apply, atomic per call.  ARGV: the
 #: tombstone TTL in ms, the number of keys that only get a tombstone (they come first, and
 #: have no reply) and the number of keys that are only read once everything is written
 #: (they come last; a GET reads a missing key as false, which Redis returns as nil),
 #: then per other key: kind, value, TTL in ms (0: none), argument (the lease a fill
 #: expects, the version a newer write carries, the time an add compares tombstones with).
-#: Tombstones and leases are stamped with the server's clock (TIME).
-_APPLY = """
+#: Tombstones and leases are stamped with the server's clock (TIME).  What records and
+#: markers begin with comes from the codec, which writes them.
+_APPLY = string.Template("""
+-- the first bytes of a tombstone and of a lease, and patterns matching their fields and
+-- the version an entry begins with (codec.py writes them)
+local TOMB, LEASE, HEAD = '$tombstone', '$lease', $head
+local TOMB_TAKEN, LEASE_TOKEN = '^$tombstone_pattern:([%d.]+):', '^$lease_pattern:([^:]+):'
+local VERSION = '^$versioned_pattern(%d+),'
 local tomb_ms, tombs, reads = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = string.format('%d.%06d', t[1], t[2])
-local tomb = 'SPKT:' .. now .. ':0'
+local tomb = TOMB .. ':' .. now .. ':0'
 local replies = {}
 -- What a key holds that this store wrote, or false: another type of value (a list), or a
 -- marker without a TTL (each of ours has one: a forged one would never expire) is nothing.
 local function held(key)
   local value = redis.pcall('GET', key)
   if type(value) ~= 'string' then return false end
-  local head = string.sub(value, 1, 4)
-  if (head == 'SPKL' or head == 'SPKT') and redis.call('PTTL', key) == -1 then return false end
+  local head = string.sub(value, 1, HEAD)
+  if (head == LEASE or head == TOMB) and redis.call('PTTL', key) == -1 then return false end
   return value
 end
 -- the first ``tombs`` keys only get a tombstone: no value, TTL or argument is passed, and
@@ -79,7 +99,7 @@ for i = tombs + 1, #KEYS - reads do
   local at = 3 + (i - tombs - 1) * 4
   local kind, raw, px, arg = ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4]
   local current = kind ~= 'S' and held(key)
-  local head = current and string.sub(current, 1, 4)
+  local head = current and string.sub(current, 1, HEAD)
   local done = false
   if kind == 'S' then
     done = true
@@ -88,35 +108,35 @@ for i = tombs + 1, #KEYS - reads do
   elseif kind == 'A' then
     if not current then
       done = true
-    elseif head == 'SPKT' and arg ~= '' then
+    elseif head == TOMB and arg ~= '' then
       -- a tombstone written before the reader's lease: the database read saw its commit
-      local written = tonumber(string.match(current, '^SPKT:([%d.]+):'))
+      local written = tonumber(string.match(current, TOMB_TAKEN))
       done = written ~= nil and written < tonumber(arg)
     end
   elseif kind == 'F' or kind == 'R' then
     -- by token: a lease taken over a tombstone was stored with a longer expiry
-    local token = string.match(arg, '^SPKL:([^:]+):')
-    done = head == 'SPKL' and string.match(current, '^SPKL:([^:]+):') == token
+    local token = string.match(arg, LEASE_TOKEN)
+    done = head == LEASE and string.match(current, LEASE_TOKEN) == token
     if done and kind == 'R' then raw, px = tomb, tomb_ms end
   elseif kind == 'N' then
-    if head == 'SPKL' or head == 'SPKT' then
+    if head == LEASE or head == TOMB then
       -- not written over a marker (a removal there may be newer), but stamped now: a
       -- lease holder may have read an older state, and so may a reader that adds
       redis.call('SET', key, tomb, 'PX', tomb_ms)
     elseif not current then
       done = true
-    elseif head ~= 'SPKT' then
-      local held = string.match(current, '^SPK1{"v":(%d+),')
+    elseif head ~= TOMB then
+      local held = string.match(current, VERSION)
       done = held == nil or tonumber(held) < tonumber(arg)
     end
-  elseif not current or head == 'SPKT' then
+  elseif not current or head == TOMB then
     if current then
       -- never shorten a tombstone: it outlives readers that missed before it
       local left = redis.call('PTTL', key)
       if left > px then px = left end
     end
-    local token = string.match(raw, '^SPKL:([^:]+):')
-    raw, done = 'SPKL:' .. token .. ':' .. now .. ':0', true
+    local token = string.match(raw, LEASE_TOKEN)
+    raw, done = LEASE .. ':' .. token .. ':' .. now .. ':0', true
   end
   if done then
     if px > 0 then redis.call('SET', key, raw, 'PX', px) else redis.call('SET', key, raw) end
@@ -132,7 +152,14 @@ for i = #KEYS - reads + 1, #KEYS do
   replies[i - tombs] = type(value) == 'string' and value or false
 end
 return replies
-"""
+""").substitute(
+    tombstone=TOMBSTONE_MAGIC.decode(),
+    lease=LEASE_MAGIC.decode(),
+    head=len(TOMBSTONE_MAGIC),
+    tombstone_pattern=_lua_pattern(TOMBSTONE_MAGIC),
+    lease_pattern=_lua_pattern(LEASE_MAGIC),
+    versioned_pattern=_lua_pattern(VERSIONED_HEAD),
+)
 
 
 class RedisStore(SharedPayloads, BaseKeyValueStore):
