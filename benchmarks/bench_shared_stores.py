@@ -26,7 +26,7 @@ from sa_stockpyle.codec import decode_record
 from sa_stockpyle.keys import key_spec
 from sa_stockpyle.snapshots import restore
 from sa_stockpyle.stores import MemcacheStore, RedisStore
-from sa_stockpyle.stores.base import BaseKeyValueStore
+from sa_stockpyle.stores.keyvalue import BaseKeyValueStore
 
 BATCH = 1000
 

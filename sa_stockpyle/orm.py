@@ -91,7 +91,8 @@ from sa_stockpyle.connections import (
 )
 from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.snapshots import version_of
-from sa_stockpyle.stores.base import BaseStore, Stats
+from sa_stockpyle.stores.base import BaseStore
+from sa_stockpyle.stores.stats import Stats
 from sa_stockpyle.writethrough import WriteThrough
 
 __all__ = ["Attachment", "attach"]

@@ -16,7 +16,8 @@ from sa_stockpyle.codec import carriable
 from sa_stockpyle.column_values import Check
 from sa_stockpyle.errors import PayloadError
 from sa_stockpyle.snapshots import restore, snapshot
-from sa_stockpyle.stores.base import BaseStore, Removal, Stats
+from sa_stockpyle.stores.base import BaseStore, Removal
+from sa_stockpyle.stores.stats import Stats
 
 __all__ = ["WriteThrough"]
 

@@ -31,29 +31,30 @@ SCOPE = [
     "sa_stockpyle.orm.*",
     "sa_stockpyle.stores.chained.*",
     *(
-        f"sa_stockpyle.stores.base.xǁ{method}__mutmut_*"
+        f"sa_stockpyle.stores.keyvalue.xǁBaseKeyValueStoreǁ{method}__mutmut_*"
         for method in [
             # records: what is written under which keys, and what a read may return
-            "BaseKeyValueStoreǁ_stored_specs",
-            "BaseKeyValueStoreǁ_encoded",
-            "BaseKeyValueStoreǁ_records",
-            "BaseKeyValueStoreǁ_removal_keys",
-            "BaseKeyValueStoreǁ_unexpired",
-            "BaseKeyValueStoreǁ_resolve",
-            "BaseKeyValueStoreǁ_decoded",
-            "BaseKeyValueStoreǁ_check_alternates",
-            "BaseKeyValueStoreǁ_tombstone",
-            "BaseKeyValueStoreǁ_marker_of",
+            "_stored_specs",
+            "_encoded",
+            "_records",
+            "_removal_keys",
+            "_unexpired",
+            "_resolve",
+            "_decoded",
+            "_check_alternates",
+            "_tombstone",
+            "_marker_of",
             # commits and leases
-            "BaseKeyValueStoreǁstart_committed",
-            "BaseKeyValueStoreǁreserve",
-            "BaseKeyValueStoreǁfill",
-            "BaseDictionaryStoreǁ_apply",
-            "BaseDictionaryStoreǁ_decide",
-            "BaseDictionaryStoreǁ_version_held",
+            "start_committed",
+            "reserve",
+            "fill",
         ]
     ),
-    "sa_stockpyle.stores.base.x__answering__mutmut_*",
+    "sa_stockpyle.stores.keyvalue.x__answering__mutmut_*",
+    *(
+        f"sa_stockpyle.stores.dictionary.xǁBaseDictionaryStoreǁ{method}__mutmut_*"
+        for method in ["_apply", "_decide", "_version_held"]
+    ),
 ]
 #: What became of a mutant: these mean a check noticed the change (strict mypy, which the
 #: test command runs, rejected it, or a test failed or hung).

@@ -27,7 +27,8 @@ from sa_stockpyle.stores import (
     ThreadLocalStore,
     chained,
 )
-from sa_stockpyle.stores.base import Op, Reservation
+from sa_stockpyle.stores.base import Reservation
+from sa_stockpyle.stores.keyvalue import Op
 from sa_stockpyle.testing import FakeClock, Falsy, Foo, Pair, StoreConformance
 from tests.helpers import until
 from tests.threads import JOIN_TIMEOUT, run_together, started

@@ -23,7 +23,7 @@ from sqlalchemy.orm import scoped_session, sessionmaker
 
 from sa_stockpyle import attach
 from sa_stockpyle.stores import ChainedStore, ProcessMemoryStore, RedisStore, SqlAlchemyStore
-from sa_stockpyle.stores.base import Stats
+from sa_stockpyle.stores.stats import Stats
 from tests.helpers import until
 from tests.test_races import Item, item_tables
 from tests.threads import started

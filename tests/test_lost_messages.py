@@ -29,7 +29,7 @@ from sa_stockpyle.stores import (
     RedisStore,
     SqlAlchemyStore,
 )
-from sa_stockpyle.stores.base import Channel, Subscription
+from sa_stockpyle.stores.channel import Channel, Subscription
 from sa_stockpyle.testing import Foo
 from tests.helpers import bounded_cluster_client, until
 from tests.servers import RedisCluster

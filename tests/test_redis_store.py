@@ -28,7 +28,7 @@ from sa_stockpyle.codec import MAGIC, VERSIONED_HEAD
 from sa_stockpyle.errors import ConfigurationError, StoreTimeout, StoreUnavailable
 from sa_stockpyle.keys import key_spec
 from sa_stockpyle.stores import RedisStore
-from sa_stockpyle.stores.base import ErrorTranslator
+from sa_stockpyle.stores.backend_errors import ErrorTranslator
 from sa_stockpyle.stores.redis import _lua_pattern
 from sa_stockpyle.testing import Foo, StoreConformance
 from tests.helpers import cluster_client, exploit, freeze

@@ -10,16 +10,10 @@ from typing import Any, TypeVar
 
 from sa_stockpyle.errors import ConfigurationError, PayloadError, StoreUnavailable
 from sa_stockpyle.keys import key_spec
-from sa_stockpyle.stores.base import (
-    BaseStore,
-    Finish,
-    Removal,
-    Reservation,
-    Stats,
-    _finish,
-    watch_forks,
-)
+from sa_stockpyle.stores.base import BaseStore, Finish, Removal, Reservation, finish_write
 from sa_stockpyle.stores.coherence import Coherence
+from sa_stockpyle.stores.forks import watch_forks
+from sa_stockpyle.stores.stats import Stats
 
 __all__ = ["MAX_MISSED", "ChainedStore"]
 
@@ -220,7 +214,7 @@ class ChainedStore(BaseStore):
         return Coherence(channel, local, float(max_staleness), heartbeat=float(heartbeat))
 
     def _forked(self) -> None:
-        """In a forked child (see :func:`~sa_stockpyle.stores.base.watch_forks`): new
+        """In a forked child (see :func:`~sa_stockpyle.stores.forks.watch_forks`): new
         locks; a broadcast of its own, started at first use, before anything is served,
         the parent's threads having stayed in the parent.  The in-process layers start
         empty by their own hooks, so nothing served here is older than the fork."""
@@ -635,9 +629,9 @@ class ChainedStore(BaseStore):
             started = self._start_layer(waiting.pop(0), classes, puts, removals)
 
         def finish() -> None:
-            _finish(started)
+            finish_write(started)
             for index in waiting:
-                _finish(self._start_layer(index, classes, puts, removals))
+                finish_write(self._start_layer(index, classes, puts, removals))
             self._broadcast(puts, removals)
 
         return finish

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 
 from sa_stockpyle.codec import Invalidation, decode_invalidation, encode_invalidation
 from sa_stockpyle.errors import PayloadError, StoreUnavailable
-from sa_stockpyle.stores.base import BaseStore, Channel, Removal
+from sa_stockpyle.stores.base import BaseStore, Removal
+from sa_stockpyle.stores.channel import Channel
 from sa_stockpyle.stores.sequencing import Numbering, Tracker
 
 __all__ = ["MAX_PENDING", "Coherence"]

@@ -16,7 +16,8 @@ from typing import Any
 
 from sa_stockpyle.codec import LifetimeCallback, now
 from sa_stockpyle.errors import ConfigurationError
-from sa_stockpyle.stores.base import BaseDictionaryStore, Clock
+from sa_stockpyle.stores.base import Clock
+from sa_stockpyle.stores.dictionary import BaseDictionaryStore
 from sa_stockpyle.stores.shared import SharedPayloads
 
 __all__ = ["ShoveStore", "open_mapping"]

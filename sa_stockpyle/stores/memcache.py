@@ -15,12 +15,9 @@ from typing import Any
 
 from sa_stockpyle.codec import LifetimeCallback, now
 from sa_stockpyle.errors import ConfigurationError, StoreUnavailable
-from sa_stockpyle.stores.base import (
-    BaseKeyValueStore,
-    Clock,
-    ErrorTranslator,
-    Op,
-)
+from sa_stockpyle.stores.backend_errors import ErrorTranslator
+from sa_stockpyle.stores.base import Clock
+from sa_stockpyle.stores.keyvalue import BaseKeyValueStore, Op
 from sa_stockpyle.stores.shared import SharedPayloads
 
 __all__ = ["MAX_CAS_ATTEMPTS", "MAX_RELATIVE_TTL", "MemcacheStore"]

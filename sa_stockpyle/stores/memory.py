@@ -11,7 +11,9 @@ from typing import Any, cast
 
 from sa_stockpyle.codec import LifetimeCallback, now
 from sa_stockpyle.errors import ConfigurationError
-from sa_stockpyle.stores.base import BaseDictionaryStore, Clock, Op
+from sa_stockpyle.stores.base import Clock
+from sa_stockpyle.stores.dictionary import BaseDictionaryStore
+from sa_stockpyle.stores.keyvalue import Op
 
 log = logging.getLogger("sa_stockpyle")
 

@@ -34,14 +34,10 @@ from sa_stockpyle.codec import (
     now,
 )
 from sa_stockpyle.errors import ConfigurationError, StoreTimeout
-from sa_stockpyle.stores.base import (
-    BaseKeyValueStore,
-    Channel,
-    Clock,
-    ErrorTranslator,
-    Op,
-    Subscription,
-)
+from sa_stockpyle.stores.backend_errors import ErrorTranslator
+from sa_stockpyle.stores.base import Clock
+from sa_stockpyle.stores.channel import Channel, Subscription
+from sa_stockpyle.stores.keyvalue import BaseKeyValueStore, Op
 from sa_stockpyle.stores.shared import SharedPayloads
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from sa_stockpyle.codec import (
     entry_version,
 )
 from sa_stockpyle.errors import PayloadError
-from sa_stockpyle.stores.base import Channel, Subscription
+from sa_stockpyle.stores.channel import Channel, Subscription
 
 __all__ = ["SharedPayloads", "SignedChannel"]
 

@@ -1,0 +1,206 @@
+"""A store over any mutable mapping, with its conditional writes under one lock:
+:class:`BaseDictionaryStore`."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import deque
+from collections.abc import MutableMapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from sa_stockpyle.codec import Entry, LifetimeCallback, Marker, now
+from sa_stockpyle.stores.base import Clock
+from sa_stockpyle.stores.forks import watch_forks
+from sa_stockpyle.stores.keyvalue import BaseKeyValueStore, Op
+
+__all__ = ["BaseDictionaryStore"]
+
+
+class BaseDictionaryStore(BaseKeyValueStore):
+    """A store over any mutable mapping: a subclass only hands it the mapping.
+
+    Parameters:
+        dictionary: the mapping that holds the records.
+        polymorphic: also store each object under every base class that declares
+            ``__stockpyle_keys__`` (see :class:`BaseKeyValueStore`).
+        lifetime_cb: ``lifetime_cb(obj)`` returns the object's lifetime; see
+            :class:`BaseKeyValueStore`.
+        prefix: the first part of every cache key.
+        clock: returns the current Unix time; injected by tests.
+    """
+
+    def __init__(
+        self,
+        dictionary: MutableMapping[str, Any],
+        polymorphic: bool = False,
+        lifetime_cb: LifetimeCallback | None = None,
+        prefix: str = "stockpyle",
+        clock: Clock = now,
+    ) -> None:
+        super().__init__(
+            polymorphic=polymorphic, lifetime_cb=lifetime_cb, prefix=prefix, clock=clock
+        )
+        self.dictionary = dictionary
+        # Conditional writes read, then write: every write takes this lock, so none lands
+        # between the two.  Reads take no lock (one mapping lookup each).
+        self._lock: AbstractContextManager[Any] = threading.Lock()
+        # Markers in the order written, so that expired ones are swept from the mapping.
+        self._markers: deque[tuple[float, str]] = deque()
+        #: Whether expired markers must be swept: not in a mapping bounded by itself
+        #: (an LRU evicts them in time, and tracking evicted ones would grow unbounded).
+        self.sweeps_markers = True
+        watch_forks(self)
+
+    def _forked(self) -> None:
+        """In a forked child: a new lock (see :func:`watch_forks`); the in-process stores
+        also start empty."""
+        self._lock = threading.Lock()
+
+    def _start_afresh(self, dictionary: MutableMapping[str, Any]) -> None:
+        """Hold nothing from now on, in ``dictionary`` (a forked child's in-process store:
+        what the parent cached is as old as the fork, and hears of no commit)."""
+        self.dictionary = dictionary
+        self._markers = deque()
+
+    def clear(self) -> None:
+        """Drop every record.
+
+        Every class also starts a new namespace generation, so that a reader that took a
+        claim before the clear cannot fill anything afterwards: the clear took its
+        tombstones too.
+        """
+        with self._lock:
+            if not self.shared_generations:
+                held = self.keymaker.tokens
+                self.keymaker.set_tokens({key: secrets.token_hex(4) for key in held})
+            self.dictionary.clear()
+            self._markers.clear()
+
+    def invalidate_class(self, klass: type) -> None:
+        """Start a new generation of ``klass`` (and of the classes sharing its tables); an
+        in-process store also drops the entries of the old ones (but for hashed long keys,
+        which an LRU bound evicts in time)."""
+        keymaker = self.keymaker
+        shared = self.shared_generations
+        before = {} if shared else {c: keymaker.class_prefix(c) for c in keymaker.generations}
+        super().invalidate_class(klass)
+        old = tuple(p for c, p in before.items() if keymaker.class_prefix(c) != p)
+        if old:
+            for key in [key for key in list(self.dictionary) if key.startswith(old)]:
+                self.dictionary.pop(key, None)
+
+    def _read(self, keys: Sequence[str]) -> list[Any]:
+        mapping = self.dictionary
+        return [mapping.get(key) for key in keys]
+
+    def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+        with self._lock:
+            self._sweep()
+            self._set_items({key: raw for key, raw, _expires_at in items})
+            if self.sweeps_markers:
+                marker_of = self._marker_of
+                self._markers.extend(
+                    (expires_at, key)
+                    for key, raw, expires_at in items
+                    if expires_at is not None and marker_of(raw) is not None
+                )
+
+    def _set_items(self, values: dict[str, Any]) -> None:
+        """Write ``values`` into the mapping; a mapping with a batch call overrides this."""
+        mapping = self.dictionary
+        for key, raw in values.items():
+            mapping[key] = raw
+
+    def _apply(self, ops: Sequence[Op]) -> list[Any]:
+        mapping = self.dictionary
+        clock_now = self.clock()
+        results: list[Any] = []
+        tomb: tuple[Any, float] | None = None
+        write: tuple[Any, float | None] | None
+        sweeps = self.sweeps_markers
+        with self._lock:
+            self._sweep()
+            for op in ops:
+                kind = op.kind
+                if kind == "T":
+                    # Whatever the key holds; one tombstone, stamped once per call (as in
+                    # Redis), serves every key: commits leave many.
+                    if tomb is None:
+                        tomb = self._tombstone()
+                    mapping[op.key] = tomb[0]
+                    if sweeps:
+                        self._markers.append((tomb[1], op.key))
+                    results.append(True)
+                    continue
+                if kind == "S":
+                    result, write = True, (op.raw, op.expires_at)  # whatever the key holds
+                else:
+                    result, write = self._decide(op, mapping.get(op.key), clock_now)
+                if write is not None:
+                    raw, expires_at = write
+                    mapping[op.key] = raw
+                    if sweeps and expires_at is not None and self._marker_of(raw) is not None:
+                        self._markers.append((expires_at, op.key))
+                results.append(result)
+        return results
+
+    def _decide(
+        self, op: Op, current: Any, clock_now: float
+    ) -> tuple[Any, tuple[Any, float | None] | None]:
+        """The result of ``op`` (any kind but ``"S"`` and ``"T"``, which always write) on a
+        key holding ``current``, and what to write there."""
+        kind, _key, raw, expires_at, arg = op
+        marker = None if current is None else self._marker_of(current)
+        if marker is not None and marker.expires_at <= clock_now:
+            current = marker = None
+        write = (raw, expires_at)
+        if kind == "A":
+            tombstone = marker is not None and marker.lease is None
+            older = tombstone and arg is not None and marker is not None and marker.taken < arg
+            return (True, write) if current is None or older else (False, None)
+        if kind in "FR":
+            # By token: a lease taken over a tombstone was stored with a longer expiry.
+            lease = self._marker_of(arg)
+            ours = marker is not None and lease is not None and marker.lease == lease.lease
+            if not ours:
+                return False, None
+            return True, (write if kind == "F" else self._tombstone())
+        if kind == "N":
+            if current is None:
+                return True, write
+            if marker is not None:
+                # Not written over a marker (a removal there may be newer), but stamped
+                # now: a lease holder may have read an older state, and so may a reader
+                # that adds.
+                return False, self._tombstone()
+            held = self._version_held(current)
+            return (True, write) if held is None or held < arg else (False, None)
+        if (marker is None and current is not None) or (marker is not None and marker.lease):
+            return (current, float(clock_now)), None  # a record, or another reader's lease
+        lease = self._marker_of(raw)
+        if lease is None:  # the store encodes a claim's lease itself
+            raise TypeError(f"a lease claim carries no lease marker: {raw!r}")
+        # Never shorten a tombstone: it outlives readers that missed before it.
+        until = max(lease.expires_at, marker.expires_at if marker is not None else 0.0)
+        stamped = Marker(lease.lease, clock_now, until)
+        return float(clock_now), (self._encode_marker(stamped), until)
+
+    def _version_held(self, raw: Any) -> int | None:
+        """The version of the entry ``raw`` (None: no version, or not an entry)."""
+        return raw.version if type(raw) is Entry else None
+
+    def _sweep(self) -> None:
+        """Drop markers that have expired (called with the lock held)."""
+        markers = self._markers
+        if not markers or markers[0][0] > self.clock():
+            return
+        clock_now = self.clock()
+        mapping = self.dictionary
+        while markers and markers[0][0] <= clock_now:
+            _, key = markers.popleft()
+            raw = mapping.get(key)
+            marker = None if raw is None else self._marker_of(raw)
+            if marker is not None and marker.expires_at <= clock_now:
+                mapping.pop(key, None)
