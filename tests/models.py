@@ -1,11 +1,14 @@
 """Mapped classes for the SQLAlchemy tests and benchmarks: every kind of key, inheritance
-and column type the entity codec supports."""
+and column type the entity codec supports; and the race tables, which the tests of races,
+faults, forks and coherence share."""
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +17,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Engine,
     Enum,
     Float,
     ForeignKey,
@@ -23,8 +27,9 @@ from sqlalchemy import (
     String,
     Text,
     Uuid,
+    create_engine,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 
 class Base(DeclarativeBase):
@@ -169,3 +174,55 @@ class Unkeyed(Base):
     __tablename__ = "sa_store_unkeyed"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+
+
+# -- the race tables: tests of races, faults, forks and coherence --------------------------
+
+
+class RaceBase(DeclarativeBase):
+    """The declarative base of the race tables (:func:`item_tables` makes them)."""
+
+
+class Item(RaceBase):
+    """No version column: updates invalidate."""
+
+    __tablename__ = "race_items"
+    __stockpyle_keys__ = ["id", "code"]
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(20), unique=True)
+    value: Mapped[str] = mapped_column(String(20))
+
+
+class Doc(RaceBase):
+    """A version column: updates are written through, the highest version wins."""
+
+    __tablename__ = "race_docs"
+    __stockpyle_keys__ = ["id", "code"]
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(20), unique=True)
+    value: Mapped[str] = mapped_column(String(20))
+    version: Mapped[int] = mapped_column(Integer)
+    __mapper_args__ = {"version_id_col": version}
+
+
+CLASSES = [Item, Doc]
+
+
+@contextmanager
+def item_tables(
+    postgres_url: str, items: int = 0, value: str = "", **options: Any
+) -> Iterator[Engine]:
+    """An engine (``options`` for ``create_engine``) over fresh race tables holding items
+    0 to ``items - 1`` with ``value``; the tables are dropped afterwards."""
+    engine = create_engine(postgres_url, **options)
+    RaceBase.metadata.drop_all(engine)
+    RaceBase.metadata.create_all(engine)
+    if items:
+        with Session(engine) as session:
+            session.add_all([Item(id=i, code=f"c{i}", value=value) for i in range(items)])
+            session.commit()
+    yield engine
+    RaceBase.metadata.drop_all(engine)
+    engine.dispose()

@@ -34,8 +34,8 @@ from sa_stockpyle.stores import (
 from sa_stockpyle.testing import Foo
 from stress.partition import Partition
 from tests.helpers import cluster_client, until
+from tests.models import Item, item_tables
 from tests.servers import MemcachedServer, RedisServer
-from tests.test_races import Item, item_tables
 
 ROUNDS = 100
 

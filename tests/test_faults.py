@@ -45,8 +45,8 @@ from sa_stockpyle.stores import (
 from sa_stockpyle.testing import Foo
 from stress.partition import Partition
 from tests.helpers import bounded_cluster_client, cluster_client, freeze, until
+from tests.models import Item, item_tables
 from tests.servers import MemcachedServer, RedisCluster, RedisServer
-from tests.test_races import Item, item_tables
 
 
 @pytest.fixture

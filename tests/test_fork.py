@@ -25,7 +25,7 @@ from sa_stockpyle import attach
 from sa_stockpyle.stores import ChainedStore, ProcessMemoryStore, RedisStore, SqlAlchemyStore
 from sa_stockpyle.stores.stats import Stats
 from tests.helpers import until
-from tests.test_races import Item, item_tables
+from tests.models import Item, item_tables
 from tests.threads import started
 
 # The documented default bound; ten times it only catches a child that never hears.

@@ -32,8 +32,8 @@ from sa_stockpyle.stores import (
 from sa_stockpyle.stores.channel import Channel, Subscription
 from sa_stockpyle.testing import Foo
 from tests.helpers import bounded_cluster_client, until
+from tests.models import Item, item_tables
 from tests.servers import RedisCluster
-from tests.test_races import Item, item_tables
 from tests.threads import finish_all, started
 
 ROWS = 20

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Integer, String, create_engine, event, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import Engine, event, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from sa_stockpyle import attach
 from sa_stockpyle.stores import (
@@ -30,57 +29,9 @@ from sa_stockpyle.stores.base import Finish, Removal
 from sa_stockpyle.testing import Foo
 from stress.partition import Partition
 from tests.helpers import until
+from tests.models import CLASSES, Doc, Item, item_tables
 from tests.servers import RedisServer
 from tests.threads import Worker, finish_all, started
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Item(Base):
-    """No version column: updates invalidate."""
-
-    __tablename__ = "race_items"
-    __stockpyle_keys__ = ["id", "code"]
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    code: Mapped[str] = mapped_column(String(20), unique=True)
-    value: Mapped[str] = mapped_column(String(20))
-
-
-class Doc(Base):
-    """A version column: updates are written through, the highest version wins."""
-
-    __tablename__ = "race_docs"
-    __stockpyle_keys__ = ["id", "code"]
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    code: Mapped[str] = mapped_column(String(20), unique=True)
-    value: Mapped[str] = mapped_column(String(20))
-    version: Mapped[int] = mapped_column(Integer)
-    __mapper_args__ = {"version_id_col": version}
-
-
-CLASSES = [Item, Doc]
-
-
-@contextmanager
-def item_tables(
-    postgres_url: str, items: int = 0, value: str = "", **options: Any
-) -> Iterator[Engine]:
-    """An engine (``options`` for ``create_engine``) over fresh race tables holding items
-    0 to ``items - 1`` with ``value``; the tables are dropped afterwards."""
-    engine = create_engine(postgres_url, **options)
-    Base.metadata.drop_all(engine)
-    Base.metadata.create_all(engine)
-    if items:
-        with Session(engine) as session:
-            session.add_all([Item(id=i, code=f"c{i}", value=value) for i in range(items)])
-            session.commit()
-    yield engine
-    Base.metadata.drop_all(engine)
-    engine.dispose()
 
 
 @pytest.fixture
