@@ -128,8 +128,9 @@ def encode_marker(marker: Marker) -> bytes:
     """Serialise a marker for a shared layer: ``SPKT:taken:expiry`` for a tombstone,
     ``SPKL:token:taken:expiry`` for a lease."""
     if marker.lease is None:
-        return b"SPKT:%.6f:%.3f" % (marker.taken, marker.expires_at)
-    return b"SPKL:%s:%.6f:%.3f" % (marker.lease.encode(), marker.taken, marker.expires_at)
+        return TOMBSTONE_MAGIC + b":%.6f:%.3f" % (marker.taken, marker.expires_at)
+    lease = marker.lease.encode()
+    return LEASE_MAGIC + b":%s:%.6f:%.3f" % (lease, marker.taken, marker.expires_at)
 
 
 #: How an entry with a version begins (see :func:`encode_record`): the version follows,
