@@ -223,6 +223,19 @@ def _share(kind: str, folder: str, me: int, barrier: Barrier, results: Queue[Any
         if got is not None:
             theirs += got.writer != me
             wrong += got.key != other or got.pad != [other] * 200
+    # Then in turns: the loop above shares keys only as far as the scheduler lets the
+    # two overlap, and each must surely read what the other wrote in the shared folder.
+    for turn in range(2):
+        barrier.wait()
+        if turn == me:
+            store.batch_put(
+                [Foo(key=k, zap=k, bar=-k, writer=me, pad=[k] * 200) for k in range(KEYS)]
+            )
+        barrier.wait()
+        if turn != me:
+            theirs += sum(
+                got is not None and got.writer != me for got in store.batch_get(Foo, range(KEYS))
+            )
     results.put((store.stats.count(None, "corrupt"), theirs, wrong))
 
 
