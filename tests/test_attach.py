@@ -969,10 +969,10 @@ class _Down(BaseDictionaryStore):
     def __init__(self) -> None:
         super().__init__({})
 
-    def _write(self, items: Any) -> None:
+    def write(self, items: Any) -> None:
         raise StoreUnavailable("down")
 
-    def _apply(self, ops: Any) -> list[Any]:
+    def apply(self, ops: Any) -> list[Any]:
         raise StoreUnavailable("down")
 
 

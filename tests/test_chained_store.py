@@ -28,7 +28,7 @@ from sa_stockpyle.stores import (
     chained,
 )
 from sa_stockpyle.stores.base import Reservation
-from sa_stockpyle.stores.keyvalue import Op
+from sa_stockpyle.stores.ops import Op
 from sa_stockpyle.testing import FakeClock, Falsy, Foo, Pair, StoreConformance
 from tests.helpers import until
 from tests.threads import JOIN_TIMEOUT, run_together, started
@@ -65,19 +65,19 @@ class Recording(BaseDictionaryStore):
         if self.down:
             raise StoreUnavailable(f"{self!r} is switched off")
 
-    def _read(self, keys: Sequence[str]) -> list[Any]:
+    def read(self, keys: Sequence[str]) -> list[Any]:
         self._check()
         self.reads.append(list(keys))
-        return super()._read(keys)
+        return super().read(keys)
 
-    def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+    def write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
         self._check()
         self.writes += 1
-        super()._write(items)
+        super().write(items)
 
-    def _apply(self, ops: Sequence[Op]) -> list[Any]:
+    def apply(self, ops: Sequence[Op]) -> list[Any]:
         self._check()
-        return super()._apply(ops)
+        return super().apply(ops)
 
 
 def _foos(n: int) -> list[Foo]:
@@ -567,7 +567,7 @@ def test_a_layer_that_cannot_catch_up_stays_skipped(outage: Outage) -> None:
     fast.clear()
     assert chain.get(Foo, 1).version == "new"  # from the last layer, middle skipped
     middle.down = False
-    middle._apply = lambda ops: (_ for _ in ()).throw(StoreUnavailable("still failing"))  # type: ignore[method-assign]
+    middle.apply = lambda ops: (_ for _ in ()).throw(StoreUnavailable("still failing"))  # type: ignore[method-assign]
     fast.clear()
     assert chain.get(Foo, 1).version == "new"
     assert chain.layer_stats[1].count(Foo, "errors") >= 3
@@ -583,7 +583,7 @@ def test_a_layer_another_thread_is_catching_up_is_skipped(outage: Outage) -> Non
     middle.down = False
     fast.clear()
     inside, release = threading.Event(), threading.Event()
-    apply = middle._apply
+    apply = middle.apply
 
     def gated(ops: Sequence[Op]) -> list[Any]:
         if not inside.is_set():  # the catch-up's write, held until the read is done
@@ -591,7 +591,7 @@ def test_a_layer_another_thread_is_catching_up_is_skipped(outage: Outage) -> Non
             assert release.wait(JOIN_TIMEOUT)
         return apply(ops)
 
-    middle._apply = gated  # type: ignore[method-assign]
+    middle.apply = gated  # type: ignore[method-assign]
     catching_up = started(chain.get, Foo, 2)  # any use of the layer catches it up first
     assert inside.wait(JOIN_TIMEOUT)
     assert middle.get(Foo, 1).version == "old"  # not yet removed
@@ -613,7 +613,7 @@ def test_a_forked_child_keeps_the_backlog_and_not_the_rest(outage: Outage) -> No
     fast, middle, _, chain = outage
     chain.cooldown = 60.0
     _miss_a_write_and_a_class(chain, middle)
-    chain._forked()
+    chain.after_fork()
     fast.clear()
     assert chain.get(Foo, 1).version == "new"
     assert middle.get(Foo, 1).version == "new"  # used at once: caught up, then filled

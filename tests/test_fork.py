@@ -150,7 +150,7 @@ def test_a_childs_chain_starts_a_broadcast_of_its_own_at_first_use(redis_url: st
     assert parents is not None
     assert until(lambda: parents.subscribed)
     try:
-        chain._forked()
+        chain.after_fork()
         parents.close()  # a forked child has none of the parent's threads
         childs = chain.coherence
         assert childs is not None
@@ -166,7 +166,7 @@ def test_a_childs_chain_starts_a_broadcast_of_its_own_at_first_use(redis_url: st
         assert memory.get(Item, 1) is not None  # emptied once, not at every use
     finally:
         chain.close()
-    chain._forked()  # the child of a closed chain starts no broadcast
+    chain.after_fork()  # the child of a closed chain starts no broadcast
     assert chain.coherence is childs
     assert chain.get(Item, 7) is None
 

@@ -123,11 +123,11 @@ def _primary(store: BaseKeyValueStore, klass: type = Foo, ident: Any = 1) -> str
 
 
 def _raw(store: BaseKeyValueStore, key: str) -> Any:
-    return store._read([key])[0]
+    return store.read([key])[0]
 
 
 def _overwrite(store: BaseKeyValueStore, key: str, raw: bytes) -> None:
-    store._write([(key, raw, None)])
+    store.write([(key, raw, None)])
 
 
 def _forged(store: BaseKeyValueStore, body: bytes) -> bytes:
@@ -687,7 +687,7 @@ def test_a_signed_store_signs_its_invalidation_messages(redis_url: str) -> None:
         reader.batch_put([GOOD, OTHER])
         # A well-formed message, but unsigned: counted as corrupt, and ignored.
         forged = Invalidation("someone", 1.0, [(Foo, {"key": 1})], [], 1, "", 1.0)
-        channel = reader.stores[1]._backend_channel("invalidations")  # type: ignore[attr-defined]
+        channel = reader.stores[1].backend_channel("invalidations")  # type: ignore[attr-defined]
         channel.publish([encode_invalidation(forged)])
         assert until(lambda: reader.coherence.counts().get("corrupt", 0) == 1)  # type: ignore[union-attr]
         assert memory.get(Foo, 1) == GOOD
@@ -714,9 +714,9 @@ def _verdict(store: BaseKeyValueStore, key: str, raw: bytes) -> str:
     """What a read of ``raw`` at ``key`` must see: ``corrupt``, a ``marker`` (a miss) or a
     ``record`` (served, unless expired, or a pointer to no entry that answers)."""
     try:
-        record = store._decode(raw, Foo)
+        record = store.decode(raw, Foo)
     except PayloadError:
-        return "marker" if store._marker_of(raw) is not None else "corrupt"
+        return "marker" if store.marker_of(raw) is not None else "corrupt"
     # Where it was read: an entry's key values give that key (a lookup by an alternate key
     # checks the rest where a pointer leads to it), a pointer leads to a primary key.
     if type(record) is Entry:

@@ -294,8 +294,8 @@ class _Racing(BaseDictionaryStore):
         super().__init__(shared)
         self.meanwhile = meanwhile
 
-    def _read(self, keys: Sequence[str]) -> list[Any]:
-        found = super()._read(keys)
+    def read(self, keys: Sequence[str]) -> list[Any]:
+        found = super().read(keys)
         meanwhile, self.meanwhile = self.meanwhile, None
         if meanwhile is not None:
             meanwhile()

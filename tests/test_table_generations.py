@@ -149,9 +149,9 @@ class Recording(RedisStore):
         super().__init__(url=url)
         self.reads: list[list[str]] = []
 
-    def _read(self, keys: Sequence[str]) -> list[Any]:
+    def read(self, keys: Sequence[str]) -> list[Any]:
         self.reads.append(list(keys))
-        return super()._read(keys)
+        return super().read(keys)
 
 
 def test_a_lookup_reads_its_tables_generation_tokens_with_its_keys(redis_url: str) -> None:

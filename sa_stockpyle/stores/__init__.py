@@ -9,10 +9,11 @@ from __future__ import annotations
 from sa_stockpyle.stores.base import BaseStore, Reservation
 from sa_stockpyle.stores.chained import ChainedStore
 from sa_stockpyle.stores.dictionary import BaseDictionaryStore
-from sa_stockpyle.stores.keyvalue import BaseKeyValueStore, Op
+from sa_stockpyle.stores.keyvalue import BaseKeyValueStore
 from sa_stockpyle.stores.mapping import ShoveStore
 from sa_stockpyle.stores.memcache import MemcacheStore
 from sa_stockpyle.stores.memory import ProcessMemoryStore, ThreadLocalStore
+from sa_stockpyle.stores.ops import Op, OpKind
 from sa_stockpyle.stores.redis import RedisStore
 from sa_stockpyle.stores.sqlalchemy import SqlAlchemyStore
 from sa_stockpyle.stores.stats import Stats
@@ -24,6 +25,7 @@ __all__ = [
     "ChainedStore",
     "MemcacheStore",
     "Op",
+    "OpKind",
     "ProcessMemoryStore",
     "RedisStore",
     "Reservation",

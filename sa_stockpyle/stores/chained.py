@@ -213,7 +213,7 @@ class ChainedStore(BaseStore):
             )
         return Coherence(channel, local, float(max_staleness), heartbeat=float(heartbeat))
 
-    def _forked(self) -> None:
+    def after_fork(self) -> None:
         """In a forked child (see :func:`~sa_stockpyle.stores.forks.watch_forks`): new
         locks; a broadcast of its own, started at first use, before anything is served,
         the parent's threads having stayed in the parent.  The in-process layers start
@@ -229,7 +229,7 @@ class ChainedStore(BaseStore):
             self._restarting = True
 
     def _restart(self) -> None:
-        """Start the broadcast a fork left without threads (see :meth:`_forked`), and
+        """Start the broadcast a fork left without threads (see :meth:`after_fork`), and
         empty the process-local layers of other makes than this package's."""
         with self._restart_lock:
             if self._restarting and self.coherence is not None:

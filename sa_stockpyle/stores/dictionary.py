@@ -10,10 +10,11 @@ from collections.abc import MutableMapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sa_stockpyle.codec import Entry, LifetimeCallback, Marker, now
+from sa_stockpyle.codec import LifetimeCallback, Marker, now
 from sa_stockpyle.stores.base import Clock
 from sa_stockpyle.stores.forks import watch_forks
-from sa_stockpyle.stores.keyvalue import BaseKeyValueStore, Op
+from sa_stockpyle.stores.keyvalue import BaseKeyValueStore
+from sa_stockpyle.stores.ops import Op, OpKind
 
 __all__ = ["BaseDictionaryStore"]
 
@@ -53,7 +54,7 @@ class BaseDictionaryStore(BaseKeyValueStore):
         self.sweeps_markers = True
         watch_forks(self)
 
-    def _forked(self) -> None:
+    def after_fork(self) -> None:
         """In a forked child: a new lock (see :func:`watch_forks`); the in-process stores
         also start empty."""
         self._lock = threading.Lock()
@@ -91,16 +92,16 @@ class BaseDictionaryStore(BaseKeyValueStore):
             for key in [key for key in list(self.dictionary) if key.startswith(old)]:
                 self.dictionary.pop(key, None)
 
-    def _read(self, keys: Sequence[str]) -> list[Any]:
+    def read(self, keys: Sequence[str]) -> list[Any]:
         mapping = self.dictionary
         return [mapping.get(key) for key in keys]
 
-    def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+    def write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
         with self._lock:
             self._sweep()
             self._set_items({key: raw for key, raw, _expires_at in items})
             if self.sweeps_markers:
-                marker_of = self._marker_of
+                marker_of = self.marker_of
                 self._markers.extend(
                     (expires_at, key)
                     for key, raw, expires_at in items
@@ -113,7 +114,7 @@ class BaseDictionaryStore(BaseKeyValueStore):
         for key, raw in values.items():
             mapping[key] = raw
 
-    def _apply(self, ops: Sequence[Op]) -> list[Any]:
+    def apply(self, ops: Sequence[Op]) -> list[Any]:
         mapping = self.dictionary
         clock_now = self.clock()
         results: list[Any] = []
@@ -124,7 +125,7 @@ class BaseDictionaryStore(BaseKeyValueStore):
             self._sweep()
             for op in ops:
                 kind = op.kind
-                if kind == "T":
+                if kind == OpKind.TOMBSTONE:
                     # Whatever the key holds; one tombstone, stamped once per call (as in
                     # Redis), serves every key: commits leave many.
                     if tomb is None:
@@ -134,14 +135,14 @@ class BaseDictionaryStore(BaseKeyValueStore):
                         self._markers.append((tomb[1], op.key))
                     results.append(True)
                     continue
-                if kind == "S":
+                if kind == OpKind.SET:
                     result, write = True, (op.raw, op.expires_at)  # whatever the key holds
                 else:
                     result, write = self._decide(op, mapping.get(op.key), clock_now)
                 if write is not None:
                     raw, expires_at = write
                     mapping[op.key] = raw
-                    if sweeps and expires_at is not None and self._marker_of(raw) is not None:
+                    if sweeps and expires_at is not None and self.marker_of(raw) is not None:
                         self._markers.append((expires_at, op.key))
                 results.append(result)
         return results
@@ -152,22 +153,22 @@ class BaseDictionaryStore(BaseKeyValueStore):
         """The result of ``op`` (any kind but ``"S"`` and ``"T"``, which always write) on a
         key holding ``current``, and what to write there."""
         kind, _key, raw, expires_at, arg = op
-        marker = None if current is None else self._marker_of(current)
+        marker = None if current is None else self.marker_of(current)
         if marker is not None and marker.expires_at <= clock_now:
             current = marker = None
         write = (raw, expires_at)
-        if kind == "A":
+        if kind == OpKind.ADD:
             tombstone = marker is not None and marker.lease is None
             older = tombstone and arg is not None and marker is not None and marker.taken < arg
             return (True, write) if current is None or older else (False, None)
-        if kind in "FR":
+        if kind in (OpKind.FILL, OpKind.RELEASE):
             # By token: a lease taken over a tombstone was stored with a longer expiry.
-            lease = self._marker_of(arg)
+            lease = self.marker_of(arg)
             ours = marker is not None and lease is not None and marker.lease == lease.lease
             if not ours:
                 return False, None
-            return True, (write if kind == "F" else self._tombstone())
-        if kind == "N":
+            return True, (write if kind == OpKind.FILL else self._tombstone())
+        if kind == OpKind.NEWER:
             if current is None:
                 return True, write
             if marker is not None:
@@ -175,21 +176,17 @@ class BaseDictionaryStore(BaseKeyValueStore):
                 # now: a lease holder may have read an older state, and so may a reader
                 # that adds.
                 return False, self._tombstone()
-            held = self._version_held(current)
+            held = self.version_held(current)
             return (True, write) if held is None or held < arg else (False, None)
         if (marker is None and current is not None) or (marker is not None and marker.lease):
             return (current, float(clock_now)), None  # a record, or another reader's lease
-        lease = self._marker_of(raw)
+        lease = self.marker_of(raw)
         if lease is None:  # the store encodes a claim's lease itself
             raise TypeError(f"a lease claim carries no lease marker: {raw!r}")
         # Never shorten a tombstone: it outlives readers that missed before it.
         until = max(lease.expires_at, marker.expires_at if marker is not None else 0.0)
         stamped = Marker(lease.lease, clock_now, until)
-        return float(clock_now), (self._encode_marker(stamped), until)
-
-    def _version_held(self, raw: Any) -> int | None:
-        """The version of the entry ``raw`` (None: no version, or not an entry)."""
-        return raw.version if type(raw) is Entry else None
+        return float(clock_now), (self.encode_marker(stamped), until)
 
     def _sweep(self) -> None:
         """Drop markers that have expired (called with the lock held)."""
@@ -201,6 +198,6 @@ class BaseDictionaryStore(BaseKeyValueStore):
         while markers and markers[0][0] <= clock_now:
             _, key = markers.popleft()
             raw = mapping.get(key)
-            marker = None if raw is None else self._marker_of(raw)
+            marker = None if raw is None else self.marker_of(raw)
             if marker is not None and marker.expires_at <= clock_now:
                 mapping.pop(key, None)

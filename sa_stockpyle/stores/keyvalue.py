@@ -10,7 +10,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from sa_stockpyle.codec import (
     Entry,
@@ -32,8 +32,9 @@ from sa_stockpyle.stores.base import (
     Reservation,
     finish_write,
 )
+from sa_stockpyle.stores.ops import WRITES_RECORDS, Op, OpKind
 
-__all__ = ["BaseKeyValueStore", "Op"]
+__all__ = ["BaseKeyValueStore"]
 
 log = logging.getLogger("sa_stockpyle")
 
@@ -44,30 +45,13 @@ T = TypeVar("T")
 MAX_GENERATION_RETRIES = 3
 
 
-class Op(NamedTuple):
-    """One conditional write of :meth:`BaseKeyValueStore._apply`, on one key."""
-
-    #: ``"S"`` set; ``"T"`` leave a tombstone; ``"A"`` add (only where the key holds
-    #: nothing, or, with ``arg``, a tombstone written before the backend time ``arg``);
-    #: ``"F"`` fill (only where the key holds the lease ``arg``); ``"R"`` release (a
-    #: tombstone where the key holds the lease ``arg``); ``"N"`` newer (where the key
-    #: holds nothing or an entry of a version below ``arg``; a lease there becomes a
-    #: tombstone); ``"L"`` lease (take the key for a fill where it holds nothing or a
-    #: tombstone).
-    kind: str
-    key: str
-    raw: Any
-    expires_at: float | None
-    arg: Any = None
-
-
 class BaseKeyValueStore(BaseStore):
     """A caching store over string keys: records, pointers, expiry and polymorphism.
 
     Subclasses provide the backend through three primitives, each one round trip for a
-    whole batch: :meth:`_read`, :meth:`_write` (unconditional) and :meth:`_apply`
-    (conditional, atomic per key), and the payload pair :meth:`_encode` /
-    :meth:`_decode` (identity for in-process stores, bytes for shared ones).
+    whole batch: :meth:`read`, :meth:`write` (unconditional) and :meth:`apply`
+    (conditional, atomic per key), and the payload pair :meth:`encode` /
+    :meth:`decode` (identity for in-process stores, bytes for shared ones).
 
     Race safety (the memcache "leases" idea):
 
@@ -124,15 +108,15 @@ class BaseKeyValueStore(BaseStore):
     # -- backend primitives -----------------------------------------------------------
 
     @abstractmethod
-    def _read(self, keys: Sequence[str]) -> list[Any]:
+    def read(self, keys: Sequence[str]) -> list[Any]:
         """Return the raw value of each key, None where absent."""
 
     @abstractmethod
-    def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+    def write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
         """Store ``(key, raw value, expires_at)`` triples, whatever the keys hold."""
 
     @abstractmethod
-    def _apply(self, ops: Sequence[Op]) -> list[Any]:
+    def apply(self, ops: Sequence[Op]) -> list[Any]:
         """Carry out conditional writes (see :class:`Op`), each atomic on its key.
 
         Returns, per op, whether it wrote; for a lease, the backend time it was taken at
@@ -142,54 +126,58 @@ class BaseKeyValueStore(BaseStore):
         backend's own clock, so that "written before" compares times of one clock.
         """
 
-    def _start_apply_then_read(
+    def start_apply_then_read(
         self, ops: Sequence[Op], keys: Sequence[str]
     ) -> Callable[[], tuple[list[Any], list[Any]]]:
-        """:meth:`_apply` ``ops``, then :meth:`_read` ``keys`` (their raw values as they
+        """:meth:`apply` ``ops``, then :meth:`read` ``keys`` (their raw values as they
         are after the writes); the call returned gives both results.  A backend that can
         do both in one round trip, and read its reply later, overrides it; this default
         does both at once."""
-        done = (self._apply(ops) if ops else []), self._read(keys)
+        done = (self.apply(ops) if ops else []), self.read(keys)
         return lambda: done
 
-    #: Whether :meth:`_decode` builds a new record each time (bytes decoded), rather than
+    #: Whether :meth:`decode` builds a new record each time (bytes decoded), rather than
     #: returning the one the backend keeps (in-process stores): then an object restored
     #: from it may take its state over instead of copying it.
     decodes_copies = False
 
-    def _encode(self, record: Record) -> Any:
+    def encode(self, record: Record) -> Any:
         """Turn a record into the raw value the backend holds."""
         return record
 
-    def _decode(self, raw: Any, klass: type) -> Record:
+    def decode(self, raw: Any, klass: type) -> Record:
         """Turn a raw value back into a record; raise PayloadError when it is not one."""
         if not isinstance(raw, (Entry, Pointer)):
             raise PayloadError(f"stored value is not a record: {type(raw).__qualname__}")
         return raw
 
-    def _encode_marker(self, marker: Marker) -> Any:
+    def encode_marker(self, marker: Marker) -> Any:
         """Turn a tombstone or lease into the raw value the backend holds."""
         return marker
 
-    def _marker_of(self, raw: Any) -> Marker | None:
+    def marker_of(self, raw: Any) -> Marker | None:
         """The tombstone or lease ``raw`` is, or None when it is something else."""
         return raw if type(raw) is Marker else None
+
+    def version_held(self, raw: Any) -> int | None:
+        """The version of the entry ``raw`` (None: no version, or not an entry)."""
+        return raw.version if type(raw) is Entry else None
 
     def _tombstone(self) -> tuple[Any, float]:
         """A new tombstone's raw value and expiry, stamped with this process's clock."""
         clock_now = self.clock()
         expires_at = clock_now + self.tombstone_ttl
-        return self._encode_marker(Marker(None, clock_now, expires_at)), expires_at
+        return self.encode_marker(Marker(None, clock_now, expires_at)), expires_at
 
     def _remove(self, keys: Sequence[str]) -> None:
         """Leave a tombstone at each key: a removal never makes room for a stale fill."""
         if keys:
-            self._conditional([Op("T", key, None, None) for key in keys])
+            self._conditional([Op(OpKind.TOMBSTONE, key, None, None) for key in keys])
 
     def _conditional(self, ops: Sequence[Op]) -> list[Any]:
-        """:meth:`_apply`, after turning writes that have expired already into removals."""
+        """:meth:`apply`, after turning writes that have expired already into removals."""
         ready = self._unexpired(ops)
-        return self._apply(ready) if ready else []
+        return self.apply(ready) if ready else []
 
     def _unexpired(self, ops: Sequence[Op]) -> list[Op]:
         """``ops`` without the writes that have expired already: a set or a newer
@@ -199,11 +187,12 @@ class BaseKeyValueStore(BaseStore):
         clock_now = self.clock()
         ready: list[Op] = []
         for op in ops:
-            if op.expires_at is not None and op.expires_at <= clock_now and op.kind in "SFAN":
-                if op.kind in "SN":
-                    ready.append(op._replace(kind="T"))
-                elif op.kind == "F":
-                    ready.append(op._replace(kind="R"))
+            expires_at, kind = op.expires_at, op.kind
+            if expires_at is not None and expires_at <= clock_now and kind in WRITES_RECORDS:
+                if kind in (OpKind.SET, OpKind.NEWER):
+                    ready.append(op._replace(kind=OpKind.TOMBSTONE))
+                elif kind == OpKind.FILL:
+                    ready.append(op._replace(kind=OpKind.RELEASE))
                 continue
             ready.append(op)
         return ready
@@ -229,7 +218,7 @@ class BaseKeyValueStore(BaseStore):
         """``records`` with their payloads, but for objects with a value this store cannot
         carry: those are logged, and their keys tombstoned into ``removed`` (a commit's
         other objects are still written, and the refused one is not served stale)."""
-        encode = self._encode
+        encode = self.encode
         refused: set[str] = set()
         for key, record in records:
             if isinstance(record, Pointer):
@@ -249,7 +238,7 @@ class BaseKeyValueStore(BaseStore):
                     exc,
                 )
                 refused.add(key)
-                removed.extend(Op("T", k, None, None) for k in record.keys)
+                removed.extend(Op(OpKind.TOMBSTONE, k, None, None) for k in record.keys)
                 continue
             yield key, record, payload
 
@@ -332,7 +321,7 @@ class BaseKeyValueStore(BaseStore):
             held = keymaker.tokens
             keymaker.set_tokens({key: held.get(key) or secrets.token_hex(4) for key in keys})
             return
-        self._adopt_tokens(keys, self._read(keys))
+        self._adopt_tokens(keys, self.read(keys))
 
     def _adopt_tokens(self, keys: Sequence[str], raws: Sequence[Any]) -> None:
         """Use the generation tokens ``raws`` read at ``keys``; start one where none is."""
@@ -342,14 +331,16 @@ class BaseKeyValueStore(BaseStore):
             # Added only where none is: processes that all find one missing (a restarted
             # server) agree on the first one written instead of replacing each other's.
             new = {key: secrets.token_hex(4) for key in missing}
-            added = self._conditional([Op("A", key, new[key].encode(), None) for key in missing])
+            added = self._conditional(
+                [Op(OpKind.ADD, key, new[key].encode(), None) for key in missing]
+            )
             won = {key: new[key] for key, done in zip(missing, added, strict=True) if done}
             lost = [key for key in missing if key not in won]
-            found = _tokens(lost, self._read(lost)) if lost else {}
+            found = _tokens(lost, self.read(lost)) if lost else {}
             # Gone again since another process added it (evicted at once): start one anyway.
             gone = {key: new[key] for key in lost if key not in found}
             if gone:
-                self._write([(key, token.encode(), None) for key, token in gone.items()])
+                self.write([(key, token.encode(), None) for key, token in gone.items()])
             tokens |= won | found | gone
         self.keymaker.set_tokens(tokens)
 
@@ -359,7 +350,7 @@ class BaseKeyValueStore(BaseStore):
         them, whatever its schema fingerprint, loses its entries too."""
         tokens = {key: secrets.token_hex(4) for key in self.keymaker.generation_keys(klass)}
         if self.shared_generations:
-            self._write([(key, token.encode(), None) for key, token in tokens.items()])
+            self.write([(key, token.encode(), None) for key, token in tokens.items()])
         self.keymaker.set_tokens(tokens)
 
     def write_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> None:
@@ -379,11 +370,17 @@ class BaseKeyValueStore(BaseStore):
 
         def write() -> list[Op]:
             keys = self._removal_keys(removals)
-            ops = [Op("T", key, None, None) for key in keys]
+            ops = [Op(OpKind.TOMBSTONE, key, None, None) for key in keys]
             for key, record, payload in self._encoded(self._records(puts), ops):
                 # A pointer is written as it is: it answers only while its entry lists it.
                 version = record.version if type(record) is Entry else None
-                kind = "S" if type(record) is Pointer else "A" if version is None else "N"
+                kind = (
+                    OpKind.SET
+                    if type(record) is Pointer
+                    else OpKind.ADD
+                    if version is None
+                    else OpKind.NEWER
+                )
                 ops.append(Op(kind, key, payload, record.expires_at, version))
             return ops
 
@@ -398,7 +395,7 @@ class BaseKeyValueStore(BaseStore):
         """Apply the ops ``write`` builds until the namespace generations their keys were
         made in are still current (at most ``attempts`` times).  Returns None when done,
         or the call that finishes once the backend's reply is read (see
-        :meth:`_start_apply_then_read`).
+        :meth:`start_apply_then_read`).
 
         Writes build their keys from the generations this process last read.  Another
         process may have started a new one meanwhile (``invalidate_class``, a server
@@ -417,9 +414,9 @@ class BaseKeyValueStore(BaseStore):
         ops = self._unexpired(write())
         if not self.shared_generations:
             if ops:
-                self._apply(ops)
+                self.apply(ops)
             return None
-        receive = self._start_apply_then_read(ops, keys)
+        receive = self.start_apply_then_read(ops, keys)
 
         def finish() -> None:
             _, raws = receive()
@@ -445,7 +442,7 @@ class BaseKeyValueStore(BaseStore):
         self._learn_generations_of(family)
         wanted = self.keymaker.keys(spec, lookups)
         clock_now = self.clock()
-        lease = self._encode_marker(
+        lease = self.encode_marker(
             Marker(secrets.token_hex(8), clock_now, clock_now + self.lease_ttl)
         )
         asked = [key for key in dict.fromkeys(wanted) if key is not None]
@@ -453,7 +450,7 @@ class BaseKeyValueStore(BaseStore):
             zip(
                 asked,
                 self._conditional(
-                    [Op("L", key, lease, clock_now + self.lease_ttl) for key in asked]
+                    [Op(OpKind.LEASE, key, lease, clock_now + self.lease_ttl) for key in asked]
                 ),
                 strict=True,
             )
@@ -468,7 +465,7 @@ class BaseKeyValueStore(BaseStore):
             if type(result) is not tuple:
                 continue  # taken, or given up after losing compare-and-set races
             held, backend_now = result
-            marker = self._marker_of(held)
+            marker = self.marker_of(held)
             # A record that appeared since the miss, or a lease taken a moment ago: another
             # reader has filled or is filling this key.  An old lease is a reader that
             # will not fill (it crashed, or found nothing): waiting for it is pointless; so
@@ -519,13 +516,13 @@ class BaseKeyValueStore(BaseStore):
         # no tombstones for it either, only releases of the leases on its keys.
         for key, record, payload in self._encoded(self._records(found), []):
             if leased.pop(key, False):
-                ops.append(Op("F", key, payload, record.expires_at, claim.lease))
+                ops.append(Op(OpKind.FILL, key, payload, record.expires_at, claim.lease))
             elif type(record) is Pointer:
-                ops.append(Op("S", key, payload, record.expires_at))
+                ops.append(Op(OpKind.SET, key, payload, record.expires_at))
             elif may_add:
                 since = claim.since if self.compares_tombstone_times else None
-                ops.append(Op("A", key, payload, record.expires_at, since))
-        ops += [Op("R", key, None, None, claim.lease) for key in leased]
+                ops.append(Op(OpKind.ADD, key, payload, record.expires_at, since))
+        ops += [Op(OpKind.RELEASE, key, None, None, claim.lease) for key in leased]
         if ops:
             self._conditional(ops)
 
@@ -539,8 +536,8 @@ class BaseKeyValueStore(BaseStore):
         # only missing from the new one, which is never stale.
         records = self._records(objs)
         if records:
-            encode = self._encode
-            self._write([(key, encode(record), record.expires_at) for key, record in records])
+            encode = self.encode
+            self.write([(key, encode(record), record.expires_at) for key, record in records])
 
     def delete(self, obj: object) -> None:
         """Remove ``obj`` from under every key it is stored at."""
@@ -553,7 +550,7 @@ class BaseKeyValueStore(BaseStore):
         def write() -> list[Op]:
             keys_of = self.keymaker.keys_of
             return [
-                Op("T", key, None, None)
+                Op(OpKind.TOMBSTONE, key, None, None)
                 for obj, specs in self._stored_specs(objs)
                 for spec in specs
                 for key in keys_of(spec, obj)
@@ -588,7 +585,7 @@ class BaseKeyValueStore(BaseStore):
         asked = [key for key in dict.fromkeys(wanted) if key is not None]
         raws: list[Any] | None
         if not self.shared_generations:
-            raws = self._read(asked)
+            raws = self.read(asked)
         else:
             raws = self._read_generation(klass, known, asked)
             if raws is None:
@@ -596,14 +593,14 @@ class BaseKeyValueStore(BaseStore):
             if self.keymaker.generations.get(klass) != known:
                 wanted = self.keymaker.keys(spec, lookups)
                 asked = [key for key in dict.fromkeys(wanted) if key is not None]
-                raws = self._read(asked)
+                raws = self.read(asked)
         found = self._decoded(spec, known, asked, raws)
         # Alternate keys hold pointers: fetch the entries they lead to, in one more read.
         pointers = {key: rec.primary for key, rec in found.items() if type(rec) is Pointer}
         if pointers:
             targets = [p for p in dict.fromkeys(pointers.values()) if p not in found]
             if targets:
-                found.update(self._decoded(spec, known, targets, self._read(targets)))
+                found.update(self._decoded(spec, known, targets, self.read(targets)))
             if self.decodes_copies:
                 self._check_alternates(spec, known, found, set(pointers.values()))
             dangling = [
@@ -642,7 +639,7 @@ class BaseKeyValueStore(BaseStore):
         """
         generation_keys = self.keymaker.generation_keys(klass)
         count = len(generation_keys)
-        raws = self._read([*generation_keys, *keys])
+        raws = self.read([*generation_keys, *keys])
         tokens = raws[:count]
         del raws[:count]
         try:
@@ -668,7 +665,7 @@ class BaseKeyValueStore(BaseStore):
         found: dict[str, Record] = {}
         dead: list[str] = []
         clock_now = self.clock()
-        decode = self._decode
+        decode = self.decode
         # Records another process may have written must belong where they were read: an
         # entry's key values give its key, a pointer leads to a primary key of the class
         # (what else an entry claims is checked when a pointer leads to it, see
@@ -689,7 +686,7 @@ class BaseKeyValueStore(BaseStore):
                         continue  # keys of a generation that moved on meanwhile: a miss
                     raise PayloadError(f"record does not belong at the key {key!r}")
             except PayloadError as exc:
-                if self._marker_of(raw) is not None:
+                if self.marker_of(raw) is not None:
                     continue  # a tombstone or a lease: a miss
                 self._count_corrupt(klass, key, exc)
                 dead.append(key)

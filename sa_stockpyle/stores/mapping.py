@@ -104,15 +104,15 @@ class ShoveStore(SharedPayloads, BaseDictionaryStore):
         if process_lock is not None:
             self._lock = process_lock
 
-    def _forked(self) -> None:
+    def after_fork(self) -> None:
         """In a forked child: a new lock, or again the storage's (which is fork-safe)."""
-        super()._forked()
+        super().after_fork()
         self._take_process_lock()
 
-    def _read(self, keys: Sequence[str]) -> list[Any]:
+    def read(self, keys: Sequence[str]) -> list[Any]:
         getitems = getattr(self.dictionary, "getitems", None)
         if getitems is None:
-            return super()._read(keys)
+            return super().read(keys)
         # fsspec mappers fetch many keys concurrently in one call.
         found = getitems(list(keys), on_error="omit")
         return [found.get(key) for key in keys]

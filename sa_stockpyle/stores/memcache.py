@@ -17,7 +17,8 @@ from sa_stockpyle.codec import LifetimeCallback, now
 from sa_stockpyle.errors import ConfigurationError, StoreUnavailable
 from sa_stockpyle.stores.backend_errors import ErrorTranslator
 from sa_stockpyle.stores.base import Clock
-from sa_stockpyle.stores.keyvalue import BaseKeyValueStore, Op
+from sa_stockpyle.stores.keyvalue import BaseKeyValueStore
+from sa_stockpyle.stores.ops import Op, OpKind
 from sa_stockpyle.stores.shared import SharedPayloads
 
 __all__ = ["MAX_CAS_ATTEMPTS", "MAX_RELATIVE_TTL", "MemcacheStore"]
@@ -139,14 +140,14 @@ class MemcacheStore(SharedPayloads, BaseKeyValueStore):
             groups.setdefault(node, []).append(key)
         return [(ring.clients[node], group) for node, group in groups.items()]
 
-    def _read(self, keys: Sequence[str]) -> list[Any]:
+    def read(self, keys: Sequence[str]) -> list[Any]:
         found: dict[str, bytes] = {}
         with self._errors:
             for client, group in self._by_server(keys):
                 found.update(client.get_many(group))
         return [found.get(key) for key in keys]
 
-    def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+    def write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
         clock_now = self.clock()
         by_expire: dict[int, dict[str, bytes]] = {}
         expired: list[str] = []
@@ -169,19 +170,19 @@ class MemcacheStore(SharedPayloads, BaseKeyValueStore):
         if refused:
             raise StoreUnavailable(f"memcached at {self.location} did not store {refused!r}")
 
-    def _apply(self, ops: Sequence[Op]) -> list[Any]:
+    def apply(self, ops: Sequence[Op]) -> list[Any]:
         # memcached has no scripts and no multi-key compare-and-set: each conditional write
         # is gets, then add or cas, on the key's server (unconditional ones are batched).
         # Without a server clock to compare with, an add never replaces a tombstone.
         clock_now = self.clock()
         results: list[Any] = [None] * len(ops)
         tomb, tomb_expires = self._tombstone()
-        sets = [(p, op) for p, op in enumerate(ops) if op.kind in "ST"]
+        sets = [(p, op) for p, op in enumerate(ops) if op.kind in (OpKind.SET, OpKind.TOMBSTONE)]
         if sets:
-            self._write(
+            self.write(
                 [
                     (op.key, op.raw, op.expires_at)
-                    if op.kind == "S"
+                    if op.kind == OpKind.SET
                     else (op.key, tomb, tomb_expires)
                     for _, op in sets
                 ]
@@ -190,7 +191,7 @@ class MemcacheStore(SharedPayloads, BaseKeyValueStore):
                 results[position] = True
         with self._errors:
             for position, op in enumerate(ops):
-                if op.kind not in "ST":
+                if op.kind not in (OpKind.SET, OpKind.TOMBSTONE):
                     client = self._by_server([op.key])[0][0]
                     results[position] = self._apply_one(client, op, clock_now)
         return results
@@ -198,32 +199,32 @@ class MemcacheStore(SharedPayloads, BaseKeyValueStore):
     def _apply_one(self, client: Any, op: Op, clock_now: float) -> Any:
         kind, key, raw, expires_at, arg = op
         expire = _exptime(expires_at, clock_now) or 0
-        if kind == "R":
+        if kind == OpKind.RELEASE:
             raw, expires_at = self._tombstone()
             expire = _exptime(expires_at, clock_now) or 0
         for _ in range(MAX_CAS_ATTEMPTS):
             current, token = client.gets(key)
             if current is None:
-                if kind in "FR":
+                if kind in (OpKind.FILL, OpKind.RELEASE):
                     return False
                 if client.add(key, raw, expire=expire, noreply=False):
-                    return float(clock_now) if kind == "L" else True
+                    return float(clock_now) if kind == OpKind.LEASE else True
                 continue  # written meanwhile: look again
-            marker = self._marker_of(current)
-            if kind == "A":
+            marker = self.marker_of(current)
+            if kind == OpKind.ADD:
                 return False
-            if kind in "FR":
-                lease = self._marker_of(arg)
+            if kind in (OpKind.FILL, OpKind.RELEASE):
+                lease = self.marker_of(arg)
                 ours = marker is not None and lease is not None and marker.lease == lease.lease
                 return ours and bool(client.cas(key, raw, token, expire=expire, noreply=False))
-            if kind == "N":
+            if kind == OpKind.NEWER:
                 if marker is not None:
                     # Not written over a marker (a removal there may be newer), but a
                     # lease there is voided: its holder may have read an older state.
                     tomb, tomb_expires = self._tombstone()
                     raw, expire = tomb, _exptime(tomb_expires, clock_now) or 0
                 else:
-                    held = self._version_held(current)
+                    held = self.version_held(current)
                     if held is not None and held >= arg:
                         return False
                 if client.cas(key, raw, token, expire=expire, noreply=False):

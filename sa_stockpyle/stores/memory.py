@@ -13,7 +13,7 @@ from sa_stockpyle.codec import LifetimeCallback, now
 from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.stores.base import Clock
 from sa_stockpyle.stores.dictionary import BaseDictionaryStore
-from sa_stockpyle.stores.keyvalue import Op
+from sa_stockpyle.stores.ops import Op
 
 log = logging.getLogger("sa_stockpyle")
 
@@ -133,20 +133,20 @@ class ProcessMemoryStore(BaseDictionaryStore):
         self.sweeps_markers = max_items is None
         self._unwarned = max_items is None
 
-    def _forked(self) -> None:
+    def after_fork(self) -> None:
         """In a forked child, start empty: what the parent cached is as old as the fork
         and hears of no commit until this process's broadcast starts."""
-        super()._forked()
+        super().after_fork()
         self._start_afresh(self._new_mapping())
         self._unwarned = self.max_items is None
 
-    def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
-        super()._write(items)
+    def write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+        super().write(items)
         if self._unwarned:
             self._check_size()
 
-    def _apply(self, ops: Sequence[Op]) -> list[Any]:
-        results = super()._apply(ops)
+    def apply(self, ops: Sequence[Op]) -> list[Any]:
+        results = super().apply(ops)
         if self._unwarned:
             self._check_size()
         return results
@@ -235,9 +235,9 @@ class ThreadLocalStore(BaseDictionaryStore):
             clock=clock,
         )
 
-    def _forked(self) -> None:
+    def after_fork(self) -> None:
         """In a forked child, start empty (only the forking thread came along)."""
-        super()._forked()
+        super().after_fork()
         self._start_afresh(self._new_mapping())
 
     def _new_mapping(self) -> MutableMapping[str, Any]:

@@ -37,7 +37,8 @@ from sa_stockpyle.errors import ConfigurationError, StoreTimeout
 from sa_stockpyle.stores.backend_errors import ErrorTranslator
 from sa_stockpyle.stores.base import Clock
 from sa_stockpyle.stores.channel import Channel, Subscription
-from sa_stockpyle.stores.keyvalue import BaseKeyValueStore, Op
+from sa_stockpyle.stores.keyvalue import BaseKeyValueStore
+from sa_stockpyle.stores.ops import Op, OpKind
 from sa_stockpyle.stores.shared import SharedPayloads
 
 if TYPE_CHECKING:
@@ -57,14 +58,15 @@ def _lua_pattern(literal: bytes) -> str:
     return re.sub(r"([\^$()%.\[\]*+?-])", r"%\1", literal.decode("ascii"))
 
 
-#: The conditional writes of BaseKeyValueStore._apply, atomic per call.  ARGV: the
+#: The conditional writes of BaseKeyValueStore.apply, atomic per call.  ARGV: the
 #: tombstone TTL in ms, the number of keys that only get a tombstone (they come first, and
 #: have no reply) and the number of keys that are only read once everything is written
 #: (they come last; a GET reads a missing key as false, which Redis returns as nil),
 #: then per other key: kind, value, TTL in ms (0: none), argument (the lease a fill
 #: expects, the version a newer write carries, the time an add compares tombstones with).
 #: Tombstones and leases are stamped with the server's clock (TIME).  What records and
-#: markers begin with comes from the codec, which writes them.
+#: markers begin with comes from the codec, which writes them; the kinds' letters, from
+#: :class:`OpKind`.
 _APPLY = string.Template("""
 -- the first bytes of a tombstone and of a lease, and patterns matching their fields and
 -- the version an entry begins with (codec.py writes them)
@@ -94,14 +96,14 @@ for i = tombs + 1, #KEYS - reads do
   local key = KEYS[i]
   local at = 3 + (i - tombs - 1) * 4
   local kind, raw, px, arg = ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4]
-  local current = kind ~= 'S' and held(key)
+  local current = kind ~= '$kind_set' and held(key)
   local head = current and string.sub(current, 1, HEAD)
   local done = false
-  if kind == 'S' then
+  if kind == '$kind_set' then
     done = true
-  elseif kind == 'T' then
+  elseif kind == '$kind_tombstone' then
     raw, px, done = tomb, tomb_ms, true
-  elseif kind == 'A' then
+  elseif kind == '$kind_add' then
     if not current then
       done = true
     elseif head == TOMB and arg ~= '' then
@@ -109,12 +111,12 @@ for i = tombs + 1, #KEYS - reads do
       local written = tonumber(string.match(current, TOMB_TAKEN))
       done = written ~= nil and written < tonumber(arg)
     end
-  elseif kind == 'F' or kind == 'R' then
+  elseif kind == '$kind_fill' or kind == '$kind_release' then
     -- by token: a lease taken over a tombstone was stored with a longer expiry
     local token = string.match(arg, LEASE_TOKEN)
     done = head == LEASE and string.match(current, LEASE_TOKEN) == token
-    if done and kind == 'R' then raw, px = tomb, tomb_ms end
-  elseif kind == 'N' then
+    if done and kind == '$kind_release' then raw, px = tomb, tomb_ms end
+  elseif kind == '$kind_newer' then
     if head == LEASE or head == TOMB then
       -- not written over a marker (a removal there may be newer), but stamped now: a
       -- lease holder may have read an older state, and so may a reader that adds
@@ -136,8 +138,8 @@ for i = tombs + 1, #KEYS - reads do
   end
   if done then
     if px > 0 then redis.call('SET', key, raw, 'PX', px) else redis.call('SET', key, raw) end
-    replies[i - tombs] = kind == 'L' and {now} or 1
-  elseif kind == 'L' then
+    replies[i - tombs] = kind == '$kind_lease' and {now} or 1
+  elseif kind == '$kind_lease' then
     replies[i - tombs] = {current, now}
   else
     replies[i - tombs] = 0
@@ -155,6 +157,7 @@ return replies
     tombstone_pattern=_lua_pattern(TOMBSTONE_MAGIC),
     lease_pattern=_lua_pattern(LEASE_MAGIC),
     versioned_pattern=_lua_pattern(VERSIONED_HEAD),
+    **{f"kind_{kind.name.lower()}": kind.value for kind in OpKind},
 )
 
 
@@ -348,7 +351,7 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
 
         return receive
 
-    def _read(self, keys: Sequence[str]) -> list[Any]:
+    def read(self, keys: Sequence[str]) -> list[Any]:
         with self._errors:
             if len(keys) == 1:
                 # A lone GET: a one-key MGET is an array reply, ~20% slower through redis-py.
@@ -363,7 +366,7 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
                 return self.client.mget_nonatomic(keys)  # type: ignore[union-attr]
             return self._execute([("MGET", *keys)])[0]  # type: ignore[no-any-return]
 
-    def _write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+    def write(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
         # One round trip: one MSET for the values that never expire (a single command,
         # packed once; SETs on a cluster, where MSET may not span hash slots) and a
         # SET PX for each that does.
@@ -386,16 +389,16 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
             with self._errors:
                 self._execute(commands)
 
-    def _apply(self, ops: Sequence[Op]) -> list[Any]:
+    def apply(self, ops: Sequence[Op]) -> list[Any]:
         return self._start_run(ops, ())()[0]
 
-    def _start_apply_then_read(
+    def start_apply_then_read(
         self, ops: Sequence[Op], keys: Sequence[str]
     ) -> Callable[[], tuple[list[Any], list[Any]]]:
         # In the same script call, after the writes: one round trip instead of two.  Not
         # on a cluster, where the writes take one call per hash slot.
         if self._cluster:
-            return super()._start_apply_then_read(ops, keys)
+            return super().start_apply_then_read(ops, keys)
         return self._start_run(ops, keys)
 
     def _start_run(
@@ -410,23 +413,23 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         results: list[Any] = [None] * len(ops)
         groups: dict[int, list[int]] = {}
         if self._cluster:
-            tombs = [p for p, op in enumerate(ops) if op.kind == "T"]
+            tombs = [p for p, op in enumerate(ops) if op.kind == OpKind.TOMBSTONE]
             if tombs:
                 tomb, tomb_expires = self._tombstone()
-                self._write([(ops[p].key, tomb, tomb_expires) for p in tombs])
+                self.write([(ops[p].key, tomb, tomb_expires) for p in tombs])
                 for position in tombs:
                     results[position] = True
             keyslot = self.client.keyslot  # type: ignore[union-attr]
             for position, op in enumerate(ops):
-                if op.kind != "T":
+                if op.kind != OpKind.TOMBSTONE:
                     groups.setdefault(keyslot(op.key), []).append(position)
         else:
             groups[0] = list(range(len(ops)))
         sent: list[tuple[list[int], Callable[[], Any]]] = []
         with self._errors:
             for positions in groups.values():
-                tombs = [p for p in positions if ops[p].kind == "T"]
-                others = [p for p in positions if ops[p].kind != "T"]
+                tombs = [p for p in positions if ops[p].kind == OpKind.TOMBSTONE]
+                others = [p for p in positions if ops[p].kind != OpKind.TOMBSTONE]
                 args: list[Any] = [math.ceil(self.tombstone_ttl * 1000), len(tombs), len(reads)]
                 for position in others:
                     kind, _key, raw, expires_at, arg = ops[position]
@@ -463,7 +466,7 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
 
         return receive
 
-    def _backend_channel(self, name: str) -> Channel:
+    def backend_channel(self, name: str) -> Channel:
         """The pub/sub channel ``name`` of this store: ``prefix:db:name`` (pub/sub spans
         every database of a server, and other prefixes are other caches).  On a cluster,
         a PUBLISH reaches the subscribers of every node."""

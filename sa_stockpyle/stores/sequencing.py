@@ -44,7 +44,7 @@ class Numbering:
 
     Not locked: the caller numbers messages under the lock that orders its queue.  A
     forked child's chain builds a new broadcast, so a new numbering (see
-    ``ChainedStore._forked``): two processes under one identity would number different
+    ``ChainedStore.after_fork``): two processes under one identity would number different
     messages alike, and a loss of either would go unseen.
 
     Parameters:

@@ -47,34 +47,34 @@ class SharedPayloads:
         super().__init__(*args, **kwargs)
         self._signer = None if signing_key is None else Signer(signing_key)
 
-    def _encode(self, record: Record) -> bytes:
+    def encode(self, record: Record) -> bytes:
         data = encode_record(record)
         signer = self._signer
         return data if signer is None else signer.sign(data)
 
-    def _decode(self, raw: Any, klass: type) -> Record:
+    def decode(self, raw: Any, klass: type) -> Record:
         signer = self._signer
         return decode_record(raw if signer is None else signer.verify(raw), klass)
 
-    def _encode_marker(self, marker: Marker) -> bytes:
+    def encode_marker(self, marker: Marker) -> bytes:
         return encode_marker(marker)
 
-    def _marker_of(self, raw: Any) -> Marker | None:
+    def marker_of(self, raw: Any) -> Marker | None:
         return decode_marker(raw) if isinstance(raw, bytes) else None
 
-    def _version_held(self, raw: Any) -> int | None:
+    def version_held(self, raw: Any) -> int | None:
         return entry_version(raw) if isinstance(raw, bytes) else None
 
     def channel(self, name: str) -> Channel | None:
         """The backend's channel ``name`` (see :meth:`BaseStore.channel`), its messages
         signed with the store's ``signing_key`` when it has one."""
-        channel = self._backend_channel(name)
+        channel = self.backend_channel(name)
         signer = self._signer
         if channel is None or signer is None:
             return channel
         return SignedChannel(channel, signer)
 
-    def _backend_channel(self, name: str) -> Channel | None:
+    def backend_channel(self, name: str) -> Channel | None:
         """The backend's own channel ``name``, or None (the default: it has none)."""
         return None
 

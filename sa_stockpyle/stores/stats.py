@@ -22,7 +22,7 @@ class Stats:
         self.reset()
         watch_forks(self)
 
-    def _forked(self) -> None:
+    def after_fork(self) -> None:
         # The counts so far stay; the parent's threads' tallies retire as theirs.
         self._lock = threading.Lock()
 

@@ -1,0 +1,59 @@
+"""The conditional writes of the layer protocol: :class:`OpKind` and :class:`Op`.
+
+A key-value store carries them out with its backend's atomic primitive (a Lua script,
+memcached's ``gets``/``cas``, a lock) in :meth:`BaseKeyValueStore.apply
+<sa_stockpyle.stores.BaseKeyValueStore.apply>`; what each kind may overwrite is what makes
+a fill that read the database before a commit unable to write the old state back.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, NamedTuple
+
+__all__ = ["Op", "OpKind"]
+
+
+class OpKind(str, enum.Enum):
+    """What one :class:`Op` writes, and where; each member is the one-letter string a
+    backend's script receives (a ``str``: it compares and encodes as its letter)."""
+
+    #: Write ``raw`` whatever the key holds (pointers, which a reader checks anyway).
+    SET = "S"
+    #: Leave a tombstone whatever the key holds: a removal.
+    TOMBSTONE = "T"
+    #: Write ``raw`` only where the key holds nothing or, with ``arg`` (a backend time),
+    #: a tombstone written before ``arg``.
+    ADD = "A"
+    #: Write ``raw`` only where the key holds the lease ``arg``: a reader's fill.
+    FILL = "F"
+    #: Leave a tombstone where the key holds the lease ``arg``: a fill given up.
+    RELEASE = "R"
+    #: Write ``raw`` where the key holds nothing or an entry of a version below ``arg``;
+    #: a tombstone or a lease there becomes a new tombstone.
+    NEWER = "N"
+    #: Take the key for a fill (``raw`` is the lease) where it holds nothing or a
+    #: tombstone.
+    LEASE = "L"
+
+
+#: The kinds whose write carries an entry or a pointer, and so may have expired already.
+WRITES_RECORDS = frozenset({OpKind.SET, OpKind.FILL, OpKind.ADD, OpKind.NEWER})
+
+
+class Op(NamedTuple):
+    """One conditional write of :meth:`BaseKeyValueStore.apply
+    <sa_stockpyle.stores.BaseKeyValueStore.apply>`, on one key."""
+
+    #: What to write, and where (see :class:`OpKind`).
+    kind: OpKind
+    #: The cache key.
+    key: str
+    #: The raw value to write (an encoded record or lease), None for markers the backend
+    #: stamps itself.
+    raw: Any
+    #: When the value expires (Unix time), or None.
+    expires_at: float | None
+    #: The kind's argument: the lease a fill or release expects, the version a newer
+    #: write carries, the backend time an add compares tombstones with.
+    arg: Any = None
