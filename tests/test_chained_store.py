@@ -29,17 +29,17 @@ from sa_stockpyle.stores import (
 )
 from sa_stockpyle.stores.base import Reservation
 from sa_stockpyle.stores.ops import Op
-from sa_stockpyle.testing import FakeClock, Falsy, Foo, Pair, StoreConformance
+from sa_stockpyle.testing import FakeClock, Falsy, Foo, LayerProtocolConformance, Pair
 from tests.helpers import until
 from tests.threads import JOIN_TIMEOUT, run_together, started
 
 
-class TestChainOfMemoryAndShove(StoreConformance):
+class TestChainOfMemoryAndShove(LayerProtocolConformance):
     def make_store(self, **options: Any) -> ChainedStore:
         return ChainedStore([ProcessMemoryStore(**options), ShoveStore(shove={}, **options)])
 
 
-class TestChainOfThreeLayers(StoreConformance):
+class TestChainOfThreeLayers(LayerProtocolConformance):
     def make_store(self, **options: Any) -> ChainedStore:
         return ChainedStore(
             [

@@ -145,7 +145,7 @@ TWINS: list[type[enum.Enum]] = [
 # -- item 1 and 3: payloads that do not decode ---------------------------------------------
 
 #: The rest of an entry of Foo listing the key "K" (each test puts the key it reads in).
-_STATE = b'"c":"sa_stockpyle.testing.Foo","k":["K"],"x":null}'
+_STATE = b'"c":"sa_stockpyle.testing.models.Foo","k":["K"],"x":null}'
 UNDECODABLE = [
     b"",
     b"\x00\x01garbage",
@@ -153,7 +153,8 @@ UNDECODABLE = [
     MAGIC + b"[]",
     MAGIC + b'{"x":"soon","p":"k"}',
     MAGIC + b'{"x":null,"c":"os.system","s":{},"k":[]}',
-    MAGIC + b'{"x":null,"c":"sa_stockpyle.testing.Foo","s":{"a":{"$t":"nope","v":1}},"k":[]}',
+    MAGIC
+    + b'{"x":null,"c":"sa_stockpyle.testing.models.Foo","s":{"a":{"$t":"nope","v":1}},"k":[]}',
     # Tagged values out of their type's range.
     MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"timedelta","v":[1e20,0,0]}},' + _STATE,
     MAGIC
@@ -194,7 +195,8 @@ UNDECODABLE = [
     MAGIC + b'{"s":{"key":1,"zap":1,"bar":1,"d":{"$t":"enum","v":["tests.test_hostile_payloads",'
     b'"Twin",1]}},' + _STATE,
     # Never expiring.
-    MAGIC + b'{"x":NaN,"c":"sa_stockpyle.testing.Foo","s":{"key":1,"zap":1,"bar":1},"k":[]}',
+    MAGIC
+    + b'{"x":NaN,"c":"sa_stockpyle.testing.models.Foo","s":{"key":1,"zap":1,"bar":1},"k":[]}',
     MAGIC + b'{"x":Infinity,"p":"k"}',
     b"SPKT:nan:nan",
     b"SPKL:abc:0:inf",
@@ -233,7 +235,7 @@ def test_an_entry_whose_alternate_key_values_give_no_key_it_lists_is_a_miss_by_i
     shared.put(GOOD)
     primary, alternate = _primary(shared), shared.keymaker.key(SPEC, 1, (1, 1))
     keys = json.dumps([primary, alternate]).encode()
-    body = b'{"s":{"key":1,"zap":' + zap + b',"bar":1},"c":"sa_stockpyle.testing.Foo","k":'
+    body = b'{"s":{"key":1,"zap":' + zap + b',"bar":1},"c":"sa_stockpyle.testing.models.Foo","k":'
     _overwrite(shared, primary, MAGIC + body + keys + b',"x":null}')
     assert shared.get(Foo, {"zap": 1, "bar": 1}) is None
     assert shared.stats.count(Foo, "corrupt") == 1

@@ -29,11 +29,13 @@ def _key(klass: type, lookup: object, prefix: str = "stockpyle") -> str:
 
 
 def test_key_layout_is_readable() -> None:
-    assert _key(Foo, 5) == "stockpyle:v1:sa_stockpyle.testing.Foo:key:i5"
+    assert _key(Foo, 5) == "stockpyle:v1:sa_stockpyle.testing.models.Foo:key:i5"
     assert _key(Foo, {"bar": "b", "zap": 1.5}, prefix="app") == (
-        "app:v1:sa_stockpyle.testing.Foo:zap+bar:f1.5,sb"
+        "app:v1:sa_stockpyle.testing.models.Foo:zap+bar:f1.5,sb"
     )
-    assert _key(Pair, ("a b", None)) == "stockpyle:v1:sa_stockpyle.testing.Pair:a+b:sa%20b,n"
+    assert (
+        _key(Pair, ("a b", None)) == "stockpyle:v1:sa_stockpyle.testing.models.Pair:a+b:sa%20b,n"
+    )
 
 
 def test_lookup_forms_normalise_alike() -> None:

@@ -258,15 +258,17 @@ def test_bytes_that_are_no_message_are_counted_and_ignored(
         b'SPKI{"o":"x","t":1,"r":[],"c":[],"s":1}',
         b'SPKI{"o":"x","t":1,"r":' + deep + b',"c":[],"s":1,"k":"","h":1}',
         # A removal of a class this process caches, with key values that do not decode.
-        b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.Foo",{"key":{"$t":"timedelta",'
+        b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.models.Foo",{"key":{"$t":"timedelta",'
         b'"v":[1e20,0,0]}}]],"c":[],"s":1,"k":"","h":1}',
-        b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.Foo",{"key":' + deep + b'}]],"c":[]}',
+        b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.models.Foo",{"key":'
+        + deep
+        + b'}]],"c":[]}',
         # Removals that name no declared key, or hold values no key can hold.
-        b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.Foo",{"nope":1}]],"c":[],"s":1,'
+        b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.models.Foo",{"nope":1}]],"c":[],"s":1,'
         b'"k":"","h":1}',
-        b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.Foo",{"key":[1,2]}]],"c":[],"s":1,'
+        b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.models.Foo",{"key":[1,2]}]],"c":[],"s":1,'
         b'"k":"","h":1}',
-        b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.Foo",{"key":NaN}]],"c":[],"s":1,'
+        b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.models.Foo",{"key":NaN}]],"c":[],"s":1,'
         b'"k":"","h":1}',
     ]
     client = bounded_cluster_client(cluster.url)

@@ -22,16 +22,16 @@ from sa_stockpyle.codec import MAGIC
 from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.stores import ShoveStore
 from sa_stockpyle.stores.files import LocalFiles
-from sa_stockpyle.testing import Foo, StoreConformance
+from sa_stockpyle.testing import Foo, LayerProtocolConformance
 from tests.threads import run_together, started
 
 
-class TestShoveOverDict(StoreConformance):
+class TestShoveOverDict(LayerProtocolConformance):
     def make_store(self, **options: Any) -> ShoveStore:
         return ShoveStore(shove={}, **options)
 
 
-class TestShoveOverShelve(StoreConformance):
+class TestShoveOverShelve(LayerProtocolConformance):
     @pytest.fixture(autouse=True)
     def _path(self, tmp_path: Path) -> None:
         self.path = tmp_path
@@ -40,7 +40,7 @@ class TestShoveOverShelve(StoreConformance):
         return ShoveStore(shove=shelve.open(str(self.path / "shelf")), **options)
 
 
-class TestShoveOverDiskcache(StoreConformance):
+class TestShoveOverDiskcache(LayerProtocolConformance):
     @pytest.fixture(autouse=True)
     def _path(self, tmp_path: Path) -> None:
         self.path = tmp_path
@@ -49,7 +49,7 @@ class TestShoveOverDiskcache(StoreConformance):
         return ShoveStore(shove=diskcache.Cache(str(self.path / "dc")), **options)
 
 
-class TestShoveOverFsspecMemory(StoreConformance):
+class TestShoveOverFsspecMemory(LayerProtocolConformance):
     counter = 0
 
     def make_store(self, **options: Any) -> ShoveStore:
@@ -58,7 +58,7 @@ class TestShoveOverFsspecMemory(StoreConformance):
         return ShoveStore(shoveuri=f"memory://conformance-{self.counter}", **options)
 
 
-class TestShoveOverFileURI(StoreConformance):
+class TestShoveOverFileURI(LayerProtocolConformance):
     @pytest.fixture(autouse=True)
     def _path(self, tmp_path: Path) -> None:
         self.path = tmp_path
@@ -67,7 +67,7 @@ class TestShoveOverFileURI(StoreConformance):
         return ShoveStore(shoveuri=f"file://{self.path}/cache", **options)
 
 
-class TestShoveOverFsspecLocalMapper(StoreConformance):
+class TestShoveOverFsspecLocalMapper(LayerProtocolConformance):
     @pytest.fixture(autouse=True)
     def _path(self, tmp_path: Path) -> None:
         self.path = tmp_path

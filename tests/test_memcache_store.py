@@ -26,12 +26,12 @@ from sa_stockpyle.codec import MAGIC
 from sa_stockpyle.errors import ConfigurationError, StoreTimeout, StoreUnavailable
 from sa_stockpyle.keys import key_spec
 from sa_stockpyle.stores import MemcacheStore
-from sa_stockpyle.testing import FakeClock, Foo, StoreConformance
+from sa_stockpyle.testing import FakeClock, Foo, LayerProtocolConformance
 from tests.helpers import exploit, freeze
 from tests.servers import MemcachedServer, free_port
 
 
-class TestMemcacheStore(StoreConformance):
+class TestMemcacheStore(LayerProtocolConformance):
     compares_tombstone_times = False
 
     @pytest.fixture(autouse=True)
@@ -42,7 +42,7 @@ class TestMemcacheStore(StoreConformance):
         return MemcacheStore(servers=self.servers, **options)
 
 
-class TestMemcachePoolStore(StoreConformance):
+class TestMemcachePoolStore(LayerProtocolConformance):
     compares_tombstone_times = False
 
     @pytest.fixture(autouse=True)

@@ -20,22 +20,22 @@ from sa_stockpyle.codec import Marker
 from sa_stockpyle.errors import ConfigurationError, PayloadError
 from sa_stockpyle.stores import BaseDictionaryStore, ProcessMemoryStore, ThreadLocalStore
 from sa_stockpyle.stores.base import Reservation
-from sa_stockpyle.testing import FakeClock, Foo, StoreConformance, Versioned
+from sa_stockpyle.testing import FakeClock, Foo, LayerProtocolConformance, Versioned
 from tests.helpers import Statements
 from tests.threads import finish_all, started
 
 
-class TestProcessMemoryStore(StoreConformance):
+class TestProcessMemoryStore(LayerProtocolConformance):
     def make_store(self, **options: Any) -> ProcessMemoryStore:
         return ProcessMemoryStore(**options)
 
 
-class TestBoundedProcessMemoryStore(StoreConformance):
+class TestBoundedProcessMemoryStore(LayerProtocolConformance):
     def make_store(self, **options: Any) -> ProcessMemoryStore:
         return ProcessMemoryStore(max_items=1000, **options)
 
 
-class TestThreadLocalStore(StoreConformance):
+class TestThreadLocalStore(LayerProtocolConformance):
     def make_store(self, **options: Any) -> ThreadLocalStore:
         return ThreadLocalStore(**options)
 

@@ -349,14 +349,14 @@ def test_an_int_past_the_digit_limit_is_refused_and_one_within_it_round_trips(
 
 #: Payloads with a number ``N`` in each place a decoder reads one.
 NUMBERED = [
-    b'SPK1{"c":"sa_stockpyle.testing.Foo","s":{"key":1,"n":N},"k":["k"],"x":null}',
-    b'SPK1{"v":N,"c":"sa_stockpyle.testing.Foo","s":{"key":1},"k":["k"],"x":null}',
-    b'SPK1{"c":"sa_stockpyle.testing.Foo","s":{"key":1},"k":["k"],"x":N}',
-    b'SPK1{"c":"sa_stockpyle.testing.Foo","s":{"key":1},"k":[N],"x":null}',
+    b'SPK1{"c":"sa_stockpyle.testing.models.Foo","s":{"key":1,"n":N},"k":["k"],"x":null}',
+    b'SPK1{"v":N,"c":"sa_stockpyle.testing.models.Foo","s":{"key":1},"k":["k"],"x":null}',
+    b'SPK1{"c":"sa_stockpyle.testing.models.Foo","s":{"key":1},"k":["k"],"x":N}',
+    b'SPK1{"c":"sa_stockpyle.testing.models.Foo","s":{"key":1},"k":[N],"x":null}',
     b'SPK1{"p":"k","x":N}',
     b'SPKI{"o":"x","t":N,"r":[],"c":[]}',
     b'SPKI{"o":"x","t":1,"r":[],"c":[],"s":N,"k":"","h":1}',
-    b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.Foo",{"key":N}]],"c":[]}',
+    b'SPKI{"o":"x","t":1,"r":[["sa_stockpyle.testing.models.Foo",{"key":N}]],"c":[]}',
 ]
 
 

@@ -30,13 +30,13 @@ from sa_stockpyle.keys import key_spec
 from sa_stockpyle.stores import RedisStore
 from sa_stockpyle.stores.backend_errors import ErrorTranslator
 from sa_stockpyle.stores.redis import _lua_pattern
-from sa_stockpyle.testing import Foo, StoreConformance
+from sa_stockpyle.testing import Foo, LayerProtocolConformance
 from tests.helpers import cluster_client, exploit, freeze
 from tests.servers import RedisServer, free_port
 from tests.threads import finish_all, started
 
 
-class TestRedisStore(StoreConformance):
+class TestRedisStore(LayerProtocolConformance):
     @pytest.fixture(autouse=True)
     def _server(self, redis_url: str) -> None:
         self.url = redis_url
@@ -45,7 +45,7 @@ class TestRedisStore(StoreConformance):
         return RedisStore(url=self.url, **options)
 
 
-class TestRedisStoreOnAGivenClient(StoreConformance):
+class TestRedisStoreOnAGivenClient(LayerProtocolConformance):
     """The same contract through a caller's client, used through its own API."""
 
     @pytest.fixture(autouse=True)
@@ -62,7 +62,7 @@ class TestRedisStoreOnAGivenClient(StoreConformance):
         return RedisStore(client=client, **options)
 
 
-class TestRedisClusterStore(StoreConformance):
+class TestRedisClusterStore(LayerProtocolConformance):
     compares_tombstone_times = False
 
     @pytest.fixture(autouse=True)

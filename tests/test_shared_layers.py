@@ -20,12 +20,12 @@ from sa_stockpyle.stores import (
     ShoveStore,
     chained,
 )
-from sa_stockpyle.testing import Foo, Pair, StoreConformance
+from sa_stockpyle.testing import Foo, LayerProtocolConformance, Pair
 from tests.helpers import cluster_client, freeze
 from tests.servers import RedisServer
 
 
-class TestChainOfMemoryAndRedis(StoreConformance):
+class TestChainOfMemoryAndRedis(LayerProtocolConformance):
     @pytest.fixture(autouse=True)
     def _server(self, redis_url: str) -> None:
         self.url = redis_url
@@ -34,7 +34,7 @@ class TestChainOfMemoryAndRedis(StoreConformance):
         return ChainedStore([ProcessMemoryStore(**options), RedisStore(url=self.url, **options)])
 
 
-class TestChainOfMemoryAndRedisCluster(StoreConformance):
+class TestChainOfMemoryAndRedisCluster(LayerProtocolConformance):
     @pytest.fixture(autouse=True)
     def _cluster(self, redis_cluster_nodes: list[tuple[str, int]]) -> Iterator[None]:
         self.client: RedisCluster = cluster_client(redis_cluster_nodes)
@@ -47,7 +47,7 @@ class TestChainOfMemoryAndRedisCluster(StoreConformance):
         )
 
 
-class TestChainOfMemoryAndMemcachePool(StoreConformance):
+class TestChainOfMemoryAndMemcachePool(LayerProtocolConformance):
     @pytest.fixture(autouse=True)
     def _servers(self, memcached_addresses: list[str]) -> None:
         self.servers = memcached_addresses
@@ -58,7 +58,7 @@ class TestChainOfMemoryAndMemcachePool(StoreConformance):
         )
 
 
-class TestChainOfMemoryMemcacheAndRedis(StoreConformance):
+class TestChainOfMemoryMemcacheAndRedis(LayerProtocolConformance):
     @pytest.fixture(autouse=True)
     def _servers(self, memcached_addresses: list[str], redis_url: str) -> None:
         self.servers = memcached_addresses

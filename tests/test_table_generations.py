@@ -80,7 +80,7 @@ def test_every_release_of_a_table_shares_its_generation_keys() -> None:
         "stockpyle:v1:gen:table:sa_store_employees",
         "stockpyle:v1:gen:table:sa_store_managers",
     )
-    assert keymaker.generation_keys(Foo) == ("stockpyle:v1:gen:sa_stockpyle.testing.Foo",)
+    assert keymaker.generation_keys(Foo) == ("stockpyle:v1:gen:sa_stockpyle.testing.models.Foo",)
     keymaker.set_tokens({"stockpyle:v1:gen:table:sa_store_employees": "e1"})
     assert Manager not in keymaker.generations  # its other table's token is not known
     assert keymaker.generations[Employee] == "e1"

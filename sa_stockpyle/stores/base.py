@@ -1,7 +1,6 @@
 """The Store contract: :class:`BaseStore`, and the :class:`Reservation` a chain fills through.
 
-The contract, which every store in this package and every third-party store follows
-(``sa_stockpyle.testing`` checks it):
+The contract every store follows (``sa_stockpyle.testing.StoreConformance`` checks it):
 
 * ``put(obj)`` / ``batch_put(objs)`` store objects under every declared key of their class
   (and, when the store is ``polymorphic``, of every base class declaring keys).
@@ -19,14 +18,22 @@ The contract, which every store in this package and every third-party store foll
   raises :class:`~sa_stockpyle.errors.StoreUnavailable`; nothing else escapes on purpose.
   A payload that does not decode is a miss: it is logged, counted in ``stats`` as
   ``corrupt`` and removed.
-* A removal (``delete``, a removal of ``write_committed``, a corrupt or expired record)
-  leaves a tombstone rather than an empty key, so that no fill that read the database
-  before it can write the old state back (see
-  :class:`~sa_stockpyle.stores.BaseKeyValueStore`).
-* A chain fills a layer that missed only through that layer's claim: :meth:`BaseStore.reserve`
-  when it misses, :meth:`BaseStore.fill` with what a slower layer found.
 * Keys whose value contains ``None`` identify nothing (as under a SQL unique constraint):
   objects are not stored under them and looking one up is a miss.
+
+The layer protocol, which a store opts into by overriding :meth:`BaseStore.reserve`,
+:meth:`BaseStore.fill`, :meth:`BaseStore.write_committed` and
+:meth:`BaseStore.invalidate_class` (every :class:`~sa_stockpyle.stores.BaseKeyValueStore`
+does; ``sa_stockpyle.testing.LayerProtocolConformance`` checks it):
+
+* A removal (``delete``, a removal of ``write_committed``, a corrupt or expired record)
+  leaves a tombstone rather than an empty key, so that no fill that read the system of
+  record before it can write the old state back.
+* A commit's write never overwrites what it cannot tell is older: an object without a
+  version is only added where nothing is held, a versioned one only over a lower version.
+* A chain fills a layer that missed only through that layer's claim: :meth:`BaseStore.reserve`
+  when it misses, :meth:`BaseStore.fill` with what a slower layer found; a removal or a
+  newer write that lands in between voids the fill.
 """
 
 from __future__ import annotations
@@ -137,7 +144,8 @@ class BaseStore(ABC):
 
         A :class:`~sa_stockpyle.stores.ChainedStore` hands every hit to each layer below
         the one it came from, and returns what the last one gives back.  The default
-        returns ``objs`` unchanged; the SQLAlchemy store attaches them to its session.
+        returns ``objs`` unchanged; a system of record may bind them to its own unit of
+        work (the SQLAlchemy store attaches them to its session).
         The result is as long as ``objs`` and in the same order; a None in it refuses an
         object, and the chain asks the layers below for that key as for a miss.
         """
@@ -179,19 +187,22 @@ class BaseStore(ABC):
             self.batch_put(found)
 
     def write_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> None:
-        """Reflect a database commit: remove ``removals``, then store ``puts``.
+        """Reflect a commit of the system of record in this store.
 
-        Called by the ORM plugin once per commit.  ``removals`` are ``(class, lookup)``
-        pairs naming objects that were deleted, invalidated, or whose key moved away;
-        ``puts`` are the committed objects.  The system of record (the SQLAlchemy store)
-        does nothing: it holds the commit already.  This default looks each removal up
-        and deletes it; caching stores override it with batches.
+        Called once per commit by the ORM plugin (through a chain, for every layer).
+        ``removals`` are ``(class, lookup)`` pairs naming objects that were deleted,
+        invalidated, or whose key moved away; ``puts`` are the committed objects.  A
+        system of record does nothing: it holds the commit already.  Stores of the layer
+        protocol leave tombstones and write ``puts`` conditionally (see the module doc).
+        This default, for a store without conditional writes, removes both: it cannot
+        tell whether a racing commit's state is newer than ``puts``, and a removal costs
+        at most a miss.
         """
         for klass, lookup in removals:
             found: object | None = self.get(klass, lookup)
             if found is not None:
                 self.delete(found)
-        self.batch_put(puts)
+        self.batch_delete(puts)
 
     def start_committed(
         self, puts: Sequence[object], removals: Sequence[Removal]
@@ -199,11 +210,11 @@ class BaseStore(ABC):
         """Begin :meth:`write_committed`: None when it is done, or the call that finishes
         it while the backend's reply is still on its way.
 
-        The ORM plugin starts a commit's write as soon as the database has committed and
-        finishes it once SQLAlchemy has closed the transaction, so that the round trip
-        overlaps SQLAlchemy's own work in between (expiring the committed objects and
-        returning the connection).  The finishing call must be made, on the same thread,
-        before this store's effects are relied on.  This default writes at once.
+        The ORM plugin starts a commit's write as soon as the system of record has
+        committed and finishes it once the transaction is closed, so that the round trip
+        overlaps the work in between.  The finishing call must be made by the caller that
+        started the write (a backend connection may serve one caller at a time), before
+        this store's effects are relied on.  This default writes at once.
         """
         self.write_committed(puts, removals)
         return None
