@@ -1,15 +1,15 @@
-"""The key-value machinery every caching store shares: records under string keys,
-pointers for alternate keys, tombstones, leases and namespace generations
-(:class:`BaseKeyValueStore`), written through conditional operations (:class:`Op`)."""
+"""The key-value store every caching store builds on (:class:`BaseKeyValueStore`): the
+layer protocol's primitives a backend implements, and the six operations and commit
+writes built on them, with three collaborators, each in its own module: the record layout
+(:mod:`~sa_stockpyle.stores.records`), namespace generations
+(:mod:`~sa_stockpyle.stores.generations`) and leases (:mod:`~sa_stockpyle.stores.leases`),
+all writing through conditional operations (:mod:`~sa_stockpyle.stores.ops`)."""
 
 from __future__ import annotations
 
 import logging
-import secrets
-import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from sa_stockpyle.codec import (
@@ -18,12 +18,11 @@ from sa_stockpyle.codec import (
     Marker,
     Pointer,
     Record,
-    expiry,
     now,
 )
 from sa_stockpyle.errors import PayloadError
-from sa_stockpyle.keys import KeyMaker, KeySpec, is_null, key_spec, storage_classes
-from sa_stockpyle.snapshots import refuse_expired, restore, snapshot, version_of
+from sa_stockpyle.keys import KeyMaker, KeySpec, key_spec, storage_classes
+from sa_stockpyle.snapshots import restore
 from sa_stockpyle.stores.base import (
     BaseStore,
     Clock,
@@ -32,17 +31,16 @@ from sa_stockpyle.stores.base import (
     Reservation,
     finish_write,
 )
-from sa_stockpyle.stores.ops import WRITES_RECORDS, Op, OpKind
+from sa_stockpyle.stores.generations import Generations
+from sa_stockpyle.stores.leases import Leases
+from sa_stockpyle.stores.ops import Op, OpKind, unexpired
+from sa_stockpyle.stores.records import RecordLayout
 
 __all__ = ["BaseKeyValueStore"]
 
 log = logging.getLogger("sa_stockpyle")
 
 T = TypeVar("T")
-
-#: How often a write is made again when another process keeps starting new namespace
-#: generations of its classes while it writes (each new generation starts empty).
-MAX_GENERATION_RETRIES = 3
 
 
 class BaseKeyValueStore(BaseStore):
@@ -88,6 +86,10 @@ class BaseKeyValueStore(BaseStore):
     #: key that is older than the reader's lease.  That needs one clock for both markers:
     #: the process's, or one Redis server's; not memcached's or a Redis Cluster's.
     compares_tombstone_times = True
+    #: Whether generation tokens live in the backend, shared with other processes.  An
+    #: in-process store keeps them in its key maker only: nothing else can bump them, and
+    #: an LRU bound must never evict them.
+    shared_generations = True
 
     def __init__(
         self,
@@ -101,9 +103,12 @@ class BaseKeyValueStore(BaseStore):
         self.lifetime_cb = lifetime_cb
         self.keymaker = KeyMaker(prefix)
         self.clock = clock
-        # Classes whose objects this store refused to carry, warned of once: a hot row
-        # read again and again would otherwise log at every read.
-        self._refused_classes: set[type] = set()
+        #: The namespace generations of the classes this store holds.
+        self.generations = Generations(self)
+        #: What this store writes under which keys.
+        self.layout = RecordLayout(self)
+        #: The leases readers of this store take when they miss.
+        self.leases = Leases(self)
 
     # -- backend primitives -----------------------------------------------------------
 
@@ -172,186 +177,22 @@ class BaseKeyValueStore(BaseStore):
     def _remove(self, keys: Sequence[str]) -> None:
         """Leave a tombstone at each key: a removal never makes room for a stale fill."""
         if keys:
-            self._conditional([Op(OpKind.TOMBSTONE, key, None, None) for key in keys])
+            self.apply_unexpired([Op(OpKind.TOMBSTONE, key, None, None) for key in keys])
 
-    def _conditional(self, ops: Sequence[Op]) -> list[Any]:
-        """:meth:`apply`, after turning writes that have expired already into removals."""
-        ready = self._unexpired(ops)
+    def apply_unexpired(self, ops: Sequence[Op]) -> list[Any]:
+        """:meth:`apply`, after turning writes that have expired already into removals
+        (see :func:`~sa_stockpyle.stores.ops.unexpired`); what the store's own decisions
+        call, not for overriding."""
+        ready = unexpired(ops, self.clock())
         return self.apply(ready) if ready else []
 
-    def _unexpired(self, ops: Sequence[Op]) -> list[Op]:
-        """``ops`` without the writes that have expired already: a set or a newer
-        version's write becomes a tombstone (what the key held is older, and must not
-        stay), a fill a release, and an add nothing at all (it writes only where nothing
-        is held)."""
-        clock_now = self.clock()
-        ready: list[Op] = []
-        for op in ops:
-            expires_at, kind = op.expires_at, op.kind
-            if expires_at is not None and expires_at <= clock_now and kind in WRITES_RECORDS:
-                if kind in (OpKind.SET, OpKind.NEWER):
-                    ready.append(op._replace(kind=OpKind.TOMBSTONE))
-                elif kind == OpKind.FILL:
-                    ready.append(op._replace(kind=OpKind.RELEASE))
-                continue
-            ready.append(op)
-        return ready
-
     # -- the contract -----------------------------------------------------------------
-
-    def _stored_specs(self, objs: Iterable[object]) -> Iterator[tuple[object, list[KeySpec]]]:
-        """Each object with the key specs of the classes it is stored under (its own
-        first), looked up once per class."""
-        specs: dict[type, list[KeySpec]] = {}
-        for obj in objs:
-            klass = type(obj)
-            stored = specs.get(klass)
-            if stored is None:
-                stored = specs[klass] = [
-                    key_spec(c) for c in storage_classes(klass, self.polymorphic)
-                ]
-            yield obj, stored
-
-    def _encoded(
-        self, records: list[tuple[str, Record]], removed: list[Op]
-    ) -> Iterator[tuple[str, Record, Any]]:
-        """``records`` with their payloads, but for objects with a value this store cannot
-        carry: those are logged, and their keys tombstoned into ``removed`` (a commit's
-        other objects are still written, and the refused one is not served stale)."""
-        encode = self.encode
-        refused: set[str] = set()
-        for key, record in records:
-            if isinstance(record, Pointer):
-                if record.primary not in refused:
-                    yield key, record, encode(record)
-                continue
-            try:
-                payload = encode(record)
-            except PayloadError as exc:
-                level = logging.DEBUG if record.klass in self._refused_classes else logging.WARNING
-                self._refused_classes.add(record.klass)
-                log.log(
-                    level,
-                    "sa_stockpyle: %r cannot carry a %s, and removes it instead: %s",
-                    self,
-                    record.klass.__qualname__,
-                    exc,
-                )
-                refused.add(key)
-                removed.extend(Op(OpKind.TOMBSTONE, k, None, None) for k in record.keys)
-                continue
-            yield key, record, payload
-
-    def _records(self, objs: Iterable[object]) -> list[tuple[str, Record]]:
-        # Everything that can fail on bad input happens here, before any write.
-        objs = list(objs)
-        self._learn_generations(objs)
-        records: list[tuple[str, Record]] = []
-        clock_now = self.clock()
-        lifetime_cb = self.lifetime_cb
-        keys_of = self.keymaker.keys_of
-        for obj, specs in self._stored_specs(objs):
-            expires_at = expiry(lifetime_cb(obj), clock_now) if lifetime_cb else None
-            # The keys before the snapshot: reading a key attribute that was never loaded
-            # (deferred) loads it, and an entry must hold its key values (a reader checks
-            # them against its keys).  An expired object is refused first, not refreshed.
-            refuse_expired(obj)
-            keyed = [keys_of(spec, obj) for spec in specs]
-            state, version = snapshot(obj), version_of(obj)
-            for keys in keyed:
-                records.append((keys[0], Entry(type(obj), state, keys, expires_at, version)))
-                for key in keys[1:]:
-                    records.append((key, Pointer(keys[0], expires_at)))
-        return records
-
-    def _removal_keys(self, removals: Sequence[Removal]) -> list[str]:
-        """The cache keys of ``(class, lookup)`` removals, in every storage class (whose
-        generations the caller has learned)."""
-        by_class: dict[type, list[dict[str, Any]]] = {}
-        for klass, lookup in removals:
-            by_class.setdefault(klass, []).append(lookup)
-        keys: list[str] = []
-        for klass, lookups in by_class.items():
-            spec = key_spec(klass)
-            storages = storage_classes(klass, self.polymorphic)
-            if storages == (klass,):
-                # The usual case, a commit's batch of one class: keys built in one pass.
-                keys += [key for key in self.keymaker.keys(spec, lookups) if key is not None]
-                continue
-            for lookup in lookups:
-                index, values = spec.lookup(lookup)
-                if is_null(values):
-                    continue
-                attrs = frozenset(spec.items[index])
-                for storage in storages:
-                    storage_spec = key_spec(storage)
-                    storage_index = storage_spec.index_of(attrs)
-                    if storage_index is not None:
-                        keys.append(self.keymaker.key(storage_spec, storage_index, values))
-        return keys
-
-    # -- namespace generations ----------------------------------------------------------
-    #
-    # Every class's keys carry a generation made of tokens read from the backend, so that
-    # invalidate_class() can make all of a class's entries unreachable at once, in every
-    # process: it writes new tokens.  A mapped class's tokens are its tables' (see
-    # KeyMaker.generation_keys), so every release's model of a table, whatever its schema
-    # fingerprint, loses its entries with the others: a migration run by any release, up
-    # or down, leaves no release's old entries reachable.  A missing token (never set,
-    # evicted, server restarted empty) is replaced by a new random one, never taken as "no
-    # generation", so entries written under an older token can never come back.
-
-    #: Whether generation tokens live in the backend, shared with other processes.  An
-    #: in-process store keeps them in its key maker only: nothing else can bump them, and
-    #: an LRU bound must never evict them.
-    shared_generations = True
-
-    def _learn_generations(self, objs: Sequence[object]) -> None:
-        self._learn_generations_of(
-            {c for obj in objs for c in storage_classes(type(obj), self.polymorphic)}
-        )
-
-    def _learn_generations_of(self, classes: Iterable[type]) -> None:
-        keymaker = self.keymaker
-        unknown = [c for c in classes if c not in keymaker.generations]
-        if not unknown:
-            return
-        keys = list(dict.fromkeys(key for c in unknown for key in keymaker.generation_keys(c)))
-        if not self.shared_generations:
-            held = keymaker.tokens
-            keymaker.set_tokens({key: held.get(key) or secrets.token_hex(4) for key in keys})
-            return
-        self._adopt_tokens(keys, self.read(keys))
-
-    def _adopt_tokens(self, keys: Sequence[str], raws: Sequence[Any]) -> None:
-        """Use the generation tokens ``raws`` read at ``keys``; start one where none is."""
-        tokens = _tokens(keys, raws)
-        missing = [key for key in keys if key not in tokens]
-        if missing:
-            # Added only where none is: processes that all find one missing (a restarted
-            # server) agree on the first one written instead of replacing each other's.
-            new = {key: secrets.token_hex(4) for key in missing}
-            added = self._conditional(
-                [Op(OpKind.ADD, key, new[key].encode(), None) for key in missing]
-            )
-            won = {key: new[key] for key, done in zip(missing, added, strict=True) if done}
-            lost = [key for key in missing if key not in won]
-            found = _tokens(lost, self.read(lost)) if lost else {}
-            # Gone again since another process added it (evicted at once): start one anyway.
-            gone = {key: new[key] for key in lost if key not in found}
-            if gone:
-                self.write([(key, token.encode(), None) for key, token in gone.items()])
-            tokens |= won | found | gone
-        self.keymaker.set_tokens(tokens)
 
     def invalidate_class(self, klass: type) -> None:
         """Make every entry of ``klass`` unreachable, in every process: new generation
         tokens.  Those of a mapped class are its tables': every class mapped to one of
         them, whatever its schema fingerprint, loses its entries too."""
-        tokens = {key: secrets.token_hex(4) for key in self.keymaker.generation_keys(klass)}
-        if self.shared_generations:
-            self.write([(key, token.encode(), None) for key, token in tokens.items()])
-        self.keymaker.set_tokens(tokens)
+        self.generations.invalidate(klass)
 
     def write_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> None:
         """Reflect a database commit in one conditional batch: tombstones for
@@ -369,9 +210,9 @@ class BaseKeyValueStore(BaseStore):
             classes.update(storage_classes(klass, self.polymorphic))
 
         def write() -> list[Op]:
-            keys = self._removal_keys(removals)
+            keys = self.layout.removal_keys(removals)
             ops = [Op(OpKind.TOMBSTONE, key, None, None) for key in keys]
-            for key, record, payload in self._encoded(self._records(puts), ops):
+            for key, record, payload in self.layout.encoded(self.layout.records(puts), ops):
                 # A pointer is written as it is: it answers only while its entry lists it.
                 version = record.version if type(record) is Entry else None
                 kind = (
@@ -384,147 +225,16 @@ class BaseKeyValueStore(BaseStore):
                 ops.append(Op(kind, key, payload, record.expires_at, version))
             return ops
 
-        return self._in_current_generations(classes, write)
-
-    def _in_current_generations(
-        self,
-        classes: set[type],
-        write: Callable[[], list[Op]],
-        attempts: int = MAX_GENERATION_RETRIES,
-    ) -> Finish | None:
-        """Apply the ops ``write`` builds until the namespace generations their keys were
-        made in are still current (at most ``attempts`` times).  Returns None when done,
-        or the call that finishes once the backend's reply is read (see
-        :meth:`start_apply_then_read`).
-
-        Writes build their keys from the generations this process last read.  Another
-        process may have started a new one meanwhile (``invalidate_class``, a server
-        restarted empty); a write under the old one would leave stale entries in the new
-        one.  So a shared store reads the generations right after writing (in the same
-        round trip where the backend allows), and writes again under any that moved.  A
-        generation that moves after that read was started after this write, and its
-        readers read the database after this commit.
-        """
-        if not classes:
-            return None
-        self._learn_generations_of(classes)
-        keymaker = self.keymaker
-        keys = list(dict.fromkeys(key for c in classes for key in keymaker.generation_keys(c)))
-        used = {key: keymaker.tokens.get(key) for key in keys}
-        ops = self._unexpired(write())
-        if not self.shared_generations:
-            if ops:
-                self.apply(ops)
-            return None
-        receive = self.start_apply_then_read(ops, keys)
-
-        def finish() -> None:
-            _, raws = receive()
-            if _tokens(keys, raws) != used:
-                self._adopt_tokens(keys, raws)
-                if attempts > 1:
-                    finish_write(self._in_current_generations(classes, write, attempts - 1))
-
-        return finish
+        return self.generations.write_current(classes, write)
 
     def reserve(self, klass: type, keys: Sequence[object]) -> Reservation:
         """Take a lease on the cache key of each lookup in ``keys`` (see the class doc)."""
-        lookups = list(keys)
-        spec = key_spec(klass)
-        # Every class a found object may be stored under: the fill checks that none of
-        # their namespaces changed since the claim.
-        family: list[type] = []
-        pending = [klass]
-        while pending:
-            cls = pending.pop()
-            family += storage_classes(cls, self.polymorphic)
-            pending += cls.__subclasses__()
-        self._learn_generations_of(family)
-        wanted = self.keymaker.keys(spec, lookups)
-        clock_now = self.clock()
-        lease = self.encode_marker(
-            Marker(secrets.token_hex(8), clock_now, clock_now + self.lease_ttl)
-        )
-        asked = [key for key in dict.fromkeys(wanted) if key is not None]
-        results = dict(
-            zip(
-                asked,
-                self._conditional(
-                    [Op(OpKind.LEASE, key, lease, clock_now + self.lease_ttl) for key in asked]
-                ),
-                strict=True,
-            )
-        )
-        granted = [key is not None and type(results[key]) is float for key in wanted]
-        # The earliest time a lease was taken, on the backend's clock: a tombstone written
-        # before it belongs to a commit the database read after it has seen.
-        since = min((t for t in results.values() if type(t) is float), default=None)
-        busy = [False] * len(wanted)
-        for position, key in enumerate(wanted):
-            result = None if key is None else results[key]
-            if type(result) is not tuple:
-                continue  # taken, or given up after losing compare-and-set races
-            held, backend_now = result
-            marker = self.marker_of(held)
-            # A record that appeared since the miss, or a lease taken a moment ago: another
-            # reader has filled or is filling this key.  An old lease is a reader that
-            # will not fill (it crashed, or found nothing): waiting for it is pointless; so
-            # is waiting for one "taken" well after now (forged: it would stay busy).
-            age = backend_now - marker.taken if marker is not None else 0.0
-            busy[position] = marker is None or (
-                marker.lease is not None and -self.lease_busy < age < self.lease_busy
-            )
-        return Reservation(
-            klass,
-            lookups,
-            granted,
-            busy,
-            detail=_Claim(wanted, lease, since, dict(self.keymaker.generations)),
-        )
+        return self.leases.reserve(klass, keys)
 
     def fill(self, reservation: Reservation, objs: Sequence[object | None]) -> None:
         """Fill what a slower layer found for ``reservation`` (see the class doc); leases
         left unused become tombstones again."""
-        claim = reservation.detail
-        if not isinstance(claim, _Claim):
-            raise TypeError(f"{self!r} cannot fill a reservation it did not make")
-        leased = {
-            key: granted
-            for key, granted in zip(claim.keys, reservation.granted, strict=True)
-            if key is not None and granted
-        }
-        found = [
-            obj
-            for obj, granted in zip(objs, reservation.granted, strict=True)
-            if granted and obj is not None
-        ]
-        self._learn_generations(found)
-        generations = self.keymaker.generations
-        # A class whose namespace changed since the claim (or was not known then) would be
-        # filled with keys the claim never covered.
-        found = [
-            obj
-            for obj in found
-            if all(
-                c in claim.generations and generations.get(c) == claim.generations[c]
-                for c in storage_classes(type(obj), self.polymorphic)
-            )
-        ]
-        may_add = time.monotonic() - reservation.started < self.tombstone_ttl / 2
-        ops: list[Op] = []
-        # An object this store cannot carry is not filled (the reader has it already):
-        # no tombstones for it either, only releases of the leases on its keys.
-        for key, record, payload in self._encoded(self._records(found), []):
-            if leased.pop(key, False):
-                ops.append(Op(OpKind.FILL, key, payload, record.expires_at, claim.lease))
-            elif type(record) is Pointer:
-                ops.append(Op(OpKind.SET, key, payload, record.expires_at))
-            elif may_add:
-                since = claim.since if self.compares_tombstone_times else None
-                ops.append(Op(OpKind.ADD, key, payload, record.expires_at, since))
-        ops += [Op(OpKind.RELEASE, key, None, None, claim.lease) for key in leased]
-        if ops:
-            self._conditional(ops)
+        self.leases.fill(reservation, objs)
 
     def put(self, obj: object) -> None:
         """Store ``obj`` under every declared key (see the module contract)."""
@@ -534,7 +244,7 @@ class BaseKeyValueStore(BaseStore):
         """Store every object of ``objs`` in one backend write."""
         # Written under the generations known now: if one moved meanwhile, the object is
         # only missing from the new one, which is never stale.
-        records = self._records(objs)
+        records = self.layout.records(objs)
         if records:
             encode = self.encode
             self.write([(key, encode(record), record.expires_at) for key, record in records])
@@ -551,12 +261,12 @@ class BaseKeyValueStore(BaseStore):
             keys_of = self.keymaker.keys_of
             return [
                 Op(OpKind.TOMBSTONE, key, None, None)
-                for obj, specs in self._stored_specs(objs)
+                for obj, specs in self.layout.stored_specs(objs)
                 for spec in specs
                 for key in keys_of(spec, obj)
             ]
 
-        finish_write(self._in_current_generations(self._classes_of(objs), write))
+        finish_write(self.generations.write_current(self._classes_of(objs), write))
 
     def _classes_of(self, objs: Sequence[object]) -> set[type]:
         """Every class ``objs`` are stored under."""
@@ -577,7 +287,7 @@ class BaseKeyValueStore(BaseStore):
     def _resolve(self, klass: type[T], spec: KeySpec, lookups: Sequence[object]) -> list[T | None]:
         """Fetch the records of ``lookups`` (as callers write them) and rebuild objects."""
         if not self.shared_generations and klass not in self.keymaker.generations:
-            self._learn_generations_of((klass,))
+            self.generations.learn_classes((klass,))
         known = self.keymaker.generations.get(klass)
         wanted = self.keymaker.keys(spec, lookups)
         if not any(wanted):
@@ -587,7 +297,7 @@ class BaseKeyValueStore(BaseStore):
         if not self.shared_generations:
             raws = self.read(asked)
         else:
-            raws = self._read_generation(klass, known, asked)
+            raws = self.generations.read_with(klass, known, asked)
             if raws is None:
                 return [None] * len(wanted)  # a brand-new namespace holds nothing
             if self.keymaker.generations.get(klass) != known:
@@ -626,30 +336,6 @@ class BaseKeyValueStore(BaseStore):
                 given.add(id(entry))
             results.append(restore(entry.klass, entry.state, owned))
         return results
-
-    def _read_generation(
-        self, klass: type, known: str | None, keys: list[str]
-    ) -> list[Any] | None:
-        """Read ``keys`` with the generation tokens of ``klass``, in one round trip.
-
-        Returns the raw values, or None when a token was missing and a new one was
-        started (a new generation holds nothing).  When the generation differs from
-        ``known`` (another process bumped it), the key maker now holds the new one and
-        the values read are stale: the caller reads again under the new keys.
-        """
-        generation_keys = self.keymaker.generation_keys(klass)
-        count = len(generation_keys)
-        raws = self.read([*generation_keys, *keys])
-        tokens = raws[:count]
-        del raws[:count]
-        try:
-            current = b".".join(tokens).decode("ascii", "replace")
-        except TypeError:  # a token is missing (None), or not a token at all
-            current = None
-        if current is not None and current == known:
-            return raws
-        self._adopt_tokens(generation_keys, tokens)
-        return None if None in tokens else raws
 
     def _decoded(
         self, spec: KeySpec, known: str | None, keys: list[str], raws: list[Any]
@@ -728,25 +414,6 @@ class BaseKeyValueStore(BaseStore):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} prefix={self.keymaker.prefix!r}>"
-
-
-@dataclass(frozen=True)
-class _Claim:
-    """A key-value store's part of a :class:`Reservation`."""
-
-    keys: list[str | None]  # the cache key of each lookup
-    lease: Any  # the raw lease value held at each granted key
-    since: float | None  # when the first lease was taken, on the backend's clock
-    generations: dict[type, str]  # the namespaces the keys were made in
-
-
-def _tokens(keys: Sequence[str], raws: Sequence[Any]) -> dict[str, str]:
-    """The generation tokens read at ``keys``, where one was."""
-    return {
-        key: raw.decode("ascii", "replace")
-        for key, raw in zip(keys, raws, strict=True)
-        if isinstance(raw, bytes) and raw
-    }
 
 
 def _answering(found: dict[str, Record], primary: str, key: str) -> Entry | None:

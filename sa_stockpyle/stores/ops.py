@@ -9,9 +9,10 @@ a fill that read the database before a commit unable to write the old state back
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["Op", "OpKind"]
+__all__ = ["Op", "OpKind", "unexpired"]
 
 
 class OpKind(str, enum.Enum):
@@ -57,3 +58,20 @@ class Op(NamedTuple):
     #: The kind's argument: the lease a fill or release expects, the version a newer
     #: write carries, the backend time an add compares tombstones with.
     arg: Any = None
+
+
+def unexpired(ops: Sequence[Op], now: float) -> list[Op]:
+    """``ops`` without the writes that have expired by ``now`` already: a set or a newer
+    version's write becomes a tombstone (what the key held is older, and must not stay),
+    a fill a release, and an add nothing at all (it writes only where nothing is held)."""
+    ready: list[Op] = []
+    for op in ops:
+        expires_at, kind = op.expires_at, op.kind
+        if expires_at is not None and expires_at <= now and kind in WRITES_RECORDS:
+            if kind in (OpKind.SET, OpKind.NEWER):
+                ready.append(op._replace(kind=OpKind.TOMBSTONE))
+            elif kind == OpKind.FILL:
+                ready.append(op._replace(kind=OpKind.RELEASE))
+            continue
+        ready.append(op)
+    return ready
