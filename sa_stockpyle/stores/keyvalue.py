@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
+from sa_stockpyle.cache_keys import KeyMaker
 from sa_stockpyle.codec import (
     Entry,
     LifetimeCallback,
@@ -22,7 +23,7 @@ from sa_stockpyle.codec import (
     now,
 )
 from sa_stockpyle.errors import PayloadError
-from sa_stockpyle.keys import KeyMaker, KeySpec, is_null, key_spec, storage_classes
+from sa_stockpyle.keys import KeySpec, is_null, key_spec, storage_classes
 from sa_stockpyle.snapshots import refuse_expired, restore, snapshot, version_of
 from sa_stockpyle.stores.base import (
     BaseStore,
