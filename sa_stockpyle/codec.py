@@ -1,4 +1,4 @@
-"""Payloads: the record envelope, expiry, markers, messages, signatures and safe decoding.
+"""Payloads: the record envelope, expiry, markers, messages and safe decoding.
 
 A store keeps two kinds of records under its cache keys:
 
