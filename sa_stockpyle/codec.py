@@ -1,4 +1,4 @@
-"""Payloads: the record envelope, expiry, markers, messages, signatures and safe decoding.
+"""Payloads: the record envelope, expiry, markers, messages and safe decoding.
 
 A store keeps two kinds of records under its cache keys:
 
@@ -22,14 +22,12 @@ itself, within documented limits (:data:`MAX_PAYLOAD_BYTES`,
 :data:`~sa_stockpyle.tagged.MAX_DEPTH`, Python's integer digit limit).  Anything that does
 not decode raises :class:`~sa_stockpyle.errors.PayloadError`, which stores turn into a
 counted miss and a delete.  What the decoder cannot tell, a well-formed but false value,
-an optional MAC (:class:`Signer`) rules out.
+an optional MAC (:class:`~sa_stockpyle.signing.Signer`) rules out.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import json
 import math
 import re
@@ -39,8 +37,9 @@ from dataclasses import dataclass, replace
 from decimal import InvalidOperation
 from typing import Any
 
-from sa_stockpyle.errors import ConfigurationError, InvalidLifetimeError, PayloadError
-from sa_stockpyle.keys import class_named, class_token, encode_value, key_spec, token_of
+from sa_stockpyle.errors import InvalidLifetimeError, PayloadError
+from sa_stockpyle.key_encoding import encode_value
+from sa_stockpyle.keys import class_named, class_token, key_spec, token_of
 from sa_stockpyle.snapshots import check_state
 from sa_stockpyle.tagged import pack, unpack
 
@@ -49,7 +48,6 @@ __all__ = [
     "MAGIC",
     "MAX_PAYLOAD_BYTES",
     "MESSAGE_MAGIC",
-    "SIGNATURE_BYTES",
     "TOMBSTONE_MAGIC",
     "VERSIONED_HEAD",
     "Entry",
@@ -59,7 +57,6 @@ __all__ = [
     "Marker",
     "Pointer",
     "Record",
-    "Signer",
     "carriable",
     "decode_invalidation",
     "decode_marker",
@@ -378,60 +375,6 @@ def decode_record(data: bytes, klass: type) -> Record:
         raise
     except _UNDECODABLE as exc:
         raise PayloadError(f"payload did not decode: {exc!r}") from exc
-
-
-# --- signatures ----------------------------------------------------------------------------
-
-#: The length of the MAC that a signed payload ends with (128 bits).
-SIGNATURE_BYTES = 16
-
-
-class Signer:
-    """Signs payloads, and checks their signatures, under one key that every process of
-    the application shares.
-
-    The MAC is keyed BLAKE2b, the MAC mode BLAKE2 defines for itself (it needs no HMAC
-    construction: BLAKE2 is not open to length extension).  Its keyed state is made once
-    and copied per payload, which costs about what a plain SHA-256 of the payload does:
-    under half of ``hmac.digest(key, payload, "sha256")`` (see docs/security.md).
-
-    Raises :class:`ConfigurationError` unless ``signing_key`` is bytes of 16 to 64.
-    """
-
-    def __init__(self, signing_key: object) -> None:
-        if type(signing_key) is not bytes or not 16 <= len(signing_key) <= 64:
-            shown = (
-                f"{len(signing_key)} bytes"
-                if isinstance(signing_key, bytes)
-                else type(signing_key).__name__
-            )
-            raise ConfigurationError(
-                f"signing_key must be bytes, 16 to 64 of them (e.g. secrets.token_bytes(32)), "
-                f"shared by every process that uses the cache; got {shown}"
-            )
-        self._keyed = hashlib.blake2b(
-            key=signing_key, digest_size=SIGNATURE_BYTES, person=b"sa_stockpyle"
-        )
-
-    def _mac(self, data: bytes) -> bytes:
-        mac = self._keyed.copy()
-        mac.update(data)
-        return mac.digest()
-
-    def sign(self, data: bytes) -> bytes:
-        """``data`` followed by its signature."""
-        return data + self._mac(data)
-
-    def verify(self, data: object) -> bytes:
-        """The payload a signed ``data`` carries; PayloadError unless it is bytes whose
-        signature matches (forged or corrupt bytes, or written by a process with another
-        key or none)."""
-        if type(data) is not bytes or len(data) <= SIGNATURE_BYTES:
-            raise PayloadError("payload is too short to be signed")
-        body = data[:-SIGNATURE_BYTES]
-        if not hmac.compare_digest(self._mac(body), data[-SIGNATURE_BYTES:]):
-            raise PayloadError("payload signature does not match the signing key")
-        return body
 
 
 def now() -> float:

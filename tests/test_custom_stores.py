@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from sa_stockpyle.cache_keys import KeyMaker
 from sa_stockpyle.codec import LifetimeCallback, Marker, expiry
-from sa_stockpyle.keys import KeyMaker, key_spec, storage_classes
+from sa_stockpyle.keys import key_spec, storage_classes
 from sa_stockpyle.stores import BaseKeyValueStore, BaseStore, ChainedStore, Op, OpKind
 from sa_stockpyle.testing import Foo, LayerProtocolConformance, StoreConformance
 

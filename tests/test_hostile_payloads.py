@@ -27,12 +27,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, load_only, mapped_c
 
 from sa_stockpyle.codec import (
     MAGIC,
-    SIGNATURE_BYTES,
     Entry,
     Invalidation,
     Marker,
     Pointer,
-    Signer,
     decode_marker,
     encode_invalidation,
     encode_marker,
@@ -41,6 +39,7 @@ from sa_stockpyle.codec import (
 )
 from sa_stockpyle.errors import ConfigurationError, PayloadError
 from sa_stockpyle.keys import key_spec
+from sa_stockpyle.signing import SIGNATURE_BYTES, Signer
 from sa_stockpyle.stores import (
     BaseKeyValueStore,
     ChainedStore,

@@ -11,14 +11,10 @@ from uuid import UUID
 
 import pytest
 
+from sa_stockpyle.cache_keys import MAX_KEY_LENGTH, KeyMaker
 from sa_stockpyle.errors import InvalidKeyValueError, NotStorableError, UnknownKeyError
-from sa_stockpyle.keys import (
-    MAX_KEY_LENGTH,
-    KeyMaker,
-    encode_value,
-    key_spec,
-    storage_classes,
-)
+from sa_stockpyle.key_encoding import encode_value
+from sa_stockpyle.keys import key_spec, storage_classes
 from sa_stockpyle.testing import Automobile, Car, Color, Foo, Pair
 
 
@@ -88,7 +84,8 @@ def test_keys_are_the_same_in_every_process() -> None:
         "__import__('uuid').UUID(int=1), __import__('decimal').Decimal('3.10')]"
     )
     script = (
-        "from sa_stockpyle.keys import KeyMaker, key_spec\n"
+        "from sa_stockpyle.cache_keys import KeyMaker\n"
+        "from sa_stockpyle.keys import key_spec\n"
         "from sa_stockpyle.testing import Foo\n"
         "spec = key_spec(Foo)\n"
         f"for v in {lookups}:\n"

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
+from sa_stockpyle.cache_keys import MAX_KEY_LENGTH, KeyMaker
 from sa_stockpyle.codec import (
     MAGIC,
     Entry,
@@ -28,7 +29,6 @@ from sa_stockpyle.codec import (
     Marker,
     Pointer,
     Record,
-    Signer,
     decode_invalidation,
     decode_marker,
     decode_record,
@@ -38,7 +38,9 @@ from sa_stockpyle.codec import (
     entry_version,
 )
 from sa_stockpyle.errors import InvalidKeyValueError, PayloadError
-from sa_stockpyle.keys import MAX_KEY_LENGTH, KeyMaker, class_token, encode_value, key_spec
+from sa_stockpyle.key_encoding import encode_value
+from sa_stockpyle.keys import class_token, key_spec
+from sa_stockpyle.signing import Signer
 from sa_stockpyle.stores import ShoveStore
 from sa_stockpyle.tagged import MAX_DEPTH
 from sa_stockpyle.testing import Color, Foo

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from sa_stockpyle.keys import KeyMaker, key_spec, table_names
+from sa_stockpyle.cache_keys import KeyMaker
+from sa_stockpyle.keys import key_spec, table_names
 from sa_stockpyle.stores import (
     BaseKeyValueStore,
     MemcacheStore,

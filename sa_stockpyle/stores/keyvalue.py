@@ -12,6 +12,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from sa_stockpyle.cache_keys import KeyMaker
 from sa_stockpyle.codec import (
     Entry,
     LifetimeCallback,
@@ -21,7 +22,7 @@ from sa_stockpyle.codec import (
     now,
 )
 from sa_stockpyle.errors import PayloadError
-from sa_stockpyle.keys import KeyMaker, KeySpec, key_spec, storage_classes
+from sa_stockpyle.keys import KeySpec, key_spec, storage_classes
 from sa_stockpyle.snapshots import restore
 from sa_stockpyle.stores.base import (
     BaseStore,

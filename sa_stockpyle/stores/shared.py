@@ -3,7 +3,7 @@
 Whatever another process wrote under a key can at worst be a counted miss, or a
 well-formed entry of the right class and key (see docs/security.md); with a
 ``signing_key``, not even that: every payload and every invalidation message carries a
-MAC of itself (:class:`~sa_stockpyle.codec.Signer`) under a key the application's
+MAC of itself (:class:`~sa_stockpyle.signing.Signer`) under a key the application's
 processes share.
 """
 
@@ -15,7 +15,6 @@ from typing import Any
 from sa_stockpyle.codec import (
     Marker,
     Record,
-    Signer,
     decode_marker,
     decode_record,
     encode_marker,
@@ -23,6 +22,7 @@ from sa_stockpyle.codec import (
     entry_version,
 )
 from sa_stockpyle.errors import PayloadError
+from sa_stockpyle.signing import Signer
 from sa_stockpyle.stores.channel import Channel, Subscription
 
 __all__ = ["SharedPayloads", "SignedChannel"]
