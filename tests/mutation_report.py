@@ -25,11 +25,14 @@ from mutmut.stats import status_by_exit_code
 ROOT = Path(__file__).resolve().parents[1]
 SURVIVORS = ROOT / "tests" / "mutation-survivors.toml"
 #: The code that decides what a commit writes and what a fill may write: the write-through
-#: plugin, the chain, and the record and lease code of the stores' base classes (mutmut
-#: names a method ``module.xǁClassǁmethod__mutmut_N``).
+#: plugin, the chain (with its layers' health and its reads' claims), and the record and
+#: lease code of the stores' base classes (mutmut names a method
+#: ``module.xǁClassǁmethod__mutmut_N``).
 SCOPE = [
     "sa_stockpyle.orm.*",
     "sa_stockpyle.stores.chained.*",
+    "sa_stockpyle.stores.health.*",
+    "sa_stockpyle.stores.claims.*",
     # records: what is written under which keys, and what a read may return
     "sa_stockpyle.stores.records.*",
     "sa_stockpyle.stores.ops.x_unexpired__mutmut_*",

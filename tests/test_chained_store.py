@@ -7,7 +7,6 @@ import shelve
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,7 +24,8 @@ from sa_stockpyle.stores import (
     RedisStore,
     ShoveStore,
     ThreadLocalStore,
-    chained,
+    claims,
+    health,
 )
 from sa_stockpyle.stores.base import Reservation
 from sa_stockpyle.stores.ops import Op
@@ -239,10 +239,9 @@ def test_uncommitted_state_is_removed_above_and_never_written_there() -> None:
 
 
 def test_a_resting_layer_misses_a_write_and_the_layers_above_still_get_it(
-    outage: Outage,
+    resting: Outage,
 ) -> None:
-    fast, middle, slow, chain = outage
-    chain.cooldown = 60.0
+    fast, middle, slow, chain = resting
     middle.down = True
     chain.put(Foo(key=1, zap=1, bar=1, version="old"))  # failed: it rests
     middle.down = False
@@ -494,14 +493,25 @@ def test_stats_count_every_thread_and_forget_ended_ones() -> None:
 Outage = tuple[Recording, Recording, Recording, ChainedStore]
 
 
-@pytest.fixture
-def outage() -> Iterator[Outage]:
+def _outage(cooldown: float) -> Iterator[Outage]:
     """Three recording layers and their chain, closed afterwards: a layer left failing
     would have the chain retry its catch-up for good."""
     fast, middle, slow = Recording(), Recording(), Recording()
-    chain = ChainedStore([fast, middle, slow], cooldown=0)
+    chain = ChainedStore([fast, middle, slow], cooldown=cooldown)
     yield fast, middle, slow, chain
     chain.close()
+
+
+@pytest.fixture
+def outage() -> Iterator[Outage]:
+    """A chain whose failed layers are tried again at the next call."""
+    yield from _outage(cooldown=0)
+
+
+@pytest.fixture
+def resting() -> Iterator[Outage]:
+    """A chain whose failed layers rest a minute."""
+    yield from _outage(cooldown=60.0)
 
 
 def _miss_a_write_and_a_class(chain: ChainedStore, middle: Recording) -> None:
@@ -606,12 +616,11 @@ def test_a_layer_another_thread_is_catching_up_is_skipped(outage: Outage) -> Non
     assert middle.get(Foo, 1).version == "new"
 
 
-def test_a_forked_child_keeps_the_backlog_and_not_the_rest(outage: Outage) -> None:
+def test_a_forked_child_keeps_the_backlog_and_not_the_rest(resting: Outage) -> None:
     # What watch_forks calls in a forked child, called here in-process so that each step
     # shows: the child makes up for what the layer missed before the fork (its entries
     # are as stale in the child), and does not inherit the parent's circuit breaker.
-    fast, middle, _, chain = outage
-    chain.cooldown = 60.0
+    fast, middle, _, chain = resting
     _miss_a_write_and_a_class(chain, middle)
     chain.after_fork()
     fast.clear()
@@ -626,7 +635,7 @@ def test_a_forked_child_keeps_the_backlog_and_not_the_rest(outage: Outage) -> No
 def test_up_to_max_missed_keys_are_made_up_for_one_by_one_then_the_class_goes(
     monkeypatch: pytest.MonkeyPatch, outage: Outage, missed: int
 ) -> None:
-    monkeypatch.setattr(chained, "MAX_MISSED", 3)
+    monkeypatch.setattr(health, "MAX_MISSED", 3)
     fast, middle, _, chain = outage
     chain.batch_put([Foo(key=i, zap=i, bar=i) for i in range(10)])
     middle.down = True
@@ -645,9 +654,8 @@ def test_up_to_max_missed_keys_are_made_up_for_one_by_one_then_the_class_goes(
         assert middle.get(Foo, 9) == Foo(key=9, zap=9, bar=9)  # refilled in the new one
 
 
-def test_a_resting_layer_is_skipped_by_batch_reads_too(outage: Outage) -> None:
-    fast, middle, slow, chain = outage
-    chain.cooldown = 60.0
+def test_a_resting_layer_is_skipped_by_batch_reads_too(resting: Outage) -> None:
+    fast, middle, slow, chain = resting
     slow.batch_put(_foos(2))
     middle.down = True
     assert chain.batch_get(Foo, [0, 1]) == _foos(2)  # failed: it rests
@@ -710,29 +718,51 @@ def test_a_reader_waits_50_ms_by_default_for_a_fresh_lease_then_reads_without_fi
     assert fast.get(Foo, 1) == foo
 
 
-def test_a_waiting_reader_reads_again_after_each_doubled_pause_until_the_deadline(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The wait's schedule, on a clock that moves only when the chain sleeps: pauses of
-    # 1, 2, 4, 8 and 16 ms, then the rest of lease_wait, a read after each, none after.
-    clock = FakeClock(0.0)
-    pauses: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        pauses.append(seconds)
-        clock.advance(seconds)
-
-    monkeypatch.setattr(chained, "time", SimpleNamespace(monotonic=clock, sleep=sleep))
+def test_a_waiting_reader_reads_again_after_each_doubled_pause_until_the_deadline() -> None:
+    # The wait's schedule: pauses of 1, 2, 4, 8 and 16 ms, then the rest of lease_wait,
+    # a read after each, none after.
+    schedule = claims.pauses(0.05)
+    assert schedule == pytest.approx([0.001, 0.002, 0.004, 0.008, 0.016, 0.019])
+    assert sum(schedule) == pytest.approx(0.05)
+    assert claims.pauses(0.0) == [0.0]
+    # On the chain's clock standing still, the reader keeps to the schedule: the first
+    # read, then one after each pause.
     fast, slow = Recording(), Recording()
-    chain = ChainedStore([fast, slow], broadcast=False)
+    chain = ChainedStore([fast, slow], broadcast=False, monotonic=FakeClock(0.0))
     foo = Foo(key=1, zap=1, bar=1)
     slow.put(foo)
     fast.reserve(Foo, [1])  # another reader is filling the key (and never does)
     fast.reads.clear()
     assert chain.get(Foo, 1) == foo
-    assert pauses == pytest.approx([0.001, 0.002, 0.004, 0.008, 0.016, 0.019])
-    assert clock() == pytest.approx(0.05)
-    assert len(fast.reads) == 1 + len(pauses)  # the first read, then one after each pause
+    assert len(fast.reads) == 1 + len(schedule)
+    chain.close()
+
+
+class _SlowReads(Recording):
+    """A layer whose every read takes ``cost`` seconds of ``clock``."""
+
+    def __init__(self, clock: FakeClock, cost: float) -> None:
+        super().__init__()
+        self.clock, self.cost = clock, cost
+
+    def _read(self, keys: Sequence[str]) -> list[Any]:
+        self.clock.advance(self.cost)
+        return super()._read(keys)
+
+
+def test_a_waiting_reader_stops_at_the_deadline_on_the_chains_clock() -> None:
+    # Reads of 20 ms each: after the claim, reads end at 20, 40 and 60 ms; the 50 ms
+    # deadline has passed after the third, so no fourth follows.
+    clock = FakeClock(0.0)
+    fast, slow = _SlowReads(clock, 0.02), Recording()
+    chain = ChainedStore([fast, slow], broadcast=False, monotonic=clock)
+    foo = Foo(key=1, zap=1, bar=1)
+    slow.put(foo)
+    fast.reserve(Foo, [1])  # another reader is filling the key (and never does)
+    fast.reads.clear()
+    assert chain.get(Foo, 1) == foo
+    assert len(fast.reads) == 1 + 3
+    assert fast.get(Foo, 1) is None  # gave up without filling
     chain.close()
 
 

@@ -31,7 +31,7 @@ from sa_stockpyle.stores import (
     RedisStore,
     SqlAlchemyStore,
 )
-from sa_stockpyle.testing import Foo
+from sa_stockpyle.testing import FakeClock, Foo
 from stress.partition import Partition
 from tests.helpers import cluster_client, until
 from tests.models import Item, item_tables
@@ -147,23 +147,28 @@ def test_while_the_subscription_is_down_local_layers_stay_younger_than_the_bound
     private_redis_server: RedisServer,
 ) -> None:
     memory = ProcessMemoryStore()
+    clock = FakeClock(0.0)  # monotonic seconds: exact sums near 0
     chain = ChainedStore(
-        [memory, RedisStore(url=private_redis_server.url, timeout=0.2)], max_staleness=0.3
+        [memory, RedisStore(url=private_redis_server.url, timeout=0.2)],
+        max_staleness=0.3,
+        monotonic=clock,
     )
     try:
         assert chain.coherence is not None
         private_redis_server.kill()
+        # The loss flushes once, counted before the subscription shows down; then, on a
+        # clock that stands still, no flush is due.
         assert until(lambda: not chain.coherence.subscribed)
+        flushes = chain.coherence.counts()["flushes"]
         memory.put(Foo(key=1, zap=1, bar=1))  # filled while other processes go unheard
-        # Gone by the next full flush: counted after it clears, so the second flush counted
-        # from here (the first may have cleared before the put) began after the put.  They
-        # are due every max_staleness (0.3 s); only a subscriber that stopped flushing
-        # waits out a hundred times that.
-        flushes = chain.coherence.counts().get("flushes", 0)
-        assert until(lambda: chain.coherence.counts()["flushes"] >= flushes + 2, 100 * 0.3)
+        # max_staleness passes on the chain's clock: the next flush, counted after it
+        # clears, began after the put.
+        clock.advance(0.3)
+        assert until(lambda: chain.coherence.counts()["flushes"] == flushes + 1)
         assert memory.get(Foo, 1) is None
         memory.put(Foo(key=1, zap=1, bar=1))  # and again
-        assert until(lambda: chain.coherence.counts()["flushes"] >= flushes + 4, 100 * 0.3)
+        clock.advance(0.3)
+        assert until(lambda: chain.coherence.counts()["flushes"] == flushes + 2)
         assert memory.get(Foo, 1) is None
     finally:
         chain.close()

@@ -18,9 +18,8 @@ from sa_stockpyle.stores import (
     ProcessMemoryStore,
     RedisStore,
     ShoveStore,
-    chained,
 )
-from sa_stockpyle.testing import Foo, LayerProtocolConformance, Pair
+from sa_stockpyle.testing import FakeClock, Foo, LayerProtocolConformance, Pair
 from tests.helpers import cluster_client, freeze
 from tests.servers import RedisServer
 
@@ -135,25 +134,18 @@ def test_a_frozen_redis_costs_a_timeout_not_a_hang(private_redis_server: RedisSe
     chain.close()
 
 
-class _Later:
-    """The ``time`` module as a chain sees it, ``offset`` seconds later."""
-
-    def __init__(self, offset: float) -> None:
-        self.offset = offset
-        self.sleep = time.sleep
-
-    def monotonic(self) -> float:
-        return time.monotonic() + self.offset
-
-
 def test_a_dead_layer_rests_instead_of_costing_a_timeout_per_request(
-    private_redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    private_redis_server: RedisServer,
 ) -> None:
     redis_layer = RedisStore(url=private_redis_server.url, timeout=0.2, connect_timeout=0.2)
     # An hour's rest, and no catch-up before it ends: however slow the machine, only the
     # first call tries the frozen layer, and only the cooldown's end brings it back.
+    clock = FakeClock(0.0)  # monotonic seconds: exact sums near 0
     chain = ChainedStore(
-        [redis_layer, ShoveStore(shove={})], cooldown=3600, catch_up_interval=3600
+        [redis_layer, ShoveStore(shove={})],
+        cooldown=3600,
+        catch_up_interval=3600,
+        monotonic=clock,
     )
     try:
         foos = _foos(3)
@@ -171,11 +163,14 @@ def test_a_dead_layer_rests_instead_of_costing_a_timeout_per_request(
         assert chain.layer_stats[0].count(Foo, "errors") == 1
         assert chain.layer_stats[0].count(Foo, "skipped") >= 20
         assert redis_layer.get(Foo, 2) == foos[2]  # what the skipped put replaced
+        skipped = chain.layer_stats[0].count(Foo, "skipped")
+        clock.advance(3599)
+        assert chain.get(Foo, 1) == foos[1]  # a second before the hour's end: resting
+        assert chain.layer_stats[0].count(Foo, "skipped") == skipped + 1
         misses = chain.layer_stats[0].count(Foo, "misses")
-        # The cooldown passes (the chain's clock moves on, not the test's): the next call
-        # makes up for the write the layer missed, removing the old entry, then reads the
-        # layer again.
-        monkeypatch.setattr(chained, "time", _Later(3601))
+        # The cooldown passes (the chain's clock moves on): the next call makes up for the
+        # write the layer missed, removing the old entry, then reads the layer again.
+        clock.advance(1)
         assert chain.get(Foo, 2) == newer
         assert chain.layer_stats[0].count(Foo, "caught_up") == 1
         assert chain.layer_stats[0].count(Foo, "misses") == misses + 1

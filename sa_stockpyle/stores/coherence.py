@@ -49,6 +49,16 @@ class Coherence:
     their heartbeat bound) and ``corrupt`` (messages that did not decode, ignored);
     ``subscribed`` tells whether the subscription is up now, and ``delays()`` lists the
     measured propagation delays in seconds (sender's clock to receiver's clock).
+
+    Parameters:
+        channel: the channel of a shared layer the messages go through.
+        local: the process-local layers that other processes' messages empty.
+        max_staleness: while the subscription is down, the local layers are cleared this
+            often (seconds).
+        start: start the threads now; else :meth:`start` does.
+        heartbeat: seconds without a message after which a heartbeat is sent.
+        monotonic: returns monotonic seconds, the clock of heartbeats, silences and
+            flushes; injected by tests.
     """
 
     def __init__(
@@ -58,11 +68,13 @@ class Coherence:
         max_staleness: float,
         start: bool = True,
         heartbeat: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.channel = channel
         self.local = local
         self.max_staleness = max_staleness
         self.heartbeat = heartbeat
+        self.monotonic = monotonic
         self._numbering = Numbering(heartbeat)
         #: This publisher's identity in its messages.
         self.origin = self._numbering.origin
@@ -74,7 +86,7 @@ class Coherence:
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._first_attempt = threading.Event()
-        self._last_flush = time.monotonic()
+        self._last_flush = self.monotonic()
         self._threads = [
             threading.Thread(target=self._publishing, name="sa_stockpyle-publish", daemon=True)
         ]
@@ -101,6 +113,14 @@ class Coherence:
         if self.local:
             # A chain that starts to serve before it listens could miss the first messages.
             self._first_attempt.wait(5)
+
+    def forked(self) -> Coherence:
+        """The broadcast of a forked child: the same channel, layers and timings, and a
+        publisher identity of its own (see :class:`~sa_stockpyle.stores.sequencing.Numbering`);
+        not started, the threads of this one having stayed in the parent."""
+        return Coherence(
+            self.channel, self.local, self.max_staleness, False, self.heartbeat, self.monotonic
+        )
 
     def counts(self) -> dict[str, int]:
         """The event counters (see the class doc)."""
@@ -145,7 +165,7 @@ class Coherence:
         while True:
             with self._wake:
                 while not self._pending and not self._stop.is_set():
-                    quiet = self._numbering.due_in(time.monotonic())
+                    quiet = self._numbering.due_in(self.monotonic())
                     if quiet <= 0:
                         break
                     self._wake.wait(quiet)
@@ -177,12 +197,12 @@ class Coherence:
                     return
             else:
                 failing = False
-                self._numbering.sent_at = time.monotonic()
+                self._numbering.sent_at = self.monotonic()
                 self._count("sent", len(messages))
 
     def _signal(self, message: Invalidation) -> None:
         """Send a heartbeat or a goodbye; one that fails is not sent again (the next is)."""
-        self._numbering.sent_at = time.monotonic()
+        self._numbering.sent_at = self.monotonic()
         try:
             self.channel.publish([encode_invalidation(message)])
             self._count("heartbeats")
@@ -218,14 +238,14 @@ class Coherence:
             self.subscribed = True
             if lost:
                 self._flush()  # messages sent while it was down were missed
-                self._tracker.resubscribed(time.monotonic())
+                self._tracker.resubscribed(self.monotonic())
                 lost = False
             self._first_attempt.set()
             try:
                 while not self._stop.is_set():
                     for data in subscription.receive(0.2):
                         self._apply(data)
-                    silences = self._tracker.silenced(time.monotonic())
+                    silences = self._tracker.silenced(self.monotonic())
                     if silences:
                         self._missed("silences", silences)
             except StoreUnavailable as exc:
@@ -248,13 +268,13 @@ class Coherence:
     def _while_down(self) -> None:
         """Wait before the next attempt; keep the local layers younger than max_staleness."""
         self._stop.wait(min(0.25, self.max_staleness))
-        if time.monotonic() - self._last_flush >= self.max_staleness:
+        if self.monotonic() - self._last_flush >= self.max_staleness:
             self._flush()
 
     def _flush(self) -> None:
         for store in self.local:
             store.clear()
-        self._last_flush = time.monotonic()
+        self._last_flush = self.monotonic()
         self._count("flushes")
 
     def _missed(self, event: str, amount: int = 1, lost: int = 0) -> None:
@@ -280,7 +300,7 @@ class Coherence:
             return
         if message.origin == self.origin:
             return  # this chain's own layers are written already
-        lost = self._tracker.heard(message, time.monotonic())
+        lost = self._tracker.heard(message, self.monotonic())
         if lost:
             self._missed("gaps", lost=lost)
         if message.kind:
