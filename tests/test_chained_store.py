@@ -745,9 +745,9 @@ class _SlowReads(Recording):
         super().__init__()
         self.clock, self.cost = clock, cost
 
-    def _read(self, keys: Sequence[str]) -> list[Any]:
+    def read(self, keys: Sequence[str]) -> list[Any]:
         self.clock.advance(self.cost)
-        return super()._read(keys)
+        return super().read(keys)
 
 
 def test_a_waiting_reader_stops_at_the_deadline_on_the_chains_clock() -> None:
