@@ -29,7 +29,7 @@ from sa_stockpyle.errors import ConfigurationError, StoreTimeout, StoreUnavailab
 from sa_stockpyle.keys import key_spec
 from sa_stockpyle.stores import RedisStore
 from sa_stockpyle.stores.backend_errors import ErrorTranslator
-from sa_stockpyle.stores.redis import _lua_pattern
+from sa_stockpyle.stores.redis_script import _lua_pattern
 from sa_stockpyle.testing import Foo, LayerProtocolConformance
 from tests.helpers import cluster_client, exploit, freeze
 from tests.servers import RedisServer, free_port

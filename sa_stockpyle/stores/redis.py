@@ -18,147 +18,30 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
-import string
 import threading
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sa_stockpyle.codec import (
-    LEASE_MAGIC,
-    TOMBSTONE_MAGIC,
-    VERSIONED_HEAD,
     LifetimeCallback,
     now,
 )
-from sa_stockpyle.errors import ConfigurationError, StoreTimeout
+from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.stores.backend_errors import ErrorTranslator
 from sa_stockpyle.stores.base import Clock
-from sa_stockpyle.stores.channel import Channel, Subscription
+from sa_stockpyle.stores.channel import Channel
 from sa_stockpyle.stores.keyvalue import BaseKeyValueStore
 from sa_stockpyle.stores.ops import Op, OpKind
+from sa_stockpyle.stores.redis_channel import RedisChannel
+from sa_stockpyle.stores.redis_script import APPLY
 from sa_stockpyle.stores.shared import SharedPayloads
 
 if TYPE_CHECKING:
     import redis
     import redis.cluster
 
-__all__ = ["HEALTH_CHECK_INTERVAL", "MAX_SILENCE", "RedisStore"]
-
-#: Seconds between the PINGs a subscription sends to find out that its server is gone.
-HEALTH_CHECK_INTERVAL = 1.0
-#: A subscription that heard nothing, not even a PONG, for this long counts as lost.
-MAX_SILENCE = 3.0
-
-
-def _lua_pattern(literal: bytes) -> str:
-    """A Lua pattern matching ``literal`` (ASCII) exactly: its magic characters escaped."""
-    return re.sub(r"([\^$()%.\[\]*+?-])", r"%\1", literal.decode("ascii"))
-
-
-#: The conditional writes of BaseKeyValueStore.apply, atomic per call.  ARGV: the
-#: tombstone TTL in ms, the number of keys that only get a tombstone (they come first, and
-#: have no reply) and the number of keys that are only read once everything is written
-#: (they come last; a GET reads a missing key as false, which Redis returns as nil),
-#: then per other key: kind, value, TTL in ms (0: none), argument (the lease a fill
-#: expects, the version a newer write carries, the time an add compares tombstones with).
-#: Tombstones and leases are stamped with the server's clock (TIME).  What records and
-#: markers begin with comes from the codec, which writes them; the kinds' letters, from
-#: :class:`OpKind`.
-_APPLY = string.Template("""
--- the first bytes of a tombstone and of a lease, and patterns matching their fields and
--- the version an entry begins with (codec.py writes them)
-local TOMB, LEASE, HEAD = '$tombstone', '$lease', $head
-local TOMB_TAKEN, LEASE_TOKEN = '^$tombstone_pattern:([%d.]+):', '^$lease_pattern:([^:]+):'
-local VERSION = '^$versioned_pattern(%d+),'
-local tomb_ms, tombs, reads = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = string.format('%d.%06d', t[1], t[2])
-local tomb = TOMB .. ':' .. now .. ':0'
-local replies = {}
--- What a key holds that this store wrote, or false: another type of value (a list), or a
--- marker without a TTL (each of ours has one: a forged one would never expire) is nothing.
-local function held(key)
-  local value = redis.pcall('GET', key)
-  if type(value) ~= 'string' then return false end
-  local head = string.sub(value, 1, HEAD)
-  if (head == LEASE or head == TOMB) and redis.call('PTTL', key) == -1 then return false end
-  return value
-end
--- the first ``tombs`` keys only get a tombstone: no value, TTL or argument is passed, and
--- no reply (PSETEX: fewer arguments to parse than SET PX, for the commonest write)
-for i = 1, tombs do
-  redis.call('PSETEX', KEYS[i], tomb_ms, tomb)
-end
-for i = tombs + 1, #KEYS - reads do
-  local key = KEYS[i]
-  local at = 3 + (i - tombs - 1) * 4
-  local kind, raw, px, arg = ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4]
-  local current = kind ~= '$kind_set' and held(key)
-  local head = current and string.sub(current, 1, HEAD)
-  local done = false
-  if kind == '$kind_set' then
-    done = true
-  elseif kind == '$kind_tombstone' then
-    raw, px, done = tomb, tomb_ms, true
-  elseif kind == '$kind_add' then
-    if not current then
-      done = true
-    elseif head == TOMB and arg ~= '' then
-      -- a tombstone written before the reader's lease: the database read saw its commit
-      local written = tonumber(string.match(current, TOMB_TAKEN))
-      done = written ~= nil and written < tonumber(arg)
-    end
-  elseif kind == '$kind_fill' or kind == '$kind_release' then
-    -- by token: a lease taken over a tombstone was stored with a longer expiry
-    local token = string.match(arg, LEASE_TOKEN)
-    done = head == LEASE and string.match(current, LEASE_TOKEN) == token
-    if done and kind == '$kind_release' then raw, px = tomb, tomb_ms end
-  elseif kind == '$kind_newer' then
-    if head == LEASE or head == TOMB then
-      -- not written over a marker (a removal there may be newer), but stamped now: a
-      -- lease holder may have read an older state, and so may a reader that adds
-      redis.call('SET', key, tomb, 'PX', tomb_ms)
-    elseif not current then
-      done = true
-    elseif head ~= TOMB then
-      local held = string.match(current, VERSION)
-      done = held == nil or tonumber(held) < tonumber(arg)
-    end
-  elseif not current or head == TOMB then
-    if current then
-      -- never shorten a tombstone: it outlives readers that missed before it
-      local left = redis.call('PTTL', key)
-      if left > px then px = left end
-    end
-    local token = string.match(raw, LEASE_TOKEN)
-    raw, done = LEASE .. ':' .. token .. ':' .. now .. ':0', true
-  end
-  if done then
-    if px > 0 then redis.call('SET', key, raw, 'PX', px) else redis.call('SET', key, raw) end
-    replies[i - tombs] = kind == '$kind_lease' and {now} or 1
-  elseif kind == '$kind_lease' then
-    replies[i - tombs] = {current, now}
-  else
-    replies[i - tombs] = 0
-  end
-end
-for i = #KEYS - reads + 1, #KEYS do
-  local value = redis.pcall('GET', KEYS[i])
-  replies[i - tombs] = type(value) == 'string' and value or false
-end
-return replies
-""").substitute(
-    tombstone=TOMBSTONE_MAGIC.decode(),
-    lease=LEASE_MAGIC.decode(),
-    head=len(TOMBSTONE_MAGIC),
-    tombstone_pattern=_lua_pattern(TOMBSTONE_MAGIC),
-    lease_pattern=_lua_pattern(LEASE_MAGIC),
-    versioned_pattern=_lua_pattern(VERSIONED_HEAD),
-    **{f"kind_{kind.name.lower()}": kind.value for kind in OpKind},
-)
+__all__ = ["RedisStore"]
 
 
 class RedisStore(SharedPayloads, BaseKeyValueStore):
@@ -235,7 +118,7 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
             )
             self._pool = client.connection_pool
         self.client = client
-        self._script = client.register_script(_APPLY)
+        self._script = client.register_script(APPLY)
         self._threads = threading.local()
         # The arguments are str, bytes and int: hiredis packs them as they are, without
         # the per-argument conversions of redis-py's packer (a tenth of a millisecond for
@@ -326,12 +209,12 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         return owed
 
     def _start_eval(self, keys: Sequence[str], args: Sequence[Any]) -> Callable[[], Any]:
-        """Send the ``_APPLY`` script by its digest; the call returned reads its reply,
+        """Send the ``APPLY`` script by its digest; the call returned reads its reply,
         loading the script when the server lacks it."""
         # A new, restarted or flushed server (SCRIPT FLUSH) lacks the script: EVAL runs it
         # and caches it there.  A caller's client or a cluster answers at once, so the
         # miss shows when the command is sent; the store's own connections, at the reply.
-        evaluate = ("EVAL", _APPLY, len(keys), *keys, *args)
+        evaluate = ("EVAL", APPLY, len(keys), *keys, *args)
         if self._cluster:
             try:
                 reply = self._script(keys=keys, args=args)
@@ -472,7 +355,7 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         a PUBLISH reaches the subscribers of every node."""
         pool = getattr(self.client, "connection_pool", None)
         db = pool.connection_kwargs.get("db", 0) if pool is not None else 0
-        return _RedisChannel(self, f"{self.keymaker.prefix}:{db}:{name}")
+        return RedisChannel(self, f"{self.keymaker.prefix}:{db}:{name}")
 
     def close(self) -> None:
         """Close the client's connections, and every thread's, if the store built the
@@ -541,65 +424,3 @@ class _Replies:
         if self._replies is None:  # collect() sets one of the two
             raise RuntimeError("Redis replies were neither read nor failed")
         return self._replies
-
-
-class _RedisChannel(Channel):
-    def __init__(self, store: RedisStore, name: str) -> None:
-        self.store = store
-        self.name = name
-
-    def publish(self, messages: Sequence[bytes]) -> None:
-        store = self.store
-        with store._errors:
-            if store._cluster:
-                for message in messages:
-                    store.client.publish(self.name, message)
-                return
-            pipe = store.client.pipeline(transaction=False)
-            for message in messages:
-                pipe.publish(self.name, message)
-            pipe.execute()
-
-    def subscribe(self) -> Subscription:
-        store = self.store
-        with store._errors:
-            # redis-py annotates pubsub() from 8.2 on; the ignore serves older releases.
-            pubsub = store.client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
-            pubsub.subscribe(self.name)
-            # Subscribed once the server confirms: only then is nothing published missed.
-            deadline = time.monotonic() + MAX_SILENCE
-            while time.monotonic() < deadline:
-                message = pubsub.get_message(timeout=0.1)
-                if message is not None and message["type"] in ("subscribe", "ssubscribe"):
-                    return _RedisSubscription(pubsub, store._errors)
-        pubsub.close()
-        raise StoreTimeout(f"{store._errors.backend}: SUBSCRIBE was not confirmed")
-
-
-class _RedisSubscription(Subscription):
-    def __init__(self, pubsub: Any, errors: ErrorTranslator) -> None:
-        self.pubsub = pubsub
-        self.errors = errors
-        self.pinged = self.heard = time.monotonic()
-
-    def receive(self, timeout: float) -> list[bytes]:
-        messages: list[bytes] = []
-        with self.errors:
-            if time.monotonic() - self.pinged >= HEALTH_CHECK_INTERVAL:
-                # A frozen or partitioned server closes nothing: only its silence tells.
-                self.pubsub.ping()
-                self.pinged = time.monotonic()
-            message = self.pubsub.get_message(timeout=timeout)
-            while message is not None:
-                self.heard = time.monotonic()
-                if message["type"] in ("message", "smessage"):
-                    messages.append(message["data"])
-                message = self.pubsub.get_message(timeout=0)
-        if time.monotonic() - self.heard > MAX_SILENCE:
-            raise StoreTimeout(f"{self.errors.backend}: no answer to PING in {MAX_SILENCE} s")
-        return messages
-
-    def close(self) -> None:
-        # Closing a connection that broke may fail in any way; it is gone either way.
-        with contextlib.suppress(Exception):
-            self.pubsub.close()
