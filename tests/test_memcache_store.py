@@ -253,7 +253,7 @@ def test_batch_get_of_1000_keys_is_one_round_trip_per_server(
     store.batch_put(foos)
     store.batch_delete(foos)
     # A put and a delete per server, and one read of the class's generation right after
-    # the delete (see BaseKeyValueStore._in_current_generations), on the server holding it.
+    # the delete (see Generations.write_current), on the server holding it.
     assert sorted(sockets.sent.values()) == [2, 3]
     assert store.batch_get(Foo, range(1000)) == [None] * 1000
     client.close()

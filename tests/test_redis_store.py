@@ -254,7 +254,7 @@ def test_batch_get_of_1000_keys_is_one_round_trip(
     store.batch_put(foos)
     store.batch_delete(foos)
     # A put, and a delete that reads the class's generation in the same script call,
-    # right after its writes (see BaseKeyValueStore._in_current_generations).
+    # right after its writes (see Generations.write_current).
     assert CountingConnection.sent == {redis_server.address: 2}
     client.close()
 
