@@ -49,11 +49,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapper, registry
 
 from sa_stockpyle.keys import storage_classes, table_names
+from sa_stockpyle.listeners import Listeners
 from sa_stockpyle.stores.base import BaseStore
 
 __all__ = [
@@ -230,22 +230,22 @@ def invalidate_migrated(
     def seen(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
         migrated.tables |= tables_named(statement, names)
 
+    listeners = Listeners()
     if watched is not None:
-        event.listen(watched, "before_cursor_execute", seen)
+        listeners.listen(watched, "before_cursor_execute", seen)
     try:
         yield migrated
     finally:
-        if watched is not None:
-            event.remove(watched, "before_cursor_execute", seen)
-            # Statements that touched tables in a transaction still open when the block
-            # ends: the caller commits later (an external transaction, or the block
-            # placed inside context.begin_transaction()).
-            if migrated.tables and watched.in_transaction():
-                log.warning(
-                    "sa_stockpyle: the migration's transaction is still open; invalidating "
-                    "before its commit lets a concurrent read cache pre-migration rows. "
-                    "Wrap context.begin_transaction() in invalidate_migrated()."
-                )
+        listeners.remove()
+        # Statements that touched tables in a transaction still open when the block
+        # ends: the caller commits later (an external transaction, or the block placed
+        # inside context.begin_transaction()).
+        if watched is not None and migrated.tables and watched.in_transaction():
+            log.warning(
+                "sa_stockpyle: the migration's transaction is still open; invalidating "
+                "before its commit lets a concurrent read cache pre-migration rows. "
+                "Wrap context.begin_transaction() in invalidate_migrated()."
+            )
         if migrated.everything:
             migrated.tables = names
         migrated.invalidated = invalidate_tables(

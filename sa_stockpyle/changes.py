@@ -8,13 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import inspect
 from sqlalchemy.orm import Mapper
 from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.state import InstanceState
 
 from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.keys import KeySpec, key_spec
+from sa_stockpyle.mapped import mapped
 
 __all__ = [
     "Buffer",
@@ -25,7 +25,6 @@ __all__ = [
     "family",
     "fully_loaded",
     "known_keys",
-    "mapper_of",
     "old_keys",
 ]
 
@@ -116,8 +115,10 @@ def class_info(klass: type) -> ClassInfo | None:
     info = None
     if getattr(klass, "__stockpyle_keys__", None) is not None:
         spec = key_spec(klass)
-        mapper = mapper_of(klass)
-        primary = tuple(mapper.get_property_by_column(column).key for column in mapper.primary_key)
+        facts = mapped(klass)
+        if facts is None:
+            raise ConfigurationError(f"{klass.__qualname__} is not a mapped class")
+        primary = facts.primary_attrs
         if frozenset(primary) not in {frozenset(item) for item in spec.items}:
             raise ConfigurationError(
                 f"{spec.describe()}, but its primary key {primary!r} is not one of "
@@ -125,20 +126,12 @@ def class_info(klass: type) -> ClassInfo | None:
             )
         info = ClassInfo(
             spec,
-            mapper,
+            facts.mapper,
             primary,
             frozenset(a for item in spec.items for a in item),
-            frozenset(prop.key for prop in mapper.column_attrs),
+            facts.column_set,
         )
     return info
-
-
-def mapper_of(klass: type) -> Mapper[Any]:
-    """The mapper of a mapped class (ConfigurationError when it is not mapped)."""
-    mapper: object = inspect(klass, raiseerr=False)
-    if not isinstance(mapper, Mapper):
-        raise ConfigurationError(f"{klass.__qualname__} is not a mapped class")
-    return mapper
 
 
 def old_keys(info: ClassInfo, state: InstanceState[Any]) -> list[dict[str, Any]]:

@@ -33,8 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.engine import Connection
+
+from sa_stockpyle.listeners import listen_for_life
 
 __all__ = [
     "any_waiting",
@@ -102,8 +103,7 @@ def join(connection: Connection) -> int:
     with _REGISTRY.lock:
         _hook_commits(connection.dialect)
         for name, listener in _LISTENERS:
-            if not event.contains(connection, name, listener):
-                event.listen(connection, name, listener)
+            listen_for_life(connection, name, listener)
         transaction = _REGISTRY.transactions.setdefault(proxy, _Transaction())
         return transaction.savepoint_rollbacks
 

@@ -24,16 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Column, Table, event
-from sqlalchemy.orm import Mapper
-from sqlalchemy.orm.exc import UnmappedColumnError
-
-# Every registry's mappers: a Core statement names a table, and every storable class
-# mapping it has entries to remove, whether or not this process has used it yet.
-from sqlalchemy.orm.mapper import _all_registries
+from sqlalchemy import Column, Table
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.dml import Delete, Insert, Update, UpdateBase
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
+
+from sa_stockpyle.mapped import table_mappings
 
 __all__ = [
     "RETURNING_OPTION",
@@ -59,51 +55,6 @@ class Touched:
     every_row: bool = False
 
 
-@dataclass(frozen=True)
-class _Mapping:
-    """One storable class mapping a table: how the table's primary key names its rows."""
-
-    klass: type
-    mapper: Mapper[Any]
-    #: the attributes of the class's primary key, in order
-    attrs: tuple[str, ...]
-    #: per attribute of the class's primary key, in order, the table column holding it
-    columns: tuple[Column[Any], ...] | None  # None: the table's key does not give it
-
-
-_MAPPINGS: dict[Table, tuple[_Mapping, ...]] = {}
-
-
-@event.listens_for(Mapper, "mapper_configured")
-def _forget_mappings(mapper: Mapper[Any], klass: type) -> None:
-    _MAPPINGS.clear()  # a class mapped later may map a table seen before
-
-
-def _mappings(table: Table) -> tuple[_Mapping, ...]:
-    found = _MAPPINGS.get(table)
-    if found is not None:
-        return found
-    mappings = []
-    for registry in list(_all_registries()):
-        for mapper in list(registry.mappers):
-            klass = mapper.class_
-            if getattr(klass, "__stockpyle_keys__", None) is None or table not in mapper.tables:
-                continue
-            by_attr = {}
-            for column in table.primary_key:
-                try:
-                    by_attr[mapper.get_property_by_column(column).key] = column
-                except UnmappedColumnError:  # a key column the class does not map
-                    continue
-            primary = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
-            columns = (
-                tuple(by_attr[a] for a in primary) if set(primary) <= by_attr.keys() else None
-            )
-            mappings.append(_Mapping(klass, mapper, primary, columns))
-    found = _MAPPINGS[table] = tuple(mappings)
-    return found
-
-
 def _table_of(statement: UpdateBase) -> Table | None:
     table = getattr(statement, "table", None)
     return table if isinstance(table, Table) else None
@@ -126,7 +77,7 @@ def sets_primary_key(statement: Any, rows: Sequence[dict[str, Any]]) -> bool:
     if table is None:
         return True  # cannot tell which columns are keys
     names = {column.key for column in table.primary_key}
-    for mapping in _mappings(table):
+    for mapping in table_mappings(table):
         names.update(mapping.attrs)
     ordered = getattr(statement, "_ordered_values", None) or ()  # SQLAlchemy 2.0
     assigned = [*(statement._values or {}), *(name for name, _ in ordered)]
@@ -218,7 +169,7 @@ def touched(
     if not isinstance(statement, UpdateBase):
         return []
     table = _table_of(statement)
-    mappings = _mappings(table) if table is not None else ()
+    mappings = table_mappings(table) if table is not None else ()
     if not mappings or table is None:
         return []
     if isinstance(statement, Insert) and not is_upsert(statement):
@@ -252,7 +203,7 @@ def with_returning(
     if not isinstance(statement, UpdateBase) or len(rows) > 1:
         return None
     table = _table_of(statement)
-    if table is None or not _mappings(table):
+    if table is None or not table_mappings(table):
         return None
     if statement._returning or statement._return_defaults:
         return None  # the caller's own RETURNING: their rows are theirs to read

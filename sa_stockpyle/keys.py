@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy
 from sqlalchemy import Table
 
 from sa_stockpyle.errors import (
@@ -25,6 +24,7 @@ from sa_stockpyle.errors import (
     NotStorableError,
     UnknownKeyError,
 )
+from sa_stockpyle.mapped import mapped
 
 __all__ = [
     "KeyItem",
@@ -226,23 +226,18 @@ def is_null(values: tuple[Any, ...]) -> bool:
 # --- namespaces ----------------------------------------------------------------------------
 
 
-def _mapper_of(klass: type) -> sqlalchemy.orm.Mapper[Any] | None:
-    mapper: object = sqlalchemy.inspect(klass, raiseerr=False)
-    return mapper if isinstance(mapper, sqlalchemy.orm.Mapper) else None
-
-
 def schema_fingerprint(klass: type) -> str | None:
     """A short digest of the mapped columns (names and types) of ``klass``, or None.
 
     Part of the cache namespace of mapped classes, so a migration that changes a table
     makes entries cached under the old schema unreachable instead of wrong.
     """
-    mapper = _mapper_of(klass)
-    if mapper is None:
+    facts = mapped(klass)
+    if facts is None:
         return None
     described = sorted(
         f"{getattr(column, 'table', None)}.{column.name}:{column.type!r}"
-        for column in mapper.columns
+        for column in facts.mapper.columns
     )
     return hashlib.sha256("\n".join(described).encode()).hexdigest()[:12]
 
@@ -253,10 +248,10 @@ def table_names(klass: type) -> tuple[str, ...]:
     Every release of an application that maps a table shares the table's namespace
     generation (see :meth:`KeyMaker.generation_keys`), whatever its schema fingerprint.
     """
-    mapper = _mapper_of(klass)
-    if mapper is None:
+    facts = mapped(klass)
+    if facts is None:
         return ()
-    return tuple(sorted({table.name for table in mapper.tables if isinstance(table, Table)}))
+    return tuple(sorted({table.name for table in facts.mapper.tables if isinstance(table, Table)}))
 
 
 _TOKENS: dict[type, str] = {}  # the classes that claimed their token

@@ -14,18 +14,15 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import enum
-import operator
-from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-import sqlalchemy
-from sqlalchemy.orm import Mapper, make_transient_to_detached
+from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_state
 
 from sa_stockpyle.errors import PayloadError
+from sa_stockpyle.mapped import Mapped, mapped
 
 __all__ = [
     "check_state",
@@ -89,7 +86,7 @@ def snapshot(obj: object) -> dict[str, Any]:
     :class:`PayloadError` when a column attribute is expired, because the snapshot would
     be incomplete or stale.
     """
-    columns = _columns(type(obj))
+    columns = mapped(type(obj))
     if columns is not None:
         return _snapshot_entity(obj, columns)
     state = _detached(getattr(obj, "__dict__", {}))
@@ -107,7 +104,7 @@ def restore(klass: type, state: dict[str, Any], owned: bool = False) -> Any:
     is the caller's to give away (it was just decoded, and nothing else refers to it),
     and its values become the instance's without a copy.
     """
-    columns = _columns(klass)
+    columns = mapped(klass)
     if columns is not None:
         return _restore_entity(columns, state, owned)
     factory: Any = klass
@@ -137,10 +134,10 @@ def check_state(klass: type, state: dict[str, Any]) -> None:
     """
     checked = _CHECKED.get(klass)
     if checked is None:
-        checked = _CHECKED[klass] = _columns(klass) is not None or klass.__dictoffset__ == 0
+        checked = _CHECKED[klass] = mapped(klass) is not None or klass.__dictoffset__ == 0
     if not checked:
         return  # an instance dict takes any name
-    if _columns(klass) is not None:
+    if mapped(klass) is not None:
         identity = state.get(_IDENTITY)
         if identity is not None and type(identity) not in (str, int):
             raise PayloadError(f"payload identity token {identity!r} is not a str or int")
@@ -165,68 +162,13 @@ _CHECKED: dict[type, bool] = {}
 _IDENTITY = "$identity"
 
 
-@dataclass(frozen=True, slots=True)
-class _Columns:
-    """What the entity codec keeps of one mapped class."""
-
-    mapper: Mapper[Any]
-    names: tuple[str, ...]  # every column attribute
-    name_set: frozenset[str]  # the same, for whole-state comparisons
-    primary_key: tuple[str, ...]  # the attributes of mapper.primary_key, in its order
-    #: The attribute of the mapper's ``version_id_col`` when the ORM counts it up itself
-    #: (the default generator or a custom one); None without one or when the database
-    #: assigns it (``version_id_generator=False``).
-    version: str | None
-    #: The primary key values of a complete state, as a tuple (restore's hot path).
-    primary_key_of: Callable[[dict[str, Any]], tuple[Any, ...]]
-
-
-def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """A function reading ``names`` out of a dict, always as a tuple."""
-    if len(names) == 1:
-        name = names[0]
-        return lambda values: (values[name],)
-    return operator.itemgetter(*names)
-
-
-# A plain dict, as in keys.py: it is read on every snapshot and restore.
-_COLUMNS: dict[type, _Columns | None] = {}
-
-
-def _columns(klass: type) -> _Columns | None:
-    """The entity codec's view of ``klass``, or None when SQLAlchemy does not map it."""
-    try:
-        return _COLUMNS[klass]
-    except KeyError:
-        pass
-    mapper: object = sqlalchemy.inspect(klass, raiseerr=False)
-    columns = None
-    if isinstance(mapper, Mapper):
-        names = tuple(prop.key for prop in mapper.column_attrs)
-        primary_key = tuple(
-            mapper.get_property_by_column(column).key for column in mapper.primary_key
-        )
-        columns = _Columns(
-            mapper,
-            names,
-            frozenset(names),
-            primary_key,
-            None
-            if mapper.version_id_col is None or mapper.version_id_generator is False
-            else mapper.get_property_by_column(mapper.version_id_col).key,
-            _getter(primary_key),
-        )
-    _COLUMNS[klass] = columns
-    return columns
-
-
 def version_of(obj: object) -> int | None:
     """The integer ``version_id_col`` value of mapped ``obj``, or None when it has none.
 
     Commits of such a class can be ordered: a cache keeps the entry of the highest version
     and ignores an older commit's write that arrives late.
     """
-    columns = _columns(type(obj))
+    columns = mapped(type(obj))
     if columns is None or columns.version is None:
         return None
     value = instance_state(obj).dict.get(columns.version)
@@ -238,11 +180,11 @@ def expired_columns(obj: object) -> tuple[str, ...]:
 
     Such an object has no complete committed state to cache until it is refreshed.
     """
-    columns = _columns(type(obj))
+    columns = mapped(type(obj))
     if columns is None:
         return ()
     expired = instance_state(obj).expired_attributes
-    return tuple(name for name in columns.names if name in expired) if expired else ()
+    return tuple(name for name in columns.columns if name in expired) if expired else ()
 
 
 def refuse_expired(obj: object) -> None:
@@ -257,23 +199,23 @@ def refuse_expired(obj: object) -> None:
         )
 
 
-def _snapshot_entity(obj: object, columns: _Columns) -> dict[str, Any]:
+def _snapshot_entity(obj: object, columns: Mapped) -> dict[str, Any]:
     refuse_expired(obj)
     state = instance_state(obj)
     loaded = state.dict
     # Columns never loaded (deferred, or left out by the query) are left out here too;
     # restore() expires them so they load on first access once attached.
-    snap = _detached({name: loaded[name] for name in columns.names if name in loaded})
+    snap = _detached({name: loaded[name] for name in columns.columns if name in loaded})
     if state.key is not None and state.key[2] is not None:
         snap[_IDENTITY] = state.key[2]
     return snap
 
 
-def _restore_entity(columns: _Columns, snap: dict[str, Any], owned: bool) -> Any:
+def _restore_entity(columns: Mapped, snap: dict[str, Any], owned: bool) -> Any:
     mapper = columns.mapper
     obj = mapper.class_manager.new_instance()
     values = obj.__dict__  # what instance_state(obj).dict returns, one lookup cheaper
-    if snap.keys() == columns.name_set:
+    if snap.keys() == columns.column_set:
         # Every column and nothing else (no identity token): the common case, in bulk.
         # What a cache holds is the database's state, so the restored object has the
         # identity of its primary key (setting it is all make_transient_to_detached()
@@ -284,12 +226,12 @@ def _restore_entity(columns: _Columns, snap: dict[str, Any], owned: bool) -> Any
             instance_state(obj).key = mapper.identity_key_from_primary_key(primary_key)
         return obj
     # Some columns were never loaded, or the state carries an identity token.
-    present = {name: snap[name] for name in columns.names if name in snap}
+    present = {name: snap[name] for name in columns.columns if name in snap}
     values.update(present if owned else _detached(present))
-    primary_key = tuple(map(values.get, columns.primary_key))
+    primary_key = tuple(map(values.get, columns.primary_attrs))
     if None in primary_key:
         return obj
-    if len(present) == len(columns.names):
+    if len(present) == len(columns.columns):
         instance_state(obj).key = mapper.identity_key_from_primary_key(
             primary_key, snap.get(_IDENTITY)
         )

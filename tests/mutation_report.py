@@ -25,11 +25,17 @@ from mutmut.stats import status_by_exit_code
 ROOT = Path(__file__).resolve().parents[1]
 SURVIVORS = ROOT / "tests" / "mutation-survivors.toml"
 #: The code that decides what a commit writes and what a fill may write: the write-through
-#: plugin, the chain (with its layers' health and its reads' claims), and the record and
-#: lease code of the stores' base classes (mutmut names a method
+#: plugin (its flush and transaction listeners, its record of each session, the change
+#: buffer and its bulk and Core statement tracking), the chain (with its layers' health
+#: and its reads' claims), which objects the SQLAlchemy store lets fill a cache, and the
+#: record and lease code of the stores' base classes (mutmut names a method
 #: ``module.xǁClassǁmethod__mutmut_N``).
 SCOPE = [
     "sa_stockpyle.orm.*",
+    "sa_stockpyle.sessions.*",
+    "sa_stockpyle.bulk.*",
+    "sa_stockpyle.changes.xǁBufferǁ*",
+    "sa_stockpyle.stores.freshness.*",
     "sa_stockpyle.stores.chained.*",
     "sa_stockpyle.stores.health.*",
     "sa_stockpyle.stores.claims.*",

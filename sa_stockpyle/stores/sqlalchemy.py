@@ -12,19 +12,16 @@ SQLAlchemy's ``DBAPIError`` family propagate unchanged.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import sqlalchemy
-from sqlalchemy import Engine, create_engine, event, or_, select, tuple_
-from sqlalchemy.orm import Mapper, Session, SessionTransaction, scoped_session, with_polymorphic
+from sqlalchemy import Engine, create_engine, or_, select, tuple_
+from sqlalchemy.orm import Mapper, Session, scoped_session, with_polymorphic
 from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm.state import InstanceState
 
-from sa_stockpyle.connections import any_waiting, is_waiting, join_callers
 from sa_stockpyle.errors import (
     ConfigurationError,
     InvalidKeyValueError,
@@ -32,8 +29,10 @@ from sa_stockpyle.errors import (
     NotStorableError,
 )
 from sa_stockpyle.keys import KeySpec, is_null, key_spec
-from sa_stockpyle.snapshots import expired_columns
+from sa_stockpyle.listeners import Listeners
+from sa_stockpyle.mapped import mapped
 from sa_stockpyle.stores.base import BaseStore, Removal, Reservation
+from sa_stockpyle.stores.freshness import cacheable, reading, track, written
 
 __all__ = ["MAX_PARAMETERS", "SqlAlchemyStore"]
 
@@ -65,87 +64,6 @@ class _Mapped:
 
 _MAPPED: dict[type, _Mapped] = {}
 
-#: ``session.info`` key: identity keys of the rows the session's open transaction wrote.
-FLUSHED = "sa_stockpyle.flushed"
-
-#: ``InstanceState.info`` key: ``time.monotonic()`` when all of the object's columns were
-#: last read from a row.
-LOADED = "sa_stockpyle.loaded"
-
-#: ``session.info`` key: ``time.monotonic()`` when the session's transaction began on a
-#: connection.
-BEGAN = "sa_stockpyle.began"
-
-#: Isolation levels under which a transaction reads one snapshot, taken at its start.
-SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE", "SNAPSHOT"})
-
-_COLUMN_KEYS: dict[Mapper[Any], frozenset[str]] = {}
-
-
-def _stamp_load(target: object, context: Any) -> None:
-    instance_state(target).info[LOADED] = time.monotonic()
-
-
-def _stamp_refresh(target: object, context: Any, attrs: Iterable[str] | None) -> None:
-    state = instance_state(target)
-    if attrs is not None:
-        columns = _COLUMN_KEYS.get(state.mapper)
-        if columns is None:
-            columns = _COLUMN_KEYS[state.mapper] = frozenset(
-                prop.key for prop in state.mapper.column_attrs
-            )
-        if not columns.issubset(attrs):
-            return  # some columns keep state read earlier
-    state.info[LOADED] = time.monotonic()
-
-
-def _track_loads(mapper: Mapper[Any]) -> None:
-    """Stamp every object of ``mapper``'s hierarchy when a row fills all its columns."""
-    base = mapper.base_mapper
-    for name, listener in (("load", _stamp_load), ("refresh", _stamp_refresh)):
-        if not event.contains(base, name, listener):
-            event.listen(base, name, listener, propagate=True)
-
-
-def _record_flush(session: Session, flush_context: Any) -> None:
-    # Identity keys, not states: once flushed, an unreferenced object leaves the weak
-    # identity map, and a later load must still know its row holds uncommitted state.
-    written = session.info.setdefault(FLUSHED, set())
-    for obj in (*session.new, *session.dirty, *session.deleted):
-        state = instance_state(obj)
-        written.add(state.mapper.identity_key_from_instance(obj))
-
-
-def _record_begin(session: Session, transaction: SessionTransaction, connection: Any) -> None:
-    session.info.setdefault(BEGAN, time.monotonic())
-
-
-def _record_join(session: Session, transaction: SessionTransaction) -> None:
-    # The caller's transaction may hold writes the database has not committed: reads on
-    # its connection fill nothing until it ends.
-    join_callers(session, transaction)
-
-
-def _forget_flushes(session: Session, transaction: SessionTransaction) -> None:
-    # A savepoint's writes stay recorded until the whole transaction ends: its rollback
-    # makes them uncacheable a little longer than needed, never the other way round.
-    if transaction.parent is None:
-        session.info.pop(FLUSHED, None)
-        session.info.pop(BEGAN, None)
-
-
-def _track_flushes(target: Session | scoped_session[Session]) -> None:
-    """Record, per session, what each flush writes and when its database transaction
-    began, until its transaction ends."""
-    for name, listener in (
-        ("after_flush", _record_flush),
-        ("after_begin", _record_begin),
-        ("after_transaction_create", _record_join),
-        ("after_transaction_end", _forget_flushes),
-    ):
-        if not event.contains(target, name, listener):
-            event.listen(target, name, listener)
-
 
 def _mapped(klass: type) -> _Mapped:
     """The query plan of ``klass``; NotStorableError when it is not a storable mapped class."""
@@ -153,12 +71,13 @@ def _mapped(klass: type) -> _Mapped:
     if found is not None:
         return found
     spec = key_spec(klass)
-    mapper: object = sqlalchemy.inspect(klass, raiseerr=False)
-    if not isinstance(mapper, Mapper):
+    facts = mapped(klass)
+    if facts is None:
         raise NotStorableError(
             f"{klass.__qualname__} is not mapped by SQLAlchemy; SqlAlchemyStore stores "
             f"mapped classes ({spec.describe()})"
         )
+    mapper = facts.mapper
     entity: Any = with_polymorphic(klass, "*") if len(mapper.self_and_descendants) > 1 else klass
     try:
         columns = tuple(tuple(getattr(entity, attr) for attr in item) for item in spec.items)
@@ -166,14 +85,13 @@ def _mapped(klass: type) -> _Mapped:
         raise NotStorableError(
             f"{klass.__qualname__} has no mapped attribute {exc.name!r}: {spec.describe()}"
         ) from exc
-    primary = tuple(mapper.get_property_by_column(column).key for column in mapper.primary_key)
+    primary = facts.primary_attrs
     primary_item = next(
         (index for index, item in enumerate(spec.items) if sorted(item) == sorted(primary)),
         None,
     )
     order = () if primary_item is None else tuple(map(spec.items[primary_item].index, primary))
     found = _Mapped(mapper, entity, primary_item, order, columns)
-    _track_loads(mapper)
     _MAPPED[klass] = found
     return found
 
@@ -216,6 +134,7 @@ class SqlAlchemyStore(BaseStore):
                 f"{', '.join(given) or 'none'}"
             )
         self._current: Callable[[], Session]
+        self._listeners = Listeners()
         if session is not None:
             if isinstance(session, scoped_session):
                 self._current = session
@@ -226,7 +145,7 @@ class SqlAlchemyStore(BaseStore):
                     f"SqlAlchemyStore(session=...) expects a Session or a scoped_session, "
                     f"got {type(session).__qualname__}"
                 )
-            _track_flushes(session)
+            track(self._listeners, session)
             self.engine: Engine | None = None
             self.owned = False
         else:
@@ -238,7 +157,7 @@ class SqlAlchemyStore(BaseStore):
                     f"{type(engine).__qualname__}"
                 )
             owned = Session(engine, expire_on_commit=False)
-            _track_flushes(owned)
+            track(self._listeners, owned)
             self._current = lambda: owned
             self.engine = engine
             self.owned = True
@@ -292,25 +211,38 @@ class SqlAlchemyStore(BaseStore):
     ) -> list[T | None]:
         results: list[T | None] = [None] * len(lookups)
         wanted: dict[Lookup, list[int]] = {}
+        refreshing: list[InstanceState[Any]] = []
         for position, lookup in enumerate(lookups):
             index, values = lookup
             if is_null(values):
                 continue
             if index == mapped.primary_item:
-                obj = _from_identity_map(session, klass, mapped, values)
-                if obj is not None:
-                    results[position] = obj
-                    continue
+                obj = _from_identity_map(session, mapped, values)
+                if isinstance(obj, klass):
+                    state = instance_state(obj)
+                    if not state.expired:
+                        results[position] = obj
+                        continue
+                    # Like Session.get: an expired instance is left to the SELECT,
+                    # which refreshes it.
+                    refreshing.append(state)
             wanted.setdefault(lookup, []).append(position)
-        for lookup, obj in self._select(session, mapped, spec, list(wanted)).items():
+        selected = self._select(session, mapped, spec, list(wanted), refreshing)
+        for lookup, obj in selected.items():
             for position in wanted[lookup]:
                 results[position] = obj
         return results
 
     def _select(
-        self, session: Session, mapped: _Mapped, spec: KeySpec, lookups: list[Lookup]
+        self,
+        session: Session,
+        mapped: _Mapped,
+        spec: KeySpec,
+        lookups: list[Lookup],
+        refreshing: list[InstanceState[Any]],
     ) -> dict[Lookup, Any]:
-        """Load the rows of ``lookups``: one statement per MAX_PARAMETERS bound values."""
+        """Load the rows of ``lookups``: one statement per MAX_PARAMETERS bound values,
+        stamping what each read (see :func:`~sa_stockpyle.stores.freshness.reading`)."""
         found: dict[Lookup, Any] = {}
         asked = set(lookups)
         for chunk in _chunks(lookups):
@@ -324,7 +256,9 @@ class SqlAlchemyStore(BaseStore):
                 for index, rows in by_item.items()
             ]
             statement = select(mapped.entity).where(or_(*conditions))
+            stamp = reading(refreshing)
             for obj in session.scalars(statement).unique():
+                stamp(obj)
                 for index in by_item:
                     lookup = (index, spec.values_of(obj, index))
                     if lookup in asked and found.setdefault(lookup, obj) is not obj:
@@ -402,7 +336,7 @@ class SqlAlchemyStore(BaseStore):
         identity_map = session.identity_map
         held, attach = identity_map.get, identity_map._add_unpresent
         session_id = session.hash_key
-        written = session.info.get(FLUSHED, ())
+        flushed = written(session)
         loaded = session.dispatch.loaded_as_persistent
         adopted: list[Any] = []
         for obj in objs:
@@ -414,7 +348,7 @@ class SqlAlchemyStore(BaseStore):
             present = held(key)
             if present is not None:
                 adopted.append(present)
-            elif key in written:
+            elif key in flushed:
                 adopted.append(None)
             elif state.detached and not state.modified and not state.was_deleted:
                 # What loading._instance does with a new row; Session.add() would also
@@ -445,28 +379,7 @@ class SqlAlchemyStore(BaseStore):
         object of a transaction that reads one snapshot (REPEATABLE READ, SERIALIZABLE)
         and began before ``since``.  A commit may have changed such rows since.
         """
-        state = instance_state(obj)
-        if state.pending or state.modified or state.deleted or state.was_deleted:
-            return False
-        if expired_columns(obj):
-            return False
-        if since is not None and state.info.get(LOADED, -math.inf) < since:
-            return False
-        session = state.session
-        if session is None:
-            return True
-        if (
-            since is not None
-            and session.in_transaction()  # else a store-owned session, begun for this read
-            and session.info.get(BEGAN, -math.inf) < since  # unknown: began long ago
-            and _reads_a_snapshot(session, state.mapper)
-        ):
-            return False  # its rows are as of the transaction's start, before ``since``
-        if any_waiting() and session.in_transaction():
-            connection = session.connection(bind_arguments={"mapper": state.mapper})
-            if is_waiting(connection):
-                return False  # a transaction it joined holds writes not yet committed
-        return state not in session._deleted and state.key not in session.info.get(FLUSHED, ())
+        return cacheable(obj, since)
 
     def reserve(self, klass: type, keys: Sequence[object]) -> Reservation:
         """Grant nothing: the system of record is never filled from a cache."""
@@ -480,7 +393,9 @@ class SqlAlchemyStore(BaseStore):
         """Nothing to do: the database is the system of record."""
 
     def close(self) -> None:
-        """Close the owned session (and dispose of an engine made from ``uri``)."""
+        """Remove the store's session listeners, close the owned session (and dispose of
+        an engine made from ``uri``)."""
+        self._listeners.remove()
         if self.owned:
             self._current().close()
         if self._disposes and self.engine is not None:
@@ -489,20 +404,6 @@ class SqlAlchemyStore(BaseStore):
     def __repr__(self) -> str:
         bound = self.engine.url.render_as_string() if self.engine is not None else "session"
         return f"<SqlAlchemyStore {bound}>"
-
-
-def _reads_a_snapshot(session: Session, mapper: Mapper[Any]) -> bool:
-    """Whether ``session``'s transaction reads the snapshot of its start (SQLite's driver
-    begins a transaction only to write, so its reads see the latest commit)."""
-    bind = session.get_bind(mapper=mapper)
-    if bind.dialect.name == "sqlite":
-        return False
-    level = (
-        bind.get_execution_options().get("isolation_level")
-        or getattr(bind.dialect, "isolation_level", None)
-        or bind.dialect.default_isolation_level
-    )
-    return str(level).upper() in SNAPSHOT_LEVELS
 
 
 def _hashable(spec: KeySpec, index: int, values: tuple[Any, ...]) -> Lookup:
@@ -516,20 +417,12 @@ def _hashable(spec: KeySpec, index: int, values: tuple[Any, ...]) -> Lookup:
     return index, values
 
 
-def _from_identity_map(
-    session: Session, klass: type, mapped: _Mapped, values: tuple[Any, ...]
-) -> Any:
-    """The identity map's usable ``klass`` instance with primary key ``values``, or None.
-
-    Like ``Session.get``: an expired instance is left to the SELECT, which refreshes it.
-    """
+def _from_identity_map(session: Session, mapped: _Mapped, values: tuple[Any, ...]) -> Any:
+    """The identity map's instance with primary key ``values``, or None."""
     key = mapped.mapper.identity_key_from_primary_key(
         tuple([values[i] for i in mapped.primary_order])
     )
-    obj = session.identity_map.get(key)
-    if obj is None or not isinstance(obj, klass) or instance_state(obj).expired:
-        return None
-    return obj
+    return session.identity_map.get(key)
 
 
 def _chunks(lookups: list[Lookup]) -> Iterator[list[Lookup]]:
