@@ -495,9 +495,10 @@ Outage = tuple[Recording, Recording, Recording, ChainedStore]
 
 def _outage(cooldown: float) -> Iterator[Outage]:
     """Three recording layers and their chain, closed afterwards: a layer left failing
-    would have the chain retry its catch-up for good."""
+    would have the chain retry its catch-up for good.  The chain's clock stands at 0.0,
+    as a clock a caller injects may: a rest that ended is told by no time value."""
     fast, middle, slow = Recording(), Recording(), Recording()
-    chain = ChainedStore([fast, middle, slow], cooldown=cooldown)
+    chain = ChainedStore([fast, middle, slow], cooldown=cooldown, monotonic=FakeClock(0.0))
     yield fast, middle, slow, chain
     chain.close()
 
@@ -725,6 +726,7 @@ def test_a_waiting_reader_reads_again_after_each_doubled_pause_until_the_deadlin
     assert schedule == pytest.approx([0.001, 0.002, 0.004, 0.008, 0.016, 0.019])
     assert sum(schedule) == pytest.approx(0.05)
     assert claims.pauses(0.0) == [0.0]
+    assert claims.pauses(1.5, first=0.5) == [0.5, 1.0]  # no pause of zero, no read more
     # On the chain's clock standing still, the reader keeps to the schedule: the first
     # read, then one after each pause.
     fast, slow = Recording(), Recording()
@@ -750,18 +752,22 @@ class _SlowReads(Recording):
         return super().read(keys)
 
 
-def test_a_waiting_reader_stops_at_the_deadline_on_the_chains_clock() -> None:
+@pytest.mark.parametrize(("cost", "reads"), [(0.02, 3), (0.025, 2)])
+def test_a_waiting_reader_stops_at_the_deadline_on_the_chains_clock(
+    cost: float, reads: int
+) -> None:
     # Reads of 20 ms each: after the claim, reads end at 20, 40 and 60 ms; the 50 ms
-    # deadline has passed after the third, so no fourth follows.
+    # deadline has passed after the third, so no fourth follows.  Reads of 25 ms reach
+    # the deadline itself with the second: none follows either.
     clock = FakeClock(0.0)
-    fast, slow = _SlowReads(clock, 0.02), Recording()
+    fast, slow = _SlowReads(clock, cost), Recording()
     chain = ChainedStore([fast, slow], broadcast=False, monotonic=clock)
     foo = Foo(key=1, zap=1, bar=1)
     slow.put(foo)
     fast.reserve(Foo, [1])  # another reader is filling the key (and never does)
     fast.reads.clear()
     assert chain.get(Foo, 1) == foo
-    assert len(fast.reads) == 1 + 3
+    assert len(fast.reads) == 1 + reads
     assert fast.get(Foo, 1) is None  # gave up without filling
     chain.close()
 
@@ -861,3 +867,16 @@ def test_waiting_for_other_readers_counts_every_key_and_a_layer_failing_meanwhil
     assert chain.layer_stats[0].count(Foo, "errors") == 1
     assert "layer 0:_FailsOnceReserved failed to read: " in caplog.text
     chain.close()
+
+
+def test_a_closed_chain_schedules_no_more_catch_up(outage: Outage) -> None:
+    _, middle, _, chain = outage
+    middle.down = True
+    chain.put(Foo(key=1, zap=1, bar=1))  # missed: a catch-up retry is scheduled
+    layer = chain.health[1]
+    retry = layer.retry
+    assert retry is not None
+    chain.close()
+    retry.join()  # cancelled by close()
+    layer.remember(classes=[Foo])  # what a catch-up failing while it closes does
+    assert layer.retry is retry  # no new retry thread

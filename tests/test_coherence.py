@@ -248,6 +248,33 @@ def test_a_process_without_a_memory_layer_still_evicts_the_others(redis_url: str
         ChainedStore([ProcessMemoryStore()], max_staleness=0)
 
 
+def test_the_chain_s_clock_times_its_broadcast(redis_url: str) -> None:
+    # Its heartbeats and the bound on the local layers' age run on the clock the chain
+    # was given, as the chain's own rests do.
+    clock = FakeClock(0.0)
+    chain = ChainedStore([ProcessMemoryStore(), RedisStore(url=redis_url)], monotonic=clock)
+    try:
+        assert chain.coherence is not None
+        assert chain.coherence.monotonic is clock
+    finally:
+        chain.close()
+
+
+def test_a_class_invalidated_in_one_process_is_dropped_by_the_others(redis_url: str) -> None:
+    reader_memory = ProcessMemoryStore()
+    reader = ChainedStore([reader_memory, RedisStore(url=redis_url)])
+    writer = ChainedStore([ProcessMemoryStore(), RedisStore(url=redis_url)])
+    try:
+        reader.put(Foo(key=4, zap=4, bar=4))
+        assert reader_memory.get(Foo, 4) is not None
+        writer.invalidate_class(Foo)
+        assert until(lambda: reader_memory.get(Foo, 4) is None)
+        assert reader.get(Foo, 4) is None  # Redis's entries are unreachable too
+    finally:
+        reader.close()
+        writer.close()
+
+
 class _Opaque(enum.Enum):
     """A key value the keys accept (by member name) but a message cannot carry."""
 

@@ -142,9 +142,9 @@ def _reads_a_snapshot(session: Session, mapper: Mapper[Any]) -> bool:
     bind = session.get_bind(mapper=mapper)
     if bind.dialect.name == "sqlite":
         return False
+    # An engine's own level (create_engine(isolation_level=...)) is set on every new
+    # connection before the dialect reads its default_isolation_level, so it shows there.
     level = (
-        bind.get_execution_options().get("isolation_level")
-        or getattr(bind.dialect, "isolation_level", None)
-        or bind.dialect.default_isolation_level
+        bind.get_execution_options().get("isolation_level") or bind.dialect.default_isolation_level
     )
     return str(level).upper() in SNAPSHOT_LEVELS
