@@ -8,7 +8,9 @@ listeners through a :class:`Listeners` set and removes them all with one call
 stores sharing a ``scoped_session``) is installed once and counted: it stays until its
 last owner removes it.  Listeners go on the sessions, sessionmakers, engines or
 connections they serve, never on a mapper, whose load events fire for every session in
-the process.
+the process.  (``attach(engine)`` and ``attach(SessionSubclass)`` listen on a ``Session``
+class: every session of it runs the flush and transaction listeners, which return at
+once for a session bound elsewhere.)
 
 Two kinds of listener stay for the life of their target, installed with
 :func:`listen_for_life`: a joined connection's rollback watch
@@ -46,6 +48,8 @@ class Listeners:
         """Install ``function`` for ``target``'s ``name`` event (``event.listen``'s
         options), unless another owner already did; held until :meth:`remove`."""
         listener = (name, function)
+        if listener in self._held.get(target, ()):
+            return  # held already (attach() asks at every transaction's begin)
         with _LOCK:
             mine = self._held.setdefault(target, [])
             if listener in mine:

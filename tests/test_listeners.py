@@ -183,6 +183,11 @@ def test_the_store_stamps_only_what_its_own_select_read(engine: Engine) -> None:
         assert not store.cacheable(fresh, later)
         assert store.get(User, 2) is fresh
         assert store.cacheable(fresh, later)
+        session.expire(by_email)  # wholly expired, found again by another key
+        later = time.monotonic()
+        assert not store.cacheable(by_email, later)
+        assert store.get(User, {"email": "u3@example.com"}) is by_email
+        assert store.cacheable(by_email, later)
         session.expire(by_email, ["name"])  # partly expired: the SELECT loads only that
         again = time.monotonic()
         assert store.get(User, {"email": "u3@example.com"}) is by_email

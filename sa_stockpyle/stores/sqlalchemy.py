@@ -227,6 +227,15 @@ class SqlAlchemyStore(BaseStore):
                     # which refreshes it.
                     refreshing.append(state)
             wanted.setdefault(lookup, []).append(position)
+        if any(index != mapped.primary_item for index, _ in wanted):
+            # The SELECT may refresh an expired instance it finds by another key: which
+            # one only its row tells, so every wholly expired instance of the class is
+            # noted (a scan of the identity map, cheaper than the round trip it precedes).
+            refreshing += [
+                state
+                for state in session.identity_map.all_states()
+                if state.expired and issubclass(state.class_, klass)
+            ]
         selected = self._select(session, mapped, spec, list(wanted), refreshing)
         for lookup, obj in selected.items():
             for position in wanted[lookup]:
@@ -374,10 +383,12 @@ class SqlAlchemyStore(BaseStore):
         flush of the session's open transaction (savepoints included), any row read in a
         caller's transaction that holds writes the database has not committed (a session
         joined to it committed them, see :mod:`sa_stockpyle.connections`), or with expired
-        column attributes (its committed state is not known).  Read before ``since``: an
-        object the identity map already held, which a SELECT does not overwrite; or any
-        object of a transaction that reads one snapshot (REPEATABLE READ, SERIALIZABLE)
-        and began before ``since``.  A commit may have changed such rows since.
+        column attributes (its committed state is not known).  Read before ``since``:
+        anything this store's own SELECT did not read in full after ``since`` (an object
+        the identity map already held, which a SELECT does not overwrite, or one the
+        application loaded itself); or any object of a transaction that reads one
+        snapshot (REPEATABLE READ, SERIALIZABLE) and began before ``since``.  A commit
+        may have changed such rows since.
         """
         return cacheable(obj, since)
 
@@ -393,11 +404,11 @@ class SqlAlchemyStore(BaseStore):
         """Nothing to do: the database is the system of record."""
 
     def close(self) -> None:
-        """Remove the store's session listeners, close the owned session (and dispose of
+        """Close the owned session, remove the store's session listeners (and dispose of
         an engine made from ``uri``)."""
-        self._listeners.remove()
         if self.owned:
             self._current().close()
+        self._listeners.remove()
         if self._disposes and self.engine is not None:
             self.engine.dispose()
 
