@@ -38,7 +38,9 @@ class TwinBase(DeclarativeBase):
     pass
 
 
-class Served(ServedBase):
+class RowColumns:
+    """The table both classes map."""
+
     __tablename__ = "bench_listener_rows"
     __stockpyle_keys__ = ["id"]
 
@@ -47,13 +49,12 @@ class Served(ServedBase):
     score: Mapped[int]
 
 
-class Twin(TwinBase):
-    __tablename__ = "bench_listener_rows"
-    __stockpyle_keys__ = ["id"]
+class Served(RowColumns, ServedBase):
+    pass
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(50))
-    score: Mapped[int]
+
+class Twin(RowColumns, TwinBase):
+    pass
 
 
 def load(factory: sessionmaker[Session], klass: type[Any], ids: list[int]) -> float:

@@ -85,7 +85,6 @@ class Attachment:
     def __init__(self, target: object, store: BaseStore, use_returning: bool = True) -> None:
         self.target = target
         self.store = store
-        self.use_returning = use_returning
         self.stats = Stats()
         engine = target if isinstance(target, Engine) else None
         self._sessions = Sessions(engine, str(id(self)))
@@ -113,6 +112,12 @@ class Attachment:
             )
         if engine is not None:
             self._listen_to(engine)
+
+    @property
+    def use_returning(self) -> bool:
+        """Whether ``RETURNING`` of the primary key is added to bulk statements (the
+        ``use_returning`` option of :func:`attach`)."""
+        return self._statements.use_returning
 
     def _listen_to(self, engine: Engine) -> None:
         # Core statements are seen on the connections of the engines the sessions use
