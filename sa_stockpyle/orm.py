@@ -44,13 +44,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction, scoped_session, sessionmaker
 from sqlalchemy.orm.attributes import instance_state
 
+from sa_stockpyle.async_sessions import is_async, sync_target
 from sa_stockpyle.bulk import Statements
 from sa_stockpyle.changes import Buffer, ClassInfo, Flushed, fully_loaded, known_keys, old_keys
 from sa_stockpyle.column_values import Check, value_checks
@@ -64,6 +65,7 @@ from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.listeners import Listeners
 from sa_stockpyle.sessions import Sessions, SessionState
 from sa_stockpyle.snapshots import version_of
+from sa_stockpyle.stores.async_base import AsyncStore
 from sa_stockpyle.stores.base import BaseStore
 from sa_stockpyle.stores.stats import Stats
 from sa_stockpyle.writethrough import WriteThrough
@@ -86,6 +88,9 @@ class Attachment:
         self.target = target
         self.store = store
         self.stats = Stats()
+        # Listeners go on the synchronous side of an asyncio target; they run in the
+        # AsyncSession's greenlet, where an asyncio store's I/O awaits.
+        target = sync_target(target)
         engine = target if isinstance(target, Engine) else None
         self._sessions = Sessions(engine, str(id(self)))
         self._writer = WriteThrough(store, self.stats, self._sessions.primary_of)
@@ -331,17 +336,41 @@ class Attachment:
 _REGISTRY: dict[tuple[object, BaseStore], Attachment] = {}
 _REGISTRY_LOCK = threading.Lock()
 
-AttachTarget = sessionmaker[Any] | scoped_session[Any] | Session | type[Session] | Engine
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import (
+        AsyncEngine,
+        AsyncSession,
+        async_scoped_session,
+        async_sessionmaker,
+    )
+
+    AttachTarget: TypeAlias = (
+        sessionmaker[Any]
+        | scoped_session[Any]
+        | Session
+        | type[Session]
+        | Engine
+        | async_sessionmaker[Any]
+        | async_scoped_session[Any]
+        | AsyncSession
+        | type[AsyncSession]
+        | AsyncEngine
+    )
 
 
-def attach(target: AttachTarget, store: BaseStore, **options: Any) -> Attachment:
+def attach(target: AttachTarget, store: BaseStore | AsyncStore[Any], **options: Any) -> Attachment:
     """Write every committed change of ``target``'s sessions through ``store``.
 
     Parameters:
         target: a ``sessionmaker``, a ``scoped_session``, a ``Session`` instance or
-            subclass, or an ``Engine`` (every ORM session bound to it).
+            subclass, or an ``Engine`` (every ORM session bound to it); or their asyncio
+            counterparts: an ``async_sessionmaker`` (its ``sync_session_class`` becomes
+            a subclass of its own, see docs/asyncio.md), an ``async_scoped_session``, an
+            ``AsyncSession`` instance or subclass, or an ``AsyncEngine``.
         store: usually a :class:`~sa_stockpyle.stores.ChainedStore` of caches ending in a
-            :class:`~sa_stockpyle.stores.SqlAlchemyStore`.
+            :class:`~sa_stockpyle.stores.SqlAlchemyStore`; for asyncio sessions, an
+            :class:`~sa_stockpyle.asyncio.AsyncChainedStore`, whose layers' I/O awaits
+            within the commit.
         **options: ``use_returning`` (default True): add ``RETURNING`` of the primary
             key to bulk UPDATE/DELETE statements where the dialect supports it;
             without it, such statements invalidate the whole class.
@@ -353,19 +382,23 @@ def attach(target: AttachTarget, store: BaseStore, **options: Any) -> Attachment
         raise ConfigurationError(
             f"attach() got unknown options {sorted(unknown)}; expected: use_returning"
         )
-    if not isinstance(store, BaseStore):
+    writes_to = store.sync if isinstance(store, AsyncStore) else store
+    if not isinstance(writes_to, BaseStore):
         raise ConfigurationError(f"attach() needs a store, got {store!r}")
     valid = (sessionmaker, scoped_session, Session, Engine)
     if not (
-        isinstance(target, valid) or (isinstance(target, type) and issubclass(target, Session))
+        isinstance(target, valid)
+        or (isinstance(target, type) and issubclass(target, Session))
+        or is_async(target)
     ):
         raise ConfigurationError(
             f"attach() target {target!r} is not a sessionmaker, scoped_session, Session "
-            f"(instance or subclass) or Engine"
+            f"(instance or subclass) or Engine, nor one of their asyncio counterparts "
+            f"(async_sessionmaker, async_scoped_session, AsyncSession, AsyncEngine)"
         )
     with _REGISTRY_LOCK:
-        handle = _REGISTRY.get((target, store))
+        handle = _REGISTRY.get((target, writes_to))
         if handle is None:
-            handle = Attachment(target, store, **options)
-            _REGISTRY[target, store] = handle
+            handle = Attachment(target, writes_to, **options)
+            _REGISTRY[target, writes_to] = handle
     return handle

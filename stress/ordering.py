@@ -29,11 +29,13 @@ the deleted row is kept over the new row's lower version; see :func:`late_states
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from sa_stockpyle.greenlets import blocking, in_greenlet, run, wait_for
 from sa_stockpyle.stores import RedisStore
 from sa_stockpyle.stores.base import Finish, Removal
 
@@ -79,45 +81,53 @@ class Step(NamedTuple):
     state: State | None
 
 
+def _caller() -> object:
+    """Who is calling: the asyncio task, in a greenlet (the tasks of a thread share it);
+    else the thread."""
+    return asyncio.current_task() if in_greenlet() else threading.get_ident()
+
+
 class TracedRedis(RedisStore):
-    """A RedisStore that counts, per thread, the commit writes it finished; and holds a
-    thread's next commit write when asked to (:meth:`hold`)."""
+    """A RedisStore that counts, per thread (per task, in an asyncio worker), the commit
+    writes it finished; and holds a caller's next commit write when asked to
+    (:meth:`hold`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._local = threading.local()
+        self._holds: dict[object, tuple[threading.Event, threading.Event]] = {}
+        self._finished: dict[object, int] = {}
 
     def hold(self, reached: threading.Event, release: threading.Event) -> None:
-        """Hold this thread's next commit write that carries objects (never a catch-up's,
+        """Hold this caller's next commit write that carries objects (never a catch-up's,
         which only removes) before it is sent: set ``reached``, wait for ``release``.
         The write of a commit then reaches Redis after those of later commits, as a
         writer paused between its COMMIT and its write-through would."""
-        self._local.hold = (reached, release)
+        self._holds[_caller()] = (reached, release)
 
     def finished(self) -> int:
-        """Commit writes (``start_committed`` and its finishing call) this thread
+        """Commit writes (``start_committed`` and its finishing call) this caller
         completed without an error."""
-        count: int = getattr(self._local, "finished", 0)
-        return count
+        return self._finished.get(_caller(), 0)
 
     def start_committed(
         self, puts: Sequence[object], removals: Sequence[Removal]
     ) -> Finish | None:
         """Start the write (once released, see :meth:`hold`); the call returned finishes
         it and counts it."""
-        held: tuple[threading.Event, threading.Event] | None = getattr(self._local, "hold", None)
-        if held is not None and puts:
-            self._local.hold = None
+        held = self._holds.get(_caller()) if puts else None
+        if held is not None:
+            del self._holds[_caller()]
             reached, release = held
             reached.set()
-            if not release.wait(HOLD_TIMEOUT):
+            # In a greenlet, the wait runs on a worker thread: the other tasks go on.
+            if not blocking(release.wait, HOLD_TIMEOUT):
                 raise RuntimeError(f"a held write was not released within {HOLD_TIMEOUT:g} s")
         finish = super().start_committed(puts, removals)
 
         def counted() -> None:
             if finish is not None:
                 finish()
-            self._local.finished = self.finished() + 1
+            self._finished[_caller()] = self.finished() + 1
 
         return counted
 
@@ -210,10 +220,11 @@ def out_of_order(
 
 
 def overtaken(redis: TracedRedis, first: Callable[[], None], second: Callable[[], None]) -> None:
-    """Run ``first`` (a commit) on a thread of its own with its write to ``redis`` held,
-    then ``second`` (a later commit) here, then release the first write: it reaches Redis
-    after the second, which guarantee 3 must survive.  ``first`` may write nothing (its
-    row was gone, a flush was refused): then ``second`` runs once it has returned."""
+    """Run ``first`` (a commit) on a thread of its own (in an asyncio worker: a task of
+    its own) with its write to ``redis`` held, then ``second`` (a later commit) here,
+    then release the first write: it reaches Redis after the second, which guarantee 3
+    must survive.  ``first`` may write nothing (its row was gone, a flush was refused):
+    then ``second`` runs once it has returned."""
     reached, release = threading.Event(), threading.Event()
     failed: list[BaseException] = []
 
@@ -226,15 +237,24 @@ def overtaken(redis: TracedRedis, first: Callable[[], None], second: Callable[[]
         finally:
             reached.set()
 
-    thread = threading.Thread(target=held, name="stress-held-write")
-    thread.start()
-    try:
-        reached.wait(HOLD_TIMEOUT)
-        second()
-    finally:
-        release.set()
-        thread.join(HOLD_TIMEOUT)
+    if in_greenlet():
+        task = asyncio.ensure_future(run(held))
+        try:
+            blocking(reached.wait, HOLD_TIMEOUT)
+            second()
+        finally:
+            release.set()
+            wait_for(asyncio.wait_for(task, HOLD_TIMEOUT))
+    else:
+        thread = threading.Thread(target=held, name="stress-held-write")
+        thread.start()
+        try:
+            reached.wait(HOLD_TIMEOUT)
+            second()
+        finally:
+            release.set()
+            thread.join(HOLD_TIMEOUT)
+        if thread.is_alive():
+            raise RuntimeError(f"a held commit did not return within {HOLD_TIMEOUT:g} s")
     if failed:
         raise failed[0]
-    if thread.is_alive():
-        raise RuntimeError(f"a held commit did not return within {HOLD_TIMEOUT:g} s")

@@ -59,6 +59,8 @@ class _Link:
         #: Bytes are dropped, both ways, until the link is reset.
         self.silent = silent
         self.task = asyncio.current_task()
+        #: The client sent a request whose reply has not been passed on yet.
+        self.asked = False
 
     def close(self) -> None:
         """Reset the client's connection and close the server's: the forwarding ends as
@@ -79,6 +81,11 @@ class Partition:
 
     ``dropped`` counts the bytes clients sent that a silent cut kept from the server, and
     ``resets`` the client connections a cut or a heal reset.
+
+    A slow link: with :attr:`delay` set, each reply reaches its client that many seconds
+    after the server sent it, on every connection at once.  ``most_in_flight`` counts
+    the most connections that were waiting for a reply at the same time: requests that
+    overlap rather than queue.
     """
 
     def __init__(self, host: str, port: int, listen_host: str = "127.0.0.1") -> None:
@@ -86,6 +93,9 @@ class Partition:
         self.mode: Literal["reset", "silent"] | None = None
         self.dropped = 0
         self.resets = 0
+        #: Seconds each reply is held before it is passed on (a slow link); 0: none.
+        self.delay = 0.0
+        self.most_in_flight = 0
         self._links: set[_Link] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="stress-partition", daemon=True)
@@ -225,8 +235,16 @@ class Partition:
                     if to_server:
                         self.dropped += len(data)
                     continue
+                if to_server:
+                    link.asked = True
+                    in_flight = sum(other.asked for other in self._links)
+                    self.most_in_flight = max(self.most_in_flight, in_flight)
+                elif self.delay:
+                    await asyncio.sleep(self.delay)
                 sink.write(data)
                 await sink.drain()
+                if not to_server:
+                    link.asked = False
         except OSError:
             pass  # either end was reset
         finally:

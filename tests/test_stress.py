@@ -97,3 +97,49 @@ def test_cutting_redis_off_under_the_workers_loses_nothing_and_leaves_nothing_st
     assert report.commits > 100, details
     assert report.keys_held > 0, details
     assert sum(worker.memory_held for worker in report.workers) > 0, details
+
+
+@pytest.mark.parametrize("chaos", [False, True], ids=["steady", "cut-off"])
+def test_asyncio_workers_next_to_synchronous_ones_leave_no_stale_entry(
+    postgres_url: str, redis_url: str, chaos: bool
+) -> None:
+    # The last two workers run on an event loop: asyncpg, redis.asyncio, every wait for a
+    # server an await in a greenlet; one synchronous worker forks after using its chain.
+    options: dict[str, object] = (
+        {"chaos": True, "fault_interval": (0.4, 0.8), "downtime": (0.2, 0.6), "seconds": 7}
+        if chaos
+        else {"seconds": 6}
+    )
+    report = run(
+        postgres_url,
+        redis_url,
+        processes=4,
+        memory_layer=True,
+        forked=1,
+        asyncio_workers=2,
+        **options,  # type: ignore[arg-type]
+    )
+    details = report.format()
+    print(details)
+    assert [worker.asyncio for worker in report.workers] == [False, False, True, True]
+    assert [worker.forked for worker in report.workers] == [True, False, False, False]
+    assert report.stale_entries == 0, details
+    assert report.uncommitted_reads == 0, details
+    assert report.lost_writes == 0, details
+    assert report.wrong == [], details
+    assert report.out_of_order == [], details
+    assert report.writethrough_errors == 0, details
+    assert report.ok, details
+    # Every process, of either kind, worked through the cache and heard the others.
+    assert all(worker.commits > 0 and worker.reads > 0 for worker in report.workers), details
+    assert all(worker.cache_hits > 0 for worker in report.workers), details
+    assert all(worker.broadcast.get("received", 0) > 0 for worker in report.workers), details
+    assert sum(worker.memory_held for worker in report.workers) > 0, details
+    if chaos:
+        assert report.faults_injected >= 2, details
+        assert report.stale_at_heal > 0, details
+        assert report.redis_events("caught_up") > 0, details
+        assert all(worker.commits_while_down > 0 for worker in report.workers), details
+    else:
+        assert report.reordered > 0, details
+        assert report.peeks_compared > 0, details

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from sa_stockpyle.errors import ConfigurationError, PayloadError, StoreUnavailable
+from sa_stockpyle.greenlets import blocking
 from sa_stockpyle.keys import key_spec
 from sa_stockpyle.stores.base import BaseStore, Finish, Removal, Reservation, finish_write
 from sa_stockpyle.stores.claims import Claims
@@ -122,10 +123,20 @@ class ChainedStore(BaseStore):
         self.record = self.health[-1]
         self.coherence = self._coherence(broadcast, channel, max_staleness, heartbeat)
         self._restart_lock = threading.Lock()
-        #: Set in a forked child: the broadcast's threads stayed in the parent, and a new
-        #: one starts at the child's first use of the chain.
-        self._restarting = False
+        #: Set while the broadcast waits for the chain's first use to start: in a forked
+        #: child (the broadcast's threads stayed in the parent), and in a chain that
+        #: starts it at first use.
+        self._restarting = self.coherence is not None and self._starts_broadcast_at_first_use
+        #: Set in a forked child: its first use also empties foreign in-process layers.
+        self._forked = False
+        #: Set while one caller starts the broadcast; the others wait for it.
+        self._starting: threading.Event | None = None
         watch_forks(self)
+
+    #: Whether the broadcast starts at the chain's first use rather than when the chain
+    #: is built: a chain built on an event loop's thread (``AsyncChainedStore``) waits
+    #: for its subscription where the wait can await.
+    _starts_broadcast_at_first_use = False
 
     @property
     def cooldown(self) -> float:
@@ -159,8 +170,9 @@ class ChainedStore(BaseStore):
                 "ChainedStore(broadcast=True) needs a layer with a channel (a RedisStore); "
                 f"the layers are {[layer.name for layer in self.health]}"
             )
+        start = not self._starts_broadcast_at_first_use
         return Coherence(
-            channel, local, float(max_staleness), True, float(heartbeat), self.monotonic
+            channel, local, float(max_staleness), start, float(heartbeat), self.monotonic
         )
 
     def after_fork(self) -> None:
@@ -169,21 +181,40 @@ class ChainedStore(BaseStore):
         the parent's threads having stayed in the parent.  The in-process layers start
         empty by their own hooks, so nothing served here is older than the fork."""
         self._restart_lock = threading.Lock()
+        self._starting = None
         for layer in self.health:
             layer.forked()
         if self.coherence is not None and not self._closed:
             self.coherence = self.coherence.forked()
-            self._restarting = True
+            self._restarting = self._forked = True
 
     def _restart(self) -> None:
-        """Start the broadcast a fork left without threads (see :meth:`after_fork`), and
-        empty the process-local layers of other makes than this package's."""
+        """Start the broadcast that waits for the chain's first use (a forked child's,
+        see :meth:`after_fork`; an ``AsyncChainedStore``'s); in a forked child, empty
+        the process-local layers of other makes than this package's first.
+
+        Concurrent first uses wait for the one that starts it.  No lock is held while it
+        waits for its subscription: in a greenlet, other tasks of the thread run then."""
         with self._restart_lock:
-            if self._restarting and self.coherence is not None:
-                for store in self.coherence.local:
-                    store.clear()
-                self.coherence.start()
+            starting = self._starting
+            first = starting is None
+            if starting is None:
+                starting = self._starting = threading.Event()
+        if not first:
+            blocking(starting.wait, 5)
+            return
+        try:
+            coherence = self.coherence
+            if self._restarting and coherence is not None:
+                if self._forked:
+                    for store in coherence.local:
+                        store.clear()
+                coherence.start()
                 self._restarting = False
+        finally:
+            with self._restart_lock:
+                self._starting = None  # a start that raised is tried again
+            starting.set()
 
     def layer_name(self, index: int) -> str:
         """A readable name for layer ``index``: ``"0:ProcessMemoryStore"``."""

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from sa_stockpyle.errors import PayloadError, StoreUnavailable
+from sa_stockpyle.greenlets import pause
 from sa_stockpyle.stores.base import Reservation
 from sa_stockpyle.stores.health import LayerHealth
 
@@ -83,11 +83,11 @@ class Claims:
         layer.stats.add(klass, "waits", len(busy))
         found: dict[int, T] = {}
         deadline = self.monotonic() + self.lease_wait
-        for pause in pauses(self.lease_wait):
+        for step in pauses(self.lease_wait):
             remaining = deadline - self.monotonic()
             if not busy or remaining <= 0:
                 break
-            time.sleep(min(pause, remaining))
+            pause(min(step, remaining))  # in a greenlet, other tasks run meanwhile
             try:
                 objs = layer.store.batch_get(klass, [key for _, key in busy])
             except StoreUnavailable as exc:

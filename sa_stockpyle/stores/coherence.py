@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from sa_stockpyle.codec import Invalidation, decode_invalidation, encode_invalidation
 from sa_stockpyle.errors import PayloadError, StoreUnavailable
+from sa_stockpyle.greenlets import blocking
 from sa_stockpyle.stores.base import BaseStore, Removal
 from sa_stockpyle.stores.channel import Channel
 from sa_stockpyle.stores.sequencing import Numbering, Tracker
@@ -112,7 +113,8 @@ class Coherence:
         atexit.register(self._at_exit)
         if self.local:
             # A chain that starts to serve before it listens could miss the first messages.
-            self._first_attempt.wait(5)
+            # In a greenlet the event loop runs other tasks meanwhile.
+            blocking(self._first_attempt.wait, 5)
 
     def forked(self) -> Coherence:
         """The broadcast of a forked child: the same channel, layers and timings, and a

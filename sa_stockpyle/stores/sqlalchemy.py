@@ -96,6 +96,11 @@ def _mapped(klass: type) -> _Mapped:
     return found
 
 
+_ASYNC_ADVICE = (
+    " (for an AsyncSession or AsyncEngine, use sa_stockpyle.asyncio.AsyncSqlAlchemyStore)"
+)
+
+
 class SqlAlchemyStore(BaseStore):
     """Mapped objects in a database, read and written through a SQLAlchemy ``Session``.
 
@@ -136,32 +141,40 @@ class SqlAlchemyStore(BaseStore):
         self._current: Callable[[], Session]
         self._listeners = Listeners()
         if session is not None:
-            if isinstance(session, scoped_session):
-                self._current = session
-            elif isinstance(session, Session):
-                self._current = lambda: session
-            else:
-                raise ConfigurationError(
-                    f"SqlAlchemyStore(session=...) expects a Session or a scoped_session, "
-                    f"got {type(session).__qualname__}"
-                )
-            track(self._listeners, session)
+            self._current, listened = self._session_of(session)
+            track(self._listeners, listened)
             self.engine: Engine | None = None
             self.owned = False
         else:
             if engine is None:
                 engine = create_engine(uri)  # type: ignore[arg-type]  # one of them is set
-            elif not isinstance(engine, Engine):
-                raise ConfigurationError(
-                    f"SqlAlchemyStore(engine=...) expects an Engine, got "
-                    f"{type(engine).__qualname__}"
-                )
+            engine = self._engine_of(engine)
             owned = Session(engine, expire_on_commit=False)
             track(self._listeners, owned)
             self._current = lambda: owned
             self.engine = engine
             self.owned = True
         self._disposes = uri is not None
+
+    def _session_of(self, session: object) -> tuple[Callable[[], Session], Any]:
+        """The function returning the session a call works in, and what to listen on."""
+        if isinstance(session, scoped_session):
+            return session, session
+        if isinstance(session, Session):
+            return (lambda: session), session
+        raise ConfigurationError(
+            f"SqlAlchemyStore(session=...) expects a Session or a scoped_session, got "
+            f"{type(session).__qualname__}{_ASYNC_ADVICE}"
+        )
+
+    def _engine_of(self, engine: object) -> Engine:
+        """``engine``, checked."""
+        if not isinstance(engine, Engine):
+            raise ConfigurationError(
+                f"SqlAlchemyStore(engine=...) expects an Engine, got "
+                f"{type(engine).__qualname__}{_ASYNC_ADVICE}"
+            )
+        return engine
 
     @property
     def session(self) -> Session:

@@ -16,7 +16,10 @@ second (its write held back, as a writer paused between its COMMIT and its
 write-through would be; see :func:`stress.ordering.overtaken`).  Writes give the
 ``Numeric``, ``CHAR`` and ``DateTime`` columns values the database keeps or changes, and
 now and then an object no cache payload carries (a ``PickleType``); an application
-``after_flush`` listener refuses a share of the flushes.  With ``--forked N``, N workers
+``after_flush`` listener refuses a share of the flushes.  With ``--asyncio-workers N``, the
+last N workers run their mix on an event loop, as ``AsyncSession`` runs the ORM: in a
+greenlet, with asyncpg and ``redis.asyncio`` (``AsyncRedisStore``'s transport), every wait
+for a server an await.  With ``--forked N``, N workers
 build and use their chain, then fork, and the child works with the chain it inherited (a
 preloading server's workers).
 Every writer transaction inserts the token it wrote into ``stress_committed`` in the same

@@ -41,6 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="workers that fork after using their chain, and work in the child",
     )
     parser.add_argument(
+        "--asyncio-workers",
+        type=int,
+        default=0,
+        help="workers that run on an event loop (asyncpg, redis.asyncio), the last ones",
+    )
+    parser.add_argument(
         "--chaos",
         action="store_true",
         help="cut the workers' link to Redis at random moments (Redis keeps its entries)",
@@ -71,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fault_interval=args.fault_interval,
         downtime=args.downtime,
         forked=args.forked,
+        asyncio_workers=args.asyncio_workers,
     )
     print(report.format())
     return 0 if report.ok else 1

@@ -35,6 +35,8 @@ class WorkerReport:
     refused_flushes: int = 0
     #: Whether this worker ran in a process forked after its chain was used.
     forked: bool = False
+    #: Whether this worker was an asyncio one (asyncpg, redis.asyncio, an event loop).
+    asyncio: bool = False
     #: Objects the attachment removed instead of writing: a value the database changes
     #: on the way in (inexact), or that no cache payload carries (refused).
     inexact: int = 0
@@ -242,6 +244,7 @@ class Report:
                 f"{name} {events.get('hits', 0)}" for name, events in w.layer_events.items()
             )
             forked = ", forked after its chain was used" if w.forked else ""
+            forked += ", asyncio" if w.asyncio else ""
             lines += [
                 f"  process {w.pid}{forked} ({w.seconds:.1f} s): "
                 f"{sum(w.operations.values())} ops: {ops}",

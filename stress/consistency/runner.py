@@ -79,6 +79,7 @@ def run(
     fault_interval: tuple[float, float] = FAULT_INTERVAL,
     downtime: tuple[float, float] = DOWNTIME,
     forked: int = 0,
+    asyncio_workers: int = 0,
 ) -> Report:
     """Run the stress: ``processes`` workers for ``seconds``, then check (see the package
     :mod:`stress.consistency`).
@@ -99,11 +100,18 @@ def run(
         downtime: with ``chaos``, the range of seconds the link stays cut.
         forked: how many of the workers fork after using their chain, and work in the
             child with the chain it inherited.
+        asyncio_workers: how many of the workers (the last ones) are asyncio workers:
+            asyncpg and redis.asyncio, their work run in a greenlet on an event loop.
 
     Raises RuntimeError when a worker fails (its traceback is in the message).
     """
     if processes < 1 or seconds <= 0:
         raise ValueError(f"need processes >= 1 and seconds > 0, got {processes}, {seconds}")
+    if forked + asyncio_workers > processes:
+        raise ValueError(
+            f"forked ({forked}) and asyncio workers ({asyncio_workers}) are separate "
+            f"workers of the {processes}"
+        )
     if chaos and seconds <= QUIET:
         raise ValueError(f"chaos needs seconds > {QUIET:g} (the quiet end), got {seconds}")
     for name, (low, high) in (("fault_interval", fault_interval), ("downtime", downtime)):
@@ -144,6 +152,7 @@ def run(
                 processes,
                 chaos,
                 fork=index < forked,
+                asyncio=index >= processes - asyncio_workers,
             )
             for index in range(processes)
         ]

@@ -11,6 +11,7 @@ child works with the chain it inherited, as a preloading server's workers do.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -23,9 +24,14 @@ from multiprocessing.synchronize import Barrier
 from typing import NoReturn
 
 from sqlalchemy import create_engine, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from sa_stockpyle import attach
+from sa_stockpyle.asyncio.chained import _GreenletChain
+from sa_stockpyle.asyncio.redis import _GreenletRedisStore
+from sa_stockpyle.greenlets import run
 from sa_stockpyle.stores import BaseStore, ChainedStore, ProcessMemoryStore, SqlAlchemyStore
 from stress.consistency.checks import committed_histories, database_rows, stale_entries
 from stress.consistency.report import WorkerReport
@@ -56,6 +62,13 @@ class Config:
     #: Build and use the chain, then fork: the child works with the inherited chain, as
     #: a worker of a preloading server or a prefork pool does.
     fork: bool = False
+    #: An asyncio worker: asyncpg and redis.asyncio, the mix run in a greenlet on an
+    #: event loop (as ``AsyncSession`` runs the ORM), the chain an ``AsyncChainedStore``'s.
+    asyncio: bool = False
+
+
+class AsyncTracedRedis(TracedRedis, _GreenletRedisStore):
+    """:class:`TracedRedis` on the asyncio transport: an ``AsyncRedisStore``'s store."""
 
 
 class _Memory(ProcessMemoryStore):
@@ -98,17 +111,29 @@ class Worker:
             # Each failure of Redis is logged as a warning: thousands, all expected, all
             # counted in the report.  Errors (a traceback) still show.
             logging.getLogger("sa_stockpyle").setLevel(logging.ERROR)
-        self.engine = create_engine(config.postgres_url, pool_size=2, max_overflow=2)
+        redis: TracedRedis
+        if config.asyncio:
+            # The synchronous side of an AsyncEngine: what an AsyncSession's own Session
+            # runs on, in its greenlet.  The chain is an AsyncChainedStore's.
+            url = make_url(config.postgres_url).set(drivername="postgresql+asyncpg")
+            self.engine = create_async_engine(url, pool_size=2, max_overflow=2).sync_engine
+            redis = AsyncTracedRedis(url=config.redis_url, prefix=config.prefix)
+        else:
+            self.engine = create_engine(config.postgres_url, pool_size=2, max_overflow=2)
+            redis = TracedRedis(url=config.redis_url, prefix=config.prefix)
         factory = sessionmaker(self.engine)
         # One short-lived session per operation: scoped() opens it, remove() closes it.
-        self.scoped = scoped_session(factory)
-        redis = TracedRedis(url=config.redis_url, prefix=config.prefix)
+        # Per thread; in an asyncio worker, per task (its tasks share one thread).
+        self.scoped = scoped_session(
+            factory, scopefunc=asyncio.current_task if config.asyncio else None
+        )
         self.memory = _Memory(config.prefix) if config.memory_layer else None
         caches: list[BaseStore] = [redis] if self.memory is None else [self.memory, redis]
         # With a memory layer the chain broadcasts invalidations between the workers; on a
         # channel of this run's own, so other users of the Redis server neither hear nor
         # disturb it.
-        self.store = ChainedStore(
+        chain = _GreenletChain if config.asyncio else ChainedStore
+        self.store = chain(
             [*caches, SqlAlchemyStore(session=self.scoped)],
             channel=f"{config.prefix}:invalidations",
         )
@@ -118,7 +143,7 @@ class Worker:
                 self.memory.get(fence, 0)  # makes its key: the process now knows the class
         self.redis_stats = self.store.layer_stats[len(self.store.stores) - 2]
         self.handle = attach(factory, self.store)
-        self.report = WorkerReport(pid=os.getpid(), index=config.index)
+        self.report = WorkerReport(pid=os.getpid(), index=config.index, asyncio=config.asyncio)
         self.mix = Writer(
             random.Random(config.seed * 1_000_003 + config.index),
             self.engine,
@@ -256,6 +281,10 @@ def work(config: Config, start: Barrier, results: Queue[WorkerReport]) -> None:
         # Release the others from the barrier, and tell the parent why.
         start.abort()
         results.put(WorkerReport(os.getpid(), config.index, error=traceback.format_exc()))
+        return
+    if config.asyncio:
+        # The whole run in one task's greenlet: every wait for PostgreSQL or Redis awaits.
+        results.put(asyncio.run(run(_run, worker, start)))
         return
     results.put(_run(worker, start))
 
