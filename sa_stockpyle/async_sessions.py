@@ -51,7 +51,11 @@ def sync_session_class(owner: async_sessionmaker[Any] | type[AsyncSession]) -> t
     """The ``Session`` class of the sessions ``owner`` makes, a subclass of their own.
 
     ``owner``'s ``sync_session_class`` is replaced, at the first call, by a subclass of
-    it made for ``owner`` alone; later calls return that subclass.
+    it made for ``owner`` alone (for a factory, a subclass of the class its sessions
+    used: the factory's ``sync_session_class``, else its ``class_``'s); later calls
+    return that subclass.  The replacement stays after ``detach()``: without listeners,
+    the subclass behaves as its base.  Sessions made before the first call keep their
+    class, and are not watched.
     """
     factory = isinstance(owner, _extension().async_sessionmaker)
     made: Any = owner  # a factory (its kw) or a class (its attribute)
@@ -59,7 +63,13 @@ def sync_session_class(owner: async_sessionmaker[Any] | type[AsyncSession]) -> t
         own = _OWN.get(owner)
         if own is not None:
             return own
-        base = made.kw.get("sync_session_class", Session) if factory else made.sync_session_class
+        # A factory's own setting, else its AsyncSession class's (a routing or sharding
+        # Session a custom class names keeps its behaviour in the subclass).
+        base = (
+            made.kw.get("sync_session_class") or made.class_.sync_session_class
+            if factory
+            else made.sync_session_class
+        )
         own = type(base.__name__, (base,), {"__module__": base.__module__})
         if factory:
             made.kw["sync_session_class"] = own

@@ -35,6 +35,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from sa_stockpyle.greenlets import cancellation_deferred
 from sa_stockpyle.listeners import listen_for_life
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "join_callers",
     "savepoint_rollbacks",
     "wait_for_commit",
+    "watch_commits",
 ]
 
 
@@ -184,13 +186,25 @@ class _AfterCommit:
         with _REGISTRY.lock:
             transaction = _REGISTRY.transactions.pop(self.proxy_of(connection), None)
         try:
-            self.commit(connection, *args, **kwargs)
+            # An asyncio driver's COMMIT, once sent, is awaited to its end whatever
+            # cancels the task: the database may commit either way, and only a COMMIT
+            # seen to end tells whether the cache must follow (see greenlets).
+            with cancellation_deferred():
+                self.commit(connection, *args, **kwargs)
         except BaseException:
             for item in transaction.waiting if transaction is not None else ():
                 item.remove()
             raise
         for item in transaction.waiting if transaction is not None else ():
             item.write()
+
+
+def watch_commits(dialect: Any) -> None:
+    """Hook ``dialect``'s COMMIT (once): for an asyncio driver, a cancelled task's COMMIT
+    then ends before the cancellation is raised, so that a commit the database made is
+    written through (``attach()`` calls it for the connections of its sessions)."""
+    with _REGISTRY.lock:
+        _hook_commits(dialect)
 
 
 def _hook_commits(dialect: Any) -> None:

@@ -23,12 +23,22 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import time
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy.util import concurrency
 
-__all__ = ["blocking", "in_greenlet", "on_event_loop", "pause", "run", "wait_for"]
+__all__ = [
+    "blocking",
+    "cancellation_deferred",
+    "in_greenlet",
+    "on_event_loop",
+    "pause",
+    "run",
+    "wait_for",
+]
 
 T = TypeVar("T")
 
@@ -44,10 +54,76 @@ in_greenlet: Callable[[], bool] = (
     concurrency.in_greenlet if importlib.util.find_spec("greenlet") is not None else _never
 )
 
-#: ``wait_for(awaitable)``: await it from synchronous code running in a greenlet.
-wait_for: Callable[[Awaitable[Any]], Any] = getattr(concurrency, "await_", None) or (
+_await: Callable[[Awaitable[Any]], Any] = getattr(concurrency, "await_", None) or (
     concurrency.await_only
 )
+
+#: Per greenlet that defers cancellation (see :func:`cancellation_deferred`): the
+#: cancellations it caught so far.
+_DEFERRING: weakref.WeakKeyDictionary[Any, list[BaseException]] = weakref.WeakKeyDictionary()
+
+
+def wait_for(awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` from synchronous code running in a greenlet.
+
+    Inside :func:`cancellation_deferred`, a cancellation of the task does not interrupt
+    the wait: the awaitable runs to its end (each is bounded by its server's timeout),
+    and the cancellation is requested again when the deferring block ends.
+    """
+    caught = _DEFERRING.get(_current()) if _DEFERRING else None
+    if caught is None:
+        result: T = _await(awaitable)
+        return result
+    future = asyncio.ensure_future(awaitable)
+    while True:
+        try:
+            done: T = _await(asyncio.shield(future))
+            return done
+        except asyncio.CancelledError as exc:
+            if future.cancelled():
+                raise
+            caught.append(exc)  # finished first, raised by cancellation_deferred
+
+
+@contextmanager
+def cancellation_deferred() -> Iterator[None]:
+    """A block that a cancellation of its task does not cut short: what must not stop
+    halfway (a COMMIT sent to the database, a committed transaction's write-through, a
+    layer's catch-up) finishes.  A cancellation that arrived meanwhile is requested again
+    when the block ends, so the task's next ``await`` raises it, as the task's
+    canceller (``asyncio.timeout``, a task group) expects; nothing raises it inside the
+    block's caller (SQLAlchemy's commit, which goes on to close its transaction).
+    Outside a greenlet, nothing changes."""
+    current = _current() if in_greenlet() else None
+    if current is None or current in _DEFERRING:  # not a greenlet's, or nested
+        yield
+        return
+    caught = _DEFERRING[current] = []
+    try:
+        yield
+    finally:
+        del _DEFERRING[current]
+        if caught:
+            _cancel_again()
+
+
+def _cancel_again() -> None:
+    """Request again the cancellation of the current task that a deferring block caught:
+    one request, as the canceller made (``uncancel`` first, from Python 3.11 on, so
+    that ``asyncio.timeout`` still tells its own cancellation apart)."""
+    task = asyncio.current_task()
+    if task is None:
+        return
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None:
+        uncancel()
+    task.cancel()
+
+
+def _current() -> Any:
+    from greenlet import getcurrent  # noqa: PLC0415 - present whenever a greenlet runs
+
+    return getcurrent()
 
 
 async def run(fn: Callable[..., T], *args: Any) -> T:

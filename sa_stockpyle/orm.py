@@ -60,6 +60,7 @@ from sa_stockpyle.connections import (
     join_callers,
     savepoint_rollbacks,
     wait_for_commit,
+    watch_commits,
 )
 from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.listeners import Listeners
@@ -234,6 +235,8 @@ class Attachment:
         engine = self._sessions.engine
         if engine is not None and connection.engine is not engine:
             return
+        if connection.dialect.is_async:
+            watch_commits(connection.dialect)
         session_state = self._sessions.state(session)
         session_state.connections[connection] = None
         owners = self._sessions.owners.setdefault(connection, [])
@@ -385,6 +388,12 @@ def attach(target: AttachTarget, store: BaseStore | AsyncStore[Any], **options: 
     writes_to = store.sync if isinstance(store, AsyncStore) else store
     if not isinstance(writes_to, BaseStore):
         raise ConfigurationError(f"attach() needs a store, got {store!r}")
+    if is_async(target) and not (isinstance(store, AsyncStore) or store.process_local):
+        raise ConfigurationError(
+            f"attach() of asyncio sessions to {store!r} would block the event loop in every "
+            "commit: give it an AsyncChainedStore (of in-process stores and the stores of "
+            "sa_stockpyle.asyncio)"
+        )
     valid = (sessionmaker, scoped_session, Session, Engine)
     if not (
         isinstance(target, valid)

@@ -15,6 +15,7 @@ from sa_stockpyle.changes import Buffer
 from sa_stockpyle.codec import carriable
 from sa_stockpyle.column_values import Check
 from sa_stockpyle.errors import PayloadError
+from sa_stockpyle.greenlets import cancellation_deferred, in_greenlet
 from sa_stockpyle.snapshots import restore, snapshot
 from sa_stockpyle.stores.base import BaseStore, Removal
 from sa_stockpyle.stores.stats import Stats
@@ -90,8 +91,21 @@ class WriteThrough:
     def start(self, buffer: Buffer) -> Callable[[], None] | None:
         """Start writing a committed transaction's buffer through (see
         :meth:`BaseStore.start_committed`); the call returned finishes it, None when it
-        failed to start.  Neither raises: the database has committed, and raising would
-        tell the caller otherwise."""
+        failed to start or is finished already.  Neither raises: the database has
+        committed, and raising would tell the caller otherwise.
+
+        In a greenlet (an ``AsyncSession``'s commit) the write is finished here, whole: a
+        cancellation of the task meanwhile is requested again once every layer has the
+        commit (a write cut short would leave the replaced entries in the caches)."""
+        if not in_greenlet():
+            return self._start(buffer)
+        with cancellation_deferred():
+            finish = self._start(buffer)
+            if finish is not None:
+                finish()
+        return None
+
+    def _start(self, buffer: Buffer) -> Callable[[], None] | None:
         removals: list[Removal] = [
             (klass, lookup) for (klass, _), (_, lookup) in buffer.removals.items()
         ]

@@ -131,7 +131,7 @@ def test_a_frozen_redis_is_a_miss_and_the_loop_runs_on(
     asyncio.run(scenario())
 
 
-def test_a_restarted_redis_is_written_and_read_again(
+def test_a_stopped_then_restarted_redis_is_a_miss_and_then_used_again(
     url: str, private_redis_server: RedisServer
 ) -> None:
     server = private_redis_server
@@ -139,27 +139,39 @@ def test_a_restarted_redis_is_written_and_read_again(
     async def scenario() -> None:
         engine = create_async_engine(url)
         factory = async_sessionmaker(engine, expire_on_commit=False)
+        scoped = async_scoped_session(factory, scopefunc=asyncio.current_task)
         redis = AsyncRedisStore(url=server.url, timeout=0.5)
         writer = AsyncChainedStore([redis], cooldown=0, broadcast=False)
+        reader = AsyncChainedStore(
+            [redis, AsyncSqlAlchemyStore(session=scoped)], cooldown=0, broadcast=False
+        )
         handle = attach(factory, writer)
         try:
             async with factory() as session:
                 session.add(Item(id=1, code="c1", value="v1"))
                 await session.commit()
             assert (await redis.get(Item, 1)).value == "v1"
-            await asyncio.to_thread(server.restart)  # empty, and without the store's script
+            await asyncio.to_thread(server.stop, keep_files=True)
+            # Stopped: reads are served by the database, commits succeed; both counted.
+            assert (await reader.get(Item, 1)).value == "v1"
+            await scoped.remove()
+            assert reader.layer_stats[0].count(Item, "errors") >= 1
             async with factory() as session:
-                session.add(Item(id=2, code="c2", value="v2"))
+                (await session.get(Item, 1)).value = "v2"
                 await session.commit()
-            # The first command after the restart may fail on its stale connection; the
-            # next one, on a new connection, loads the script again.
+            assert writer.layer_stats[0].count(Item, "errors") >= 1
+            # Started again, empty and without the store's script: written and read again.
+            await asyncio.to_thread(server.start)
             async with factory() as session:
                 session.add(Item(id=3, code="c3", value="v3"))
                 await session.commit()
             assert (await redis.get(Item, 3)).value == "v3"
-            assert await redis.get(Item, 1) is None  # the restart emptied it
+            assert (await reader.get(Item, 1)).value == "v2"
+            await scoped.remove()
+            assert (await redis.get(Item, 1)).value == "v2"  # filled again
         finally:
             handle.detach()
+            await reader.aclose()
             await writer.aclose()
             await engine.dispose()
 

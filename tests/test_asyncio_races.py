@@ -321,3 +321,57 @@ def test_commits_on_a_slow_link_overlap_and_never_hold_up_the_loop(
 
     with Partition(parsed.host, parsed.port) as link:
         asyncio.run(scenario(link))
+
+
+@pytest.mark.parametrize("klass", CLASSES, ids=lambda k: k.__name__)
+def test_a_commit_cancelled_during_its_write_through_reaches_every_layer(
+    url: str, redis_url: str, klass: type
+) -> None:
+    # The chain writes Redis first, then memory: a task cancelled while Redis answers
+    # (the database has committed) still removes what memory holds, then is cancelled.
+    parsed = make_url(redis_url)
+    assert parsed.host is not None
+    assert parsed.port is not None
+
+    async def scenario(link: Partition) -> None:
+        async with caches_of(url, redis_url) as caches:
+            memory = ProcessMemoryStore()
+            slow = AsyncRedisStore(url=f"redis://{link.address}/0", prefix=uuid.uuid4().hex)
+            chain = AsyncChainedStore([memory, slow], broadcast=False)
+            handle = attach(caches.factory, chain)
+            try:
+                await caches.write(klass, 1, "v1", new=True)
+                assert memory.get(klass, 1) is not None
+                link.delay, link.most_in_flight = DELAY, 0
+                task = asyncio.create_task(caches.write(klass, 1, "v2"))
+                for _ in range(10_000):  # until the write-through waits for Redis
+                    if link.most_in_flight:
+                        break
+                    await asyncio.sleep(0.001)
+                assert link.most_in_flight == 1
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert task.cancelled()
+                link.delay = 0.0
+                for held in (memory.get(klass, 1), await slow.get(klass, 1)):
+                    assert held is None or held.value == "v2", held
+                async with caches.factory() as session:
+                    assert (await session.get(klass, 1)).value == "v2"  # it committed
+                # A timeout is a cancellation too: it still reads as a timeout to its
+                # caller, once the write-through has reached every layer.
+                await caches.write(klass, 1, "v3")
+                assert memory.get(klass, 1) is None or memory.get(klass, 1).value == "v3"
+                link.delay = DELAY
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(caches.write(klass, 1, "v4"), DELAY / 2)
+                link.delay = 0.0
+                for held in (memory.get(klass, 1), await slow.get(klass, 1)):
+                    assert held is None or held.value == "v4", held
+            finally:
+                link.delay = 0.0
+                handle.detach()
+                await chain.aclose()
+
+    with Partition(parsed.host, parsed.port) as link:
+        asyncio.run(scenario(link))

@@ -584,6 +584,29 @@ def test_a_layer_that_cannot_catch_up_stays_skipped(outage: Outage) -> None:
     assert chain.layer_stats[1].count(Foo, "errors") >= 3
 
 
+def test_a_catch_up_cut_short_by_a_bug_keeps_what_it_took(outage: Outage) -> None:
+    # Anything but an outage escaping a catch-up (a bug, a task cancelled as its event
+    # loop shuts down) puts the backlog back: the layer is skipped, not lost for good,
+    # and its missed removal is applied by the next attempt.
+    fast, middle, _, chain = outage
+    chain.put(Foo(key=1, zap=1, bar=1, version="old"))
+    middle.down = True
+    chain.put(Foo(key=1, zap=1, bar=1, version="new"))
+    middle.down = False
+    apply = middle.apply
+    middle.apply = lambda ops: (_ for _ in ()).throw(RuntimeError("a bug"))  # type: ignore[method-assign]
+    fast.clear()
+    with pytest.raises(RuntimeError, match="a bug"):
+        chain.get(Foo, 1)
+    assert chain.health[1].backlog  # still owed
+    assert not chain.health[1].backlog.applying
+    middle.apply = apply  # type: ignore[method-assign]
+    fast.clear()
+    assert chain.get(Foo, 1).version == "new"
+    assert middle.get(Foo, 1).version == "new"  # the old entry was removed, then filled
+    assert chain.layer_stats[1].count(Foo, "caught_up") == 1
+
+
 def test_a_layer_another_thread_is_catching_up_is_skipped(outage: Outage) -> None:
     # While one thread makes up for what the middle layer missed, the layer still holds
     # the old entry: another thread's read must not use it until the catch-up is done.

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import sa_stockpyle
+import sa_stockpyle.asyncio
 import sa_stockpyle.errors
 import sa_stockpyle.stores
 from sa_stockpyle.errors import StockpyleError
@@ -27,10 +28,12 @@ def test_all_lists_exactly_what_the_package_exports() -> None:
     assert set(sa_stockpyle.__all__) == {*_public(sa_stockpyle), "__version__"}
     assert sorted(sa_stockpyle.stores.__all__) == sa_stockpyle.stores.__all__
     assert set(sa_stockpyle.stores.__all__) == set(_public(sa_stockpyle.stores))
+    assert sorted(sa_stockpyle.asyncio.__all__) == sa_stockpyle.asyncio.__all__
+    assert set(sa_stockpyle.asyncio.__all__) == set(_public(sa_stockpyle.asyncio))
 
 
 def test_every_public_name_has_a_docstring() -> None:
-    for module in (sa_stockpyle, sa_stockpyle.stores):
+    for module in (sa_stockpyle, sa_stockpyle.stores, sa_stockpyle.asyncio):
         for name in module.__all__:
             value = getattr(module, name)
             if inspect.isclass(value) or inspect.isfunction(value):
@@ -45,9 +48,21 @@ def test_every_error_is_a_stockpyle_error() -> None:
 def test_importing_the_package_loads_no_optional_client() -> None:
     script = (
         "import sys, sa_stockpyle, sa_stockpyle.stores\n"
-        "loaded = [m for m in ('redis', 'pymemcache', 'fsspec', 'diskcache', 'alembic') "
+        "loaded = [m for m in ('redis', 'pymemcache', 'fsspec', 'diskcache', 'alembic', "
+        "'sqlalchemy.ext.asyncio', 'greenlet') "
         "if m in sys.modules]\n"
         "print(loaded)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_importing_the_asyncio_stores_loads_no_optional_client() -> None:
+    script = (
+        "import sys, sa_stockpyle.asyncio\n"
+        "print([m for m in ('redis', 'asyncpg', 'psycopg') if m in sys.modules])\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True

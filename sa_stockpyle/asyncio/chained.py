@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from sa_stockpyle.errors import ConfigurationError
+from sa_stockpyle.greenlets import run
 from sa_stockpyle.stores.async_base import AsyncStore
 from sa_stockpyle.stores.base import BaseStore
 from sa_stockpyle.stores.chained import ChainedStore
@@ -16,12 +17,14 @@ from sa_stockpyle.stores.stats import Stats
 
 __all__ = ["AsyncChainedStore"]
 
+T = TypeVar("T")
+
 
 class _GreenletChain(ChainedStore):
-    """A ChainedStore built on an event loop's thread: its broadcast starts at first use,
-    in a greenlet, where the wait for its subscription awaits."""
+    """A ChainedStore built on an event loop's thread: its broadcast's threads start at
+    once, and its first use (in a greenlet) awaits their first subscription."""
 
-    _starts_broadcast_at_first_use = True
+    _waits_at_first_use = True
 
 
 def _layer(store: object) -> BaseStore:
@@ -33,15 +36,21 @@ def _layer(store: object) -> BaseStore:
     ):
         return store  # in-process: no I/O to await
     counterpart = {
-        "RedisStore": "AsyncRedisStore",
-        "SqlAlchemyStore": "AsyncSqlAlchemyStore",
-        "ChainedStore": "AsyncChainedStore",
-    }.get(type(store).__name__)
-    advice = (
-        f"use sa_stockpyle.asyncio.{counterpart}"
-        if counterpart
-        else "only in-process stores, dictionary stores and the stores of "
-        "sa_stockpyle.asyncio can be layers (see docs/asyncio.md)"
+        "RedisStore": "use sa_stockpyle.asyncio.AsyncRedisStore",
+        "SqlAlchemyStore": "use sa_stockpyle.asyncio.AsyncSqlAlchemyStore",
+        "ChainedStore": "use sa_stockpyle.asyncio.AsyncChainedStore",
+        "MemcacheStore": "there is no asyncio memcached store yet: no maintained asyncio "
+        "client places keys on the servers where pymemcache does, so use AsyncRedisStore "
+        "for the shared layer (see docs/asyncio.md, memcached)",
+    }
+    advice = next(
+        (
+            advice
+            for klass in type(store).__mro__
+            if (advice := counterpart.get(klass.__name__)) is not None
+        ),
+        "only in-process stores, dictionary stores and the stores of sa_stockpyle.asyncio "
+        "can be layers (see docs/asyncio.md)",
     )
     raise ConfigurationError(
         f"AsyncChainedStore layer {store!r} would block the event loop on its I/O; {advice}"
@@ -61,9 +70,10 @@ class AsyncChainedStore(AsyncStore[ChainedStore]):
     chains (a ``ProcessMemoryStore`` shared by the chain ``attach()`` writes through and
     the chain the application reads through).
 
-    The parameters after ``stores`` are ``ChainedStore``'s.  The invalidation broadcast
-    starts at the chain's first use rather than here, so that building the chain on the
-    event loop's thread never waits for Redis.
+    The parameters after ``stores`` are ``ChainedStore``'s.  The invalidation broadcast's
+    threads start here (the memory layer hears other processes' commits from now on),
+    and the chain's first use awaits their first subscription: building the chain on
+    the event loop's thread never waits for Redis.
     """
 
     def __init__(
@@ -97,6 +107,14 @@ class AsyncChainedStore(AsyncStore[ChainedStore]):
         )
         #: The layers as given, fastest first.
         self.stores: list[Any] = list(stores)
+
+    async def get(self, klass: type[T], key: object) -> T | None:
+        """The ``klass`` object with ``key``: a hit in an in-process first layer is
+        answered at once, anything else by the chain's code in a greenlet."""
+        hit = self.sync.in_process_hit(klass, key)
+        if hit is not None:
+            return hit
+        return await run(self.sync.get, klass, key)
 
     @property
     def layer_stats(self) -> list[Stats]:

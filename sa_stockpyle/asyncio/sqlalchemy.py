@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_scoped_session
@@ -16,12 +16,19 @@ from sa_stockpyle.stores.sqlalchemy import SqlAlchemyStore
 
 __all__ = ["AsyncSqlAlchemyStore"]
 
+T = TypeVar("T")
+
 
 class _GreenletSqlAlchemyStore(SqlAlchemyStore):
     """A SqlAlchemyStore working in the synchronous session of an ``AsyncSession``
     (whose driver awaits in a greenlet)."""
 
+    #: The async_scoped_session given, if one was.
+    _scoped: async_scoped_session[Any] | None = None
+
     def _session_of(self, session: object) -> tuple[Callable[[], Session], Any]:
+        if isinstance(session, async_scoped_session):
+            self._scoped = session
         if isinstance(session, (AsyncSession, async_scoped_session)):
             return current_session(session)
         raise ConfigurationError(
@@ -36,6 +43,15 @@ class _GreenletSqlAlchemyStore(SqlAlchemyStore):
             f"AsyncSqlAlchemyStore(engine=...) expects an AsyncEngine, got "
             f"{type(engine).__qualname__}"
         )
+
+    def adopt(self, klass: type[T], objs: list[T]) -> list[T]:
+        """Attach what a faster layer found to the task's session, as
+        ``SqlAlchemyStore.adopt`` does; a task that has no session yet gets the objects
+        detached, and no session is made for it (opening and closing an AsyncSession
+        costs more than the cache hit it would hold)."""
+        if self._scoped is not None and not self._scoped.registry.has():
+            return objs
+        return super().adopt(klass, objs)
 
     def __repr__(self) -> str:
         return "<Async" + super().__repr__()[1:]
@@ -54,9 +70,12 @@ class AsyncSqlAlchemyStore(AsyncStore[SqlAlchemyStore]):
       (``expire_on_commit=False``) and commits after every operation.  Like any
       session, it serves one task at a time.
 
-    Objects returned are persistent in the session, as ``SqlAlchemyStore``'s are, and
-    their loading is the synchronous store's: the same SELECT, the same identity-map
-    answers, the same stamps that decide which objects may fill a cache.
+    Objects read from the database are persistent in the session, and their loading is
+    the synchronous store's: the same SELECT, the same identity-map answers, the same
+    stamps that decide which objects may fill a cache.  An object a faster layer found
+    is attached to the task's session when the task has one (the identity map's
+    instance answers for an identity it holds); a task with no session yet gets it
+    detached, and no session is opened for it.
     """
 
     def __init__(

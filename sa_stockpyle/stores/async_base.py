@@ -9,11 +9,11 @@ other tasks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from sa_stockpyle.greenlets import run
+from sa_stockpyle.greenlets import cancellation_deferred, run
 from sa_stockpyle.stores.base import BaseStore
 from sa_stockpyle.stores.stats import Stats
 
@@ -23,9 +23,20 @@ T = TypeVar("T")
 S = TypeVar("S", bound=BaseStore)
 
 
+def _whole(write: Callable[..., None], *args: Any) -> None:
+    """``write(*args)``, which a cancellation of the task does not cut short: a write
+    that reached the database reaches every cache layer too, before the cancellation
+    is raised."""
+    with cancellation_deferred():
+        write(*args)
+
+
 class AsyncStore(Generic[S]):
     """The six operations of :attr:`sync`, as coroutines with the same signatures,
     semantics and errors (see :class:`~sa_stockpyle.stores.BaseStore`).
+
+    A cancelled lookup stops at its next await (the leases it took expire); a cancelled
+    write finishes first, in every layer, and the cancellation is raised after it.
 
     ``sync`` is the synchronous store that does the work.  Its I/O awaits when it runs
     in a greenlet (as here, and in the commits of an ``AsyncSession``); called from a
@@ -43,7 +54,7 @@ class AsyncStore(Generic[S]):
 
     async def put(self, obj: object) -> None:
         """Store ``obj`` under every declared key of its class."""
-        await run(self.sync.put, obj)
+        await run(_whole, self.sync.put, obj)
 
     async def get(self, klass: type[T], key: object) -> T | None:
         """The ``klass`` object with ``key``, or None."""
@@ -51,11 +62,11 @@ class AsyncStore(Generic[S]):
 
     async def delete(self, obj: object) -> None:
         """Remove ``obj``; removing an absent object is not an error."""
-        await run(self.sync.delete, obj)
+        await run(_whole, self.sync.delete, obj)
 
     async def batch_put(self, objs: Iterable[object]) -> None:
         """Store every object of ``objs``."""
-        await run(self.sync.batch_put, objs)
+        await run(_whole, self.sync.batch_put, objs)
 
     async def batch_get(self, klass: type[T], keys: Iterable[object]) -> list[T | None]:
         """The ``klass`` objects with ``keys``, in order, None for each miss."""
@@ -63,11 +74,11 @@ class AsyncStore(Generic[S]):
 
     async def batch_delete(self, objs: Iterable[object]) -> None:
         """Remove every object of ``objs``."""
-        await run(self.sync.batch_delete, objs)
+        await run(_whole, self.sync.batch_delete, objs)
 
     async def invalidate_class(self, klass: type) -> None:
         """Make every entry of ``klass`` unreachable at once."""
-        await run(self.sync.invalidate_class, klass)
+        await run(_whole, self.sync.invalidate_class, klass)
 
     async def aclose(self) -> None:
         """Release the store's connections (and, for a chain, its layers')."""

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from sa_stockpyle.errors import ConfigurationError, PayloadError, StoreUnavailable
-from sa_stockpyle.greenlets import blocking
+from sa_stockpyle.greenlets import blocking, cancellation_deferred
 from sa_stockpyle.keys import key_spec
 from sa_stockpyle.stores.base import BaseStore, Finish, Removal, Reservation, finish_write
 from sa_stockpyle.stores.claims import Claims
@@ -123,20 +123,21 @@ class ChainedStore(BaseStore):
         self.record = self.health[-1]
         self.coherence = self._coherence(broadcast, channel, max_staleness, heartbeat)
         self._restart_lock = threading.Lock()
-        #: Set while the broadcast waits for the chain's first use to start: in a forked
-        #: child (the broadcast's threads stayed in the parent), and in a chain that
-        #: starts it at first use.
-        self._restarting = self.coherence is not None and self._starts_broadcast_at_first_use
+        #: Set while the broadcast waits for the chain's first use: to start, in a forked
+        #: child (the broadcast's threads stayed in the parent); for its first
+        #: subscription, in a chain that waits for it at first use.
+        self._restarting = self.coherence is not None and self._waits_at_first_use
         #: Set in a forked child: its first use also empties foreign in-process layers.
         self._forked = False
         #: Set while one caller starts the broadcast; the others wait for it.
         self._starting: threading.Event | None = None
         watch_forks(self)
 
-    #: Whether the broadcast starts at the chain's first use rather than when the chain
-    #: is built: a chain built on an event loop's thread (``AsyncChainedStore``) waits
-    #: for its subscription where the wait can await.
-    _starts_broadcast_at_first_use = False
+    #: Whether the chain waits for its broadcast's first subscription at its first use
+    #: rather than when it is built (the broadcast's threads start at once either way):
+    #: a chain built on an event loop's thread (``AsyncChainedStore``) waits where the
+    #: wait can await.
+    _waits_at_first_use = False
 
     @property
     def cooldown(self) -> float:
@@ -170,10 +171,11 @@ class ChainedStore(BaseStore):
                 "ChainedStore(broadcast=True) needs a layer with a channel (a RedisStore); "
                 f"the layers are {[layer.name for layer in self.health]}"
             )
-        start = not self._starts_broadcast_at_first_use
-        return Coherence(
-            channel, local, float(max_staleness), start, float(heartbeat), self.monotonic
+        coherence = Coherence(
+            channel, local, float(max_staleness), False, float(heartbeat), self.monotonic
         )
+        coherence.start(wait=not self._waits_at_first_use)
+        return coherence
 
     def after_fork(self) -> None:
         """In a forked child (see :func:`~sa_stockpyle.stores.forks.watch_forks`): new
@@ -189,9 +191,9 @@ class ChainedStore(BaseStore):
             self._restarting = self._forked = True
 
     def _restart(self) -> None:
-        """Start the broadcast that waits for the chain's first use (a forked child's,
-        see :meth:`after_fork`; an ``AsyncChainedStore``'s); in a forked child, empty
-        the process-local layers of other makes than this package's first.
+        """At the chain's first use: start a forked child's broadcast (see
+        :meth:`after_fork`), having emptied the process-local layers of other makes than
+        this package's; or wait for the first subscription of an ``AsyncChainedStore``'s.
 
         Concurrent first uses wait for the one that starts it.  No lock is held while it
         waits for its subscription: in a greenlet, other tasks of the thread run then."""
@@ -204,13 +206,16 @@ class ChainedStore(BaseStore):
             blocking(starting.wait, 5)
             return
         try:
-            coherence = self.coherence
-            if self._restarting and coherence is not None:
-                if self._forked:
-                    for store in coherence.local:
-                        store.clear()
-                coherence.start()
-                self._restarting = False
+            with cancellation_deferred():  # started threads cannot start again
+                coherence = self.coherence
+                if self._restarting and coherence is not None:
+                    if self._forked:
+                        for store in coherence.local:
+                            store.clear()
+                        coherence.start()
+                    else:
+                        coherence.listening()
+                    self._restarting = False
         finally:
             with self._restart_lock:
                 self._starting = None  # a start that raised is tried again
@@ -242,11 +247,43 @@ class ChainedStore(BaseStore):
     # read, and is filled through its claim only (see sa_stockpyle.stores.claims).  The
     # system of record is never claimed: its reads are the truth.
 
+    def in_process_hit(self, klass: type[T], key: object) -> T | None:
+        """The ``klass`` object with ``key`` when the first layer is an in-process one
+        that holds it, adopted by the slower layers; else None, and :meth:`get` asks
+        again (a miss is counted there, once; a layer resting after a failure counts
+        as skipped at each ask).
+
+        No I/O, as long as the slower layers' ``adopt`` does none (the contract's
+        "without SQL"): an ``AsyncChainedStore`` answers such a hit without a greenlet.
+        Bad input raises here, before any layer is asked.
+        """
+        key_spec(klass).lookup(key)
+        layer = self.health[0]
+        if (
+            self._restarting
+            or layer is self.record
+            or not layer.store.process_local
+            or not layer.usable((klass,))
+        ):
+            return None
+        try:
+            obj = layer.store.get(klass, key)
+        except StoreUnavailable:
+            return None  # get() asks it again, and counts the failure
+        if obj is None:
+            return None
+        adopted = self._adopt(0, klass, [obj])[0]
+        if adopted is not None:
+            layer.stats.add(klass, "hits")
+        return adopted
+
     def get(self, klass: type[T], key: object) -> T | None:
         """Return the ``klass`` object with ``key`` from the first layer that has it."""
         # The one-key form of batch_get, without its lists: it is the hot path.
-        key_spec(klass).lookup(key)  # bad input raises here, before any layer is asked
-        claims = None  # taken on the first miss: a hit in the first layer takes none
+        hit = self.in_process_hit(klass, key)  # bad input raises here
+        if hit is not None:
+            return hit
+        claims = None  # taken on the first miss
         for index, layer in enumerate(self.health):
             if not self._usable(layer, (klass,)):
                 continue

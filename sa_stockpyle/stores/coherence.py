@@ -101,8 +101,9 @@ class Coherence:
         if start:
             self.start()
 
-    def start(self) -> None:
-        """Start the threads; with local layers, wait for the first subscription attempt."""
+    def start(self, wait: bool = True) -> None:
+        """Start the threads; with local layers, wait for the first subscription attempt
+        (``wait=False``: :meth:`listening` waits for it later)."""
         for thread in self._threads:
             thread.start()
         # A process that exits without close() would leave its subscribers waiting for
@@ -111,9 +112,14 @@ class Coherence:
         # threads, and its chain has a broadcast of its own).
         self._at_exit = functools.partial(_close_at_exit, weakref.ref(self), os.getpid())
         atexit.register(self._at_exit)
+        if wait:
+            self.listening()
+
+    def listening(self) -> None:
+        """With local layers, wait for the first subscription attempt: a chain that
+        starts to serve before it listens could miss the first messages.  In a greenlet,
+        the event loop runs other tasks meanwhile."""
         if self.local:
-            # A chain that starts to serve before it listens could miss the first messages.
-            # In a greenlet the event loop runs other tasks meanwhile.
             blocking(self._first_attempt.wait, 5)
 
     def forked(self) -> Coherence:
@@ -326,7 +332,7 @@ class Coherence:
             self._wake.notify_all()
         for thread in self._threads:
             if thread.ident is not None:  # started (a forked child's may not be yet)
-                thread.join(5)
+                blocking(thread.join, 5)  # in a greenlet, the loop runs meanwhile
 
 
 def _close_at_exit(coherence: weakref.ref[Coherence], pid: int) -> None:

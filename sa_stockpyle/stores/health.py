@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sa_stockpyle.errors import StoreUnavailable
+from sa_stockpyle.greenlets import cancellation_deferred
 from sa_stockpyle.keys import key_spec
 from sa_stockpyle.stores.base import BaseStore, Removal
 from sa_stockpyle.stores.stats import Stats
@@ -196,7 +197,15 @@ class LayerHealth:
         taken = backlog.take()
         if taken is None:
             return False  # another thread is catching up right now
-        removals, invalidated = taken
+        with cancellation_deferred():  # taken, it must be applied or put back
+            return self._apply(classes, *taken)
+
+    def _apply(
+        self, classes: Iterable[type], removals: list[Removal], invalidated: list[type]
+    ) -> bool:
+        """Apply a backlog taken by :meth:`catch_up`, or put it back when the layer
+        still does not answer."""
+        backlog = self.backlog
         try:
             for klass in invalidated:
                 self.store.invalidate_class(klass)
@@ -206,6 +215,12 @@ class LayerHealth:
             self.remember(removals=removals, classes=invalidated)
             self.failed(classes, "catch up", exc)
             return False
+        except BaseException:
+            # Anything else (a bug, a task cancelled as its loop shut down): what was
+            # taken goes back, to be applied later, and the layer stays skipped until then.
+            backlog.applying = False
+            self.remember(removals=removals, classes=invalidated)
+            raise
         backlog.applying = False
         self.resting_until = 0.0
         self._caught_up(self.store, removals, invalidated)
