@@ -498,3 +498,15 @@ def test_attach_of_asyncio_sessions_refuses_a_store_that_would_block(redis_url: 
         attach(async_sessionmaker(engine), ProcessMemoryStore()).detach()  # in-process: fine
     finally:
         blocking.close()
+
+
+def test_the_asyncio_stores_take_their_synchronous_twins_parameters() -> None:
+    # Explicit signatures (for readers and type checkers) that must not drift apart.
+    import inspect
+
+    def parameters(cls: type) -> list[tuple[str, object]]:
+        signature = inspect.signature(cls.__init__)
+        return [(p.name, p.default) for p in signature.parameters.values() if p.name != "self"]
+
+    assert parameters(AsyncChainedStore) == parameters(ChainedStore)
+    assert parameters(AsyncRedisStore) == parameters(RedisStore)
