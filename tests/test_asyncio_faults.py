@@ -176,3 +176,25 @@ def test_a_stopped_then_restarted_redis_is_a_miss_and_then_used_again(
             await engine.dispose()
 
     asyncio.run(scenario())
+
+
+def test_a_connection_the_server_closed_is_never_sent_on(redis_url: str) -> None:
+    from tests.servers import redis_command
+
+    parsed = make_url(redis_url)
+    assert parsed.host is not None
+    assert parsed.port is not None
+
+    async def scenario() -> None:
+        store = AsyncRedisStore(url=redis_url, prefix=uuid.uuid4().hex)
+        try:
+            await store.put(Item(id=1, code="c1", value="v1"))
+            # The server closes every client's connection (a restart, an idle timeout).
+            redis_command(parsed.host, parsed.port, "CLIENT", "KILL", "TYPE", "normal")
+            await asyncio.sleep(0.05)  # the loop reads the close off the idle connection
+            # No command goes out on it: the lookup answers, it does not fail.
+            assert (await store.get(Item, 1)).value == "v1"
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())

@@ -162,7 +162,8 @@ class _GreenletRedisStore(RedisStore):
             else [b"".join([pack(command) for command in commands])]
         )
         try:
-            wait_for(_ready(connection, self._errors.failures))
+            if not _idle_and_sound(connection):
+                wait_for(_ready(connection, self._errors.failures))
             # The transport sends at once what the socket takes, and the rest as it can.
             connection._writer.writelines(packed)
         except BaseException:
@@ -248,6 +249,21 @@ class _AwaitedReplies(_Replies):
         if error is not None:
             raise error
         return replies
+
+
+def _idle_and_sound(connection: Any) -> bool:
+    """Whether ``connection`` is connected, with nothing left to read, and its server has
+    not closed it, as far as its stream tells without waiting: the event loop reads a
+    connection's socket whenever it runs, so a reply left over or the server's close
+    shows there.  A connection this cannot vouch for is checked by :func:`_ready`."""
+    reader = getattr(connection, "_reader", None)
+    return (
+        connection.is_connected
+        and isinstance(reader, asyncio.StreamReader)
+        and not reader.at_eof()
+        and not getattr(reader, "_buffer", True)  # its unread bytes; unknown: not vouched for
+        and reader.exception() is None
+    )
 
 
 async def _ready(connection: Any, failures: tuple[type[BaseException], ...]) -> None:
