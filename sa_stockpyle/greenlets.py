@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
@@ -38,6 +39,7 @@ __all__ = [
     "pause",
     "run",
     "wait_for",
+    "wait_until",
 ]
 
 T = TypeVar("T")
@@ -146,6 +148,22 @@ def pause(seconds: float) -> None:
         wait_for(asyncio.sleep(seconds))
     else:
         time.sleep(seconds)
+
+
+def wait_until(event: threading.Event, timeout: float) -> bool:
+    """``event.wait(timeout)``: in a greenlet, polled with ``asyncio.sleep`` (no worker
+    thread is held, however many tasks wait); returns whether the event is set."""
+    if not in_greenlet():
+        return event.wait(timeout)
+    deadline = time.monotonic() + timeout
+    step = 0.001
+    while not event.is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        pause(min(step, remaining))
+        step = min(step * 2, 0.05)
+    return True
 
 
 def blocking(fn: Callable[..., T], *args: Any) -> T:

@@ -36,7 +36,7 @@ from sa_stockpyle.stores import (
     SqlAlchemyStore,
 )
 from sa_stockpyle.testing import LayerProtocolConformance
-from tests.asyncio_helpers import Blocking
+from tests.asyncio_helpers import PATIENT, Blocking
 from tests.helpers import until
 
 # -- the conformance suites, through the asyncio transport --------------------------------
@@ -48,7 +48,7 @@ class TestAsyncRedisStore(LayerProtocolConformance):
         self.url = redis_url
 
     def make_store(self, **options: Any) -> Blocking:
-        return Blocking(AsyncRedisStore(url=self.url, **options))
+        return Blocking(AsyncRedisStore(url=self.url, **PATIENT, **options))
 
 
 class TestAsyncRedisStoreOnAGivenClient(LayerProtocolConformance):
@@ -92,7 +92,7 @@ class TestAsyncChainOfMemoryAndRedis(LayerProtocolConformance):
         prefix = uuid.uuid4().hex  # each chain's own keys: the suite expects empty stores
         layers = [
             ProcessMemoryStore(**options),
-            AsyncRedisStore(url=self.url, prefix=prefix, **options),
+            AsyncRedisStore(url=self.url, prefix=prefix, **PATIENT, **options),
         ]
         return Blocking(AsyncChainedStore(layers))
 
@@ -140,7 +140,7 @@ class Layers:
     def __init__(self, engine: AsyncEngine, redis_url: str) -> None:
         self.engine = engine
         self.memory = ProcessMemoryStore()
-        self.redis = AsyncRedisStore(url=redis_url, prefix=uuid.uuid4().hex)
+        self.redis = AsyncRedisStore(url=redis_url, prefix=uuid.uuid4().hex, **PATIENT)
         self.writes = AsyncChainedStore([self.memory, self.redis])
         self.factory = async_sessionmaker(engine, expire_on_commit=False)
         self.scoped = async_scoped_session(self.factory, scopefunc=asyncio.current_task)
@@ -338,7 +338,7 @@ def test_what_would_block_the_loop_is_refused(
 
 def test_a_synchronous_call_on_the_event_loop_raises_instead_of_blocking(redis_url: str) -> None:
     async def scenario() -> None:
-        store = AsyncRedisStore(url=redis_url)
+        store = AsyncRedisStore(url=redis_url, **PATIENT)
         try:
             with pytest.raises(RuntimeError, match="would block the loop"):
                 store.sync.get(Member, 1)
@@ -390,7 +390,9 @@ def test_synchronous_and_asyncio_processes_share_one_redis_and_its_broadcast(  #
         engine = create_async_engine(tables)
         factory = async_sessionmaker(engine, expire_on_commit=False)
         memory = ProcessMemoryStore()
-        chain = AsyncChainedStore([memory, AsyncRedisStore(url=redis_url, prefix=prefix)])
+        chain = AsyncChainedStore(
+            [memory, AsyncRedisStore(url=redis_url, prefix=prefix, **PATIENT)]
+        )
         handle = attach(factory, chain)
         scoped = async_scoped_session(factory, scopefunc=asyncio.current_task)
         database = AsyncSqlAlchemyStore(session=scoped)

@@ -19,6 +19,7 @@ from sa_stockpyle import attach
 from sa_stockpyle.asyncio import AsyncChainedStore, AsyncRedisStore, AsyncSqlAlchemyStore
 from sa_stockpyle.stores import ProcessMemoryStore, RedisStore
 from stress.partition import Partition
+from tests.asyncio_helpers import PATIENT
 from tests.helpers import freeze, until
 from tests.models import Doc, Item, item_tables
 from tests.servers import RedisServer
@@ -186,7 +187,7 @@ def test_a_connection_the_server_closed_is_never_sent_on(redis_url: str) -> None
     assert parsed.port is not None
 
     async def scenario() -> None:
-        store = AsyncRedisStore(url=redis_url, prefix=uuid.uuid4().hex)
+        store = AsyncRedisStore(url=redis_url, prefix=uuid.uuid4().hex, **PATIENT)
         try:
             await store.put(Item(id=1, code="c1", value="v1"))
             # The server closes every client's connection (a restart, an idle timeout).

@@ -31,6 +31,7 @@ from sa_stockpyle.stores import BaseStore, ProcessMemoryStore
 from sa_stockpyle.stores.base import Finish, Removal
 from sa_stockpyle.testing import Foo
 from stress.partition import Partition
+from tests.asyncio_helpers import PATIENT
 from tests.helpers import Statements
 from tests.models import CLASSES, Doc, Item, item_tables
 
@@ -72,7 +73,7 @@ class Caches:
     def __init__(self, engine: AsyncEngine, redis_url: str, writer: BaseStore | None = None):
         self.engine = engine
         self.memory = ProcessMemoryStore()
-        self.redis = AsyncRedisStore(url=redis_url, prefix=uuid.uuid4().hex)
+        self.redis = AsyncRedisStore(url=redis_url, prefix=uuid.uuid4().hex, **PATIENT)
         self.factory = async_sessionmaker(engine, expire_on_commit=False)
         self.writer = (
             AsyncStore(writer)
@@ -202,7 +203,7 @@ def test_an_older_commit_arriving_late_never_overwrites_a_newer_one(
 ) -> None:
     async def scenario() -> None:
         memory = ProcessMemoryStore()
-        redis = AsyncRedisStore(url=redis_url, prefix=uuid.uuid4().hex)
+        redis = AsyncRedisStore(url=redis_url, prefix=uuid.uuid4().hex, **PATIENT)
         chain = GatedChain([memory, redis.sync])
         chain.arrived, chain.release = asyncio.Event(), asyncio.Event()
         async with caches_of(url, redis_url, writer=chain) as caches:
@@ -336,7 +337,9 @@ def test_a_commit_cancelled_during_its_write_through_reaches_every_layer(
     async def scenario(link: Partition) -> None:
         async with caches_of(url, redis_url) as caches:
             memory = ProcessMemoryStore()
-            slow = AsyncRedisStore(url=f"redis://{link.address}/0", prefix=uuid.uuid4().hex)
+            slow = AsyncRedisStore(
+                url=f"redis://{link.address}/0", prefix=uuid.uuid4().hex, **PATIENT
+            )
             chain = AsyncChainedStore([memory, slow], broadcast=False)
             handle = attach(caches.factory, chain)
             try:

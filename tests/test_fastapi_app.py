@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from examples.fastapi_app.app import create_app
 from examples.fastapi_app.models import Account
+from tests.asyncio_helpers import PATIENT
 from tests.helpers import Statements
 
 
@@ -40,7 +41,7 @@ def database_url(request: pytest.FixtureRequest, postgres_url: str) -> Iterator[
 
 
 def test_the_service_reads_through_and_writes_through(database_url: str, redis_url: str) -> None:
-    app = create_app(database_url, redis_url)
+    app = create_app(database_url, redis_url, **PATIENT)
 
     async def scenario() -> None:
         async with app.router.lifespan_context(app):

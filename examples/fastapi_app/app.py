@@ -120,9 +120,10 @@ async def delete_account(account_id: int, session: Session) -> None:
     await session.commit()
 
 
-def create_app(database_url: str, redis_url: str) -> FastAPI:
+def create_app(database_url: str, redis_url: str, **redis_options: Any) -> FastAPI:
     """The application for a database (an asyncio driver: ``postgresql+asyncpg://``,
-    ``postgresql+psycopg://``) and a Redis server."""
+    ``postgresql+psycopg://``) and a Redis server (``redis_options``: more arguments of
+    ``AsyncRedisStore``, such as its timeouts)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -130,7 +131,7 @@ def create_app(database_url: str, redis_url: str) -> FastAPI:
         factory = async_sessionmaker(engine, expire_on_commit=False)
         scoped = async_scoped_session(factory, scopefunc=asyncio.current_task)
         memory = ProcessMemoryStore(max_items=100_000)
-        redis = AsyncRedisStore(url=redis_url)
+        redis = AsyncRedisStore(url=redis_url, **redis_options)
         writes = AsyncChainedStore([memory, redis])
         # The attached chain's broadcast keeps the shared memory layer coherent with the
         # other workers' commits: the reading chain needs no second subscription.

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from sa_stockpyle.errors import ConfigurationError, PayloadError, StoreUnavailable
-from sa_stockpyle.greenlets import blocking, cancellation_deferred
+from sa_stockpyle.greenlets import cancellation_deferred, wait_until
 from sa_stockpyle.keys import key_spec
 from sa_stockpyle.stores.base import BaseStore, Finish, Removal, Reservation, finish_write
 from sa_stockpyle.stores.claims import Claims
@@ -203,7 +203,7 @@ class ChainedStore(BaseStore):
             if starting is None:
                 starting = self._starting = threading.Event()
         if not first:
-            blocking(starting.wait, 5)
+            wait_until(starting, 5)
             return
         try:
             with cancellation_deferred():  # started threads cannot start again

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from sa_stockpyle.codec import Invalidation, decode_invalidation, encode_invalidation
 from sa_stockpyle.errors import PayloadError, StoreUnavailable
-from sa_stockpyle.greenlets import blocking
+from sa_stockpyle.greenlets import blocking, wait_until
 from sa_stockpyle.stores.base import BaseStore, Removal
 from sa_stockpyle.stores.channel import Channel
 from sa_stockpyle.stores.sequencing import Numbering, Tracker
@@ -120,7 +120,7 @@ class Coherence:
         starts to serve before it listens could miss the first messages.  In a greenlet,
         the event loop runs other tasks meanwhile."""
         if self.local:
-            blocking(self._first_attempt.wait, 5)
+            wait_until(self._first_attempt, 5)
 
     def forked(self) -> Coherence:
         """The broadcast of a forked child: the same channel, layers and timings, and a
