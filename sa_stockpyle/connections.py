@@ -203,6 +203,8 @@ def watch_commits(dialect: Any) -> None:
     """Hook ``dialect``'s COMMIT (once): for an asyncio driver, a cancelled task's COMMIT
     then ends before the cancellation is raised, so that a commit the database made is
     written through (``attach()`` calls it for the connections of its sessions)."""
+    if isinstance(dialect.do_commit, _AfterCommit):
+        return  # hooked already: each transaction's begin asks, without the lock
     with _REGISTRY.lock:
         _hook_commits(dialect)
 

@@ -37,6 +37,8 @@ SCOPE = [
     "sa_stockpyle.changes.xǁBufferǁ*",
     "sa_stockpyle.stores.freshness.*",
     "sa_stockpyle.stores.chained.*",
+    "sa_stockpyle.stores.chain_reads.*",
+    "sa_stockpyle.stores.broadcast.*",
     "sa_stockpyle.stores.health.*",
     "sa_stockpyle.stores.claims.*",
     # records: what is written under which keys, and what a read may return

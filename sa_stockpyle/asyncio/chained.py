@@ -111,10 +111,10 @@ class AsyncChainedStore(AsyncStore[ChainedStore]):
     async def get(self, klass: type[T], key: object) -> T | None:
         """The ``klass`` object with ``key``: a hit in an in-process first layer is
         answered at once, anything else by the chain's code in a greenlet."""
-        hit = self.sync.in_process_hit(klass, key)
+        hit, first = self.sync.ask_first(klass, key)
         if hit is not None:
             return hit
-        return await run(self.sync.get, klass, key)
+        return await run(self.sync.get_after, klass, key, first)
 
     @property
     def layer_stats(self) -> list[Stats]:

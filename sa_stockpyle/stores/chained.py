@@ -3,29 +3,28 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sa_stockpyle.errors import ConfigurationError, PayloadError, StoreUnavailable
-from sa_stockpyle.greenlets import cancellation_deferred, wait_until
 from sa_stockpyle.keys import key_spec
-from sa_stockpyle.stores.base import BaseStore, Finish, Removal, Reservation, finish_write
-from sa_stockpyle.stores.claims import Claims
+from sa_stockpyle.stores.base import BaseStore, Finish, Removal, finish_write
+from sa_stockpyle.stores.broadcast import Broadcast
+from sa_stockpyle.stores.chain_reads import ChainReads, First
 from sa_stockpyle.stores.coherence import Coherence
 from sa_stockpyle.stores.forks import watch_forks
-from sa_stockpyle.stores.health import MAX_MISSED, LayerHealth, by_primary_key
+from sa_stockpyle.stores.health import MAX_MISSED, LayerHealth
 from sa_stockpyle.stores.stats import Stats
 
-__all__ = ["MAX_MISSED", "ChainedStore"]
+__all__ = ["MAX_MISSED", "ChainedStore", "First"]
 
 log = logging.getLogger("sa_stockpyle")
 
 T = TypeVar("T")
 
 
-class ChainedStore(BaseStore):
+class ChainedStore(ChainReads, BaseStore):
     """Stores layered fastest first, e.g. ``[memory, redis, database]``; itself a Store.
 
     * ``get``/``batch_get`` try the layers in order and ask each only for the keys still
@@ -121,16 +120,17 @@ class ChainedStore(BaseStore):
         #: The system of record: the last layer.  Its reads are the truth, so it is never
         #: claimed; its write failures raise.
         self.record = self.health[-1]
-        self.coherence = self._coherence(broadcast, channel, max_staleness, heartbeat)
-        self._restart_lock = threading.Lock()
-        #: Set while the broadcast waits for the chain's first use: to start, in a forked
-        #: child (the broadcast's threads stayed in the parent); for its first
-        #: subscription, in a chain that waits for it at first use.
-        self._restarting = self.coherence is not None and self._waits_at_first_use
-        #: Set in a forked child: its first use also empties foreign in-process layers.
-        self._forked = False
-        #: Set while one caller starts the broadcast; the others wait for it.
-        self._starting: threading.Event | None = None
+        #: The invalidation broadcast, if on (see :mod:`~sa_stockpyle.stores.broadcast`).
+        self.broadcast = Broadcast.of(
+            layers,
+            [layer.name for layer in self.health],
+            broadcast,
+            channel,
+            float(max_staleness),
+            float(heartbeat),
+            monotonic,
+            self._waits_at_first_use,
+        )
         watch_forks(self)
 
     #: Whether the chain waits for its broadcast's first subscription at its first use
@@ -138,6 +138,11 @@ class ChainedStore(BaseStore):
     #: a chain built on an event loop's thread (``AsyncChainedStore``) waits where the
     #: wait can await.
     _waits_at_first_use = False
+
+    @property
+    def coherence(self) -> Coherence | None:
+        """The broadcast's :class:`~sa_stockpyle.stores.coherence.Coherence`, if on."""
+        return None if self.broadcast is None else self.broadcast.coherence
 
     @property
     def cooldown(self) -> float:
@@ -154,72 +159,15 @@ class ChainedStore(BaseStore):
         """The counts of each layer, fastest first: ``layer_stats[i].count(User, "hits")``."""
         return [layer.stats for layer in self.health]
 
-    def _coherence(
-        self, broadcast: bool | None, name: str, max_staleness: float, heartbeat: float
-    ) -> Coherence | None:
-        local = [store for store in self.stores if store.process_local]
-        shared = (store.channel(name) for store in self.stores if not store.process_local)
-        channel = next((found for found in shared if found is not None), None)
-        if broadcast is None:
-            # Publishing matters even without a local layer here: other processes' local
-            # layers must hear this chain's commits.
-            broadcast = channel is not None
-        if not broadcast:
-            return None
-        if channel is None:
-            raise ConfigurationError(
-                "ChainedStore(broadcast=True) needs a layer with a channel (a RedisStore); "
-                f"the layers are {[layer.name for layer in self.health]}"
-            )
-        coherence = Coherence(
-            channel, local, float(max_staleness), False, float(heartbeat), self.monotonic
-        )
-        coherence.start(wait=not self._waits_at_first_use)
-        return coherence
-
     def after_fork(self) -> None:
         """In a forked child (see :func:`~sa_stockpyle.stores.forks.watch_forks`): new
         locks; a broadcast of its own, started at first use, before anything is served,
         the parent's threads having stayed in the parent.  The in-process layers start
         empty by their own hooks, so nothing served here is older than the fork."""
-        self._restart_lock = threading.Lock()
-        self._starting = None
         for layer in self.health:
             layer.forked()
-        if self.coherence is not None and not self._closed:
-            self.coherence = self.coherence.forked()
-            self._restarting = self._forked = True
-
-    def _restart(self) -> None:
-        """At the chain's first use: start a forked child's broadcast (see
-        :meth:`after_fork`), having emptied the process-local layers of other makes than
-        this package's; or wait for the first subscription of an ``AsyncChainedStore``'s.
-
-        Concurrent first uses wait for the one that starts it.  No lock is held while it
-        waits for its subscription: in a greenlet, other tasks of the thread run then."""
-        with self._restart_lock:
-            starting = self._starting
-            first = starting is None
-            if starting is None:
-                starting = self._starting = threading.Event()
-        if not first:
-            wait_until(starting, 5)
-            return
-        try:
-            with cancellation_deferred():  # started threads cannot start again
-                coherence = self.coherence
-                if self._restarting and coherence is not None:
-                    if self._forked:
-                        for store in coherence.local:
-                            store.clear()
-                        coherence.start()
-                    else:
-                        coherence.listening()
-                    self._restarting = False
-        finally:
-            with self._restart_lock:
-                self._starting = None  # a start that raised is tried again
-            starting.set()
+        if self.broadcast is not None and not self._closed:
+            self.broadcast.forked()
 
     def layer_name(self, index: int) -> str:
         """A readable name for layer ``index``: ``"0:ProcessMemoryStore"``."""
@@ -229,165 +177,9 @@ class ChainedStore(BaseStore):
         """``{layer name: {class name: {event: count}}}`` for every layer."""
         return {layer.name: layer.stats.as_dict() for layer in self.health}
 
-    def _usable(self, layer: LayerHealth, classes: Iterable[type]) -> bool:
-        """:meth:`LayerHealth.usable`, a forked child's broadcast started first."""
-        if self._restarting:
-            self._restart()
-        return layer.usable(classes)
-
     def _caught_up(self, store: BaseStore, removals: list[Removal], classes: list[type]) -> None:
-        if self.coherence is not None and not store.process_local:
-            # Other processes may have filled their local layers from the stale entries
-            # between the layer's return and now: they drop them too.
-            self.coherence.publish(removals, classes)
-
-    # -- reads ------------------------------------------------------------------------
-    #
-    # Each faster layer that misses claims the keys it missed before any slower layer is
-    # read, and is filled through its claim only (see sa_stockpyle.stores.claims).  The
-    # system of record is never claimed: its reads are the truth.
-
-    def in_process_hit(self, klass: type[T], key: object) -> T | None:
-        """The ``klass`` object with ``key`` when the first layer is an in-process one
-        that holds it, adopted by the slower layers; else None, and :meth:`get` asks
-        again (a miss is counted there, once; a layer resting after a failure counts
-        as skipped at each ask).
-
-        No I/O, as long as the slower layers' ``adopt`` does none (the contract's
-        "without SQL"): an ``AsyncChainedStore`` answers such a hit without a greenlet.
-        Bad input raises here, before any layer is asked.
-        """
-        key_spec(klass).lookup(key)
-        layer = self.health[0]
-        if (
-            self._restarting
-            or layer is self.record
-            or not layer.store.process_local
-            or not layer.usable((klass,))
-        ):
-            return None
-        try:
-            obj = layer.store.get(klass, key)
-        except StoreUnavailable:
-            return None  # get() asks it again, and counts the failure
-        if obj is None:
-            return None
-        adopted = self._adopt(0, klass, [obj])[0]
-        if adopted is not None:
-            layer.stats.add(klass, "hits")
-        return adopted
-
-    def get(self, klass: type[T], key: object) -> T | None:
-        """Return the ``klass`` object with ``key`` from the first layer that has it."""
-        # The one-key form of batch_get, without its lists: it is the hot path.
-        hit = self.in_process_hit(klass, key)  # bad input raises here
-        if hit is not None:
-            return hit
-        claims = None  # taken on the first miss
-        for index, layer in enumerate(self.health):
-            if not self._usable(layer, (klass,)):
-                continue
-            try:
-                obj = layer.store.get(klass, key)
-            except StoreUnavailable as exc:
-                layer.failed((klass,), "read", exc)
-                continue
-            if obj is None and layer is not self.record:
-                claims = claims or Claims(self.lease_wait, self.monotonic)
-                obj = claims.take(layer, klass, [key], [0]).get(0)
-            if obj is None:
-                layer.stats.add(klass, "misses")
-                continue
-            layer.stats.add(klass, "hits")
-            if claims:
-                claims.fill(klass, {0: (layer, obj)})
-            adopted = self._adopt(index, klass, [obj])[0]
-            if adopted is not None:
-                return adopted
-        if claims:
-            claims.fill(klass, {})
-        return None
-
-    def batch_get(self, klass: type[T], keys: Iterable[object]) -> list[T | None]:
-        """Look ``keys`` up layer by layer, filling faster layers with what is found."""
-        keys = list(keys)
-        spec = key_spec(klass)
-        for key in keys:  # bad input raises here, before any layer is asked or filled
-            spec.lookup(key)
-        results: list[T | None] = [None] * len(keys)
-        found_in: dict[int, tuple[LayerHealth, object]] = {}
-        claims = Claims(self.lease_wait, self.monotonic)
-        missing = list(range(len(keys)))
-        for index, layer in enumerate(self.health):
-            if not self._usable(layer, (klass,)):
-                continue
-            try:
-                found = layer.store.batch_get(klass, [keys[i] for i in missing])
-            except StoreUnavailable as exc:
-                layer.failed((klass,), "read", exc)
-                continue
-            hits = {i: obj for i, obj in zip(missing, found, strict=True) if obj is not None}
-            missed = [i for i in missing if i not in hits]
-            if missed and layer is not self.record:
-                hits |= claims.take(layer, klass, [keys[i] for i in missed], missed)
-            layer.stats.add(klass, "hits", len(hits))
-            layer.stats.add(klass, "misses", len(missing) - len(hits))
-            if hits:
-                positions = [i for i in missing if i in hits]
-                objs = [hits[i] for i in positions]
-                if claims:  # what faster layers claimed is filled from here
-                    found_in.update(
-                        (i, (layer, obj)) for i, obj in zip(positions, objs, strict=True)
-                    )
-                adopted = self._adopt(index, klass, objs)
-                for position, obj in zip(positions, adopted, strict=True):
-                    results[position] = obj
-                missing = [i for i in missing if results[i] is None]
-            if not missing:
-                break
-        if claims:
-            claims.fill(klass, found_in)
-        return results
-
-    def reserve(self, klass: type, keys: Sequence[object]) -> Reservation:
-        """Reserve ``keys`` in every layer (for a chain used as a layer of another)."""
-        keys = list(keys)
-        claims: list[Reservation | None] = []
-        for layer in self.health:
-            claim = None
-            if self._usable(layer, (klass,)):
-                try:
-                    claim = layer.store.reserve(klass, keys)
-                except StoreUnavailable as exc:
-                    layer.failed((klass,), "reserve", exc)
-            claims.append(claim)
-        held = [claim for claim in claims if claim is not None]
-        return Reservation(
-            klass,
-            keys,
-            [any(claim.granted[i] for claim in held) for i in range(len(keys))],
-            [any(claim.busy[i] for claim in held) for i in range(len(keys))],
-            detail=claims,
-        )
-
-    def fill(self, reservation: Reservation, objs: Sequence[object | None]) -> None:
-        """Fill every layer through its own claim, the last first."""
-        claims: list[Reservation | None] = reservation.detail
-        for layer, claim in reversed(list(zip(self.health, claims, strict=True))):
-            if claim is None:
-                continue
-            try:
-                layer.store.fill(claim, objs)
-            except StoreUnavailable as exc:
-                layer.failed({type(obj) for obj in objs if obj is not None}, "fill", exc)
-
-    def _adopt(self, found_in: int, klass: type[T], hits: list[T]) -> list[T | None]:
-        """Hand ``hits`` to each layer below ``found_in``; return what the last one gives
-        back (None where it refuses one)."""
-        adopted: list[Any] = hits
-        for below in self.stores[found_in + 1 :]:
-            adopted = below.adopt(klass, adopted)
-        return adopted
+        if self.broadcast is not None:
+            self.broadcast.caught_up(store, removals, classes)
 
     # -- writes -----------------------------------------------------------------------
 
@@ -548,18 +340,15 @@ class ChainedStore(BaseStore):
         classes: Sequence[type] = (),
     ) -> None:
         """Tell other processes' local layers to drop ``objs``, ``removals`` and ``classes``."""
-        if self._restarting:
-            self._restart()
-        if self.coherence is not None:
-            by_key, keyless = by_primary_key(objs)
-            self.coherence.publish([*removals, *by_key], [*keyless, *classes])
+        if self.broadcast is not None:
+            self.broadcast.publish(objs, removals, classes)
 
     def close(self) -> None:
         """Stop the catch-up retries and the broadcast, and close every layer."""
         self._closed = True
         for layer in self.health:  # first: a catch-up running now schedules no retry
             layer.close()
-        if self.coherence is not None:
-            self.coherence.close()
+        if self.broadcast is not None:
+            self.broadcast.close()
         for store in self.stores:
             store.close()
