@@ -378,8 +378,8 @@ async def app(setup: Setup, sync_url: str, redis_url: str) -> list[str]:
         speed = f"{throughput:9,.0f} req/s"
         results.append(f"  {name:<30} {speed}  p99 {p99 * 1e3:7.2f} ms  {throughput / base:5.2f}x")
     handle.detach()
+    await writes.aclose()  # first: its broadcast listens on the layers both chains close
     await store.aclose()
-    await writes.aclose()
     await engine.dispose()
     sync_engine.dispose()
     return results

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Mapper
 from sqlalchemy.orm.base import NO_VALUE
@@ -15,6 +15,9 @@ from sqlalchemy.orm.state import InstanceState
 from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.keys import KeySpec, key_spec
 from sa_stockpyle.mapped import mapped
+
+if TYPE_CHECKING:
+    from sa_stockpyle.stores.base import Start
 
 __all__ = [
     "Buffer",
@@ -50,6 +53,14 @@ class Buffer:
     ] = field(default_factory=dict)
     #: classes whose every cached entry must become unreachable
     classes: dict[type, None] = field(default_factory=dict)
+    #: the start of its write, built while the COMMIT was on its way (see
+    #: :func:`~sa_stockpyle.connections.prepare_during_commit`), or None
+    prepared: Start | None = None
+
+    def written(self) -> tuple[list[object], list[tuple[type, dict[str, Any]]]]:
+        """The puts and the ``(class, lookup)`` removals a store writes for this buffer."""
+        removals = [(klass, lookup) for (klass, _), (_, lookup) in self.removals.items()]
+        return list(self.puts.values()), removals
 
     def remove(self, klass: type, lookup: dict[str, Any], identity: Identity | None) -> None:
         """Remove a key; when it is an object's identity, drop that object's pending put."""

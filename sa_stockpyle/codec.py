@@ -296,7 +296,32 @@ def carriable(klass: type, state: dict[str, Any]) -> None:
     """Raise :class:`PayloadError` unless a shared layer can carry ``state`` of a ``klass``
     object exactly.  The ORM plugin asks before it writes a commit through, so that every
     layer is given the same objects."""
-    encode_record(Entry(klass, state, (), None))
+    if not _plainly_carriable(state):
+        encode_record(Entry(klass, state, (), None))
+
+
+#: An int of at most this many bits prints in fewer digits than any limit a process may
+#: set (``sys.set_int_max_str_digits`` takes nothing between 1 and 640).
+_PLAIN_INT_BITS = 2000
+
+
+def _plainly_carriable(state: dict[str, Any]) -> bool:
+    """Whether ``state`` is carriable without being encoded: every value a str, a bool,
+    None, a float (a tag carries one that is not finite) or an int too short for any
+    digit limit, and the whole too short for :data:`MAX_PAYLOAD_BYTES` even if every
+    character took JSON's longest escape (12 bytes).  A commit's rows usually are."""
+    size = 0
+    for name, value in state.items():
+        kind = type(value)
+        if kind is str:
+            size += len(value)
+        elif kind is int:
+            if value.bit_length() > _PLAIN_INT_BITS:
+                return False
+        elif not (kind is float or kind is bool or value is None):
+            return False
+        size += len(name) + 32  # the name, and a number's digits
+    return size * 12 < MAX_PAYLOAD_BYTES - 64 * 1024
 
 
 def _subclass_named(klass: type, token: str) -> type:

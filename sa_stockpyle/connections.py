@@ -26,6 +26,7 @@ may hold writes the database has not committed, so reads on the connection fill 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import weakref
@@ -35,7 +36,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from sa_stockpyle.greenlets import cancellation_deferred
+from sa_stockpyle.greenlets import cancellation_deferred, current, in_greenlet
 from sa_stockpyle.listeners import listen_for_life
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "is_waiting",
     "join",
     "join_callers",
+    "prepare_during_commit",
     "savepoint_rollbacks",
     "wait_for_commit",
     "watch_commits",
@@ -185,6 +187,10 @@ class _AfterCommit:
     def __call__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
         with _REGISTRY.lock:
             transaction = _REGISTRY.transactions.pop(self.proxy_of(connection), None)
+        # What waits to be built while this COMMIT is on its way: the event loop runs it
+        # as soon as the greenlet awaits the reply.
+        work = _PREPARING.pop(current(), None) if _PREPARING and in_greenlet() else None
+        preparing = None if work is None else asyncio.get_running_loop().call_soon(work)
         try:
             # An asyncio driver's COMMIT, once sent, is awaited to its end whatever
             # cancels the task: the database may commit either way, and only a COMMIT
@@ -195,8 +201,27 @@ class _AfterCommit:
             for item in transaction.waiting if transaction is not None else ():
                 item.remove()
             raise
+        finally:
+            if preparing is not None:
+                preparing.cancel()  # not run yet: the COMMIT never waited
         for item in transaction.waiting if transaction is not None else ():
             item.write()
+
+
+#: Per greenlet, what :func:`prepare_during_commit` asked to run during its next COMMIT.
+_PREPARING: weakref.WeakKeyDictionary[Any, Callable[[], None]] = weakref.WeakKeyDictionary()
+
+
+def prepare_during_commit(work: Callable[[], None]) -> None:
+    """Have ``work`` run while the next COMMIT this greenlet sends on an asyncio driver
+    waits for the database's reply (hooked by :func:`watch_commits`): the event loop
+    runs it, between the other tasks it runs meanwhile, outside any greenlet.  An
+    ``AsyncSession``'s commit builds its write-through there, so that the work overlaps
+    the round trip.  ``work`` must neither raise nor await; it does not run at all when
+    no such COMMIT comes, and a later call of the same greenlet replaces it.  Outside a
+    greenlet, nothing happens."""
+    if in_greenlet():
+        _PREPARING[current()] = work
 
 
 def watch_commits(dialect: Any) -> None:

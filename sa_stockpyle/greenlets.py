@@ -34,6 +34,7 @@ from sqlalchemy.util import concurrency
 __all__ = [
     "blocking",
     "cancellation_deferred",
+    "current",
     "in_greenlet",
     "on_event_loop",
     "pause",
@@ -72,7 +73,7 @@ def wait_for(awaitable: Awaitable[T]) -> T:
     the wait: the awaitable runs to its end (each is bounded by its server's timeout),
     and the cancellation is requested again when the deferring block ends.
     """
-    caught = _DEFERRING.get(_current()) if _DEFERRING else None
+    caught = _DEFERRING.get(current()) if _DEFERRING else None
     if caught is None:
         result: T = _await(awaitable)
         return result
@@ -96,15 +97,15 @@ def cancellation_deferred() -> Iterator[None]:
     canceller (``asyncio.timeout``, a task group) expects; nothing raises it inside the
     block's caller (SQLAlchemy's commit, which goes on to close its transaction).
     Outside a greenlet, nothing changes."""
-    current = _current() if in_greenlet() else None
-    if current is None or current in _DEFERRING:  # not a greenlet's, or nested
+    running = current() if in_greenlet() else None
+    if running is None or running in _DEFERRING:  # not a greenlet's, or nested
         yield
         return
-    caught = _DEFERRING[current] = []
+    caught = _DEFERRING[running] = []
     try:
         yield
     finally:
-        del _DEFERRING[current]
+        del _DEFERRING[running]
         if caught:
             _cancel_again()
 
@@ -122,7 +123,8 @@ def _cancel_again() -> None:
     task.cancel()
 
 
-def _current() -> Any:
+def current() -> Any:
+    """The greenlet running this code (call it only where :func:`in_greenlet`)."""
     from greenlet import getcurrent  # noqa: PLC0415 - present whenever a greenlet runs
 
     return getcurrent()

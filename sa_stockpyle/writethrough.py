@@ -17,7 +17,7 @@ from sa_stockpyle.column_values import Check
 from sa_stockpyle.errors import PayloadError
 from sa_stockpyle.greenlets import cancellation_deferred, in_greenlet
 from sa_stockpyle.snapshots import restore, snapshot
-from sa_stockpyle.stores.base import BaseStore, Removal
+from sa_stockpyle.stores.base import BaseStore, Finish, Removal, Start
 from sa_stockpyle.stores.stats import Stats
 
 __all__ = ["WriteThrough"]
@@ -88,50 +88,77 @@ class WriteThrough:
 
         return (lambda: write(buffer)), (lambda: write(buffer.removals_only(self.primary_of)))
 
-    def start(self, buffer: Buffer) -> Callable[[], None] | None:
+    def prepare(self, buffer: Buffer) -> Start:
+        """Build the write of ``buffer``, a transaction's whose COMMIT is on its way (see
+        :meth:`BaseStore.prepare_committed`); the call returned is for :meth:`start`.
+        Nothing is written or counted here, and nothing raises: what fails to build is
+        built again by the start, which counts it."""
+        puts, removals = buffer.written()
+        prepared = None
+        # With classes to invalidate, the write is built after their new generations.
+        if not buffer.classes:
+            try:
+                prepared = self.store.prepare_committed(puts, removals)
+            except Exception:
+                prepared = None
+        return self._starter(buffer, puts, removals, prepared)
+
+    def start(self, buffer: Buffer, prepared: Start | None = None) -> Finish | None:
         """Start writing a committed transaction's buffer through (see
-        :meth:`BaseStore.start_committed`); the call returned finishes it, None when it
-        failed to start or is finished already.  Neither raises: the database has
-        committed, and raising would tell the caller otherwise.
+        :meth:`BaseStore.start_committed`), with the write :meth:`prepare` built for it
+        if there is one; the call returned finishes it, None when it failed to start or
+        is finished already.  Neither raises: the database has committed, and raising
+        would tell the caller otherwise.
 
         In a greenlet (an ``AsyncSession``'s commit) the write is finished here, whole: a
         cancellation of the task meanwhile is requested again once every layer has the
         commit (a write cut short would leave the replaced entries in the caches)."""
+        begin = prepared or self._starter(buffer, *buffer.written(), None)
         if not in_greenlet():
-            return self._start(buffer)
+            return begin()
         with cancellation_deferred():
-            finish = self._start(buffer)
+            finish = begin()
             if finish is not None:
                 finish()
         return None
 
-    def _start(self, buffer: Buffer) -> Callable[[], None] | None:
-        removals: list[Removal] = [
-            (klass, lookup) for (klass, _), (_, lookup) in buffer.removals.items()
-        ]
-        puts = list(buffer.puts.values())
-        try:
-            for klass in buffer.classes:
-                self.store.invalidate_class(klass)
-                self.stats.add(klass, "class_invalidations")
-            started = self.store.start_committed(puts, removals)
-        except Exception:
-            self._failed(puts, removals)
-            return None
+    def _starter(
+        self,
+        buffer: Buffer,
+        puts: list[object],
+        removals: list[Removal],
+        prepared: Start | None,
+    ) -> Start:
+        """The start of ``buffer``'s write of ``puts`` and ``removals``, with the store's
+        write ``prepared`` ahead, or not."""
+        written = Counter(type(obj) for obj in puts)
+        removed = Counter(klass for klass, _ in removals)
 
-        def finish() -> None:
+        def start() -> Finish | None:
             try:
-                if started is not None:
-                    started()
+                for klass in buffer.classes:
+                    self.store.invalidate_class(klass)
+                    self.stats.add(klass, "class_invalidations")
+                started = prepared() if prepared else self.store.start_committed(puts, removals)
             except Exception:
                 self._failed(puts, removals)
-                return
-            for klass, count in Counter(type(obj) for obj in puts).items():
-                self.stats.add(klass, "written", count)
-            for klass, count in Counter(klass for klass, _ in removals).items():
-                self.stats.add(klass, "removed", count)
+                return None
 
-        return finish
+            def finish() -> None:
+                try:
+                    if started is not None:
+                        started()
+                except Exception:
+                    self._failed(puts, removals)
+                    return
+                for klass, count in written.items():
+                    self.stats.add(klass, "written", count)
+                for klass, count in removed.items():
+                    self.stats.add(klass, "removed", count)
+
+            return finish
+
+        return start
 
     def _failed(self, puts: list[object], removals: list[Removal]) -> None:
         log.exception("sa_stockpyle: write-through after commit failed in %r", self)

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 from sa_stockpyle.greenlets import blocking, in_greenlet, run, wait_for
 from sa_stockpyle.stores import RedisStore
-from sa_stockpyle.stores.base import Finish, Removal
+from sa_stockpyle.stores.base import Finish, Removal, Start
 
 __all__ = [
     "HOLD_TIMEOUT",
@@ -109,27 +109,32 @@ class TracedRedis(RedisStore):
         completed without an error."""
         return self._finished.get(_caller(), 0)
 
-    def start_committed(
-        self, puts: Sequence[object], removals: Sequence[Removal]
-    ) -> Finish | None:
-        """Start the write (once released, see :meth:`hold`); the call returned finishes
-        it and counts it."""
-        held = self._holds.get(_caller()) if puts else None
-        if held is not None:
-            del self._holds[_caller()]
-            reached, release = held
-            reached.set()
-            # In a greenlet, the wait runs on a worker thread: the other tasks go on.
-            if not blocking(release.wait, HOLD_TIMEOUT):
-                raise RuntimeError(f"a held write was not released within {HOLD_TIMEOUT:g} s")
-        finish = super().start_committed(puts, removals)
+    def prepare_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> Start:
+        """Build the write; the call returned starts it once released (see :meth:`hold`:
+        a start runs in the committing task or thread, where a build may not), and the
+        call that returns finishes it and counts it.  ``start_committed`` goes through
+        here too."""
+        start = super().prepare_committed(puts, removals)
 
-        def counted() -> None:
-            if finish is not None:
-                finish()
-            self._finished[_caller()] = self.finished() + 1
+        def held() -> Finish | None:
+            caller = _caller()
+            held = self._holds.pop(caller, None) if puts else None
+            if held is not None:
+                reached, release = held
+                reached.set()
+                # In a greenlet, the wait runs on a worker thread: the other tasks go on.
+                if not blocking(release.wait, HOLD_TIMEOUT):
+                    raise RuntimeError(f"a held write was not released within {HOLD_TIMEOUT:g} s")
+            finish = start()
 
-        return counted
+            def counted() -> None:
+                if finish is not None:
+                    finish()
+                self._finished[caller] = self._finished.get(caller, 0) + 1
+
+            return counted
+
+        return held
 
 
 def late_states(steps: Sequence[Step], version: int | None) -> set[State]:

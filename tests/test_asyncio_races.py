@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     async_scoped_session,
@@ -26,9 +27,10 @@ from sa_stockpyle import attach
 from sa_stockpyle.asyncio import AsyncChainedStore, AsyncRedisStore, AsyncStore
 from sa_stockpyle.asyncio.chained import _GreenletChain
 from sa_stockpyle.asyncio.sqlalchemy import _GreenletSqlAlchemyStore
+from sa_stockpyle.connections import _AfterCommit
 from sa_stockpyle.greenlets import wait_for
 from sa_stockpyle.stores import BaseStore, ProcessMemoryStore
-from sa_stockpyle.stores.base import Finish, Removal
+from sa_stockpyle.stores.base import Finish, Removal, Start
 from sa_stockpyle.testing import Foo
 from stress.partition import Partition
 from tests.asyncio_helpers import PATIENT
@@ -191,10 +193,23 @@ class GatedChain(_GreenletChain):
     release: asyncio.Event
 
     def start_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> Finish:
+        self._hold()
+        return super().start_committed(puts, removals)
+
+    def prepare_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> Start:
+        # Built while the COMMIT was on its way (outside the task), started in the task.
+        start = super().prepare_committed(puts, removals)
+
+        def held() -> Finish | None:
+            self._hold()
+            return start()
+
+        return held
+
+    def _hold(self) -> None:
         if self.task is not None and asyncio.current_task() is self.task:
             self.arrived.set()
             wait_for(self.release.wait())
-        return super().start_committed(puts, removals)
 
 
 @pytest.mark.parametrize("klass", CLASSES, ids=lambda k: k.__name__)
@@ -220,6 +235,111 @@ def test_an_older_commit_arriving_late_never_overwrites_a_newer_one(
                     assert held.value == "newer"
                 else:
                     assert held is None  # invalidated by both, in either order
+
+    asyncio.run(scenario())
+
+
+# -- (c) a commit's write, built while the database answers its COMMIT --------------------
+
+
+class WatchedChain(_GreenletChain):
+    """Notes, in ``events``, each write built ahead (with the task building it: None on
+    the event loop, between tasks) and each start of one (with its task)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.events: list[tuple[str, Any]] = []
+
+    def prepare_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> Start:
+        start = super().prepare_committed(puts, removals)
+        self.events.append(("built", asyncio.current_task()))
+
+        def started() -> Finish | None:
+            self.events.append(("started", asyncio.current_task()))
+            return start()
+
+        return started
+
+
+@asynccontextmanager
+async def watched(url: str, redis_url: str) -> AsyncIterator[tuple[Caches, WatchedChain]]:
+    """Caches whose commits are written through a :class:`WatchedChain` of a memory and a
+    Redis layer, which notes each COMMIT sent on their engine and each return of one."""
+    redis = AsyncRedisStore(url=redis_url, prefix=uuid.uuid4().hex, **PATIENT)
+    chain = WatchedChain([ProcessMemoryStore(), redis.sync])
+    async with caches_of(url, redis_url, writer=chain) as caches:
+        dialect = caches.engine.sync_engine.dialect
+        # Inside the plugin's hook (which wraps the dialect's at a session's first begin).
+        hooked = isinstance(dialect.do_commit, _AfterCommit)
+        commit = dialect.do_commit.commit if hooked else dialect.do_commit
+
+        def noted(connection: Any) -> None:
+            chain.events.append(("COMMIT sent", None))
+            commit(connection)
+            chain.events.append(("COMMIT answered", None))
+
+        if hooked:
+            dialect.do_commit.commit = noted
+        else:
+            dialect.do_commit = noted
+        yield caches, chain
+
+
+async def held_values(chain: WatchedChain, klass: type, ident: int) -> list[str | None]:
+    """The value each layer of ``chain`` holds for ``ident`` (None: nothing)."""
+    found = [await AsyncStore(layer).get(klass, ident) for layer in chain.stores]
+    return [None if obj is None else obj.value for obj in found]
+
+
+@pytest.mark.parametrize("klass", CLASSES, ids=lambda k: k.__name__)
+def test_a_commit_builds_its_write_while_the_database_answers_its_commit(
+    url: str, redis_url: str, klass: type
+) -> None:
+    async def scenario() -> None:
+        async with watched(url, redis_url) as (caches, chain):
+            await caches.write(klass, 1, "v1", new=True)
+            await caches.write(klass, 1, "v2")
+            chain.events.clear()
+            task = asyncio.create_task(caches.write(klass, 1, "v3"))
+            await task
+            assert chain.events == [
+                ("COMMIT sent", None),
+                ("built", None),  # on the loop, while the COMMIT was on its way
+                ("COMMIT answered", None),
+                ("started", task),
+            ]
+            value = "v3" if klass is Doc else None  # written through, or removed
+            assert await held_values(chain, klass, 1) == [value, value]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("klass", CLASSES, ids=lambda k: k.__name__)
+def test_a_commit_the_database_refuses_writes_nothing_it_built(
+    url: str, redis_url: str, klass: type
+) -> None:
+    async def scenario() -> None:
+        async with watched(url, redis_url) as (caches, chain):
+            table = klass.__tablename__  # type: ignore[attr-defined]
+            async with caches.engine.begin() as connection:
+                # Checked at COMMIT: the flush goes through, the COMMIT fails.
+                await connection.exec_driver_sql(
+                    f"ALTER TABLE {table} ADD CONSTRAINT {table}_value UNIQUE (value) "
+                    "DEFERRABLE INITIALLY DEFERRED"
+                )
+            await caches.write(klass, 1, "one", new=True)
+            await caches.write(klass, 2, "two", new=True)
+            written = caches.handle.stats.count(klass, "written")
+            chain.events.clear()
+            with pytest.raises(IntegrityError):
+                await caches.write(klass, 2, "one")
+            assert [event for event, _ in chain.events] == [
+                "COMMIT sent",
+                "built",  # and never started
+            ]
+            assert await held_values(chain, klass, 2) == ["two", "two"]
+            assert caches.handle.stats.count(klass, "written") == written
+            assert caches.handle.stats.count(klass, "errors") == 0
 
     asyncio.run(scenario())
 

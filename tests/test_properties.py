@@ -24,11 +24,13 @@ from hypothesis import strategies as st
 from sa_stockpyle.cache_keys import MAX_KEY_LENGTH, KeyMaker
 from sa_stockpyle.codec import (
     MAGIC,
+    MAX_PAYLOAD_BYTES,
     Entry,
     Invalidation,
     Marker,
     Pointer,
     Record,
+    carriable,
     decode_invalidation,
     decode_marker,
     decode_record,
@@ -347,6 +349,45 @@ def test_an_int_past_the_digit_limit_is_refused_and_one_within_it_round_trips(
         assert isinstance(decoded, Entry)
         assert _same(decoded.state, entry.state)
         assert decode_invalidation(encode_invalidation(message)) == message
+
+
+def _encodes(state: dict[str, Any]) -> bool:
+    try:
+        encode_record(Entry(Foo, state, (), None))
+    except PayloadError:
+        return False
+    return True
+
+
+#: Scalars of every size either side of what carriable() takes without encoding.
+plain_values = (
+    long_ints().map(lambda number: number[1])
+    | st.floats()
+    | st.booleans()
+    | st.none()
+    | st.text()
+    | st.builds(str.__mul__, st.sampled_from(["x", "\u00e9", "\U0001f600"]), st.integers(0, 10**5))
+    | state_values
+)
+
+
+@settings(max_examples=examples(200))
+@given(st.dictionaries(st.text(min_size=1, max_size=10), plain_values, max_size=5))
+def test_carriable_says_whether_a_state_encodes(state: dict[str, Any]) -> None:
+    # Its shortcut for a row of plain values skips the encoding, never the verdict.
+    if _encodes(state):
+        carriable(Foo, state)
+    else:
+        with pytest.raises(PayloadError):
+            carriable(Foo, state)
+
+
+def test_carriable_refuses_what_is_past_a_limit_in_a_state_of_plain_values() -> None:
+    with pytest.raises(PayloadError, match="digits"):
+        carriable(Foo, {"key": 1, "n": 10**DIGIT_LIMIT})
+    with pytest.raises(PayloadError, match="bytes"):
+        carriable(Foo, {"key": 1, "text": "\u00e9" * (MAX_PAYLOAD_BYTES // 6 + 1)})
+    carriable(Foo, {"key": 1, "text": "x" * (MAX_PAYLOAD_BYTES // 12)})
 
 
 #: Payloads with a number ``N`` in each place a decoder reads one.

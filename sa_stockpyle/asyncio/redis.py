@@ -123,18 +123,20 @@ class _GreenletRedisStore(RedisStore):
             idle = self._idle[loop] = []
         return idle
 
-    def _send(self, commands: Sequence[tuple[Any, ...]]) -> _Replies:
+    def _send(
+        self, commands: Sequence[tuple[Any, ...]], packed: list[bytes] | None = None
+    ) -> _Replies:
         if in_greenlet():
             if self._given is not None:
                 return _Replies.read(wait_for(self._through_client(commands)))
-            return self._send_now(commands)
+            return self._send_now(commands, packed)
         if on_event_loop():
             raise RuntimeError(
                 f"{self!r} was called synchronously on an event loop's thread, which "
                 "would block the loop; await the AsyncRedisStore's (or "
                 "AsyncChainedStore's) operations instead"
             )
-        return super()._send(commands)
+        return super()._send(commands, packed)
 
     async def _through_client(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send ``commands`` through the caller's client, in one round trip."""
@@ -146,7 +148,9 @@ class _GreenletRedisStore(RedisStore):
             pipe.execute_command(*command)
         return list(await pipe.execute())
 
-    def _send_now(self, commands: Sequence[tuple[Any, ...]]) -> _Replies:
+    def _send_now(
+        self, commands: Sequence[tuple[Any, ...]], packed: list[bytes] | None
+    ) -> _Replies:
         """Put ``commands`` on the wire of one of the store's own connections, in one
         packet, without waiting: their replies are read by the ``receive()`` of what is
         returned, so a commit's other layers are written while Redis answers (as the
@@ -155,12 +159,7 @@ class _GreenletRedisStore(RedisStore):
         connection = (
             idle.pop() if idle else self._recipe.connection_class(**self._recipe.connection_kwargs)
         )
-        pack = self._pack_command
-        packed = (
-            connection.pack_commands(commands)
-            if pack is None
-            else [b"".join([pack(command) for command in commands])]
-        )
+        packed = packed or self._pack(commands) or connection.pack_commands(commands)
         try:
             if not _idle_and_sound(connection):
                 wait_for(_ready(connection, self._errors.failures))
@@ -171,9 +170,11 @@ class _GreenletRedisStore(RedisStore):
             raise
         return _AwaitedReplies(connection, len(commands), idle, self._response_errors)
 
-    def _start_eval(self, keys: Sequence[str], args: Sequence[Any]) -> Callable[[], Any]:
+    def _start_eval(
+        self, keys: Sequence[str], args: Sequence[Any], packed: list[bytes] | None = None
+    ) -> Callable[[], Any]:
         if not (self._cluster and in_greenlet()):
-            return super()._start_eval(keys, args)
+            return super()._start_eval(keys, args, packed)
         # A cluster routes the script by its keys (see RedisStore._start_eval).
         client = self._given  # a cluster is always a caller's client
         try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import weakref
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
@@ -12,6 +14,7 @@ from sqlalchemy.orm import Session
 from sa_stockpyle.async_sessions import current_session
 from sa_stockpyle.errors import ConfigurationError
 from sa_stockpyle.stores.async_base import AsyncStore
+from sa_stockpyle.stores.freshness import track
 from sa_stockpyle.stores.sqlalchemy import SqlAlchemyStore
 
 __all__ = ["AsyncSqlAlchemyStore"]
@@ -35,6 +38,30 @@ class _GreenletSqlAlchemyStore(SqlAlchemyStore):
             f"AsyncSqlAlchemyStore(session=...) expects an AsyncSession or an "
             f"async_scoped_session, got {type(session).__qualname__}"
         )
+
+    def _own_sessions(
+        self, engine: Engine
+    ) -> tuple[Callable[[], Session], Callable[[], Iterable[Session]]]:
+        """A session of the store's own per task, made at the task's first call and
+        dropped with the task: tasks run at once, and a session serves one at a time
+        (after each operation's commit it holds no connection)."""
+        owned: type[Session] = type("OwnedSession", (Session,), {})  # listened on alone
+        track(self._listeners, owned)
+        sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
+
+        def current() -> Session:
+            try:
+                task = asyncio.current_task()
+            except RuntimeError:  # no event loop: a session for this call alone
+                task = None
+            session = sessions.get(task) if task is not None else None
+            if session is None:
+                session = owned(engine, expire_on_commit=False)
+                if task is not None:
+                    sessions[task] = session
+            return session
+
+        return current, lambda: list(sessions.values())
 
     def _engine_of(self, engine: object) -> Engine:
         if isinstance(engine, AsyncEngine):
@@ -66,9 +93,9 @@ class AsyncSqlAlchemyStore(AsyncStore[SqlAlchemyStore]):
     * ``session``: an ``AsyncSession``, or an ``async_scoped_session`` resolved at each
       call (the current task's session, for ``scopefunc=asyncio.current_task``).  Writes
       are flushed, never committed: the caller owns the transaction.
-    * ``engine``: an ``AsyncEngine``; the store owns one session
-      (``expire_on_commit=False``) and commits after every operation.  Like any
-      session, it serves one task at a time.
+    * ``engine``: an ``AsyncEngine``; the store owns a session per task
+      (``expire_on_commit=False``), made at the task's first call and dropped with the
+      task, and commits after every operation.  Tasks may call it at once.
 
     Objects read from the database are persistent in the session, and their loading is
     the synchronous store's: the same SELECT, the same identity-map answers, the same

@@ -54,6 +54,7 @@ __all__ = [
     "Finish",
     "Removal",
     "Reservation",
+    "Start",
     "finish_write",
 ]
 
@@ -65,6 +66,10 @@ Clock = Callable[[], float]
 #: The call that finishes a write started ahead of reading its reply (see
 #: :meth:`BaseStore.start_committed`).
 Finish = Callable[[], None]
+
+#: The call that starts a write prepared ahead (see :meth:`BaseStore.prepare_committed`):
+#: it returns what :meth:`BaseStore.start_committed` does.
+Start = Callable[[], Finish | None]
 
 
 def finish_write(finish: Finish | None) -> None:
@@ -218,6 +223,17 @@ class BaseStore(ABC):
         """
         self.write_committed(puts, removals)
         return None
+
+    def prepare_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> Start:
+        """Do now what :meth:`start_committed` can do before the commit is known to have
+        happened (build keys and payloads), and return the call that starts the write.
+
+        Nothing is written, counted or remembered before that call, which is made only
+        if the system of record commits.  The ORM plugin prepares an ``AsyncSession``'s
+        write while the driver's COMMIT is on its way, so that the work overlaps the
+        database's round trip.  This default prepares nothing.
+        """
+        return lambda: self.start_committed(puts, removals)
 
     def invalidate_class(self, klass: type) -> None:
         """Make every cached entry of ``klass`` unreachable (a bulk statement changed rows

@@ -125,9 +125,23 @@ class Broadcast:
         classes: Sequence[type] = (),
     ) -> None:
         """Tell other processes' local layers to drop ``objs``, ``removals`` and ``classes``."""
-        self.ready()
+        self.send(*self.message(objs, removals, classes))
+
+    def message(
+        self,
+        objs: Sequence[object],
+        removals: Sequence[Removal] = (),
+        classes: Sequence[type] = (),
+    ) -> tuple[list[Removal], list[type]]:
+        """What :meth:`publish` sends for ``objs``, ``removals`` and ``classes``: the
+        removals and the classes to drop (an object without a primary key, its class)."""
         by_key, keyless = by_primary_key(objs)
-        self.coherence.publish([*removals, *by_key], [*keyless, *classes])
+        return [*removals, *by_key], [*keyless, *classes]
+
+    def send(self, removals: Sequence[Removal], classes: Sequence[type]) -> None:
+        """Publish a :meth:`message`."""
+        self.ready()
+        self.coherence.publish(removals, classes)
 
     def caught_up(self, store: BaseStore, removals: list[Removal], classes: list[type]) -> None:
         """A layer made up for what it missed: when it is shared, other processes may have

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from sa_stockpyle.errors import ConfigurationError, PayloadError, StoreUnavailable
 from sa_stockpyle.keys import key_spec
-from sa_stockpyle.stores.base import BaseStore, Finish, Removal, finish_write
+from sa_stockpyle.stores.base import BaseStore, Finish, Removal, Start, finish_write
 from sa_stockpyle.stores.broadcast import Broadcast
 from sa_stockpyle.stores.chain_reads import ChainReads, First
 from sa_stockpyle.stores.coherence import Coherence
@@ -271,54 +271,95 @@ class ChainedStore(ChainReads, BaseStore):
     def start_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> Finish:
         """Begin :meth:`write_committed`: the first layer written (the slowest) starts at
         once; the call returned waits for it, then writes the faster layers, one after
-        the other, and tells other processes (see :meth:`BaseStore.start_committed`)."""
+        the other, and tells other processes (see :meth:`BaseStore.start_committed`).
+        The in-process layers' writes are built while the first one's reply is on its
+        way."""
+        return self.prepare_committed(puts, removals)()
+
+    def prepare_committed(
+        self, puts: Sequence[object], removals: Sequence[Removal]
+    ) -> Callable[[], Finish]:
+        """Build the writes of the layers other processes share now, and return the call
+        that starts them as :meth:`start_committed` does (see
+        :meth:`BaseStore.prepare_committed`); an in-process layer's write is built when
+        the first layer's reply is on its way, the time it would otherwise wait."""
         classes = {type(obj) for obj in puts} | {klass for klass, _ in removals}
-        waiting = list(reversed(self.health))
-        started = None
-        while waiting and started is None:
-            started = self._start_layer(waiting.pop(0), classes, puts, removals)
+        layers = list(reversed(self.health))
+        starts: list[Start | None] = [None] * len(layers)
+        broadcast = self.broadcast
+        message = None if broadcast is None else broadcast.message(puts, removals)
 
-        def finish() -> None:
-            finish_write(started)
-            for layer in waiting:
-                finish_write(self._start_layer(layer, classes, puts, removals))
-            self._broadcast(puts, removals)
+        def prepared(index: int) -> Start:
+            start = starts[index]
+            if start is None:
+                start = starts[index] = self._prepare_layer(layers[index], classes, puts, removals)
+            return start
 
-        return finish
+        for index, layer in enumerate(layers):
+            if not layer.store.process_local:
+                prepared(index)
 
-    def _start_layer(
+        def start() -> Finish:
+            index, started = 0, None
+            while index < len(layers) and started is None:
+                started = prepared(index)()
+                index += 1
+            rest = [prepared(later) for later in range(index, len(layers))]
+
+            def finish() -> None:
+                finish_write(started)
+                for later in rest:
+                    finish_write(later())
+                if broadcast is not None and message is not None:
+                    broadcast.send(*message)
+
+            return finish
+
+        return start
+
+    def _prepare_layer(
         self,
         layer: LayerHealth,
         classes: set[type],
         puts: Sequence[object],
         removals: Sequence[Removal],
-    ) -> Finish | None:
-        """Start writing a commit to ``layer``: None when done, else the call that
-        finishes it.  Neither raises for an unavailable layer: it is logged, counted and
-        remembered for its catch-up."""
+    ) -> Start:
+        """Build a commit's write to ``layer``, and return the call that starts it: None
+        when done, else the call that finishes it.  A layer that rests is not asked;
+        one that fails here is asked again by the call returned, which counts, logs and
+        remembers what an unavailable layer missed (nothing is before it is made)."""
+        prepared: Start | None = None
+        if not layer.resting:
+            try:
+                prepared = layer.store.prepare_committed(puts, removals)
+            except StoreUnavailable:
+                prepared = None
 
         def failed(exc: StoreUnavailable) -> None:
             layer.failed(classes, "write a commit", exc)
             layer.remember(puts, removals)
 
-        try:
-            if not self._usable(layer, classes):
-                layer.remember(puts, removals)
-                return None
-            finish = layer.store.start_committed(puts, removals)
-        except StoreUnavailable as exc:
-            failed(exc)
-            return None
-        if finish is None:
-            return None
-
-        def guarded() -> None:
+        def start() -> Finish | None:
             try:
-                finish()
+                if not self._usable(layer, classes):
+                    layer.remember(puts, removals)
+                    return None
+                finish = (prepared or layer.store.prepare_committed(puts, removals))()
             except StoreUnavailable as exc:
                 failed(exc)
+                return None
+            if finish is None:
+                return None
 
-        return guarded
+            def guarded() -> None:
+                try:
+                    finish()
+                except StoreUnavailable as exc:
+                    failed(exc)
+
+            return guarded
+
+        return start
 
     def invalidate_class(self, klass: type) -> None:
         """Make every entry of ``klass`` unreachable in every layer; an unavailable layer

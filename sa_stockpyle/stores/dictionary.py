@@ -47,8 +47,9 @@ class BaseDictionaryStore(BaseKeyValueStore):
         # Conditional writes read, then write: every write takes this lock, so none lands
         # between the two.  Reads take no lock (one mapping lookup each).
         self._lock: AbstractContextManager[Any] = threading.Lock()
-        # Markers in the order written, so that expired ones are swept from the mapping.
-        self._markers: deque[tuple[float, str]] = deque()
+        # Markers in the order written, so that expired ones are swept from the mapping:
+        # (when they expire, their keys), one entry for a commit's tombstones.
+        self._markers: deque[tuple[float, Sequence[str]]] = deque()
         #: Whether expired markers must be swept: not in a mapping bounded by itself
         #: (an LRU evicts them in time, and tracking evicted ones would grow unbounded).
         self.sweeps_markers = True
@@ -103,7 +104,7 @@ class BaseDictionaryStore(BaseKeyValueStore):
             if self.sweeps_markers:
                 marker_of = self.marker_of
                 self._markers.extend(
-                    (expires_at, key)
+                    (expires_at, (key,))
                     for key, raw, expires_at in items
                     if expires_at is not None and marker_of(raw) is not None
                 )
@@ -123,19 +124,32 @@ class BaseDictionaryStore(BaseKeyValueStore):
         sweeps = self.sweeps_markers
         with self._lock:
             self._sweep()
+            # A commit's batch starts with its removals: their tombstones go in at once.
+            lead, tombstone = 0, OpKind.TOMBSTONE
             for op in ops:
+                if op.kind is not tombstone:
+                    break
+                lead += 1
+            if lead:
+                tomb = self._tombstone()
+                keys = [op.key for op in ops[:lead]]
+                self._set_items(dict.fromkeys(keys, tomb[0]))
+                if sweeps:
+                    self._markers.append((tomb[1], keys))
+                results += [True] * lead
+            for op in ops[lead:]:
                 kind = op.kind
-                if kind == OpKind.TOMBSTONE:
+                if kind is tombstone:
                     # Whatever the key holds; one tombstone, stamped once per call (as in
                     # Redis), serves every key: commits leave many.
                     if tomb is None:
                         tomb = self._tombstone()
                     mapping[op.key] = tomb[0]
                     if sweeps:
-                        self._markers.append((tomb[1], op.key))
+                        self._markers.append((tomb[1], (op.key,)))
                     results.append(True)
                     continue
-                if kind == OpKind.SET:
+                if kind is OpKind.SET:
                     result, write = True, (op.raw, op.expires_at)  # whatever the key holds
                 else:
                     result, write = self._decide(op, mapping.get(op.key), clock_now)
@@ -143,7 +157,7 @@ class BaseDictionaryStore(BaseKeyValueStore):
                     raw, expires_at = write
                     mapping[op.key] = raw
                     if sweeps and expires_at is not None and self.marker_of(raw) is not None:
-                        self._markers.append((expires_at, op.key))
+                        self._markers.append((expires_at, (op.key,)))
                 results.append(result)
         return results
 
@@ -196,8 +210,8 @@ class BaseDictionaryStore(BaseKeyValueStore):
         clock_now = self.clock()
         mapping = self.dictionary
         while markers and markers[0][0] <= clock_now:
-            _, key = markers.popleft()
-            raw = mapping.get(key)
-            marker = None if raw is None else self.marker_of(raw)
-            if marker is not None and marker.expires_at <= clock_now:
-                mapping.pop(key, None)
+            for key in markers.popleft()[1]:
+                raw = mapping.get(key)
+                marker = None if raw is None else self.marker_of(raw)
+                if marker is not None and marker.expires_at <= clock_now:
+                    mapping.pop(key, None)

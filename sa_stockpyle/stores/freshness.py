@@ -71,7 +71,7 @@ def _forget_flushes(session: Session, transaction: SessionTransaction) -> None:
         session.info.pop(BEGAN, None)
 
 
-def track(listeners: Listeners, target: Session | scoped_session[Session]) -> None:
+def track(listeners: Listeners, target: Session | type[Session] | scoped_session[Session]) -> None:
     """Record, per session of ``target``, what each flush writes and when its database
     transaction began, until its transaction ends (held by ``listeners``)."""
     for name, listener in (

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sa_stockpyle.keys import storage_classes
 from sa_stockpyle.stores.base import Finish, finish_write
-from sa_stockpyle.stores.ops import Op, OpKind, unexpired
+from sa_stockpyle.stores.ops import Op, OpKind, soonest_expiry, unexpired
 
 if TYPE_CHECKING:
     from sa_stockpyle.stores.keyvalue import BaseKeyValueStore
@@ -111,27 +111,53 @@ class Generations:
         generation that moves after that read was started after this write, and its
         readers read the database after this commit.
         """
+        return self.prepare_current(classes, write, attempts)()
+
+    def prepare_current(
+        self,
+        classes: set[type],
+        write: Callable[[], list[Op]],
+        attempts: int = MAX_GENERATION_RETRIES,
+    ) -> Callable[[], Finish | None]:
+        """:meth:`write_current` in two steps: the ops are built now, and written by the
+        call returned (which returns what :meth:`write_current` does).  Nothing is
+        written before that call; ops built under a generation this process has replaced
+        meanwhile are built again then."""
         if not classes:
-            return None
+            return _done
         self.learn_classes(classes)
         keymaker = self.store.keymaker
         keys = list(dict.fromkeys(key for c in classes for key in keymaker.generation_keys(c)))
         used = {key: keymaker.tokens.get(key) for key in keys}
-        ops = unexpired(write(), self.store.clock())
-        if not self.store.shared_generations:
-            if ops:
-                self.store.apply(ops)
-            return None
-        receive = self.store.start_apply_then_read(ops, keys)
+        store, clock = self.store, self.store.clock
+        built = unexpired(write(), clock())
+        soonest = soonest_expiry(built)
+        shared = store.shared_generations
+        send = store.prepare_apply_then_read(built, keys) if shared else None
 
-        def finish() -> None:
-            _, raws = receive()
-            if _tokens(keys, raws) != used:
-                self.adopt(keys, raws)
-                if attempts > 1:
-                    finish_write(self.write_current(classes, write, attempts - 1))
+        def start() -> Finish | None:
+            if any(keymaker.tokens.get(key) != token for key, token in used.items()):
+                return self.write_current(classes, write, attempts)
+            fresh = soonest is None or soonest > clock()
+            if send is None:  # generations of this process only: nothing to read back
+                ops = built if fresh else unexpired(built, clock())
+                if ops:
+                    store.apply(ops)
+                return None
+            receive = (
+                send() if fresh else store.start_apply_then_read(unexpired(built, clock()), keys)
+            )
 
-        return finish
+            def finish() -> None:
+                _, raws = receive()
+                if _tokens(keys, raws) != used:
+                    self.adopt(keys, raws)
+                    if attempts > 1:
+                        finish_write(self.write_current(classes, write, attempts - 1))
+
+            return finish
+
+        return start
 
     def read_with(self, klass: type, known: str | None, keys: list[str]) -> list[Any] | None:
         """Read ``keys`` with the generation tokens of ``klass``, in one round trip.
@@ -154,6 +180,10 @@ class Generations:
             return raws
         self.adopt(generation_keys, tokens)
         return None if None in tokens else raws
+
+
+def _done() -> None:
+    """The start of a write that has nothing to write."""
 
 
 def _tokens(keys: Sequence[str], raws: Sequence[Any]) -> dict[str, str]:

@@ -154,11 +154,16 @@ class LayerHealth:
             self.stats.add(klass, "errors")
         log.warning("sa_stockpyle: layer %s failed to %s: %s", self.name, action, exc)
 
+    @property
+    def resting(self) -> bool:
+        """Whether the layer rests after a failure (asked without counting a skip)."""
+        until = self.resting_until
+        return bool(until) and self.monotonic() < until
+
     def usable(self, classes: Iterable[type]) -> bool:
         """Whether the layer may be used now for ``classes``: not resting after a
         failure (a skip is counted), and caught up with what it missed."""
-        until = self.resting_until
-        if until and self.monotonic() < until:
+        if self.resting:
             for klass in classes:
                 self.stats.add(klass, "skipped")
             return False

@@ -30,6 +30,7 @@ from sa_stockpyle.stores.base import (
     Finish,
     Removal,
     Reservation,
+    Start,
     finish_write,
 )
 from sa_stockpyle.stores.generations import Generations
@@ -142,6 +143,14 @@ class BaseKeyValueStore(BaseStore):
         done = (self.apply(ops) if ops else []), self.read(keys)
         return lambda: done
 
+    def prepare_apply_then_read(
+        self, ops: Sequence[Op], keys: Sequence[str]
+    ) -> Callable[[], Callable[[], tuple[list[Any], list[Any]]]]:
+        """:meth:`start_apply_then_read` in two steps: what can be built before anything
+        is sent is built now, and the call returned starts it.  A backend that builds a
+        request of any size overrides it; this default builds nothing ahead."""
+        return lambda: self.start_apply_then_read(ops, keys)
+
     #: Whether :meth:`decode` builds a new record each time (bytes decoded), rather than
     #: returning the one the backend keeps (in-process stores): then an object restored
     #: from it may take its state over instead of copying it.
@@ -206,27 +215,27 @@ class BaseKeyValueStore(BaseStore):
     ) -> Finish | None:
         """Begin :meth:`write_committed` (see :meth:`BaseStore.start_committed`): the
         batch is sent, and its reply read by the call returned, where the backend allows."""
+        return self.prepare_committed(puts, removals)()
+
+    def prepare_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> Start:
+        """Build :meth:`write_committed`'s batch now (keys, records and payloads); the
+        call returned sends it (see :meth:`BaseStore.prepare_committed`)."""
         classes = self._classes_of(puts)
         for klass in {klass for klass, _ in removals}:
             classes.update(storage_classes(klass, self.polymorphic))
 
         def write() -> list[Op]:
-            keys = self.layout.removal_keys(removals)
-            ops = [Op(OpKind.TOMBSTONE, key, None, None) for key in keys]
+            # The kinds read once: an enum member costs an attribute lookup per row.
+            tomb, pointer, add, newer = OpKind.TOMBSTONE, OpKind.SET, OpKind.ADD, OpKind.NEWER
+            ops = [Op(tomb, key, None, None) for key in self.layout.removal_keys(removals)]
             for key, record, payload in self.layout.encoded(self.layout.records(puts), ops):
                 # A pointer is written as it is: it answers only while its entry lists it.
                 version = record.version if type(record) is Entry else None
-                kind = (
-                    OpKind.SET
-                    if type(record) is Pointer
-                    else OpKind.ADD
-                    if version is None
-                    else OpKind.NEWER
-                )
+                kind = pointer if type(record) is Pointer else add if version is None else newer
                 ops.append(Op(kind, key, payload, record.expires_at, version))
             return ops
 
-        return self.generations.write_current(classes, write)
+        return self.generations.prepare_current(classes, write)
 
     def reserve(self, klass: type, keys: Sequence[object]) -> Reservation:
         """Take a lease on the cache key of each lookup in ``keys`` (see the class doc)."""

@@ -12,7 +12,7 @@ import enum
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["Op", "OpKind", "unexpired"]
+__all__ = ["Op", "OpKind", "soonest_expiry", "unexpired"]
 
 
 class OpKind(str, enum.Enum):
@@ -75,3 +75,12 @@ def unexpired(ops: Sequence[Op], now: float) -> list[Op]:
             continue
         ready.append(op)
     return ready
+
+
+def soonest_expiry(ops: Sequence[Op]) -> float | None:
+    """When the first write of ``ops`` that :func:`unexpired` may drop expires, or None:
+    until then, ``unexpired(ops, now)`` is ``ops`` as they are."""
+    times = [
+        op.expires_at for op in ops if op.expires_at is not None and op.kind in WRITES_RECORDS
+    ]
+    return min(times) if times else None

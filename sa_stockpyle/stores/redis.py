@@ -160,8 +160,20 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         first error reply raises."""
         return self._send(commands).receive()
 
-    def _send(self, commands: Sequence[tuple[Any, ...]]) -> _Replies:
-        """Send ``commands`` in one packet; their replies are read by ``receive()``."""
+    def _pack(self, commands: Sequence[tuple[Any, ...]]) -> list[bytes] | None:
+        """``commands`` as the packet the store's own connections send, where they can be
+        packed ahead (hiredis packs them; else each connection packs them as it sends,
+        and so does a caller's client)."""
+        pack = self._pack_command
+        if pack is None or self._pool is None:
+            return None
+        return [b"".join([pack(command) for command in commands])]
+
+    def _send(
+        self, commands: Sequence[tuple[Any, ...]], packed: list[bytes] | None = None
+    ) -> _Replies:
+        """Send ``commands`` (``packed`` ahead by :meth:`_pack`, or not) in one packet;
+        their replies are read by ``receive()``."""
         pool = self._pool
         if pool is None:
             # The caller's client (or a cluster): through its API, with its retries, and
@@ -194,12 +206,7 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
             stale = True
         if stale:
             connection.disconnect()
-        pack = self._pack_command
-        packed = (
-            connection.pack_commands(commands)
-            if pack is None
-            else [b"".join([pack(command) for command in commands])]
-        )
+        packed = packed or self._pack(commands) or connection.pack_commands(commands)
         try:
             connection.send_packed_command(packed)
         except BaseException:
@@ -208,9 +215,16 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         owed = threads.owed = _Replies(connection, len(commands), threads)
         return owed
 
-    def _start_eval(self, keys: Sequence[str], args: Sequence[Any]) -> Callable[[], Any]:
-        """Send the ``APPLY`` script by its digest; the call returned reads its reply,
-        loading the script when the server lacks it."""
+    def _evalsha(self, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, ...]:
+        """The command that runs the ``APPLY`` script by its digest."""
+        return ("EVALSHA", self._script.sha, len(keys), *keys, *args)
+
+    def _start_eval(
+        self, keys: Sequence[str], args: Sequence[Any], packed: list[bytes] | None = None
+    ) -> Callable[[], Any]:
+        """Send the ``APPLY`` script by its digest (:meth:`_evalsha`, ``packed`` ahead or
+        not); the call returned reads its reply, loading the script when the server lacks
+        it."""
         # A new, restarted or flushed server (SCRIPT FLUSH) lacks the script: EVAL runs it
         # and caches it there.  A caller's client or a cluster answers at once, so the
         # miss shows when the command is sent; the store's own connections, at the reply.
@@ -222,7 +236,7 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
                 reply = self.client.execute_command(*evaluate)  # type: ignore[no-untyped-call]
             return lambda: reply
         try:
-            sent = self._send([("EVALSHA", self._script.sha, len(keys), *keys, *args)])
+            sent = self._send([self._evalsha(keys, args)], packed)
         except self._no_script:
             sent = self._send([evaluate])
 
@@ -273,7 +287,7 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
                 self._execute(commands)
 
     def apply(self, ops: Sequence[Op]) -> list[Any]:
-        return self._start_run(ops, ())()[0]
+        return self._prepare_run(ops, ())()()[0]
 
     def start_apply_then_read(
         self, ops: Sequence[Op], keys: Sequence[str]
@@ -282,72 +296,85 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         # on a cluster, where the writes take one call per hash slot.
         if self._cluster:
             return super().start_apply_then_read(ops, keys)
-        return self._start_run(ops, keys)
+        return self._prepare_run(ops, keys)()
 
-    def _start_run(
+    def prepare_apply_then_read(
+        self, ops: Sequence[Op], keys: Sequence[str]
+    ) -> Callable[[], Callable[[], tuple[list[Any], list[Any]]]]:
+        if self._cluster:
+            return super().prepare_apply_then_read(ops, keys)
+        return self._prepare_run(ops, keys)
+
+    def _prepare_run(
         self, ops: Sequence[Op], reads: Sequence[str]
-    ) -> Callable[[], tuple[list[Any], list[Any]]]:
+    ) -> Callable[[], Callable[[], tuple[list[Any], list[Any]]]]:
         # One script call checks and writes every key atomically, then reads ``reads``.  On
         # a cluster (never with reads), one call per hash slot (a script may not span
         # slots; a cluster pipeline refuses EVALSHA), and tombstones go out in one
-        # pipeline: their times are never compared there.  The call returned reads the
-        # replies: the results of ``ops``, and the values of ``reads``.
+        # pipeline: their times are never compared there.  The arguments are built here;
+        # the call returned sends them, and the call it returns reads the replies: the
+        # results of ``ops``, and the values of ``reads``.
         clock_now = self.clock()
         results: list[Any] = [None] * len(ops)
         groups: dict[int, list[int]] = {}
+        tombstoned: list[int] = []
+        tomb = OpKind.TOMBSTONE  # read once: an enum member costs an attribute lookup
         if self._cluster:
-            tombs = [p for p, op in enumerate(ops) if op.kind == OpKind.TOMBSTONE]
-            if tombs:
-                tomb, tomb_expires = self._tombstone()
-                self.write([(ops[p].key, tomb, tomb_expires) for p in tombs])
-                for position in tombs:
-                    results[position] = True
+            tombstoned = [p for p, op in enumerate(ops) if op.kind is tomb]
             keyslot = self.client.keyslot  # type: ignore[union-attr]
             for position, op in enumerate(ops):
-                if op.kind != OpKind.TOMBSTONE:
+                if op.kind is not tomb:
                     groups.setdefault(keyslot(op.key), []).append(position)
         else:
             groups[0] = list(range(len(ops)))
-        sent: list[tuple[list[int], Callable[[], Any]]] = []
-        with self._errors:
-            for positions in groups.values():
-                tombs = [p for p in positions if ops[p].kind == OpKind.TOMBSTONE]
-                others = [p for p in positions if ops[p].kind != OpKind.TOMBSTONE]
-                args: list[Any] = [math.ceil(self.tombstone_ttl * 1000), len(tombs), len(reads)]
-                for position in others:
-                    kind, _key, raw, expires_at, arg = ops[position]
-                    millis = (
-                        0
-                        if expires_at is None
-                        else max(1, math.ceil((expires_at - clock_now) * 1000))
-                    )
-                    args += [
-                        kind,
-                        b"" if raw is None else raw,
-                        millis,
-                        b"" if arg is None else arg,
-                    ]
-                for position in tombs:
-                    results[position] = True  # unconditional: the script has no reply for it
-                keys = [*(ops[p].key for p in tombs + others), *reads]
-                sent.append((others, self._start_eval(keys, args)))
+        calls: list[tuple[list[int], list[str], list[Any], list[bytes] | None]] = []
+        for positions in groups.values():
+            tombs = [p for p in positions if ops[p].kind is tomb]
+            others = [p for p in positions if ops[p].kind is not tomb]
+            args: list[Any] = [math.ceil(self.tombstone_ttl * 1000), len(tombs), len(reads)]
+            for position in others:
+                kind, _key, raw, expires_at, arg = ops[position]
+                millis = (
+                    0 if expires_at is None else max(1, math.ceil((expires_at - clock_now) * 1000))
+                )
+                args += [kind, b"" if raw is None else raw, millis, b"" if arg is None else arg]
+            for position in tombs:
+                results[position] = True  # unconditional: the script has no reply for it
+            keys = [*(ops[p].key for p in tombs + others), *reads]
+            packed = None if self._cluster else self._pack([self._evalsha(keys, args)])
+            calls.append((others, keys, args, packed))
 
-        def receive() -> tuple[list[Any], list[Any]]:
-            read: list[Any] = []
+        def send() -> Callable[[], tuple[list[Any], list[Any]]]:
+            sent: list[tuple[list[int], Callable[[], Any]]] = []
+            if tombstoned:
+                tomb, tomb_expires = self._tombstone()
+                self.write([(ops[p].key, tomb, tomb_expires) for p in tombstoned])
+                for position in tombstoned:
+                    results[position] = True
             with self._errors:
-                for others, reply in sent:
-                    replies = reply()
-                    read = replies[len(others) :]
-                    for position, result in zip(others, replies[: len(others)], strict=True):
-                        if isinstance(result, list) and len(result) == 1:
-                            results[position] = float(result[0])  # a lease taken, at this time
-                        elif isinstance(result, list):
-                            results[position] = (result[0], float(result[1]))  # held, and when
-                        else:
-                            results[position] = result == 1
-            return results, read
+                for others, keys, args, packed in calls:
+                    sent.append((others, self._start_eval(keys, args, packed)))
 
-        return receive
+            def receive() -> tuple[list[Any], list[Any]]:
+                read: list[Any] = []
+                with self._errors:
+                    for others, reply in sent:
+                        replies = reply()
+                        read = replies[len(others) :]
+                        for position, result in zip(others, replies[: len(others)], strict=True):
+                            if isinstance(result, list) and len(result) == 1:
+                                # a lease taken, at this time
+                                results[position] = float(result[0])
+                            elif isinstance(result, list):
+                                # held, and when
+                                results[position] = (result[0], float(result[1]))
+                            else:
+                                results[position] = result == 1
+                return results, read
+
+            return receive
+
+        return send
 
     def backend_channel(self, name: str) -> Channel:
         """The pub/sub channel ``name`` of this store: ``prefix:db:name`` (pub/sub spans

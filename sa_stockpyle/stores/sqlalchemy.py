@@ -149,9 +149,7 @@ class SqlAlchemyStore(BaseStore):
             if engine is None:
                 engine = create_engine(uri)  # type: ignore[arg-type]  # one of them is set
             engine = self._engine_of(engine)
-            owned = Session(engine, expire_on_commit=False)
-            track(self._listeners, owned)
-            self._current = lambda: owned
+            self._current, self._open = self._own_sessions(engine)
             self.engine = engine
             self.owned = True
         self._disposes = uri is not None
@@ -166,6 +164,16 @@ class SqlAlchemyStore(BaseStore):
             f"SqlAlchemyStore(session=...) expects a Session or a scoped_session, got "
             f"{type(session).__qualname__}{_ASYNC_ADVICE}"
         )
+
+    def _own_sessions(
+        self, engine: Engine
+    ) -> tuple[Callable[[], Session], Callable[[], Iterable[Session]]]:
+        """The store's own sessions on ``engine``: the function returning the one a call
+        works in, and the one returning those open.  Here one session, for one thread at
+        a time."""
+        owned = Session(engine, expire_on_commit=False)
+        track(self._listeners, owned)
+        return (lambda: owned), (lambda: (owned,))
 
     def _engine_of(self, engine: object) -> Engine:
         """``engine``, checked."""
@@ -420,7 +428,8 @@ class SqlAlchemyStore(BaseStore):
         """Close the owned session, remove the store's session listeners (and dispose of
         an engine made from ``uri``)."""
         if self.owned:
-            self._current().close()
+            for session in list(self._open()):
+                session.close()
         self._listeners.remove()
         if self._disposes and self.engine is not None:
             self.engine.dispose()
