@@ -77,15 +77,44 @@ def wait_for(awaitable: Awaitable[T]) -> T:
     if caught is None:
         result: T = _await(awaitable)
         return result
-    future = asyncio.ensure_future(awaitable)
-    while True:
-        try:
-            done: T = _await(asyncio.shield(future))
-            return done
-        except asyncio.CancelledError as exc:
-            if future.cancelled():
-                raise
-            caught.append(exc)  # finished first, raised by cancellation_deferred
+    # The awaitable runs in a task of its own, which a cancellation of this one does not
+    # reach; it hands its outcome over itself (one event-loop turn sooner than
+    # asyncio.shield, which relays it through a callback).
+    held: _Held[T] = _Held(loop=asyncio.get_running_loop())
+    held.relay = asyncio.ensure_future(_relay(awaitable, held))
+    try:
+        done: T = _await(held)
+        return done
+    except asyncio.CancelledError as exc:
+        if not held.done() or held.cancelled():
+            raise  # the awaitable itself was cancelled (its loop is closing)
+        caught.append(exc)  # raised again by cancellation_deferred
+        return held.result()
+
+
+class _Held(asyncio.Future[T]):
+    """The outcome of an awaitable run by :func:`_relay`: a cancellation of the task
+    awaiting it does not cancel it (``cancel`` refuses), so the task is cancelled only
+    once the outcome is in."""
+
+    #: the task running the relay (held here: the loop keeps only a weak reference)
+    relay: asyncio.Future[None]
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
+
+
+async def _relay(awaitable: Awaitable[T], held: _Held[T]) -> None:
+    """Await ``awaitable`` and hand its outcome to ``held``."""
+    try:
+        result = await awaitable
+    except asyncio.CancelledError:
+        asyncio.Future.cancel(held)
+        raise
+    except BaseException as exc:  # handed over whole, as the await would raise it
+        held.set_exception(exc)
+        return
+    held.set_result(result)
 
 
 @contextmanager
