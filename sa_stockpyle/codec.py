@@ -296,7 +296,9 @@ def carriable(klass: type, state: dict[str, Any]) -> None:
     """Raise :class:`PayloadError` unless a shared layer can carry ``state`` of a ``klass``
     object exactly.  The ORM plugin asks before it writes a commit through, so that every
     layer is given the same objects."""
-    if not _plainly_carriable(state):
+    if _plainly_carriable(state):
+        class_token(klass)  # what the encoding checks of the class itself
+    else:
         encode_record(Entry(klass, state, (), None))
 
 

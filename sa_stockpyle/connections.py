@@ -26,17 +26,17 @@ may hold writes the database has not committed, so reads on the connection fill 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from sa_stockpyle.greenlets import cancellation_deferred, current, in_greenlet
+from sa_stockpyle.greenlets import current, in_greenlet, run_apart
 from sa_stockpyle.listeners import listen_for_life
 
 __all__ = [
@@ -187,29 +187,34 @@ class _AfterCommit:
     def __call__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
         with _REGISTRY.lock:
             transaction = _REGISTRY.transactions.pop(self.proxy_of(connection), None)
-        # What waits to be built while this COMMIT is on its way: the event loop runs it
-        # as soon as the greenlet awaits the reply.
-        work = _PREPARING.pop(current(), None) if _PREPARING and in_greenlet() else None
-        preparing = None if work is None else asyncio.get_running_loop().call_soon(work)
         try:
-            # An asyncio driver's COMMIT, once sent, is awaited to its end whatever
-            # cancels the task: the database may commit either way, and only a COMMIT
-            # seen to end tells whether the cache must follow (see greenlets).
-            with cancellation_deferred():
+            if in_greenlet():
+                # An asyncio driver's COMMIT, once sent, is awaited to its end whatever
+                # cancels the task: the database may commit either way, and only a
+                # COMMIT seen to end tells whether the cache must follow.  What waits to
+                # be built meanwhile is built by the event loop while it is on its way.
+                work = _PREPARING.pop(current(), None) if _PREPARING else None
+                run_apart(partial(self.commit, connection, *args, **kwargs), work)
+            else:
                 self.commit(connection, *args, **kwargs)
         except BaseException:
             for item in transaction.waiting if transaction is not None else ():
                 item.remove()
             raise
-        finally:
-            if preparing is not None:
-                preparing.cancel()  # not run yet: the COMMIT never waited
         for item in transaction.waiting if transaction is not None else ():
             item.write()
 
 
 #: Per greenlet, what :func:`prepare_during_commit` asked to run during its next COMMIT.
-_PREPARING: weakref.WeakKeyDictionary[Any, Callable[[], None]] = weakref.WeakKeyDictionary()
+_PREPARING: weakref.WeakKeyDictionary[Any, _Work] = weakref.WeakKeyDictionary()
+
+
+class _Work(list[Callable[[], None]]):
+    """What waits to be built during one greenlet's next COMMIT, in the order asked."""
+
+    def __call__(self) -> None:
+        for work in self:
+            work()
 
 
 def prepare_during_commit(work: Callable[[], None]) -> None:
@@ -218,10 +223,13 @@ def prepare_during_commit(work: Callable[[], None]) -> None:
     runs it, between the other tasks it runs meanwhile, outside any greenlet.  An
     ``AsyncSession``'s commit builds its write-through there, so that the work overlaps
     the round trip.  ``work`` must neither raise nor await; it does not run at all when
-    no such COMMIT comes, and a later call of the same greenlet replaces it.  Outside a
-    greenlet, nothing happens."""
+    no such COMMIT comes.  Outside a greenlet, nothing happens."""
     if in_greenlet():
-        _PREPARING[current()] = work
+        running = current()
+        waiting = _PREPARING.get(running)
+        if waiting is None:
+            waiting = _PREPARING[running] = _Work()
+        waiting.append(work)
 
 
 def watch_commits(dialect: Any) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "on_event_loop",
     "pause",
     "run",
+    "run_apart",
     "wait_for",
     "wait_until",
 ]
@@ -77,18 +78,48 @@ def wait_for(awaitable: Awaitable[T]) -> T:
     if caught is None:
         result: T = _await(awaitable)
         return result
-    # The awaitable runs in a task of its own, which a cancellation of this one does not
-    # reach; it hands its outcome over itself (one event-loop turn sooner than
-    # asyncio.shield, which relays it through a callback).
+    return _wait_held(_relayed(awaitable), caught)
+
+
+def run_apart(fn: Callable[[], T], alongside: Callable[[], object] | None = None) -> T:
+    """``fn()``, synchronous code that awaits (an asyncio driver's COMMIT, whose awaits
+    are SQLAlchemy's own), run in a greenlet and task of its own, to its end: a
+    cancellation of the caller's task does not reach it, and is requested again once it
+    has ended (see :func:`cancellation_deferred`).  ``alongside``, if given, runs on the
+    event loop, outside any greenlet, as soon as ``fn`` first awaits; it must neither
+    raise nor await.  Call it in a greenlet only."""
+    with cancellation_deferred():
+        held = _relayed(concurrency.greenlet_spawn(fn))
+        # After the relay's first step, which runs ``fn`` up to its first wait.
+        extra = None if alongside is None else asyncio.get_running_loop().call_soon(alongside)
+        try:
+            return _wait_held(held, _DEFERRING[current()])
+        finally:
+            if extra is not None:
+                extra.cancel()  # not run yet: ``fn`` never waited
+
+
+def _relayed(awaitable: Awaitable[T]) -> _Held[T]:
+    """``awaitable``, started in a task of its own, which a cancellation of the caller's
+    task does not reach; the task hands its outcome over itself (one event-loop turn
+    sooner than ``asyncio.shield``, which relays it through a callback)."""
     held: _Held[T] = _Held(loop=asyncio.get_running_loop())
+    held.awaitable = awaitable
     held.relay = asyncio.ensure_future(_relay(awaitable, held))
+    held.relay.add_done_callback(held.settle)
+    return held
+
+
+def _wait_held(held: _Held[T], caught: list[BaseException]) -> T:
+    """The outcome of ``held``; a cancellation of the task meanwhile is added to
+    ``caught``, for :func:`cancellation_deferred` to request again."""
     try:
         done: T = _await(held)
         return done
     except asyncio.CancelledError as exc:
         if not held.done() or held.cancelled():
             raise  # the awaitable itself was cancelled (its loop is closing)
-        caught.append(exc)  # raised again by cancellation_deferred
+        caught.append(exc)
         return held.result()
 
 
@@ -97,11 +128,21 @@ class _Held(asyncio.Future[T]):
     awaiting it does not cancel it (``cancel`` refuses), so the task is cancelled only
     once the outcome is in."""
 
+    #: what the relay awaits
+    awaitable: Awaitable[T]
     #: the task running the relay (held here: the loop keeps only a weak reference)
     relay: asyncio.Future[None]
 
     def cancel(self, msg: Any = None) -> bool:
         return False
+
+    def settle(self, relay: asyncio.Future[None]) -> None:
+        """When the relay ended without handing an outcome over (cancelled before its
+        first step, as a loop's shutdown cancels every task): cancelled too."""
+        if not self.done():
+            asyncio.Future.cancel(self)
+            if asyncio.iscoroutine(self.awaitable):
+                self.awaitable.close()  # never started: closed, not left unawaited
 
 
 async def _relay(awaitable: Awaitable[T], held: _Held[T]) -> None:
@@ -111,6 +152,9 @@ async def _relay(awaitable: Awaitable[T], held: _Held[T]) -> None:
     except asyncio.CancelledError:
         asyncio.Future.cancel(held)
         raise
+    except (KeyboardInterrupt, SystemExit) as exc:
+        held.set_exception(exc)
+        raise  # and the loop stops, as it would have
     except BaseException as exc:  # handed over whole, as the await would raise it
         held.set_exception(exc)
         return

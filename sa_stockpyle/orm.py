@@ -259,7 +259,7 @@ class Attachment:
     def _before_commit(self, session: Session) -> None:
         # An AsyncSession's commit: its write-through is built while the database
         # answers the COMMIT (the work then costs the commit no time of its own).
-        if in_greenlet():
+        if in_greenlet() and session.get_nested_transaction() is None:  # not a savepoint's
             transaction = session.get_transaction()
             if transaction is not None:
                 prepare_during_commit(partial(self._prepare, session, transaction))

@@ -159,12 +159,12 @@ class _GreenletRedisStore(RedisStore):
         connection = (
             idle.pop() if idle else self._recipe.connection_class(**self._recipe.connection_kwargs)
         )
-        packed = packed or self._pack(commands) or connection.pack_commands(commands)
+        packet = self._packet(commands, packed, connection)
         try:
             if not _idle_and_sound(connection):
                 wait_for(_ready(connection, self._errors.failures))
             # The transport sends at once what the socket takes, and the rest as it can.
-            connection._writer.writelines(packed)
+            connection._writer.writelines(packet)
         except BaseException:
             wait_for(connection.disconnect(nowait=True))  # a command sent in part
             raise

@@ -28,6 +28,8 @@ class _GreenletSqlAlchemyStore(SqlAlchemyStore):
 
     #: The async_scoped_session given, if one was.
     _scoped: async_scoped_session[Any] | None = None
+    #: With ``engine=``, the session of each task that called the store.
+    _tasks: weakref.WeakKeyDictionary[Any, Session] | None = None
 
     def _session_of(self, session: object) -> tuple[Callable[[], Session], Any]:
         if isinstance(session, async_scoped_session):
@@ -47,13 +49,10 @@ class _GreenletSqlAlchemyStore(SqlAlchemyStore):
         (after each operation's commit it holds no connection)."""
         owned: type[Session] = type("OwnedSession", (Session,), {})  # listened on alone
         track(self._listeners, owned)
-        sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
+        sessions = self._tasks = weakref.WeakKeyDictionary()
 
         def current() -> Session:
-            try:
-                task = asyncio.current_task()
-            except RuntimeError:  # no event loop: a session for this call alone
-                task = None
+            task = _current_task()
             session = sessions.get(task) if task is not None else None
             if session is None:
                 session = owned(engine, expire_on_commit=False)
@@ -78,10 +77,22 @@ class _GreenletSqlAlchemyStore(SqlAlchemyStore):
         costs more than the cache hit it would hold)."""
         if self._scoped is not None and not self._scoped.registry.has():
             return objs
+        if self._tasks is not None:
+            task = _current_task()
+            if task is None or self._tasks.get(task) is None:
+                return objs
         return super().adopt(klass, objs)
 
     def __repr__(self) -> str:
         return "<Async" + super().__repr__()[1:]
+
+
+def _current_task() -> Any:
+    """The running task, or None (no event loop: a session for the call alone)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
 
 
 class AsyncSqlAlchemyStore(AsyncStore[SqlAlchemyStore]):
@@ -94,8 +105,11 @@ class AsyncSqlAlchemyStore(AsyncStore[SqlAlchemyStore]):
       call (the current task's session, for ``scopefunc=asyncio.current_task``).  Writes
       are flushed, never committed: the caller owns the transaction.
     * ``engine``: an ``AsyncEngine``; the store owns a session per task
-      (``expire_on_commit=False``), made at the task's first call and dropped with the
-      task, and commits after every operation.  Tasks may call it at once.
+      (``expire_on_commit=False``), made at the task's first call that needs one and
+      dropped with the task, and commits after every operation.  Tasks may call it at
+      once.  An object it returns belongs to the calling task's session (its lazy loads
+      go through it while the task lives); SQLAlchemy refuses to add an object another
+      live session holds, so another task puts a copy of it.
 
     Objects read from the database are persistent in the session, and their loading is
     the synchronous store's: the same SELECT, the same identity-map answers, the same

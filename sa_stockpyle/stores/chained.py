@@ -274,7 +274,7 @@ class ChainedStore(ChainReads, BaseStore):
         the other, and tells other processes (see :meth:`BaseStore.start_committed`).
         The in-process layers' writes are built while the first one's reply is on its
         way."""
-        return self.prepare_committed(puts, removals)()
+        return self._committed(puts, removals)()
 
     def prepare_committed(
         self, puts: Sequence[object], removals: Sequence[Removal]
@@ -282,7 +282,18 @@ class ChainedStore(ChainReads, BaseStore):
         """Build the writes of the layers other processes share now, and return the call
         that starts them as :meth:`start_committed` does (see
         :meth:`BaseStore.prepare_committed`); an in-process layer's write is built when
-        the first layer's reply is on its way, the time it would otherwise wait."""
+        the first layer's reply is on its way, the time it would otherwise wait.  A
+        subclass whose ``start_committed`` is its own gets it called whole, by the call
+        returned."""
+        if type(self).start_committed is not ChainedStore.start_committed:
+            return lambda: self.start_committed(puts, removals)
+        return self._committed(puts, removals)
+
+    def _committed(
+        self, puts: Sequence[object], removals: Sequence[Removal]
+    ) -> Callable[[], Finish]:
+        """The write of a commit to every layer, the shared layers' built now, and the
+        call that starts it."""
         classes = {type(obj) for obj in puts} | {klass for klass, _ in removals}
         layers = list(reversed(self.health))
         starts: list[Start | None] = [None] * len(layers)
@@ -332,7 +343,7 @@ class ChainedStore(ChainReads, BaseStore):
         if not layer.resting:
             try:
                 prepared = layer.store.prepare_committed(puts, removals)
-            except StoreUnavailable:
+            except Exception:  # raised again, and counted, by the start's own attempt
                 prepared = None
 
         def failed(exc: StoreUnavailable) -> None:

@@ -111,6 +111,7 @@ class Generations:
         generation that moves after that read was started after this write, and its
         readers read the database after this commit.
         """
+        self.learn_classes(classes)
         return self.prepare_current(classes, write, attempts)()
 
     def prepare_current(
@@ -120,13 +121,17 @@ class Generations:
         attempts: int = MAX_GENERATION_RETRIES,
     ) -> Callable[[], Finish | None]:
         """:meth:`write_current` in two steps: the ops are built now, and written by the
-        call returned (which returns what :meth:`write_current` does).  Nothing is
-        written before that call; ops built under a generation this process has replaced
+        call returned (which returns what :meth:`write_current` does).  Nothing is read
+        or written before that call: when a class's generation is not known yet, the ops
+        are built then too; ops built under a generation this process has replaced
         meanwhile are built again then."""
         if not classes:
             return _done
-        self.learn_classes(classes)
         keymaker = self.store.keymaker
+        if not all(klass in keymaker.generations for klass in classes):
+            # Learning a generation may take I/O (and write a token where none is): not
+            # before the write starts, which may be never.
+            return lambda: self.write_current(classes, write, attempts)
         keys = list(dict.fromkeys(key for c in classes for key in keymaker.generation_keys(c)))
         used = {key: keymaker.tokens.get(key) for key in keys}
         store, clock = self.store, self.store.clock

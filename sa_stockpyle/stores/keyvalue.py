@@ -215,11 +215,18 @@ class BaseKeyValueStore(BaseStore):
     ) -> Finish | None:
         """Begin :meth:`write_committed` (see :meth:`BaseStore.start_committed`): the
         batch is sent, and its reply read by the call returned, where the backend allows."""
-        return self.prepare_committed(puts, removals)()
+        return self._committed(puts, removals)()
 
     def prepare_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> Start:
         """Build :meth:`write_committed`'s batch now (keys, records and payloads); the
-        call returned sends it (see :meth:`BaseStore.prepare_committed`)."""
+        call returned sends it (see :meth:`BaseStore.prepare_committed`).  A subclass
+        whose ``start_committed`` is its own gets it called whole, by the call returned."""
+        if type(self).start_committed is not BaseKeyValueStore.start_committed:
+            return lambda: self.start_committed(puts, removals)
+        return self._committed(puts, removals)
+
+    def _committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> Start:
+        """The write of a commit, built now, and the call that sends it."""
         classes = self._classes_of(puts)
         for klass in {klass for klass, _ in removals}:
             classes.update(storage_classes(klass, self.polymorphic))

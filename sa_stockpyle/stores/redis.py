@@ -169,6 +169,12 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
             return None
         return [b"".join([pack(command) for command in commands])]
 
+    def _packet(
+        self, commands: Sequence[tuple[Any, ...]], packed: list[bytes] | None, connection: Any
+    ) -> list[bytes]:
+        """What ``connection`` sends for ``commands``: ``packed`` ahead, or packed now."""
+        return packed or self._pack(commands) or connection.pack_commands(commands)
+
     def _send(
         self, commands: Sequence[tuple[Any, ...]], packed: list[bytes] | None = None
     ) -> _Replies:
@@ -206,9 +212,8 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
             stale = True
         if stale:
             connection.disconnect()
-        packed = packed or self._pack(commands) or connection.pack_commands(commands)
         try:
-            connection.send_packed_command(packed)
+            connection.send_packed_command(self._packet(commands, packed, connection))
         except BaseException:
             connection.disconnect()  # a command sent in part would garble the next
             raise
@@ -313,7 +318,9 @@ class RedisStore(SharedPayloads, BaseKeyValueStore):
         # slots; a cluster pipeline refuses EVALSHA), and tombstones go out in one
         # pipeline: their times are never compared there.  The arguments are built here;
         # the call returned sends them, and the call it returns reads the replies: the
-        # results of ``ops``, and the values of ``reads``.
+        # results of ``ops``, and the values of ``reads``.  A TTL counted from the build
+        # may outlast its entry by the time until the send (a COMMIT's round trip): the
+        # payload's own expiry, which every read checks, is exact.
         clock_now = self.clock()
         results: list[Any] = [None] * len(ops)
         groups: dict[int, list[int]] = {}
