@@ -19,7 +19,8 @@
    figures are the cache's and the database's.
 
 Parts 1 to 3 alternate the two sides of each ratio round by round, so both see the same
-machine; each figure is the median over the rounds.  A baseline call's session is opened
+machine; each figure is the median over the rounds (part 3: ten commits per round and
+side, each timed alone, its median over them all).  A baseline call's session is opened
 before its clock starts (as in the suite); its ``get`` and its close are timed.  A
 store's call is a request: the lookup, then the end of the request's scoped session,
 both timed (a request served by a cache layer opens no session).  Part 4 warms every
@@ -257,7 +258,7 @@ async def commits(setup: Setup, redis_url: str, rounds: int) -> list[str]:
         ("written through (version_id_col)", Account, "balance"),
     ):
         ours, theirs = [], []
-        for _ in range(rounds * 4):
+        for _ in range(rounds * 10):
             ours.append(await commit(attached, klass, column))
             theirs.append(await commit(plain, klass, column))
         mine, base = statistics.median(ours), statistics.median(theirs)
