@@ -26,6 +26,7 @@ may hold writes the database has not committed, so reads on the connection fill 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
@@ -50,6 +51,8 @@ __all__ = [
     "wait_for_commit",
     "watch_commits",
 ]
+
+log = logging.getLogger("sa_stockpyle")
 
 
 @dataclass
@@ -214,7 +217,10 @@ class _Work(list[Callable[[], None]]):
 
     def __call__(self) -> None:
         for work in self:
-            work()
+            try:
+                work()
+            except Exception:  # the others still run; the write is built at its start
+                log.exception("sa_stockpyle: building a write during a COMMIT failed")
 
 
 def prepare_during_commit(work: Callable[[], None]) -> None:
@@ -222,8 +228,8 @@ def prepare_during_commit(work: Callable[[], None]) -> None:
     waits for the database's reply (hooked by :func:`watch_commits`): the event loop
     runs it, between the other tasks it runs meanwhile, outside any greenlet.  An
     ``AsyncSession``'s commit builds its write-through there, so that the work overlaps
-    the round trip.  ``work`` must neither raise nor await; it does not run at all when
-    no such COMMIT comes.  Outside a greenlet, nothing happens."""
+    the round trip.  ``work`` must not await (what it raises is logged); it does not run
+    when no such COMMIT comes.  Outside a greenlet, nothing happens."""
     if in_greenlet():
         running = current()
         waiting = _PREPARING.get(running)

@@ -86,8 +86,8 @@ def run_apart(fn: Callable[[], T], alongside: Callable[[], object] | None = None
     are SQLAlchemy's own), run in a greenlet and task of its own, to its end: a
     cancellation of the caller's task does not reach it, and is requested again once it
     has ended (see :func:`cancellation_deferred`).  ``alongside``, if given, runs on the
-    event loop, outside any greenlet, as soon as ``fn`` first awaits; it must neither
-    raise nor await.  Call it in a greenlet only."""
+    event loop, outside any greenlet, right after ``fn`` has run up to its first wait
+    (or to its end); it must neither raise nor await.  Call it in a greenlet only."""
     with cancellation_deferred():
         held = _relayed(concurrency.greenlet_spawn(fn))
         # After the relay's first step, which runs ``fn`` up to its first wait.
@@ -103,9 +103,12 @@ def _relayed(awaitable: Awaitable[T]) -> _Held[T]:
     """``awaitable``, started in a task of its own, which a cancellation of the caller's
     task does not reach; the task hands its outcome over itself (one event-loop turn
     sooner than ``asyncio.shield``, which relays it through a callback)."""
-    held: _Held[T] = _Held(loop=asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    held: _Held[T] = _Held(loop=loop)
     held.awaitable = awaitable
-    held.relay = asyncio.ensure_future(_relay(awaitable, held))
+    # A Task made here, not by the loop's task factory: an eager one would run its first
+    # step in this greenlet, and the greenlets it starts would return into this one.
+    held.relay = asyncio.Task(_relay(awaitable, held), loop=loop)
     held.relay.add_done_callback(held.settle)
     return held
 
@@ -152,9 +155,9 @@ async def _relay(awaitable: Awaitable[T], held: _Held[T]) -> None:
     except asyncio.CancelledError:
         asyncio.Future.cancel(held)
         raise
-    except (KeyboardInterrupt, SystemExit) as exc:
-        held.set_exception(exc)
-        raise  # and the loop stops, as it would have
+    except (KeyboardInterrupt, SystemExit):
+        asyncio.Future.cancel(held)  # raised once, by the loop, which stops
+        raise
     except BaseException as exc:  # handed over whole, as the await would raise it
         held.set_exception(exc)
         return

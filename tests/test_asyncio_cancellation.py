@@ -6,15 +6,20 @@ and only then is the task cancelled.  And the greenlet bridge's deferral on its 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable
 from typing import TypeVar
 
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from sa_stockpyle.asyncio import AsyncChainedStore, AsyncRedisStore, AsyncSqlAlchemyStore
 from sa_stockpyle.greenlets import cancellation_deferred, pause, run, run_apart, wait_for
+from sa_stockpyle.stores import ProcessMemoryStore
 from stress.partition import Partition
-from tests.models import CLASSES, Doc, item_tables
+from tests.asyncio_helpers import PATIENT
+from tests.models import CLASSES, Doc, Item, item_tables
 from tests.test_asyncio_races import DELAY, caches_of
 
 T = TypeVar("T")
@@ -56,6 +61,45 @@ def test_a_task_cancelled_while_its_commit_is_on_its_way_is_written_through(
                 assert [obj is not None and obj.value for obj in held] == ["v2", "v2"]
             else:  # removed from both
                 assert held == [None, None]
+
+    with item_tables(postgres_url), Partition(direct.host, direct.port or 5432) as link:
+        asyncio.run(scenario(link))
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_a_put_cancelled_while_the_database_answers_reaches_every_layer(
+    postgres_url: str, redis_url: str, driver: str
+) -> None:
+    direct = make_url(postgres_url)
+    assert direct.host is not None
+
+    async def scenario(link: Partition) -> None:
+        host, port = link.address.rsplit(":", 1)
+        url = direct.set(drivername=f"postgresql+{driver}", host=host, port=int(port))
+        engine = create_async_engine(url)
+        memory = ProcessMemoryStore()
+        redis = AsyncRedisStore(url=redis_url, prefix=uuid.uuid4().hex, **PATIENT)
+        chain = AsyncChainedStore(
+            [memory, redis, AsyncSqlAlchemyStore(engine=engine)], broadcast=False
+        )
+        try:
+            await chain.put(Item(id=1, code="c1", value="v1"))
+            link.delay, link.most_in_flight = DELAY, 0
+            task = asyncio.create_task(chain.put(Item(id=2, code="c2", value="v2")))
+            while not link.most_in_flight:  # the database's reply is held
+                await asyncio.sleep(0.001)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            link.delay = 0.0
+            for layer in (memory, redis, chain):  # the database's last
+                found = layer.get(Item, 2) if layer is memory else await layer.get(Item, 2)
+                assert found is not None
+                assert found.value == "v2"
+        finally:
+            link.delay = 0.0
+            await chain.aclose()
+            await engine.dispose()
 
     with item_tables(postgres_url), Partition(direct.host, direct.port or 5432) as link:
         asyncio.run(scenario(link))

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from sa_stockpyle.async_sessions import current_session
 from sa_stockpyle.errors import ConfigurationError
+from sa_stockpyle.greenlets import in_greenlet, run_apart
 from sa_stockpyle.stores.async_base import AsyncStore
 from sa_stockpyle.stores.freshness import track
 from sa_stockpyle.stores.sqlalchemy import SqlAlchemyStore
@@ -61,6 +62,15 @@ class _GreenletSqlAlchemyStore(SqlAlchemyStore):
             return session
 
         return current, lambda: list(sessions.values())
+
+    def _commit(self, session: Session, write: bool) -> None:
+        # A write's flush and COMMIT run to their end whatever cancels the task (their
+        # awaits are SQLAlchemy's, which a cancellation would reach): the database may
+        # commit either way, and the cache layers written after it must follow.
+        if write and in_greenlet():
+            run_apart(session.commit)
+        else:
+            session.commit()
 
     def _engine_of(self, engine: object) -> Engine:
         if isinstance(engine, AsyncEngine):

@@ -26,7 +26,7 @@ S = TypeVar("S", bound=BaseStore)
 def _whole(write: Callable[..., None], *args: Any) -> None:
     """``write(*args)``, which a cancellation of the task does not cut short: a write
     that reached the database reaches every cache layer too, before the cancellation
-    is raised."""
+    is raised (a database layer's own COMMIT runs apart: see ``AsyncSqlAlchemyStore``)."""
     with cancellation_deferred():
         write(*args)
 

@@ -202,10 +202,15 @@ class SqlAlchemyStore(BaseStore):
             return
         try:
             yield session
-            session.commit()
+            self._commit(session, write)
         except BaseException:
             session.rollback()
             raise
+
+    def _commit(self, session: Session, write: bool) -> None:
+        """Commit the store's own ``session`` after an operation (``write``: one that
+        wrote)."""
+        session.commit()
 
     # -- reads ------------------------------------------------------------------------
 
