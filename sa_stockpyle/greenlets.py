@@ -172,7 +172,11 @@ def cancellation_deferred() -> Iterator[None]:
     when the block ends, so the task's next ``await`` raises it, as the task's
     canceller (``asyncio.timeout``, a task group) expects; nothing raises it inside the
     block's caller (SQLAlchemy's commit, which goes on to close its transaction).
-    Outside a greenlet, nothing changes."""
+    Outside a greenlet, nothing changes.
+
+    Only the block's waits through :func:`wait_for` (and :func:`pause`,
+    :func:`blocking`) are covered: code whose awaits are SQLAlchemy's own (a driver's
+    COMMIT) runs under :func:`run_apart` instead."""
     running = current() if in_greenlet() else None
     if running is None or running in _DEFERRING:  # not a greenlet's, or nested
         yield
