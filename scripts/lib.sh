@@ -102,7 +102,8 @@ run_suite() {
         tests/test_entity_codec.py tests/test_column_values.py tests/test_write_paths.py \
         tests/test_dml.py tests/test_listeners.py tests/test_freshness.py tests/test_commit_buffers.py \
         tests/test_asyncio.py tests/test_asyncio_races.py tests/test_asyncio_faults.py \
-        tests/test_asyncio_sqlalchemy_store.py tests/test_fastapi_app.py
+        tests/test_asyncio_sqlalchemy_store.py tests/test_asyncio_cancellation.py \
+        tests/test_fastapi_app.py
 
     # The documentation site (mkdocs.yml), with every warning an error: broken links, pages
     # missing from the nav, and griffe's warnings about the package's docstrings.
