@@ -140,8 +140,9 @@ class _Held(asyncio.Future[T]):
         return False
 
     def settle(self, relay: asyncio.Future[None]) -> None:
-        """When the relay ended without handing an outcome over (cancelled before its
-        first step, as a loop's shutdown cancels every task): cancelled too."""
+        """When the relay ended without handing an outcome over (cancelled, even before
+        its first step as a loop's shutdown cancels every task, or interrupted):
+        cancelled too."""
         if not self.done():
             asyncio.Future.cancel(self)
             if asyncio.iscoroutine(self.awaitable):
@@ -152,12 +153,8 @@ async def _relay(awaitable: Awaitable[T], held: _Held[T]) -> None:
     """Await ``awaitable`` and hand its outcome to ``held``."""
     try:
         result = await awaitable
-    except asyncio.CancelledError:
-        asyncio.Future.cancel(held)
-        raise
-    except (KeyboardInterrupt, SystemExit):
-        asyncio.Future.cancel(held)  # raised once, by the loop, which stops
-        raise
+    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        raise  # ``held`` is cancelled by its settle; an interrupt stops the loop, once
     except BaseException as exc:  # handed over whole, as the await would raise it
         held.set_exception(exc)
         return

@@ -101,6 +101,20 @@ class Caches:
     async def held(self, klass: type, key: object) -> list[Any]:
         return [self.memory.get(klass, key), await self.redis.get(klass, key)]
 
+    async def only_in_database(self, klass: type, value: str) -> None:
+        """Row 1 of ``klass``, ``value``, in the database and in neither cache layer."""
+        await self.write(klass, 1, value, new=True)
+        self.memory.clear()
+        await self.redis.batch_delete([klass(id=1, code="c1", value=value)])
+
+    def hold_next_read(self) -> tuple[asyncio.Event, asyncio.Event]:
+        """Hold the database layer's next read right after it (see
+        :class:`HookedDatabase`): the event that releases it, and the one it sets when
+        it has read."""
+        gate, reached = asyncio.Event(), asyncio.Event()
+        self.database.after_read, self.database.reached = gate, reached
+        return gate, reached
+
     async def write(self, klass: type, ident: int, value: str, new: bool = False) -> None:
         async with self.factory() as session:
             if new:
@@ -141,11 +155,8 @@ def test_a_fill_never_undoes_a_commit_that_landed_after_its_read(
 ) -> None:
     async def scenario() -> None:
         async with caches_of(url, redis_url) as caches:
-            await caches.write(klass, 1, "v1", new=True)
-            caches.memory.clear()
-            await caches.redis.batch_delete([klass(id=1, code="c1", value="v1")])
-            gate, reached = asyncio.Event(), asyncio.Event()
-            caches.database.after_read, caches.database.reached = gate, reached
+            await caches.only_in_database(klass, "v1")
+            gate, reached = caches.hold_next_read()
             reader = asyncio.create_task(caches.read(klass, 1))
             await reached.wait()  # the reader has read v1, and waits before its fill
             await caches.write(klass, 1, "v2")  # another task commits meanwhile
@@ -165,11 +176,8 @@ def test_a_fill_never_brings_back_a_row_deleted_after_its_read(
 ) -> None:
     async def scenario() -> None:
         async with caches_of(url, redis_url) as caches:
-            await caches.write(klass, 1, "v1", new=True)
-            caches.memory.clear()
-            await caches.redis.batch_delete([klass(id=1, code="c1", value="v1")])
-            gate, reached = asyncio.Event(), asyncio.Event()
-            caches.database.after_read, caches.database.reached = gate, reached
+            await caches.only_in_database(klass, "v1")
+            gate, reached = caches.hold_next_read()
             reader = asyncio.create_task(caches.read(klass, {"code": "c1"}))
             await reached.wait()
             async with caches.factory() as session:
@@ -338,9 +346,7 @@ def test_a_commit_the_database_refuses_writes_nothing_it_built(
 def test_fifty_tasks_missing_one_hot_key_cost_one_database_read(url: str, redis_url: str) -> None:
     async def scenario() -> None:
         async with caches_of(url, redis_url) as caches:
-            await caches.write(Item, 1, "hot", new=True)
-            caches.memory.clear()
-            await caches.redis.batch_delete([Item(id=1, code="c1", value="hot")])
+            await caches.only_in_database(Item, "hot")
             statements = Statements(caches.engine.sync_engine)
 
             found = await asyncio.gather(*(caches.read(Item, 1) for _ in range(50)))

@@ -276,9 +276,7 @@ class ChainedStore(ChainReads, BaseStore):
         way."""
         return self._committed(puts, removals)()
 
-    def prepare_committed(
-        self, puts: Sequence[object], removals: Sequence[Removal]
-    ) -> Callable[[], Finish]:
+    def prepare_committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> Start:
         """Build the writes of the layers other processes share now, and return the call
         that starts them as :meth:`start_committed` does (see
         :meth:`BaseStore.prepare_committed`); an in-process layer's write is built when
@@ -286,7 +284,7 @@ class ChainedStore(ChainReads, BaseStore):
         subclass whose ``start_committed`` is its own gets it called whole, by the call
         returned."""
         if type(self).start_committed is not ChainedStore.start_committed:
-            return lambda: self.start_committed(puts, removals)
+            return super().prepare_committed(puts, removals)
         return self._committed(puts, removals)
 
     def _committed(

@@ -132,10 +132,7 @@ class BaseDictionaryStore(BaseKeyValueStore):
                 lead += 1
             if lead:
                 tomb = self._tombstone()
-                keys = [op.key for op in ops[:lead]]
-                self._set_items(dict.fromkeys(keys, tomb[0]))
-                if sweeps:
-                    self._markers.append((tomb[1], keys))
+                self._entomb([op.key for op in ops[:lead]], tomb)
                 results += [True] * lead
             for op in ops[lead:]:
                 kind = op.kind
@@ -144,9 +141,7 @@ class BaseDictionaryStore(BaseKeyValueStore):
                     # Redis), serves every key: commits leave many.
                     if tomb is None:
                         tomb = self._tombstone()
-                    mapping[op.key] = tomb[0]
-                    if sweeps:
-                        self._markers.append((tomb[1], (op.key,)))
+                    self._entomb((op.key,), tomb)
                     results.append(True)
                     continue
                 if kind is OpKind.SET:
@@ -160,6 +155,13 @@ class BaseDictionaryStore(BaseKeyValueStore):
                         self._markers.append((expires_at, (op.key,)))
                 results.append(result)
         return results
+
+    def _entomb(self, keys: Sequence[str], tomb: tuple[Any, float]) -> None:
+        """Write the tombstone ``tomb`` (raw value, expiry) at ``keys``, whatever they
+        hold (called with the lock held)."""
+        self._set_items(dict.fromkeys(keys, tomb[0]))
+        if self.sweeps_markers:
+            self._markers.append((tomb[1], keys))
 
     def _decide(
         self, op: Op, current: Any, clock_now: float

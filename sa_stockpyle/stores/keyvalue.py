@@ -222,7 +222,7 @@ class BaseKeyValueStore(BaseStore):
         call returned sends it (see :meth:`BaseStore.prepare_committed`).  A subclass
         whose ``start_committed`` is its own gets it called whole, by the call returned."""
         if type(self).start_committed is not BaseKeyValueStore.start_committed:
-            return lambda: self.start_committed(puts, removals)
+            return super().prepare_committed(puts, removals)
         return self._committed(puts, removals)
 
     def _committed(self, puts: Sequence[object], removals: Sequence[Removal]) -> Start:
