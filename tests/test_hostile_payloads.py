@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import uuid
 import zoneinfo
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -623,8 +624,10 @@ def _factory(name: str) -> type:
 
 def test_two_classes_with_one_name_are_refused(shared: BaseKeyValueStore) -> None:
     first, second = _factory("first"), _factory("second")
-    # One name per run of this test (it runs once per store, in one process).
-    first.__qualname__ = second.__qualname__ = f"Made{id(shared)}"
+    # One name per run of this test (it runs once per store, in one process; an id()
+    # could be an earlier run's store's again, whose classes still hold the name).
+    name = f"Made{uuid.uuid4().hex}"
+    first.__qualname__ = second.__qualname__ = name
     shared.put(first(1))
     with pytest.raises(ConfigurationError, match="two classes named") as info:
         shared.put(second(1))
@@ -633,7 +636,7 @@ def test_two_classes_with_one_name_are_refused(shared: BaseKeyValueStore) -> Non
         shared.get(second, 1)
     # What docs/keys.md says to do: a factory names each class it makes.
     third = _factory("third")
-    third.__qualname__ = f"Made{id(shared)}[third]"
+    third.__qualname__ = f"{name}[third]"
     shared.put(third(1))
     assert shared.get(third, 1).made_by == "third"  # type: ignore[attr-defined]
     assert shared.get(first, 1).made_by == "first"  # type: ignore[attr-defined]
