@@ -160,6 +160,31 @@ class KeyMaker:
             keys.append(key if plain and len(key) <= MAX_KEY_LENGTH else self._checked(key))
         return tuple(keys)
 
+    def keys_maker(self, spec: KeySpec) -> Callable[[object], tuple[str, ...]]:
+        """:meth:`keys_of` as a function of the object, for the objects of one batch: the
+        key heads are looked up once, and the usual items (one attribute holding an int or
+        a str) are encoded inline; any other object takes :meth:`keys_of` whole."""
+        heads, plain = self._heads_of(spec)
+        if not plain or any(len(item) != 1 for item in spec.items):
+            return lambda obj: self.keys_of(spec, obj)
+        named = tuple(zip([item[0] for item in spec.items], heads, strict=True))
+
+        def keys_of(obj: object) -> tuple[str, ...]:
+            keys = []
+            for name, head in named:
+                value: Any = getattr(obj, name, None)
+                kind = type(value)
+                if kind is int:
+                    key = head + encode_int(value)
+                elif kind is str:
+                    key = head + encode_str(value)
+                else:
+                    return self.keys_of(spec, obj)  # None, a missing attribute, ...
+                keys.append(key if len(key) <= MAX_KEY_LENGTH else self._checked(key))
+            return tuple(keys)
+
+        return keys_of
+
     def agrees(
         self,
         spec: KeySpec,

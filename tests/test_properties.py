@@ -17,10 +17,12 @@ from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
 from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
+from sa_stockpyle import codec
 from sa_stockpyle.cache_keys import MAX_KEY_LENGTH, KeyMaker
 from sa_stockpyle.codec import (
     MAGIC,
@@ -427,6 +429,48 @@ def test_a_payload_holding_an_int_past_the_digit_limit_is_a_payload_error(
     # Where a write looks for the version of the entry it would replace.
     version = entry_version(payload)
     assert version is None or (digits <= DIGIT_LIMIT and version == value)
+
+
+@settings(max_examples=examples(300))
+@given(
+    st.dictionaries(
+        st.text(st.characters(exclude_categories=()), max_size=4),
+        st.recursive(
+            long_ints().filter(lambda number: number[0] <= DIGIT_LIMIT).map(lambda n: n[1])
+            | st.floats(allow_nan=False, allow_infinity=False)
+            | st.text(st.characters(exclude_categories=()), max_size=8)
+            | st.booleans()
+            | st.none(),
+            lambda inner: (
+                st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner)
+            ),
+            max_leaves=8,
+        ),
+        max_size=5,
+    ),
+    st.booleans(),
+)
+def test_the_fast_parser_reads_a_payload_as_json_does_or_leaves_it_to_json(
+    state: dict[str, Any], ascii_only: bool
+) -> None:
+    # msgspec parses payloads first; what it accepts must be what the json module reads
+    # (exact ints up to the digit limit, floats to the last bit, every string), and what
+    # it refuses (a lone surrogate) is read by the json module.  Ints past the limit are
+    # refused by both (see the test above).
+    body = {"c": "token", "s": state, "k": ["k"], "x": 1.5}
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=ascii_only)
+    try:
+        data = MAGIC + text.encode()
+    except UnicodeEncodeError:
+        reject()  # a lone surrogate written raw: no UTF-8, never a payload
+    try:
+        parsed = codec._PARSER.decode(data[len(MAGIC) :])
+    except msgspec.MsgspecError:
+        parsed = None
+    expected = json.loads(text)["s"]
+    if parsed is not None:
+        assert _same(parsed.s, expected)
+    assert _same(codec._body(data).s, expected)  # one parser or the other
 
 
 # -- nesting across MAX_DEPTH ---------------------------------------------------------------

@@ -8,7 +8,7 @@ lookup through a pointer checks that the entry it leads to still lists it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sa_stockpyle.codec import Entry, Pointer, Record, expiry
@@ -88,14 +88,19 @@ class RecordLayout:
         records: list[tuple[str, Record]] = []
         clock_now = store.clock()
         lifetime_cb = store.lifetime_cb
-        keys_of = store.keymaker.keys_of
+        makers: dict[type, Callable[[object], tuple[str, ...]]] = {}
         for obj, specs in self.stored_specs(objs):
             expires_at = expiry(lifetime_cb(obj), clock_now) if lifetime_cb else None
             # The keys before the snapshot: reading a key attribute that was never loaded
             # (deferred) loads it, and an entry must hold its key values (a reader checks
             # them against its keys).  An expired object is refused first, not refreshed.
             refuse_expired(obj)
-            keyed = [keys_of(spec, obj) for spec in specs]
+            keyed = []
+            for spec in specs:
+                keys_of = makers.get(spec.klass)
+                if keys_of is None:
+                    keys_of = makers[spec.klass] = store.keymaker.keys_maker(spec)
+                keyed.append(keys_of(obj))
             state, version = snapshot(obj), version_of(obj)
             for keys in keyed:
                 records.append((keys[0], Entry(type(obj), state, keys, expires_at, version)))
