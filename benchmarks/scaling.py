@@ -6,7 +6,9 @@ Number of objects: one ``ProcessMemoryStore`` grows from 10^3 to 10^6 users and 
 each size, ``store.get`` of random keys of the whole population is timed in the same
 rounds as the same lookup on a reference store that always holds 10^3 (a second
 redis-server for Redis), so the growth factor is free of the machine's drift.  These
-are store lookups, without a session.
+are store lookups, without a session.  At each memory size, ``LATENCY_CALLS`` lookups
+are also timed one by one, for the spread (p50, p99) and the garbage collector's pauses
+among them, and one full collection of the heap is timed.
 
 Size of an object: tables of 5 to 100 columns, 1,000 rows each; ``Session.get`` on
 PostgreSQL against the chain's memory and Redis layers, each lookup in a fresh session
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import gc
 import random
+import statistics
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from itertools import cycle
@@ -43,6 +47,8 @@ REDIS_SIZES = (1_000, 10_000, 100_000)
 COLUMNS = (5, 10, 25, 50, 100)
 WIDE_ROWS = 1_000
 REFERENCE = 1_000
+#: Lookups timed one by one at each memory size, for p50 and p99.
+LATENCY_CALLS = 200_000
 
 # Row names, shared with the report.
 POSTGRES = "PostgreSQL Session.get"
@@ -61,14 +67,53 @@ def _lookup(store: BaseStore, population: int) -> Callable[[], object]:
     return lambda: store.get(User, keys())
 
 
+def _spread(store: BaseStore, population: int) -> dict[str, float]:
+    """p50 and p99 of ``LATENCY_CALLS`` lookups timed one by one, the garbage
+    collector's pauses among them (``gc.callbacks``), and one full collection of the
+    heap as it is, timed apart."""
+    lookup, clock = _lookup(store, population), time.perf_counter
+    samples = [0.0] * LATENCY_CALLS
+    pauses: list[float] = []
+    started = [0.0]
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = clock()
+        else:
+            pauses.append(clock() - started[0])
+
+    gc.callbacks.append(watch)
+    try:
+        for i in range(LATENCY_CALLS):
+            start = clock()
+            lookup()
+            samples[i] = clock() - start
+    finally:
+        gc.callbacks.remove(watch)
+    cuts = statistics.quantiles(samples, n=100)
+    start = clock()
+    gc.collect()
+    full = clock() - start
+    return {
+        "p50_us": cuts[49] * 1e6,
+        "p99_us": cuts[98] * 1e6,
+        "collections": len(pauses),
+        "longest_pause_ms": max(pauses, default=0.0) * 1e3,
+        "full_collection_ms": full * 1e3,
+        "tracked": len(gc.get_objects()),
+    }
+
+
 def _grow(
     store: BaseStore,
     reference: BaseStore,
     sizes: tuple[int, ...],
     rounds: int,
     label: str,
+    spread: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Fill ``store`` size by size; time it against ``reference`` at each size."""
+    """Fill ``store`` size by size; time it against ``reference`` at each size (and,
+    with ``spread``, the spread of its lookups, see :func:`_spread`)."""
     reference.batch_put(_users(0, REFERENCE))
     held = 0
     results = {}
@@ -86,6 +131,8 @@ def _grow(
         )
         grown, ref = timings["grown"], timings["reference"]
         results[str(size)] = {"us": grown.median * 1e6, "growth": ref.ratio(grown)}
+        if spread:
+            results[str(size)] |= _spread(store, size)
     return results
 
 
@@ -113,7 +160,7 @@ def by_count(
     """``{"memory": {size: ...}, "Redis": {size: ...}}``."""
     results: dict[str, Any] = {}
     memory, reference = ProcessMemoryStore(), ProcessMemoryStore()
-    results["memory"] = _grow(memory, reference, memory_sizes, rounds, "memory")
+    results["memory"] = _grow(memory, reference, memory_sizes, rounds, "memory", spread=True)
     del memory, reference
     gc.collect()
     with _redis_servers(2) as (grown_url, reference_url):

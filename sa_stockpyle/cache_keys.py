@@ -172,15 +172,10 @@ class KeyMaker:
         def keys_of(obj: object) -> tuple[str, ...]:
             keys = []
             for name, head in named:
-                value: Any = getattr(obj, name, None)
-                kind = type(value)
-                if kind is int:
-                    key = head + encode_int(value)
-                elif kind is str:
-                    key = head + encode_str(value)
-                else:
+                key = self._plain_key(head, getattr(obj, name, None))
+                if key is None:
                     return self.keys_of(spec, obj)  # None, a missing attribute, ...
-                keys.append(key if len(key) <= MAX_KEY_LENGTH else self._checked(key))
+                keys.append(key)
             return tuple(keys)
 
         return keys_of
@@ -256,16 +251,9 @@ class KeyMaker:
         name, head = item[0], heads[0]
 
         def check(location: str, listed: tuple[str, ...], state: Any) -> bool:
-            value = state.get(name)
-            kind = type(value)
-            if kind is int:
-                key = head + encode_int(value)
-            elif kind is str:
-                key = head + encode_str(value)
-            else:
+            key = self._plain_key(head, state.get(name))
+            if key is None:
                 return general(location, listed, state)
-            if len(key) > MAX_KEY_LENGTH:
-                key = self._checked(key)
             return key == location and bool(listed) and listed[0] == location
 
         return check
@@ -324,6 +312,18 @@ class KeyMaker:
             cached = (generation, heads, all(map(_acceptable, heads)))
             self._heads[spec.klass] = cached
         return cached[1], cached[2]
+
+    def _plain_key(self, head: str, value: Any) -> str | None:
+        """The key of ``value`` after the usable ``head`` when it is an int or a str,
+        encoded inline (the usual key); None for any other value."""
+        kind = type(value)
+        if kind is int:
+            key = head + encode_int(value)
+        elif kind is str:
+            key = head + encode_str(value)
+        else:
+            return None
+        return key if len(key) <= MAX_KEY_LENGTH else self._checked(key)
 
     def _checked(self, key: str) -> str:
         if _acceptable(key):
