@@ -48,12 +48,11 @@ class Leases:
             Marker(secrets.token_hex(8), clock_now, clock_now + store.lease_ttl)
         )
         asked = [key for key in dict.fromkeys(wanted) if key is not None]
+        take, until = OpKind.LEASE, clock_now + store.lease_ttl
         results = dict(
             zip(
                 asked,
-                store.apply_unexpired(
-                    [Op(OpKind.LEASE, key, lease, clock_now + store.lease_ttl) for key in asked]
-                ),
+                store.apply_unexpired([Op(take, key, lease, until) for key in asked]),
                 strict=True,
             )
         )
@@ -105,26 +104,28 @@ class Leases:
         generations = store.keymaker.generations
         # A class whose namespace changed since the claim (or was not known then) would be
         # filled with keys the claim never covered.
-        found = [
-            obj
-            for obj in found
-            if all(
+        unchanged = {
+            klass: all(
                 c in claim.generations and generations.get(c) == claim.generations[c]
-                for c in storage_classes(type(obj), store.polymorphic)
+                for c in storage_classes(klass, store.polymorphic)
             )
-        ]
+            for klass in {type(obj) for obj in found}
+        }
+        found = [obj for obj in found if unchanged[type(obj)]]
         may_add = time.monotonic() - reservation.started < store.tombstone_ttl / 2
         ops: list[Op] = []
         # An object this store cannot carry is not filled (the reader has it already):
         # no tombstones for it either, only releases of the leases on its keys.
+        # The kinds read once: an enum member costs an attribute lookup per key.
+        fill, pointer, add = OpKind.FILL, OpKind.SET, OpKind.ADD
+        since = claim.since if store.compares_tombstone_times else None
         for key, record, payload in store.layout.encoded(store.layout.records(found), []):
             if leased.pop(key, False):
-                ops.append(Op(OpKind.FILL, key, payload, record.expires_at, claim.lease))
+                ops.append(Op(fill, key, payload, record.expires_at, claim.lease))
             elif type(record) is Pointer:
-                ops.append(Op(OpKind.SET, key, payload, record.expires_at))
+                ops.append(Op(pointer, key, payload, record.expires_at))
             elif may_add:
-                since = claim.since if store.compares_tombstone_times else None
-                ops.append(Op(OpKind.ADD, key, payload, record.expires_at, since))
+                ops.append(Op(add, key, payload, record.expires_at, since))
         ops += [Op(OpKind.RELEASE, key, None, None, claim.lease) for key in leased]
         if ops:
             store.apply_unexpired(ops)

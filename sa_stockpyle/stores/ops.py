@@ -9,8 +9,11 @@ a fill that read the database before a commit unable to write the old state back
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import msgspec
+from msgspec.structs import replace
 
 __all__ = ["Op", "OpKind", "soonest_expiry", "unexpired"]
 
@@ -42,9 +45,14 @@ class OpKind(str, enum.Enum):
 WRITES_RECORDS = frozenset({OpKind.SET, OpKind.FILL, OpKind.ADD, OpKind.NEWER})
 
 
-class Op(NamedTuple):
+class Op(msgspec.Struct, frozen=True, gc=False):
     """One conditional write of :meth:`BaseKeyValueStore.apply
-    <sa_stockpyle.stores.BaseKeyValueStore.apply>`, on one key."""
+    <sa_stockpyle.stores.BaseKeyValueStore.apply>`, on one key.
+
+    It unpacks as ``kind, key, raw, expires_at, arg``.  The garbage collector does not
+    track it (a commit or a fill builds thousands, alive until the batch is written, and
+    tracked ones would set off collections; nothing in an op refers back to it).
+    """
 
     #: What to write, and where (see :class:`OpKind`).
     kind: OpKind
@@ -59,6 +67,9 @@ class Op(NamedTuple):
     #: write carries, the backend time an add compares tombstones with.
     arg: Any = None
 
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.kind, self.key, self.raw, self.expires_at, self.arg))
+
 
 def unexpired(ops: Sequence[Op], now: float) -> list[Op]:
     """``ops`` without the writes that have expired by ``now`` already: a set or a newer
@@ -69,9 +80,9 @@ def unexpired(ops: Sequence[Op], now: float) -> list[Op]:
         expires_at, kind = op.expires_at, op.kind
         if expires_at is not None and expires_at <= now and kind in WRITES_RECORDS:
             if kind in (OpKind.SET, OpKind.NEWER):
-                ready.append(op._replace(kind=OpKind.TOMBSTONE))
+                ready.append(replace(op, kind=OpKind.TOMBSTONE))
             elif kind == OpKind.FILL:
-                ready.append(op._replace(kind=OpKind.RELEASE))
+                ready.append(replace(op, kind=OpKind.RELEASE))
             continue
         ready.append(op)
     return ready
