@@ -1,6 +1,11 @@
 """Parts 1 and 2 of the suite: single-key lookups and batches, each layer against the
 database and against the dogpile.cache setup, every lookup in a fresh session.
 
+Batches of ``FRESH_SIZE`` keys are timed twice: in a process of their own that has done
+nothing else (``python lookups.py``, started by :func:`run`), and in the suite's process
+after the single lookups and the smaller batches, so that what a process leaves behind
+(listeners, registries, a larger heap) shows as a difference between the two.
+
 Every case of one table is timed in the same rounds (see ``common.interleaved``) and its
 ratio is the median of per-round ratios against the table's first row.  The cost of a
 ``signing_key`` is the median of per-round ratios of the signed Redis layer to the
@@ -9,7 +14,10 @@ unsigned one, timed next to each other.
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -47,6 +55,8 @@ BATCH_SIZES = (10, 100, 1_000, 10_000)
 #: and a turn of a few calls would charge it to whichever case happened to cross the
 #: threshold.  A second of calls shares the collections out in proportion.
 BATCH_BUDGETS = {1_000: 1.0}
+#: The batch size also timed in a fresh process.
+FRESH_SIZE = 1_000
 
 # Row names, shared with the report.
 POSTGRES = "PostgreSQL, fresh session"
@@ -292,17 +302,39 @@ def run(postgres_url: str, redis_url: str, memcached: str, rounds: int) -> dict[
             results["single"][kind] = _table(timings, POSTGRES)
             results["signing"][kind] = timings[REDIS_ONLY].ratio(timings[REDIS_SIGNED])
         for size in BATCH_SIZES:
-            cases = batch_cases(s, size)
-            _check(s, cases, (IN_QUERY,))
             print(f"  batches of {size:,} ...", flush=True)
-            timings = interleaved(
-                cases,
-                rounds if size < 10_000 else max(3, rounds - 4),
-                BATCH_BUDGETS.get(size, 0.2),
-            )
+            timings = _batches(s, size, rounds)
             results["batch"][str(size)] = _table(timings, IN_QUERY)
             results["signing"][str(size)] = timings[REDIS_ONLY].ratio(timings[REDIS_SIGNED])
     return results
+
+
+def _batches(s: Setup, size: int, rounds: int) -> dict[str, Timing]:
+    """Time the batch cases of ``size`` keys."""
+    cases = batch_cases(s, size)
+    _check(s, cases, (IN_QUERY,))
+    return interleaved(
+        cases, rounds if size < 10_000 else max(3, rounds - 4), BATCH_BUDGETS.get(size, 0.2)
+    )
+
+
+def run_fresh(postgres_url: str, redis_url: str, memcached: str, rounds: int) -> dict[str, Any]:
+    """The batch table of ``FRESH_SIZE`` keys, timed in a new process that does nothing
+    else (this file run as a script)."""
+    print(f"  batches of {FRESH_SIZE:,} in a fresh process ...", flush=True)
+    arguments = [postgres_url, redis_url, memcached, str(rounds)]
+    done = subprocess.run(
+        [sys.executable, __file__, *arguments], check=True, capture_output=True, text=True
+    )
+    fresh: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return fresh
+
+
+def _fresh_main() -> None:
+    postgres_url, redis_url, memcached, rounds = sys.argv[1:]
+    with setup(postgres_url, redis_url, memcached) as s:
+        table = _table(_batches(s, FRESH_SIZE, int(rounds)), IN_QUERY)
+    print(json.dumps(table))
 
 
 def _table(timings: dict[str, Timing], baseline: str) -> dict[str, dict[str, float]]:
@@ -311,3 +343,7 @@ def _table(timings: dict[str, Timing], baseline: str) -> dict[str, dict[str, flo
         name: {"us": timing.median * 1e6, "faster": timing.ratio(base)}
         for name, timing in timings.items()
     }
+
+
+if __name__ == "__main__":
+    _fresh_main()

@@ -101,7 +101,10 @@ def main() -> None:
         env["servers"] = server_versions(args.postgres_url, redis_url, memcached)
         print(env["servers"], flush=True)
         parts: dict[str, Callable[[], Any]] = {
-            "lookups": lambda: lookups.run(args.postgres_url, redis_url, memcached, rounds),
+            "lookups": lambda: {
+                "fresh": lookups.run_fresh(args.postgres_url, redis_url, memcached, rounds),
+                **lookups.run(args.postgres_url, redis_url, memcached, rounds),
+            },
             "commits": lambda: commits.run(args.postgres_url, redis_url, 3 * rounds),
             "zipf": lambda: zipf.run(
                 args.postgres_url,
