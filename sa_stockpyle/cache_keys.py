@@ -19,6 +19,7 @@ from sqlalchemy.orm.attributes import QueryableAttribute
 from sa_stockpyle.errors import InvalidKeyValueError
 from sa_stockpyle.key_encoding import encode_int, encode_str, encode_value
 from sa_stockpyle.keys import KeyItem, KeySpec, class_token, is_null, table_names, token_of
+from sa_stockpyle.mapped import mapped
 
 __all__ = ["FORMAT_VERSION", "MAX_KEY_LENGTH", "KeyMaker"]
 
@@ -168,11 +169,17 @@ class KeyMaker:
         if not plain or any(len(item) != 1 for item in spec.items):
             return lambda obj: self.keys_of(spec, obj)
         named = tuple(zip([item[0] for item in spec.items], heads, strict=True))
+        # Mapped column attributes are read from the instance dict, where their descriptor
+        # would read a loaded one (one not loaded takes keys_of, which loads it).
+        columns = mapped(spec.klass)
+        direct = columns is not None and all(name in columns.column_set for name, _ in named)
 
         def keys_of(obj: object) -> tuple[str, ...]:
+            values = obj.__dict__ if direct else None
             keys = []
             for name, head in named:
-                key = self._plain_key(head, getattr(obj, name, None))
+                value = values.get(name) if values is not None else getattr(obj, name, None)
+                key = self._plain_key(head, value)
                 if key is None:
                     return self.keys_of(spec, obj)  # None, a missing attribute, ...
                 keys.append(key)

@@ -79,16 +79,17 @@ def _slot_names(klass: type) -> tuple[str, ...]:
     return names
 
 
-def snapshot(obj: object) -> dict[str, Any]:
+def snapshot(obj: object, checked: bool = False) -> dict[str, Any]:
     """A copy of ``obj``'s attributes that shares nothing mutable with ``obj``.
 
     For a mapped object, its column state (see the module docstring); raises
     :class:`PayloadError` when a column attribute is expired, because the snapshot would
-    be incomplete or stale.
+    be incomplete or stale, unless ``checked``: the caller has called
+    :func:`refuse_expired` already.
     """
     columns = mapped(type(obj))
     if columns is not None:
-        return _snapshot_entity(obj, columns)
+        return _snapshot_entity(obj, columns, checked)
     state = _detached(getattr(obj, "__dict__", {}))
     for name in _slot_names(type(obj)):
         if hasattr(obj, name):
@@ -199,13 +200,16 @@ def refuse_expired(obj: object) -> None:
         )
 
 
-def _snapshot_entity(obj: object, columns: Mapped) -> dict[str, Any]:
-    refuse_expired(obj)
+def _snapshot_entity(obj: object, columns: Mapped, checked: bool) -> dict[str, Any]:
+    if not checked:
+        refuse_expired(obj)
     state = instance_state(obj)
     loaded = state.dict
     # Columns never loaded (deferred, or left out by the query) are left out here too;
     # restore() expires them so they load on first access once attached.
-    snap = _detached({name: loaded[name] for name in columns.columns if name in loaded})
+    snap = {name: loaded[name] for name in columns.columns if name in loaded}
+    if not _IMMUTABLE.issuperset(map(type, snap.values())):
+        snap = _detached(snap)  # a new dict, but values it shares with obj are copied
     if state.key is not None and state.key[2] is not None:
         snap[_IDENTITY] = state.key[2]
     return snap
@@ -213,18 +217,26 @@ def _snapshot_entity(obj: object, columns: Mapped) -> dict[str, Any]:
 
 def _restore_entity(columns: Mapped, snap: dict[str, Any], owned: bool) -> Any:
     mapper = columns.mapper
-    obj = mapper.class_manager.new_instance()
-    values = obj.__dict__  # what instance_state(obj).dict returns, one lookup cheaper
+    manager = mapper.class_manager
     if snap.keys() == columns.column_set:
         # Every column and nothing else (no identity token): the common case, in bulk.
+        # The values become the instance dict itself (what new_instance() does, with a
+        # dict of ours instead of an empty one): one dict less per object, which a batch
+        # would keep alive, and no copy.
+        klass: Any = manager.class_
+        obj = klass.__new__(klass)
+        values = snap if owned else _detached(snap)
+        object.__setattr__(obj, "__dict__", values)  # past a class's own __setattr__
+        manager.setup_instance(obj)
         # What a cache holds is the database's state, so the restored object has the
         # identity of its primary key (setting it is all make_transient_to_detached()
         # does for a complete state, at a third of its cost).
-        values.update(snap if owned else _detached(snap))
         primary_key = columns.primary_key_of(values)
         if None not in primary_key:  # only an object cached without one stays transient
             instance_state(obj).key = mapper.identity_key_from_primary_key(primary_key)
         return obj
+    obj = manager.new_instance()
+    values = obj.__dict__  # what instance_state(obj).dict returns, one lookup cheaper
     # Some columns were never loaded, or the state carries an identity token.
     present = {name: snap[name] for name in columns.columns if name in snap}
     values.update(present if owned else _detached(present))

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine, inspect
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from sa_stockpyle.codec import Entry, decode_record, encode_record
 from sa_stockpyle.errors import PayloadError
@@ -70,3 +70,40 @@ def test_a_payload_of_another_mapping_is_a_miss() -> None:
     assert store.get(User, 1) is None
     assert store.stats.count(User, "corrupt") == 1
     assert store.dictionary[key].startswith(b"SPKT")  # removed: a tombstone
+
+
+class Guarded(Base):
+    """A mapped class whose own ``__setattr__`` refuses, after a flag, every assignment
+    but SQLAlchemy's own of the instance state (which ``new_instance`` makes too)."""
+
+    __tablename__ = "guarded"
+    __stockpyle_keys__ = ["id"]
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if GUARD["on"] and name != "_sa_instance_state":
+            raise AssertionError(f"restore set {name!r} through the class's __setattr__")
+        super().__setattr__(name, value)
+
+
+GUARD = {"on": False}
+
+
+@pytest.mark.parametrize("owned", [False, True])
+def test_restore_gives_the_state_its_own_instance_dict_past_the_class_setattr(
+    owned: bool,
+) -> None:
+    state = {"id": 7, "name": "g"}
+    GUARD["on"] = True
+    try:
+        restored = restore(Guarded, state, owned)
+    finally:
+        GUARD["on"] = False
+    assert (restored.id, restored.name) == (7, "g")
+    assert inspect(restored).key == (Guarded, (7,), None)
+    assert inspect(restored).dict is restored.__dict__
+    # A state the caller keeps (not owned) shares nothing with the instance.
+    assert (restored.__dict__ is state) is owned
+    restored.name = "changed"
+    assert state["name"] == ("changed" if owned else "g")

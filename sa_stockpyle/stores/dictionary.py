@@ -168,7 +168,7 @@ class BaseDictionaryStore(BaseKeyValueStore):
     ) -> tuple[Any, tuple[Any, float | None] | None]:
         """The result of ``op`` (any kind but ``"S"`` and ``"T"``, which always write) on a
         key holding ``current``, and what to write there."""
-        kind, _key, raw, expires_at, arg = op
+        kind, raw, expires_at, arg = op.kind, op.raw, op.expires_at, op.arg
         marker = None if current is None else self.marker_of(current)
         if marker is not None and marker.expires_at <= clock_now:
             current = marker = None

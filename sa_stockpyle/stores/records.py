@@ -101,7 +101,7 @@ class RecordLayout:
                 if keys_of is None:
                     keys_of = makers[spec.klass] = store.keymaker.keys_maker(spec)
                 keyed.append(keys_of(obj))
-            state, version = snapshot(obj), version_of(obj)
+            state, version = snapshot(obj, checked=True), version_of(obj)
             for keys in keyed:
                 records.append((keys[0], Entry(type(obj), state, keys, expires_at, version)))
                 for key in keys[1:]:

@@ -385,7 +385,13 @@ class SqlAlchemyStore(BaseStore):
                 adopted.append(present)
             elif key in flushed:
                 adopted.append(None)
-            elif state.detached and not state.modified and not state.was_deleted:
+            elif (
+                # A state no session ever held is detached (it has a key), and asking
+                # is one attribute read instead of two of SQLAlchemy's Python properties.
+                (state.session_id is None or state.detached)
+                and not state.modified
+                and not state.was_deleted
+            ):
                 # What loading._instance does with a new row; Session.add() would also
                 # begin a transaction and walk the save-update cascade (relationships are
                 # never cached), which cost more than the rest of a memory-layer hit.
