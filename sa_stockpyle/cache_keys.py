@@ -99,6 +99,8 @@ class KeyMaker:
         # Per class: the generation its heads were made for, and one head per item.
         self._heads: dict[type, tuple[str | None, tuple[str, ...], bool]] = {}
         self._generation_keys: dict[type, tuple[str, ...]] = {}
+        # Per class: the heads its keys_maker was made for, and the function.
+        self._makers: dict[type, tuple[tuple[str, ...], Callable[[object], tuple[str, ...]]]] = {}
         # Per generation key: the classes whose generation it is part of.
         self._sharing: dict[str, set[type]] = {}
 
@@ -166,6 +168,16 @@ class KeyMaker:
         key heads are looked up once, and the usual items (one attribute holding an int or
         a str) are encoded inline; any other object takes :meth:`keys_of` whole."""
         heads, plain = self._heads_of(spec)
+        made = self._makers.get(spec.klass)
+        if made is not None and made[0] is heads:
+            return made[1]  # made for these heads (a new generation makes new ones)
+        maker = self._keys_maker(spec, heads, plain)
+        self._makers[spec.klass] = (heads, maker)
+        return maker
+
+    def _keys_maker(
+        self, spec: KeySpec, heads: tuple[str, ...], plain: bool
+    ) -> Callable[[object], tuple[str, ...]]:
         if not plain or any(len(item) != 1 for item in spec.items):
             return lambda obj: self.keys_of(spec, obj)
         named = tuple(zip([item[0] for item in spec.items], heads, strict=True))
