@@ -261,10 +261,15 @@ class BaseKeyValueStore(BaseStore):
         """Store every object of ``objs`` in one backend write."""
         # Written under the generations known now: if one moved meanwhile, the object is
         # only missing from the new one, which is never stale.
-        records = self.layout.records(objs)
+        keys, records = self.layout.records(objs)
         if records:
             encode = self.encode
-            self.write([(key, encode(record), record.expires_at) for key, record in records])
+            self.write(
+                [
+                    (key, encode(record), record.expires_at)
+                    for key, record in zip(keys, records, strict=True)
+                ]
+            )
 
     def delete(self, obj: object) -> None:
         """Remove ``obj`` from under every key it is stored at."""

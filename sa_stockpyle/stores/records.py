@@ -48,15 +48,16 @@ class RecordLayout:
             yield obj, stored
 
     def encoded(
-        self, records: list[tuple[str, Record]], removed: list[Op]
+        self, records: tuple[list[str], list[Record]], removed: list[Op]
     ) -> Iterator[tuple[str, Record, Any]]:
-        """``records`` with their payloads, but for objects with a value this store cannot
-        carry: those are logged, and their keys tombstoned into ``removed`` (a commit's
-        other objects are still written, and the refused one is not served stale)."""
+        """``records`` (see :meth:`records`) with their keys and payloads, but for objects
+        with a value this store cannot carry: those are logged, and their keys tombstoned
+        into ``removed`` (a commit's other objects are still written, and the refused one
+        is not served stale)."""
         store = self.store
         encode = store.encode
         refused: set[str] = set()
-        for key, record in records:
+        for key, record in zip(*records, strict=True):
             if isinstance(record, Pointer):
                 if record.primary not in refused:
                     yield key, record, encode(record)
@@ -78,14 +79,19 @@ class RecordLayout:
                 continue
             yield key, record, payload
 
-    def records(self, objs: Iterable[object]) -> list[tuple[str, Record]]:
-        """The records of ``objs``: per storage class, an entry at the primary key and a
-        pointer at each alternate key.  Everything that can fail on bad input fails here,
-        before any write."""
+    def records(self, objs: Iterable[object]) -> tuple[list[str], list[Record]]:
+        """The records of ``objs`` and the key of each: per storage class, an entry at the
+        primary key and a pointer at each alternate key.  Everything that can fail on bad
+        input fails here, before any write.
+
+        Two lists, not a list of pairs: a batch's records stay alive until it is written,
+        and thousands of pairs would set off collections (records themselves are not
+        tracked by the garbage collector)."""
         store = self.store
         objs = list(objs)
         store.generations.learn(objs)
-        records: list[tuple[str, Record]] = []
+        keys_at: list[str] = []
+        records: list[Record] = []
         clock_now = store.clock()
         lifetime_cb = store.lifetime_cb
         makers: dict[type, Callable[[object], tuple[str, ...]]] = {}
@@ -103,10 +109,12 @@ class RecordLayout:
                 keyed.append(keys_of(obj))
             state, version = snapshot(obj, checked=True), version_of(obj)
             for keys in keyed:
-                records.append((keys[0], Entry(type(obj), state, keys, expires_at, version)))
+                keys_at.append(keys[0])
+                records.append(Entry(type(obj), state, keys, expires_at, version))
                 for key in keys[1:]:
-                    records.append((key, Pointer(keys[0], expires_at)))
-        return records
+                    keys_at.append(key)
+                    records.append(Pointer(keys[0], expires_at))
+        return keys_at, records
 
     def removal_keys(self, removals: Sequence[Removal]) -> list[str]:
         """The cache keys of ``(class, lookup)`` removals, in every storage class (whose
