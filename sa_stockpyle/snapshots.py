@@ -79,17 +79,16 @@ def _slot_names(klass: type) -> tuple[str, ...]:
     return names
 
 
-def snapshot(obj: object, checked: bool = False) -> dict[str, Any]:
+def snapshot(obj: object) -> dict[str, Any]:
     """A copy of ``obj``'s attributes that shares nothing mutable with ``obj``.
 
     For a mapped object, its column state (see the module docstring); raises
     :class:`PayloadError` when a column attribute is expired, because the snapshot would
-    be incomplete or stale, unless ``checked``: the caller has called
-    :func:`refuse_expired` already.
+    be incomplete or stale.
     """
     columns = mapped(type(obj))
     if columns is not None:
-        return _snapshot_entity(obj, columns, checked)
+        return _snapshot_entity(obj, columns)
     state = _detached(getattr(obj, "__dict__", {}))
     for name in _slot_names(type(obj)):
         if hasattr(obj, name):
@@ -200,9 +199,8 @@ def refuse_expired(obj: object) -> None:
         )
 
 
-def _snapshot_entity(obj: object, columns: Mapped, checked: bool) -> dict[str, Any]:
-    if not checked:
-        refuse_expired(obj)
+def _snapshot_entity(obj: object, columns: Mapped) -> dict[str, Any]:
+    refuse_expired(obj)
     state = instance_state(obj)
     loaded = state.dict
     # Columns never loaded (deferred, or left out by the query) are left out here too;
@@ -237,7 +235,9 @@ def _restore_entity(columns: Mapped, snap: dict[str, Any], owned: bool) -> Any:
         return obj
     obj = manager.new_instance()
     values = obj.__dict__  # what instance_state(obj).dict returns, one lookup cheaper
-    # Some columns were never loaded, or the state carries an identity token.
+    # Some columns were never loaded, or the state carries an identity token.  Only column
+    # names are taken: a state an earlier object took over as its instance dict (another
+    # key answered by the same entry) holds that object's _sa_instance_state too.
     present = {name: snap[name] for name in columns.columns if name in snap}
     values.update(present if owned else _detached(present))
     primary_key = tuple(map(values.get, columns.primary_attrs))

@@ -431,6 +431,28 @@ def test_a_payload_holding_an_int_past_the_digit_limit_is_a_payload_error(
     assert version is None or (digits <= DIGIT_LIMIT and version == value)
 
 
+@pytest.mark.parametrize(
+    "number",
+    [
+        2**63,
+        2**64,
+        2**64 + 10**18 + 1,
+        19933688932870350000,  # msgspec before 0.19 read this 65-bit int wrong, silently
+        -(2**63) - 1,
+        10**300,
+    ],
+)
+def test_ints_past_64_bits_read_exactly(number: int) -> None:
+    # msgspec before 0.18 read such ints as floats, with no error to fall back on: the
+    # version pinned must read them exactly (as the json module does).
+    payload = encode_record(Entry(Foo, {"key": 1, "n": number}, ("k",), None, None))
+    assert codec._PARSER.decode(payload[len(MAGIC) :]).s["n"] == number
+    decoded = decode_record(payload, Foo)
+    assert isinstance(decoded, Entry)
+    assert decoded.state["n"] == number
+    assert type(decoded.state["n"]) is int
+
+
 @settings(max_examples=examples(300))
 @given(
     st.dictionaries(

@@ -126,6 +126,8 @@ class BaseDictionaryStore(BaseKeyValueStore):
             self._sweep()
             # A commit's batch starts with its removals: their tombstones go in at once.
             lead, tombstone = 0, OpKind.TOMBSTONE
+            setting, taking = OpKind.SET, OpKind.LEASE
+            fresh: tuple[Any, Any, tuple[Any, float | None] | None] | None = None
             for op in ops:
                 if op.kind is not tombstone:
                     break
@@ -144,10 +146,17 @@ class BaseDictionaryStore(BaseKeyValueStore):
                     self._entomb((op.key,), tomb)
                     results.append(True)
                     continue
-                if kind is OpKind.SET:
+                current = None if kind is setting else mapping.get(op.key)
+                if kind is setting:
                     result, write = True, (op.raw, op.expires_at)  # whatever the key holds
+                elif kind is taking and current is None:
+                    # A lease where nothing is held (a batch's misses): one decision, and
+                    # one stamped lease, for every such key of the batch.
+                    if fresh is None or fresh[0] is not op.raw:
+                        fresh = (op.raw, *self._decide(op, None, clock_now))
+                    result, write = fresh[1], fresh[2]
                 else:
-                    result, write = self._decide(op, mapping.get(op.key), clock_now)
+                    result, write = self._decide(op, current, clock_now)
                 if write is not None:
                     raw, expires_at = write
                     mapping[op.key] = raw

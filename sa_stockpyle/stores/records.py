@@ -107,7 +107,9 @@ class RecordLayout:
                 if keys_of is None:
                     keys_of = makers[spec.klass] = store.keymaker.keys_maker(spec)
                 keyed.append(keys_of(obj))
-            state, version = snapshot(obj, checked=True), version_of(obj)
+            # Checked again: reading a key attribute that was not loaded may have flushed
+            # (autoflush) and expired columns; refused, not refreshed.
+            state, version = snapshot(obj), version_of(obj)
             for keys in keyed:
                 keys_at.append(keys[0])
                 records.append(Entry(type(obj), state, keys, expires_at, version))
