@@ -193,6 +193,32 @@ def interleaved(cases: dict[str, Case], rounds: int, budget: float = 0.04) -> di
     return timings
 
 
+def round_robin(cases: dict[str, Case], rounds: int, budget: float) -> dict[str, Timing]:
+    """Time every case in ``rounds`` rounds of cycles; each cycle calls every case once,
+    in turn (the order reversed every other cycle), so the garbage collections that all
+    the cases' allocations set off together land on each case as often as its own
+    allocations set them off.  A case's sample of a round is its mean over the round's
+    cycles, which are as many as fill about ``budget`` seconds per case.
+
+    For cases whose calls set off full collections every few calls (batches of 1,000 and
+    more): timed in turns of their own (:func:`interleaved`), a turn's share of them
+    depends on where the previous turn left the collector's counts.
+    """
+    once = {name: _run(case, 1) for name, case in cases.items()}
+    cycles = max(3, round(budget / max(statistics.mean(once.values()), 1e-7)))
+    timings = {name: Timing() for name in cases}
+    names = list(cases)
+    for _ in range(rounds):
+        gc.collect()
+        totals = dict.fromkeys(names, 0.0)
+        for cycle in range(cycles):
+            for name in names if cycle % 2 == 0 else reversed(names):
+                totals[name] += _run(cases[name], 1)
+        for name in names:
+            timings[name].samples.append(totals[name] / cycles)
+    return timings
+
+
 def sql_statements(engine: Any, fn: Callable[[], T]) -> tuple[int, T]:
     """How many SQL statements ``engine`` runs during ``fn()``, and what it returned."""
     count = 0
