@@ -1,4 +1,5 @@
-"""Payloads: the record envelope, expiry, markers, messages and safe decoding.
+"""Payloads: the record envelope, expiry, markers and safe decoding (the messages between
+processes are :mod:`sa_stockpyle.messages`).
 
 A store keeps two kinds of records under its cache keys:
 
@@ -33,37 +34,34 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from decimal import InvalidOperation
 from typing import Any
 
 import msgspec
 
 from sa_stockpyle.errors import InvalidLifetimeError, PayloadError
-from sa_stockpyle.key_encoding import encode_value
-from sa_stockpyle.keys import class_named, class_token, key_spec, token_of
+from sa_stockpyle.keys import class_token, token_of
 from sa_stockpyle.snapshots import check_state
 from sa_stockpyle.tagged import pack, unpack
 
 __all__ = [
+    "JSON_DECODER",
+    "JSON_ENCODER",
     "LEASE_MAGIC",
     "MAGIC",
     "MAX_PAYLOAD_BYTES",
-    "MESSAGE_MAGIC",
     "TOMBSTONE_MAGIC",
+    "UNDECODABLE",
     "VERSIONED_HEAD",
     "Entry",
-    "Invalidation",
     "Lifetime",
     "LifetimeCallback",
     "Marker",
     "Pointer",
     "Record",
     "carriable",
-    "decode_invalidation",
     "decode_marker",
     "decode_record",
-    "encode_invalidation",
     "encode_marker",
     "encode_record",
     "entry_version",
@@ -202,8 +200,9 @@ def expiry(lifetime: object, now: float) -> float | None:
 #: ``sys.get_int_max_str_digits()`` digits (4,300 unless the process changes it).
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 
-#: What a payload that does not decode may raise on the way: a miss like any other.
-_UNDECODABLE = (
+#: What a payload (or a message, see :mod:`sa_stockpyle.messages`) that does not decode
+#: may raise on the way: a miss like any other.
+UNDECODABLE = (
     ValueError,
     TypeError,
     KeyError,
@@ -218,9 +217,11 @@ _UNDECODABLE = (
     OSError,
 )
 
-_DECODER = json.JSONDecoder()
-# One encoder for every payload: json.dumps() with options builds a new one per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+#: The JSON decoder of every payload and message.
+JSON_DECODER = json.JSONDecoder()
+#: The JSON encoder of every payload and message (json.dumps() with options builds a new
+#: one per call): compact, and refusing NaN and infinities, which a tag carries instead.
+JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def encode_record(record: Record) -> bytes:
@@ -240,7 +241,7 @@ def encode_record(record: Record) -> bytes:
             "x": record.expires_at,
         }
     try:
-        data = MAGIC + _ENCODER.encode(body).encode()
+        data = MAGIC + JSON_ENCODER.encode(body).encode()
     except ValueError as exc:
         # An int longer than int_max_str_digits (checked only here, where JSON meets it).
         state = {} if isinstance(record, Pointer) else record.state
@@ -261,7 +262,7 @@ def _unencodable(record: Record, state: dict[str, Any], exc: ValueError) -> Payl
     """The error naming the attribute of ``state`` that JSON refused with ``exc``."""
     for name, value in state.items():
         try:
-            _ENCODER.encode(pack(value))
+            JSON_ENCODER.encode(pack(value))
         except ValueError as error:
             return PayloadError(f"{_owner(record)}'s attribute {name!r} cannot be stored: {error}")
     return PayloadError(f"{_owner(record)} cannot be stored: {exc}")
@@ -381,7 +382,7 @@ def _body(data: bytes) -> _Body:
         pass
     # Invalid UTF-8 raises UnicodeDecodeError, a ValueError.
     text = data[len(MAGIC) :].decode()
-    body, end = _DECODER.raw_decode(text)
+    body, end = JSON_DECODER.raw_decode(text)
     if end != len(text):
         raise PayloadError(f"payload has {len(text) - end} bytes after its JSON")
     return msgspec.convert(body, _Body)
@@ -417,98 +418,10 @@ def decode_record(data: bytes, klass: type) -> Record:
         raise
     except msgspec.MsgspecError as exc:
         raise PayloadError(f"payload has the wrong shape: {exc}") from exc
-    except _UNDECODABLE as exc:
+    except UNDECODABLE as exc:
         raise PayloadError(f"payload did not decode: {exc!r}") from exc
 
 
 def now() -> float:
     """The default clock of every store: Unix time in seconds."""
     return time.time()
-
-
-# --- invalidation messages -----------------------------------------------------------------
-
-#: The first bytes of an invalidation message between processes.
-MESSAGE_MAGIC = b"SPKI"
-
-
-@dataclass(frozen=True, slots=True)
-class Invalidation:
-    """What one commit removed, sent to the other processes' process-local layers.
-
-    ``removals`` name objects by a lookup (``(User, {"id": 5})``), because every process
-    builds its own cache keys; ``classes`` were invalidated whole.  ``sent_at`` is the
-    sender's Unix time, for the propagation delay.  ``seq``, ``kind`` and ``heartbeat``
-    let a subscriber notice that messages were lost on the way.
-    """
-
-    origin: str
-    sent_at: float
-    removals: list[tuple[type, dict[str, Any]]]
-    classes: list[type]
-    #: The publisher's number of this message (1, 2, ...); of a heartbeat or a goodbye,
-    #: the number of its last message.  None from a publisher that does not number.
-    seq: int | None = None
-    #: ``""``: an invalidation; ``"beat"``: a heartbeat; ``"bye"``: the publisher closed.
-    kind: str = ""
-    #: The publisher's heartbeat interval in seconds: it is heard at least that often.
-    heartbeat: float | None = None
-
-
-_KINDS = frozenset({"", "beat", "bye"})
-
-
-def encode_invalidation(message: Invalidation) -> bytes:
-    """Serialise an invalidation: ``SPKI`` followed by JSON, key values tagged as in state."""
-    body = {
-        "o": message.origin,
-        "t": message.sent_at,
-        "r": [
-            [class_token(klass), {name: pack(value) for name, value in lookup.items()}]
-            for klass, lookup in message.removals
-        ],
-        "c": [class_token(klass) for klass in message.classes],
-    }
-    if message.seq is not None:
-        body |= {"s": message.seq, "k": message.kind, "h": message.heartbeat}
-    try:
-        return MESSAGE_MAGIC + _ENCODER.encode(body).encode()
-    except ValueError as exc:  # a key value JSON cannot carry (an int over its digit limit)
-        raise PayloadError(f"invalidation cannot be encoded: {exc}") from None
-
-
-def decode_invalidation(data: bytes) -> Invalidation:
-    """Decode an invalidation; classes this process never made a key for are left out
-    (it caches nothing of them).  Raises :class:`PayloadError` for anything else."""
-    if not isinstance(data, bytes) or not data.startswith(MESSAGE_MAGIC):
-        raise PayloadError(f"message does not start with {MESSAGE_MAGIC!r}: {data[:16]!r}")
-    try:
-        body = _DECODER.decode(data[len(MESSAGE_MAGIC) :].decode())
-        removals = []
-        for token, lookup in body["r"]:
-            klass = class_named(token)
-            if klass is not None:
-                values = {str(k): unpack(v) for k, v in lookup.items()}
-                # A lookup of a declared key, with values keys can hold, or the message is
-                # corrupt (UnknownKeyError and InvalidKeyValueError are undecodable here).
-                for value in key_spec(klass).lookup(values)[1]:
-                    encode_value(value)
-                removals.append((klass, values))
-        classes = [klass for klass in map(class_named, body["c"]) if klass is not None]
-        message = Invalidation(str(body["o"]), float(body["t"]), removals, classes)
-        if "s" not in body:
-            return message  # from a publisher that does not number its messages
-        seq, kind, beat = body["s"], body["k"], body["h"]
-        if not (
-            type(seq) is int
-            and 0 <= seq < 2**63
-            and kind in _KINDS
-            and type(beat) in (int, float)
-            and 0 < beat <= 3600
-        ):
-            raise PayloadError(f"message has a bad number: {seq!r}, {kind!r}, {beat!r}")
-        return replace(message, seq=seq, kind=kind, heartbeat=float(beat))
-    except PayloadError:
-        raise
-    except _UNDECODABLE as exc:
-        raise PayloadError(f"message did not decode: {exc!r}") from exc

@@ -15,7 +15,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from sa_stockpyle.codec import LEASE_MAGIC, MAGIC, MESSAGE_MAGIC, TOMBSTONE_MAGIC
+from sa_stockpyle.codec import LEASE_MAGIC, MAGIC, TOMBSTONE_MAGIC
+from sa_stockpyle.messages import MESSAGE_MAGIC
 from sa_stockpyle.tagged import MAX_DEPTH
 from sa_stockpyle.testing import Color
 

@@ -29,17 +29,16 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, load_only, mapped_c
 from sa_stockpyle.codec import (
     MAGIC,
     Entry,
-    Invalidation,
     Marker,
     Pointer,
     decode_marker,
-    encode_invalidation,
     encode_marker,
     encode_record,
     entry_version,
 )
 from sa_stockpyle.errors import ConfigurationError, PayloadError
 from sa_stockpyle.keys import key_spec
+from sa_stockpyle.messages import Invalidation, encode_invalidation
 from sa_stockpyle.signing import SIGNATURE_BYTES, Signer
 from sa_stockpyle.stores import (
     BaseKeyValueStore,

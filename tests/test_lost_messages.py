@@ -21,7 +21,7 @@ from sqlalchemy import Engine, inspect
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from sa_stockpyle import attach
-from sa_stockpyle.codec import Invalidation, decode_invalidation, encode_invalidation
+from sa_stockpyle.messages import Invalidation, decode_invalidation, encode_invalidation
 from sa_stockpyle.stores import (
     BaseStore,
     ChainedStore,

@@ -28,15 +28,12 @@ from sa_stockpyle.codec import (
     MAGIC,
     MAX_PAYLOAD_BYTES,
     Entry,
-    Invalidation,
     Marker,
     Pointer,
     Record,
     carriable,
-    decode_invalidation,
     decode_marker,
     decode_record,
-    encode_invalidation,
     encode_marker,
     encode_record,
     entry_version,
@@ -44,6 +41,7 @@ from sa_stockpyle.codec import (
 from sa_stockpyle.errors import InvalidKeyValueError, PayloadError
 from sa_stockpyle.key_encoding import encode_value
 from sa_stockpyle.keys import class_token, key_spec
+from sa_stockpyle.messages import Invalidation, decode_invalidation, encode_invalidation
 from sa_stockpyle.signing import Signer
 from sa_stockpyle.stores import ShoveStore
 from sa_stockpyle.tagged import MAX_DEPTH

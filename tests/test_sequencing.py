@@ -9,7 +9,7 @@ from multiprocessing.connection import Connection
 import pytest
 import redis
 
-from sa_stockpyle.codec import Invalidation, decode_invalidation
+from sa_stockpyle.messages import Invalidation, decode_invalidation
 from sa_stockpyle.stores import ChainedStore, RedisStore, sequencing
 from sa_stockpyle.stores.sequencing import SILENT_BEATS, Numbering, Tracker
 from sa_stockpyle.testing import Foo

@@ -13,9 +13,9 @@ import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 
-from sa_stockpyle.codec import Invalidation, decode_invalidation, encode_invalidation
 from sa_stockpyle.errors import PayloadError, StoreUnavailable
 from sa_stockpyle.greenlets import blocking, wait_until
+from sa_stockpyle.messages import Invalidation, decode_invalidation, encode_invalidation
 from sa_stockpyle.stores.base import BaseStore, Removal
 from sa_stockpyle.stores.channel import Channel
 from sa_stockpyle.stores.sequencing import Numbering, Tracker

@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sa_stockpyle.codec import Invalidation
+from sa_stockpyle.messages import Invalidation
 from sa_stockpyle.stores.base import Removal
 
 __all__ = ["MAX_PUBLISHERS", "SILENT_BEATS", "Numbering", "Tracker"]
