@@ -11,7 +11,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 import pytest
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sa_stockpyle.asyncio import AsyncChainedStore, AsyncRedisStore, AsyncSqlAlchemyStore
@@ -25,6 +25,12 @@ from tests.test_asyncio_races import DELAY, caches_of
 T = TypeVar("T")
 
 
+def _through(link: Partition, direct: URL, driver: str) -> URL:
+    """The PostgreSQL URL ``direct`` with ``driver``, reached through ``link``."""
+    host, port = link.address.rsplit(":", 1)
+    return direct.set(drivername=f"postgresql+{driver}", host=host, port=int(port))
+
+
 @pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
 @pytest.mark.parametrize("klass", CLASSES, ids=lambda k: k.__name__)
 def test_a_task_cancelled_while_its_commit_is_on_its_way_is_written_through(
@@ -34,8 +40,7 @@ def test_a_task_cancelled_while_its_commit_is_on_its_way_is_written_through(
     assert direct.host is not None
 
     async def scenario(link: Partition) -> None:
-        host, port = link.address.rsplit(":", 1)
-        url = direct.set(drivername=f"postgresql+{driver}", host=host, port=int(port))
+        url = _through(link, direct, driver)
         async with caches_of(url.render_as_string(hide_password=False), redis_url) as caches:
             await caches.write(klass, 1, "v1", new=True)
             async with caches.factory() as session:
@@ -74,8 +79,7 @@ def test_a_put_cancelled_while_the_database_answers_reaches_every_layer(
     assert direct.host is not None
 
     async def scenario(link: Partition) -> None:
-        host, port = link.address.rsplit(":", 1)
-        url = direct.set(drivername=f"postgresql+{driver}", host=host, port=int(port))
+        url = _through(link, direct, driver)
         engine = create_async_engine(url)
         memory = ProcessMemoryStore()
         redis = AsyncRedisStore(url=redis_url, prefix=uuid.uuid4().hex, **PATIENT)

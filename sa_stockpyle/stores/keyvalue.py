@@ -280,12 +280,11 @@ class BaseKeyValueStore(BaseStore):
         objs = list(objs)
 
         def write() -> list[Op]:
-            keys_of = self.keymaker.keys_of
             return [
                 Op(OpKind.TOMBSTONE, key, None, None)
-                for obj, specs in self.layout.stored_specs(objs)
-                for spec in specs
-                for key in keys_of(spec, obj)
+                for obj, makers in self.layout.key_makers(objs)
+                for keys_of in makers
+                for key in keys_of(obj)
             ]
 
         finish_write(self.generations.write_current(self._classes_of(objs), write))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from sa_stockpyle.codec import Entry, Pointer, Record, expiry
 from sa_stockpyle.errors import PayloadError
-from sa_stockpyle.keys import KeySpec, is_null, key_spec, storage_classes
+from sa_stockpyle.keys import is_null, key_spec, storage_classes
 from sa_stockpyle.snapshots import refuse_expired, snapshot, version_of
 from sa_stockpyle.stores.base import Removal
 from sa_stockpyle.stores.ops import Op, OpKind
@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from sa_stockpyle.stores.keyvalue import BaseKeyValueStore
 
 __all__ = ["RecordLayout"]
+
+#: The cache keys of an object as one class it is stored under, primary key first.
+_KeysOf = Callable[[object], tuple[str, ...]]
 
 log = logging.getLogger("sa_stockpyle")
 
@@ -35,16 +38,19 @@ class RecordLayout:
         #: read again and again would otherwise log at every read.
         self.refused_classes: set[type] = set()
 
-    def stored_specs(self, objs: Iterable[object]) -> Iterator[tuple[object, list[KeySpec]]]:
-        """Each object with the key specs of the classes it is stored under (its own
-        first), looked up once per class."""
-        polymorphic = self.store.polymorphic
-        specs: dict[type, list[KeySpec]] = {}
+    def key_makers(self, objs: Iterable[object]) -> Iterator[tuple[object, list[_KeysOf]]]:
+        """Each object with, per class it is stored under (its own first), the function
+        giving its cache keys as that class (:meth:`KeyMaker.keys_maker`), looked up once
+        per class."""
+        polymorphic, keymaker = self.store.polymorphic, self.store.keymaker
+        makers: dict[type, list[_KeysOf]] = {}
         for obj in objs:
             klass = type(obj)
-            stored = specs.get(klass)
+            stored = makers.get(klass)
             if stored is None:
-                stored = specs[klass] = [key_spec(c) for c in storage_classes(klass, polymorphic)]
+                stored = makers[klass] = [
+                    keymaker.keys_maker(key_spec(c)) for c in storage_classes(klass, polymorphic)
+                ]
             yield obj, stored
 
     def encoded(
@@ -94,19 +100,13 @@ class RecordLayout:
         records: list[Record] = []
         clock_now = store.clock()
         lifetime_cb = store.lifetime_cb
-        makers: dict[type, Callable[[object], tuple[str, ...]]] = {}
-        for obj, specs in self.stored_specs(objs):
+        for obj, makers in self.key_makers(objs):
             expires_at = expiry(lifetime_cb(obj), clock_now) if lifetime_cb else None
             # The keys before the snapshot: reading a key attribute that was never loaded
             # (deferred) loads it, and an entry must hold its key values (a reader checks
             # them against its keys).  An expired object is refused first, not refreshed.
             refuse_expired(obj)
-            keyed = []
-            for spec in specs:
-                keys_of = makers.get(spec.klass)
-                if keys_of is None:
-                    keys_of = makers[spec.klass] = store.keymaker.keys_maker(spec)
-                keyed.append(keys_of(obj))
+            keyed = [keys_of(obj) for keys_of in makers]
             # Checked again: reading a key attribute that was not loaded may have flushed
             # (autoflush) and expired columns; refused, not refreshed.
             state, version = snapshot(obj), version_of(obj)
